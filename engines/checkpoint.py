@@ -1,0 +1,48 @@
+"""Checkpoints: one file holds the weights, the model config, the training config and the
+contract metadata (joint order, FBI rule, input normalisation) so an artifact is never
+separated from what it means. Loading needs torch; the app reads exported ONNX instead.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from engines.skeleton import FBI_RULE_VERSION, FBI_THRESHOLD, JOINT_NAMES
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+INPUT_NORMALIZATION = "engines.normalize.features_2d v1: (uv-c)/f, pelvis-centred, RMS-scaled, +pelvis xy, +log spread"
+
+
+def contract_metadata() -> dict[str, Any]:
+    """What every exported artifact records about the data contract."""
+    return {
+        "joint_names": list(JOINT_NAMES),
+        "fbi_rule_version": FBI_RULE_VERSION,
+        "fbi_threshold": FBI_THRESHOLD,
+        "input_normalization": INPUT_NORMALIZATION,
+        "units": "millimetres, camera space, root-relative (pelvis = 0)",
+    }
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_model_path(name_or_path: str, suffix: str = ".pt") -> Path:
+    """A shipped model name (e.g. 'base_gt') or a path to a file."""
+    from engines.errors import UserError
+
+    p = Path(name_or_path)
+    if p.suffix and p.is_file():
+        return p
+    cand = MODELS_DIR / f"{name_or_path}{suffix}"
+    if cand.is_file():
+        return cand
+    shipped = sorted(q.stem for q in MODELS_DIR.glob(f"*{suffix}"))
+    raise UserError(f"unknown model {name_or_path!r}: not a file, and not one of the shipped models "
+                    f"({', '.join(shipped) or 'none found in ' + str(MODELS_DIR)})")

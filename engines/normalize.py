@@ -1,0 +1,35 @@
+"""Input normalisation shared by every lifter: camera-agnostic 2D features.
+
+2D joints in pixels are turned into normalised camera coordinates ((u - c) / f), centred on
+the pelvis and divided by their RMS spread, so the same model serves Human3.6M cameras,
+webcams and renders. The pelvis position (normalised coordinates) and log of the spread are
+appended, which keeps the perspective cue (where in the view, how large) the centring removes.
+Feature layout (LIFT_INPUT_DIM = 17*2 + 3 = 37):
+    [0:34]  root-centred, scale-normalised joints, (17, 2) flattened
+    [34:36] pelvis in normalised camera coordinates
+    [36]    log(spread)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engines.skeleton import NUM_JOINTS, ROOT
+
+LIFT_INPUT_DIM = NUM_JOINTS * 2 + 3
+
+
+def features_2d(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """uv: (..., 17, 2) pixels; f, c: (2,) or broadcastable (..., 2) pixels.
+    Returns (..., 37) float32 features (layout in the module docstring)."""
+    uv = np.asarray(uv, np.float64)
+    assert uv.shape[-2:] == (NUM_JOINTS, 2), uv.shape
+    f = np.asarray(f, np.float64)[..., None, :]
+    c = np.asarray(c, np.float64)[..., None, :]
+    xy = (uv - c) / f
+    root = xy[..., ROOT, :]
+    rel = xy - root[..., None, :]
+    spread = np.sqrt(np.mean(np.sum(rel**2, axis=-1), axis=-1))
+    spread = np.maximum(spread, 1e-6)
+    rel = rel / spread[..., None, None]
+    out = np.concatenate([rel.reshape(*rel.shape[:-2], NUM_JOINTS * 2), root, np.log(spread)[..., None]], axis=-1)
+    return out.astype(np.float32)

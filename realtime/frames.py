@@ -1,0 +1,52 @@
+"""Data that crosses pipeline stages: frozen dataclasses with documented shapes and units."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured image. image: (H, W, 3) uint8 RGB. timestamp_s: capture time (monotonic
+    seconds for live sources, presentation time for files). index: 0-based frame number."""
+
+    index: int
+    timestamp_s: float
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class PoseFrame:
+    """The 3D result for one frame.
+
+    valid:        False when no person was found (arrays then hold NaN).
+    joints_mm:    (17, 3) float32, camera space in millimetres (x right, y down, z forward),
+                  root-relative unless `translation_mm` is added by the trajectory stage.
+    translation_mm: (3,) float32 camera-space pelvis position (NaN if unknown).
+    joints_2d_px: (17, 2) float32 image pixels.
+    confidence:   (17,) float32 in [0, 1] (detector visibility).
+    fbi:          (14, 3) float32 FBI state probabilities (forward, backward, parallel), or None.
+    timings_ms:   per-stage durations, e.g. {"detect": 28.1, "lift": 0.3}.
+    image_size:   (width, height) of the source frame.
+    """
+
+    index: int
+    timestamp_s: float
+    valid: bool
+    joints_mm: np.ndarray
+    translation_mm: np.ndarray
+    joints_2d_px: np.ndarray
+    confidence: np.ndarray
+    image_size: tuple[int, int]
+    fbi: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @staticmethod
+    def empty(index: int, timestamp_s: float, image_size: tuple[int, int],
+              timings_ms: dict[str, float] | None = None) -> "PoseFrame":
+        """A frame with no person: NaN arrays and valid=False (never dropped)."""
+        nan = np.float32(np.nan)
+        return PoseFrame(index, timestamp_s, False, np.full((17, 3), nan, np.float32), np.full(3, nan, np.float32),
+                         np.full((17, 2), nan, np.float32), np.zeros(17, np.float32), image_size, None,
+                         dict(timings_ms or {}))

@@ -1,0 +1,1 @@
+"""posestream training: datasets, training loops, evaluation and reports."""

@@ -1,0 +1,53 @@
+"""The paper's weighted regression loss (Zhou et al., ECCV 2018 PoseTrack workshop):
+
+    Loss = L0 + eps * L1,   L1 = (L0 + a)^2 * L0 * exp(L0 / (1 - a)),   eps = 0.001
+
+L0 is the per-sample squared error on the z-scored 3D outputs (mean over the 51 values, the
+Martinez loss), so 1 - a, the mean L0 over the training set, is of order 0.1-1 and the
+exp term is ~e for an average sample and grows fast for hard ones.
+
+When 1 - a is measured: the first epoch is a warm-up with plain L0 (an untrained model has
+no meaningful mean). After every epoch, 1 - a is set to the mean per-sample L0 over that
+epoch's full pass of the training set, in training mode (dropout on, what the optimiser
+sees), and held constant through the next epoch (no gradient flows through a).
+
+Why the exponent is clamped (EXP_CAP = 5): with dropout 0.5 single samples reach 10-20x
+the mean L0, and exp(L0/(1-a)) then weighs one sample 1e7-1e17 times the average; measured
+here (Human3.6M, gt 2D), the unclamped loss drove gradient norms to 1e17 and validation
+MPJPE from 89 mm to 280 mm in one epoch. Clamping L0/(1-a) at 5 keeps the paper's shape
+(hard samples weighted up, by at most about e^5) and trains stably.
+"""
+from __future__ import annotations
+
+import torch
+
+EPS = 0.001
+EXP_CAP = 5.0
+
+
+def per_sample_l0(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, D) z-scored predictions and targets -> (B,) mean squared error per sample."""
+    assert pred.shape == target.shape, (pred.shape, target.shape)
+    return ((pred - target) ** 2).reshape(pred.shape[0], -1).mean(dim=1)
+
+
+def weighted_loss_terms(l0: torch.Tensor, one_minus_a: float, eps: float = EPS,
+                        cap: float = EXP_CAP) -> torch.Tensor:
+    """Per-sample L0 + eps * L1 given the per-sample L0 (B,) and the constant 1 - a.
+    The exponent L0/(1-a) is clamped at `cap` (see module docstring); cap=inf is the
+    unclamped formula."""
+    if not one_minus_a > 0:
+        raise ValueError(f"1 - a must be positive, got {one_minus_a}")
+    a = 1.0 - one_minus_a
+    l1 = (l0 + a) ** 2 * l0 * torch.exp(torch.clamp(l0 / one_minus_a, max=cap))
+    return l0 + eps * l1
+
+
+def weighted_loss(pred: torch.Tensor, target: torch.Tensor, one_minus_a: float, eps: float = EPS) -> torch.Tensor:
+    """Batch mean of the weighted loss."""
+    return weighted_loss_terms(per_sample_l0(pred, target), one_minus_a, eps).mean()
+
+
+def l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Plain Martinez L2 (batch mean of per-sample L0)."""
+    return per_sample_l0(pred, target).mean()

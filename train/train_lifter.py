@@ -1,0 +1,191 @@
+"""Train the Base lifter (Martinez et al. 2017) on Human3.6M train subjects.
+
+    posestream train-lifter --input gt --loss weighted --out runs/base_gt
+    (resumes from OUT/last.pt if present; writes OUT/best.pt with metadata)
+
+Never trains on S9: the validation file is only used for the per-epoch validation figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from engines.errors import UserError
+
+TRAIN_SUBJECTS = (1, 5, 6, 7, 8)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = ""
+    val_data: str = ""
+    input_kind: str = "gt"          # 2D input: "gt" projected, "sh" stacked hourglass
+    loss: str = "weighted"          # "weighted" (paper) or "l2"
+    epochs: int = 12                # epoch 1 is plain L0 (warm-up) for both losses
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_decay: float = 0.85          # per epoch, exponential (Martinez decays per step)
+    every: int = 4                  # frame subsampling of the 25 Hz training file (CPU budget)
+    flip: bool = True               # horizontal flip augmentation (doubles the data)
+    noise_px: float = 0.0           # Gaussian 2D noise (pixels) added to inputs each step
+    seed: int = 0
+    threads: int = 1
+    hidden: int = 1024
+    num_blocks: int = 2
+    dropout: float = 0.5
+    max_norm: float = 1.0
+    val_every: int = 10             # frame subsampling of the validation file
+
+
+def _features(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
+    from engines.normalize import features_2d
+    return features_2d(uv, f, c)
+
+
+def _flip(uv: np.ndarray, c: np.ndarray, j3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror around the principal point (2D) and the camera's y-z plane (3D)."""
+    from engines.skeleton import FLIP_PERMUTATION
+    perm = list(FLIP_PERMUTATION)
+    uv2 = uv[:, perm].copy()
+    uv2[..., 0] = 2 * c[:, None, 0] - uv2[..., 0]
+    j2 = j3[:, perm].copy()
+    j2[..., 0] = -j2[..., 0]
+    return uv2, j2
+
+
+def train(cfg: TrainConfig, out: Path, log=print) -> dict:
+    import torch
+
+    from engines.checkpoint import contract_metadata, file_sha256
+    from engines.models import Lifter, LifterConfig, apply_max_norm
+    from train import h36m
+    from train.losses import l2_loss, per_sample_l0, weighted_loss_terms
+    from train.metrics import mpjpe
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    t_load = time.time()
+    tr = h36m.load(cfg.data, cfg.input_kind, every=cfg.every)
+    if set(np.unique(tr.subject)) - set(TRAIN_SUBJECTS):
+        raise UserError(f"training data contains subjects {sorted(set(np.unique(tr.subject)))}; only {TRAIN_SUBJECTS} allowed")
+    uv, f, c, j3 = tr.uv, tr.f, tr.c, tr.joints_cam
+    if cfg.flip:
+        uv_f, j3_f = _flip(uv, c, j3)
+        uv, f, c, j3 = (np.concatenate([uv, uv_f]), np.concatenate([f, f]),
+                        np.concatenate([c, c]), np.concatenate([j3, j3_f]))
+    X = _features(uv, f, c)
+    Y = j3.reshape(len(j3), -1).astype(np.float32)
+    va = h36m.load(cfg.val_data, cfg.input_kind, every=cfg.val_every)
+    Xv = torch.from_numpy(_features(va.uv, va.f, va.c))
+    log(f"loaded {len(X)} training samples, {len(Xv)} validation samples in {time.time() - t_load:.1f}s")
+
+    mcfg = LifterConfig(in_dim=X.shape[1], hidden=cfg.hidden, num_blocks=cfg.num_blocks,
+                        dropout=cfg.dropout, max_norm=cfg.max_norm)
+    model = Lifter(mcfg)
+    model.set_normalization(torch.from_numpy(X.mean(0)), torch.from_numpy(X.std(0)),
+                            torch.from_numpy(Y.mean(0)), torch.from_numpy(Y.std(0)))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    Yn = (Yt - model.out_mean) / model.out_std
+    uv_t = torch.from_numpy(uv.astype(np.float32)) if cfg.noise_px > 0 else None
+
+    state = {"epoch": 0, "one_minus_a": None, "history": [], "best": math.inf, "train_seconds": 0.0}
+    last = out / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        if ck["train_config"] != asdict(cfg):
+            raise UserError(f"{last} was written with a different config; use a new --out")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state = ck["state"]
+        torch.set_rng_state(ck["torch_rng"])
+        rng.bit_generator.state = ck["numpy_rng"]
+        log(f"resumed from {last} at epoch {state['epoch']}")
+
+    def validate() -> float:
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(Xv[i:i + 8192]) for i in range(0, len(Xv), 8192)]).numpy()
+        return float(mpjpe(pred, va.joints_cam).mean())
+
+    n = len(Xt)
+    while state["epoch"] < cfg.epochs:
+        t0 = time.time()
+        model.train()
+        perm = torch.from_numpy(rng.permutation(n))
+        l0_sum, seen = 0.0, 0
+        for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            xb = Xt[idx]
+            if uv_t is not None:
+                noisy = uv_t[idx] + cfg.noise_px * torch.randn_like(uv_t[idx])
+                xb = torch.from_numpy(_features(noisy.numpy(), f[idx.numpy()], c[idx.numpy()]))
+            pred = model.forward_normalized(xb)
+            l0 = per_sample_l0(pred, Yn[idx])
+            if cfg.loss == "weighted" and state["one_minus_a"] is not None:
+                loss = weighted_loss_terms(l0, state["one_minus_a"]).mean()
+            else:
+                loss = l0.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            apply_max_norm(model, cfg.max_norm)
+            l0_sum += float(l0.detach().sum())
+            seen += len(idx)
+        sched.step()
+        epoch_l0 = l0_sum / max(seen, 1)
+        if cfg.loss == "weighted":
+            # 1 - a = mean per-sample L0 over this epoch's full pass of the training set
+            # (training mode, as the optimiser sees it); used throughout the next epoch.
+            state["one_minus_a"] = epoch_l0
+        val = validate()
+        dt = time.time() - t0
+        state["train_seconds"] += dt
+        state["epoch"] += 1
+        state["history"].append({"epoch": state["epoch"], "train_l0": epoch_l0, "val_mpjpe_mm": val, "seconds": dt})
+        log(f"epoch {state['epoch']}/{cfg.epochs} train L0 {epoch_l0:.4f} val MPJPE {val:.2f} mm ({dt:.0f}s)")
+        meta = {"kind": "lifter", "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
+                "contract": contract_metadata(), "train_subjects": list(TRAIN_SUBJECTS),
+                "data_sha256": file_sha256(cfg.data) if state["epoch"] == 1 else None}
+        if val < state["best"]:
+            state["best"] = val
+            torch.save({"model": model.state_dict(), **meta, "val_mpjpe_mm": val, "epoch": state["epoch"],
+                        "train_seconds": state["train_seconds"]}, out / "best.pt")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "state": state, "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state,
+                    "train_config": asdict(cfg)}, last)
+        (out / "history.json").write_text(json.dumps(state["history"], indent=1))
+    return state
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from train.h36m import default_data_dir
+    d = default_data_dir() / "h36m"
+    p.add_argument("--data", default=str(d / "h36m_train.npz"), help="training npz (staged schema)")
+    p.add_argument("--val-data", default=str(d / "h36m_val.npz"), help="validation npz (S9)")
+    p.add_argument("--input", choices=("gt", "sh"), default="gt")
+    p.add_argument("--loss", choices=("weighted", "l2"), default="weighted")
+    p.add_argument("--out", required=True, help="run directory (resumes from OUT/last.pt)")
+    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("lr-decay", float), ("every", int),
+                      ("noise-px", float), ("seed", int), ("threads", int), ("hidden", int)):
+        p.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_")))
+    p.add_argument("--no-flip", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(data=args.data, val_data=args.val_data, input_kind=args.input, loss=args.loss,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+                      every=args.every, flip=not args.no_flip, noise_px=args.noise_px, seed=args.seed,
+                      threads=args.threads, hidden=args.hidden)
+    train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
+    return 0
