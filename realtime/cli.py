@@ -17,7 +17,9 @@ from types import ModuleType
 from engines.errors import UserError
 
 # name -> (module, one-line help). Modules are imported only when listed or run.
-APP_COMMANDS: dict[str, tuple[str, str]] = {}
+APP_COMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("engines.export", "export a model to ONNX or a TensorRT engine"),
+}
 
 
 def _command_modules() -> dict[str, ModuleType]:

@@ -1,4 +1,7 @@
-"""Reference backend: the PyTorch checkpoint itself (CPU). Needs torch."""
+"""Reference backend: the PyTorch checkpoint itself (CPU). Needs torch.
+
+Any stage in `engines.stages.STAGES` loads here: the checkpoint's `kind` picks the spec.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +9,20 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import UserError
+from engines.stages import StageSpec, check_inputs, stage_for
+
+
+def load_checkpoint(checkpoint: str | Path) -> dict:
+    """torch.load a posestream checkpoint (a dict with `model` and `kind`), or UserError."""
+    import torch
+
+    try:
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UserError(f"cannot load checkpoint {checkpoint}: {exc}") from None
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise UserError(f"{checkpoint} is not a posestream checkpoint (no 'model' entry)")
+    return ck
 
 
 class TorchBackend:
@@ -14,28 +31,21 @@ class TorchBackend:
     def __init__(self, checkpoint: str | Path, threads: int | None = None) -> None:
         import torch
 
-        from engines.models import Lifter, LifterConfig
-
         if threads:
             torch.set_num_threads(threads)
-        try:
-            ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise UserError(f"cannot load checkpoint {checkpoint}: {exc}") from None
-        if ck.get("kind") != "lifter":
-            raise UserError(f"{checkpoint} is not a lifter checkpoint (kind={ck.get('kind')!r})")
-        self.model = Lifter(LifterConfig(**ck["model_config"]))
-        self.model.load_state_dict(ck["model"])
-        self.model.eval()
-        self.metadata = {k: v for k, v in ck.items() if k not in ("model",)}
+        ck = load_checkpoint(checkpoint)
+        self.stage: StageSpec = stage_for(ck.get("kind"))
+        self.model = self.stage.build(ck)
+        self.metadata = {k: v for k, v in ck.items() if k != "model"}
+        self.metadata["stage"] = self.stage.name
         self._torch = torch
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = np.asarray(inputs["features"], np.float32)
-        assert x.ndim == 2 and x.shape[1] == self.model.cfg.in_dim, x.shape
+        xs = check_inputs(self.stage.inputs, inputs)
         with self._torch.inference_mode():
-            y = self.model(self._torch.from_numpy(x))
-        return {"joints_mm": y.numpy()}
+            ys = self.model(*[self._torch.from_numpy(x) for x in xs])
+        ys = ys if isinstance(ys, tuple) else (ys,)
+        return {s.name: y.numpy() for s, y in zip(self.stage.outputs, ys)}
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

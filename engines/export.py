@@ -1,0 +1,188 @@
+"""Export a model stage to ONNX or a TensorRT engine.
+
+    posestream export --model base_gt --format onnx [--out PATH]
+    posestream export --model base_gt --format tensorrt [--fp16] [--batch 64] [--out PATH]
+
+ONNX: opset 18 (torch dynamo exporter), dynamic batch axis, every other axis static (image
+stages: 256x256). The contract (joint order, FBI rule version, input normalisation), the stage
+name, input/output names and shapes and the source checkpoint's sha256 go into the ONNX
+`metadata_props` (engines.artifact). TensorRT: the ONNX is built into an engine for this GPU
+(engines.backends.tensorrt_backend), see docs/engines.md.
+
+Formats are one table, EXPORT_FORMATS: name -> (exporter, file suffix, needs a GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from engines.errors import UserError
+
+OPSET = 18
+
+
+def cache_root() -> Path:
+    """Where derived artifacts live: $POSESTREAM_CACHE or ~/.cache/posestream."""
+    env = os.environ.get("POSESTREAM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "posestream"
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, trace_batch: int = 2) -> Path:
+    """Export a posestream checkpoint (.pt) to ONNX at `out`, atomically (temp dir + replace).
+    Returns `out`. Needs torch, onnx, onnxscript."""
+    import onnx
+    import torch
+
+    from engines import artifact
+    from engines.backends.torch_backend import load_checkpoint
+    from engines.checkpoint import contract_metadata, file_sha256
+    from engines.stages import stage_for
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    ck = load_checkpoint(checkpoint)
+    stage = stage_for(ck.get("kind"))
+    contract = contract_metadata()
+    if ck.get("contract") is not None and ck["contract"] != contract:
+        diff = sorted(k for k in contract if ck["contract"].get(k) != contract[k])
+        raise UserError(f"{checkpoint} was trained under another contract ({', '.join(diff)} differ from "
+                        f"this code); retrain or check out matching code")
+    model = stage.build(ck)
+    example = tuple(torch.from_numpy(a) for a in stage.example_inputs(trace_batch).values())
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    dynamic = tuple({0: batch} for _ in stage.inputs)
+    meta = {
+        "format_version": artifact.FORMAT_VERSION, "stage": stage.name,
+        "inputs": [t.to_json() for t in stage.inputs], "outputs": [t.to_json() for t in stage.outputs],
+        **contract, "source_file": checkpoint.name, "source_sha256": file_sha256(checkpoint),
+        "opset": OPSET, "exporter": f"torch {torch.__version__} dynamo",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(model, example, str(raw), dynamo=True, opset_version=OPSET, verbose=False,
+                          input_names=[t.name for t in stage.inputs],
+                          output_names=[t.name for t in stage.outputs], dynamic_shapes=dynamic)
+        proto = onnx.load(str(raw))
+        del proto.metadata_props[:]
+        for k, v in artifact.encode(meta).items():
+            proto.metadata_props.add(key=k, value=v)
+        final = Path(tmp) / out.name
+        # Protobuf caps one file at 2 GiB: bigger models keep their weights in OUT.data.
+        big = proto.ByteSize() > 1_800_000_000
+        onnx.save(proto, str(final), save_as_external_data=big, location=f"{out.name}.data")
+        if big:
+            os.replace(Path(tmp) / f"{out.name}.data", out.parent / f"{out.name}.data")
+        os.replace(final, out)
+    return out
+
+
+def onnx_for_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The ONNX for a .pt: a sibling NAME.onnx exported from exactly this checkpoint (sha256
+    matches), else a cached export (exported now if missing). Stale siblings are ignored."""
+    from engines import artifact
+    from engines.checkpoint import file_sha256
+
+    checkpoint = Path(checkpoint)
+    sha = file_sha256(checkpoint)
+    sibling = checkpoint.with_suffix(".onnx")
+    if sibling.is_file():
+        try:
+            if artifact.read_onnx_metadata(sibling)["source_sha256"] == sha:
+                return sibling
+        except UserError:
+            pass
+        print(f"posestream: {sibling} was not exported from {checkpoint.name}; using a fresh export",
+              file=sys.stderr)
+    root = Path(cache_dir) if cache_dir else cache_root() / "onnx"
+    cached = root / sha[:16] / f"{checkpoint.stem}.onnx"
+    if cached.is_file():
+        try:
+            if artifact.read_onnx_metadata(cached)["source_sha256"] == sha:
+                return cached
+        except UserError:
+            pass  # corrupt cache entry: export again over it
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError(f"no ONNX export of {checkpoint} yet and torch is not installed to make one; "
+                        f"run `posestream export --model {checkpoint} --format onnx` where torch is") from None
+    print(f"posestream: exporting {checkpoint.name} to ONNX (first use) -> {cached}", file=sys.stderr)
+    return export_onnx(checkpoint, cached)
+
+
+# ---- format table -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precision: str = "fp32"  # fp32 | fp16 | int8 (TensorRT only)
+    max_batch: int = 64      # TensorRT optimisation profile: batch 1..max_batch
+    calib: Path | None = None  # int8 calibration inputs (.npz of stage input arrays)
+
+
+def _export_onnx_fmt(model: Path, out: Path, opts: ExportOptions) -> Path:
+    if opts.precision != "fp32":
+        raise UserError("--fp16/--int8 apply to --format tensorrt; the ONNX export is float32")
+    if model.suffix == ".onnx":
+        raise UserError(f"{model} is already ONNX")
+    return export_onnx(model, out)
+
+
+def _export_tensorrt_fmt(model: Path, out: Path, opts: ExportOptions) -> Path:
+    from engines.backends import tensorrt_backend as trt_backend
+    from engines.engine_cache import BuildPlan
+
+    onnx_path = model if model.suffix == ".onnx" else onnx_for_checkpoint(model)
+    plan = BuildPlan.for_onnx(onnx_path, precision=opts.precision, max_batch=opts.max_batch, calib=opts.calib)
+    return trt_backend.build_engine_file(plan, out)
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    suffix: str
+    needs_gpu: bool
+    export: Callable[[Path, Path, ExportOptions], Path]
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "onnx": ExportFormat("onnx", ".onnx", False, _export_onnx_fmt),
+    "tensorrt": ExportFormat("tensorrt", ".engine", True, _export_tensorrt_fmt),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="shipped model name (base_gt) or a .pt/.onnx path")
+    p.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true", help="TensorRT: allow FP16 kernels")
+    prec.add_argument("--int8", action="store_true", help="TensorRT: INT8 (+FP16), needs --calib")
+    p.add_argument("--calib", type=Path, help="INT8 calibration inputs: .npz with one array per stage input")
+    p.add_argument("--batch", type=int, default=64, help="TensorRT: largest batch of the profile (default 64)")
+    p.add_argument("--out", type=Path, help="output file (default: models/NAME<suffix>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from engines.checkpoint import MODELS_DIR, resolve_model_path
+
+    fmt = EXPORT_FORMATS[args.format]
+    src = Path(args.model)
+    model = src if src.suffix == ".onnx" and src.is_file() else resolve_model_path(args.model, ".pt")
+    if args.batch < 1:
+        raise UserError(f"--batch must be >= 1, got {args.batch}")
+    if args.int8 and not args.calib:
+        raise UserError("--int8 needs --calib FILE.npz (representative inputs, one array per stage input)")
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    out = args.out or (MODELS_DIR / f"{model.stem}{fmt.suffix}")
+    if out.suffix != fmt.suffix:
+        raise UserError(f"--out for {fmt.name} must end in {fmt.suffix}, got {out}")
+    if shutil.disk_usage(out.parent if out.parent.exists() else Path.cwd()).free < 100 << 20:
+        raise UserError(f"less than 100 MB free next to {out}")
+    path = fmt.export(model, out, ExportOptions(precision, args.batch, args.calib))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0

@@ -1,0 +1,110 @@
+"""The stage table: what each exportable model stage takes and returns.
+
+A checkpoint's `kind` ("lifter", later "generator", "refiner") names its stage. One
+`StageSpec` entry per stage says how to build the torch module from a checkpoint and the
+named inputs/outputs every runtime must honour. Export, the backends and the benchmark read
+only this table, so adding a stage is adding one entry (`register_stage`).
+
+Shapes use None for the dynamic batch axis; every other axis is static (image stages take a
+fixed 256x256 crop). All tensors are float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from engines.errors import UserError
+from engines.normalize import LIFT_INPUT_DIM
+from engines.skeleton import NUM_JOINTS
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named float32 tensor; shape[0] is None (dynamic batch), the rest static."""
+
+    name: str
+    shape: tuple[int | None, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": ["batch" if d is None else d for d in self.shape], "dtype": "float32"}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One exportable stage. `build(ck)` returns the eval-mode torch module for a loaded
+    checkpoint dict; its forward takes the inputs positionally in `inputs` order and returns
+    a tensor (one output) or a tuple in `outputs` order."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    build: Callable[[dict], Any]
+    description: str = ""
+
+    def example_inputs(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Fixed pseudo-random inputs (for export tracing, parity tests and benchmarks)."""
+        rng = np.random.default_rng(seed)
+        return {t.name: rng.standard_normal((batch, *t.shape[1:])).astype(np.float32) for t in self.inputs}
+
+
+def _build_lifter(ck: dict) -> Any:
+    from engines.models import Lifter, LifterConfig
+
+    model = Lifter(LifterConfig(**ck["model_config"]))
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
+STAGES: dict[str, StageSpec] = {
+    "lifter": StageSpec(
+        name="lifter",
+        inputs=(TensorSpec("features", (None, LIFT_INPUT_DIM)),),
+        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
+        build=_build_lifter,
+        description="Martinez lifter: engines.normalize.features_2d -> root-relative joints (mm)",
+    ),
+}
+
+
+def register_stage(spec: StageSpec) -> None:
+    """Add (or replace) a stage; later stages call this at import of their model module."""
+    STAGES[spec.name] = spec
+
+
+def stage_for(kind: str | None) -> StageSpec:
+    if kind not in STAGES:
+        raise UserError(f"unknown model stage {kind!r}: known stages are {', '.join(sorted(STAGES))}")
+    return STAGES[kind]
+
+
+def check_inputs(specs: tuple[TensorSpec, ...], inputs: dict[str, np.ndarray],
+                 max_batch: int | None = None) -> list[np.ndarray]:
+    """Validate named inputs against the stage's specs; return contiguous float32 arrays in
+    spec order. float64 is cast (features_2d-style callers); any other dtype, a missing or
+    extra name, a wrong rank/static dim or mismatched batch sizes is a UserError."""
+    if not isinstance(inputs, dict):
+        raise UserError(f"inputs must be a dict of name -> array, got {type(inputs).__name__}")
+    names = [s.name for s in specs]
+    if set(inputs) != set(names):
+        raise UserError(f"expected inputs {names}, got {sorted(inputs)}")
+    out, batch = [], None
+    for s in specs:
+        a = inputs[s.name]
+        if not isinstance(a, np.ndarray):
+            raise UserError(f"input {s.name!r} must be a numpy array, got {type(a).__name__}")
+        if a.dtype not in (np.float32, np.float64):
+            raise UserError(f"input {s.name!r} must be float32, got {a.dtype}")
+        want = tuple("B" if d is None else d for d in s.shape)
+        if a.ndim != len(s.shape) or any(d is not None and d != g for d, g in zip(s.shape, a.shape)):
+            raise UserError(f"input {s.name!r} must have shape {want}, got {tuple(a.shape)}")
+        if a.shape[0] < 1:
+            raise UserError(f"input {s.name!r} has an empty batch")
+        if batch is not None and a.shape[0] != batch:
+            raise UserError(f"inputs disagree on batch size ({batch} vs {a.shape[0]})")
+        batch = a.shape[0]
+        out.append(np.ascontiguousarray(a, np.float32))
+    if max_batch is not None and batch > max_batch:
+        raise UserError(f"batch {batch} exceeds this engine's maximum batch {max_batch}")
+    return out
