@@ -1,0 +1,223 @@
+"""Causal temporal filters for live 3D pose: One Euro smoothing and bone-length stabilising.
+
+Both filters see only the current and past frames (causal: no look-ahead, no added latency
+beyond the filter's own phase lag), keep their state between calls and reset on gaps.
+
+One Euro filter (Casiez, Roussel, Vogel, "1 Euro Filter: A Simple Speed-based Low-pass
+Filter for Noisy Input in Interactive Systems", CHI 2012): an exponential low-pass whose
+cutoff rises with the signal's speed, so a still pose is smoothed hard (no jitter) while a
+fast movement is followed with little lag:
+    a(fc, dt)  = 1 / (1 + tau / dt),  tau = 1 / (2 pi fc)
+    dx_hat     = lowpass(dx = (x - x_hat_prev) / dt,  a(d_cutoff, dt))
+    fc         = min_cutoff + beta * |dx_hat|
+    x_hat      = lowpass(x, a(fc, dt))
+Each coordinate is filtered independently (vectorised over any array shape, e.g. (17, 3)).
+
+Defaults, for millimetre coordinates at webcam rates (15-60 fps):
+    min_cutoff = 1.0 Hz  the cutoff when still. Lower = less jitter, more lag on slow moves.
+    beta       = 0.005   per (mm/s): at 1 m/s (a brisk arm swing) the cutoff becomes
+                         1 + 0.005 * 1000 = 6 Hz, so fast limbs lag by ~1 frame, not ~5.
+    d_cutoff   = 1.0 Hz  smoothing of the speed estimate itself (Casiez et al.'s default).
+Tune as in the paper: set beta = 0, lower min_cutoff until a still pose stops jittering,
+then raise beta until fast movements stop lagging.
+
+Bone-length stabiliser: a monocular lifter predicts each frame's limb lengths anew, so a
+forearm "breathes" by a few centimetres. People do not change size: the stabiliser keeps a
+running median of each bone's length over the last `window` valid frames (optionally
+averaging left and right limbs) and rebuilds the skeleton from the root along the kinematic
+tree with each bone's *direction* from the current frame and its *length* from the median.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+
+import numpy as np
+
+from engines.skeleton import BONES, JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, PARENTS, RIGHT_JOINTS, ROOT, bone_lengths
+from realtime.frames import PoseFrame
+
+DEFAULT_MIN_CUTOFF = 1.0
+DEFAULT_BETA = 0.005
+DEFAULT_D_CUTOFF = 1.0
+# A gap longer than this (seconds between two valid frames) restarts the filters: the
+# person may have moved anywhere meanwhile, and smoothing across the gap would drag the
+# new pose towards the old one.
+DEFAULT_MAX_GAP_S = 0.5
+# dt used when timestamps do not advance (duplicated or missing timestamps).
+FALLBACK_DT_S = 1.0 / 30.0
+
+
+def _alpha(cutoff_hz: np.ndarray | float, dt_s: float) -> np.ndarray | float:
+    """Smoothing factor of an exponential low-pass with the given cutoff and sample period."""
+    tau = 1.0 / (2.0 * math.pi * np.asarray(cutoff_hz, np.float64))
+    return 1.0 / (1.0 + tau / dt_s)
+
+
+class OneEuroFilter:
+    """Causal One Euro filter over arrays of a fixed shape (each element independent).
+
+    `__call__(x, t)` takes the array x at time t seconds and returns the filtered array
+    (float64, same shape). Non-finite entries of x (a joint the detector lost) come out as
+    NaN and restart that element's filter, so a NaN never poisons later frames. `reset()`
+    restarts every element (call it on gaps and on frames with no person)."""
+
+    def __init__(self, min_cutoff: float = DEFAULT_MIN_CUTOFF, beta: float = DEFAULT_BETA,
+                 d_cutoff: float = DEFAULT_D_CUTOFF) -> None:
+        if min_cutoff <= 0 or d_cutoff <= 0 or beta < 0:
+            raise ValueError(f"One Euro needs min_cutoff > 0, d_cutoff > 0, beta >= 0; got "
+                             f"{min_cutoff}, {d_cutoff}, {beta}")
+        self.min_cutoff = float(min_cutoff)
+        self.beta = float(beta)
+        self.d_cutoff = float(d_cutoff)
+        self.reset()
+
+    def reset(self) -> None:
+        self._x: np.ndarray | None = None    # last filtered value
+        self._dx: np.ndarray | None = None   # last filtered derivative
+        self._t: float | None = None
+
+    def __call__(self, x: np.ndarray, t: float) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        finite = np.isfinite(x)
+        if self._x is None or self._x.shape != x.shape:
+            self._x = np.where(finite, x, np.nan)
+            self._dx = np.zeros_like(x)
+            self._t = float(t)
+            return self._x.copy()
+        dt = float(t) - float(self._t)
+        if not dt > 0:
+            dt = FALLBACK_DT_S
+        self._t = float(t)
+        fresh = finite & ~np.isfinite(self._x)  # elements (re)starting now: no history
+        dx = np.where(finite & ~fresh, (x - self._x) / dt, 0.0)
+        dx_hat = self._dx + _alpha(self.d_cutoff, dt) * (dx - self._dx)
+        cutoff = self.min_cutoff + self.beta * np.abs(dx_hat)
+        x_hat = self._x + _alpha(cutoff, dt) * (x - self._x)
+        x_hat = np.where(fresh, x, x_hat)
+        self._x = np.where(finite, x_hat, np.nan)
+        self._dx = np.where(finite, dx_hat, 0.0)
+        return self._x.copy()
+
+
+def rebuild_with_lengths(joints: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Rescale each bone of (17, 3) joints to `lengths` (16,), in BONES order, keeping every
+    bone's direction and the root's position. Parents precede children in PARENTS, so one
+    pass from the root places every joint after its parent. A zero-length bone keeps its
+    child on the parent."""
+    joints = np.asarray(joints, np.float64)
+    out = joints.copy()
+    for (p, c), length in zip(BONES, lengths):
+        v = joints[c] - joints[p]
+        n = np.linalg.norm(v)
+        out[c] = out[p] + (v * (length / n) if n > 1e-9 else 0.0)
+    return out
+
+
+def _mirror_bone_index() -> np.ndarray:
+    """For each bone in BONES, the index of its left/right mirror (itself if central)."""
+    swap = {**dict(zip(LEFT_JOINTS, RIGHT_JOINTS)), **dict(zip(RIGHT_JOINTS, LEFT_JOINTS))}
+    index = {b: i for i, b in enumerate(BONES)}
+    return np.array([index[(swap.get(p, p), swap.get(c, c))] for p, c in BONES])
+
+
+_MIRROR = _mirror_bone_index()
+assert len(PARENTS) == NUM_JOINTS == len(JOINT_NAMES)
+
+
+class BoneLengthStabilizer:
+    """Keeps limb lengths consistent over time: running median of each bone's length over
+    the last `window` valid frames (left and right limbs averaged when `symmetric`), applied
+    by `rebuild_with_lengths`. Causal; `reset()` forgets the person (a new person may enter
+    after a gap). Input/output: (17, 3) joints in mm (root-relative or camera space)."""
+
+    def __init__(self, window: int = 60, symmetric: bool = True) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = int(window)
+        self.symmetric = symmetric
+        self._history: deque[np.ndarray] = deque(maxlen=self.window)
+
+    def reset(self) -> None:
+        self._history.clear()
+
+    @property
+    def lengths(self) -> np.ndarray | None:
+        """Current target bone lengths (16,) mm, or None before the first valid frame."""
+        if not self._history:
+            return None
+        med = np.median(np.stack(self._history), axis=0)
+        if self.symmetric:
+            med = 0.5 * (med + med[_MIRROR])
+        return med
+
+    def __call__(self, joints: np.ndarray) -> np.ndarray:
+        joints = np.asarray(joints, np.float64)
+        if not np.isfinite(joints).all():
+            return joints.copy()  # a partial skeleton cannot be rebuilt from the root; pass it on
+        self._history.append(bone_lengths(joints))
+        return rebuild_with_lengths(joints, self.lengths)
+
+
+@dataclasses.dataclass(frozen=True)
+class SmootherConfig:
+    """Settings of `PoseSmoother` (see the module docstring for the One Euro parameters).
+    `bones_window` = 0 turns the bone-length stabiliser off."""
+
+    min_cutoff: float = DEFAULT_MIN_CUTOFF
+    beta: float = DEFAULT_BETA
+    d_cutoff: float = DEFAULT_D_CUTOFF
+    max_gap_s: float = DEFAULT_MAX_GAP_S
+    bones_window: int = 60
+
+
+class PoseSmoother:
+    """The post-lifting stage on `PoseFrame`s: bone lengths stabilised, then the root-relative
+    shape (joints_mm - joints_mm[pelvis]) and the root translation One-Euro filtered, each
+    with its own state. If translation_mm is known, the output joints_mm are the smoothed
+    shape placed at the smoothed translation (camera space); otherwise they stay
+    root-relative. An invalid
+    frame passes through unchanged and resets the One Euro state; a gap longer than
+    `max_gap_s` resets everything, bone lengths included (it may be someone else).
+    Causal, one call per frame in timestamp order; time from `PoseFrame.timestamp_s`."""
+
+    def __init__(self, config: SmootherConfig = SmootherConfig()) -> None:
+        self.config = config
+        self._joints = OneEuroFilter(config.min_cutoff, config.beta, config.d_cutoff)
+        self._trans = OneEuroFilter(config.min_cutoff, config.beta, config.d_cutoff)
+        self._bones = BoneLengthStabilizer(config.bones_window) if config.bones_window > 0 else None
+        self._last_valid_t: float | None = None
+
+    def reset(self) -> None:
+        self._joints.reset()
+        self._trans.reset()
+        if self._bones is not None:
+            self._bones.reset()
+        self._last_valid_t = None
+
+    def __call__(self, pf: PoseFrame) -> PoseFrame:
+        if not pf.valid:
+            self._joints.reset()
+            self._trans.reset()
+            return pf
+        t = pf.timestamp_s
+        if self._last_valid_t is not None and (t - self._last_valid_t > self.config.max_gap_s or t < self._last_valid_t):
+            self.reset()
+        self._last_valid_t = t
+        joints = np.asarray(pf.joints_mm, np.float64)
+        # Root-relative shape and root position are smoothed apart: the depth of the root is
+        # far noisier than the limbs, and must not shake the skeleton's shape.
+        root = joints[ROOT].copy()
+        rel = joints - root
+        if self._bones is not None:
+            rel = self._bones(rel)
+        rel = self._joints(rel, t)
+        trans = np.asarray(pf.translation_mm, np.float64)
+        if np.isfinite(trans).all():
+            trans = self._trans(trans, t)
+            root = trans  # camera-space joints follow the smoothed root
+        else:
+            self._trans.reset()
+        out = rel + root if np.isfinite(root).all() else rel
+        return dataclasses.replace(pf, joints_mm=out.astype(np.float32), translation_mm=trans.astype(np.float32))
