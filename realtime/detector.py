@@ -1,0 +1,158 @@
+"""MediaPipe Pose Landmarker (Tasks API) -> 17-joint 2D detections.
+
+Modes: VIDEO (default; files and webcams: tracks from the previous frame and skips the person
+detector, ~28 ms/frame on this CPU, needs strictly increasing timestamps, which
+`PoseDetector.detect` enforces) and IMAGE (independent stills; runs the detector every call).
+
+With num_poses > 1 the detector keeps one person: on the first frame (or after the person
+was lost) the largest, most central one; afterwards the one nearest the previous
+detection, so the track does not jump to a passer-by.
+
+Pixel convention: MediaPipe returns coordinates normalised to the image extent; we convert
+with u = x * W - 0.5, so integer coordinates are pixel centres, as in engines/crop.py and
+OpenCV.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.checkpoint import MODELS_DIR
+from engines.crop import CropBox, box_from_joints
+from engines.errors import UserError
+from engines.landmarks import NUM_MP_LANDMARKS, landmarks_to_joints_2d, world_landmarks_to_joints_mm
+
+DEFAULT_MODEL = MODELS_DIR / "pose_landmarker_full.task"
+MODES = ("video", "image")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One person in one image.
+
+    joints_2d_px: (17, 2) float32 image pixels (pixel-centre convention).
+    confidence:   (17,) float32 in [0, 1] (MediaPipe visibility, min over source landmarks).
+    world_mm:     (17, 3) float32 MediaPipe's own metric 3D (hip-centred, mm, x right,
+                  y down, z away from the camera).
+    box:          square crop box around the joints (engines.crop, 256x256 crop).
+    landmarks_px: (33, 2) float32 raw MediaPipe landmarks, pixels; visibility (33,).
+    """
+
+    joints_2d_px: np.ndarray
+    confidence: np.ndarray
+    world_mm: np.ndarray
+    box: CropBox
+    landmarks_px: np.ndarray
+    visibility: np.ndarray
+
+
+def select_person(boxes: list[CropBox], image_size: tuple[int, int], previous: CropBox | None = None,
+                  max_jump: float = 1.0) -> int:
+    """Index of the person to keep among candidate boxes (non-empty list).
+
+    With a previous box: the candidate whose centre is nearest the previous centre, if that
+    distance is under `max_jump` previous box sides (a real person moves far less between
+    frames); otherwise (or without a previous box) the highest score
+    side / (1 + d), where d = distance of the box centre from the image centre divided by the
+    image half-diagonal: big and central wins."""
+    assert boxes, "no candidates"
+    if previous is not None:
+        d = [np.hypot(b.cx - previous.cx, b.cy - previous.cy) for b in boxes]
+        i = int(np.argmin(d))
+        if d[i] <= max_jump * previous.side:
+            return i
+    w, h = image_size
+    half_diag = 0.5 * np.hypot(w, h)
+    scores = [b.side / (1.0 + np.hypot(b.cx - w / 2, b.cy - h / 2) / half_diag) for b in boxes]
+    return int(np.argmax(scores))
+
+
+class PoseDetector:
+    """MediaPipe Pose Landmarker on RGB uint8 frames. Use as a context manager or call close()."""
+
+    def __init__(self, model_path: str | Path | None = None, mode: str = "video", num_poses: int = 1,
+                 min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
+                 min_tracking_confidence: float = 0.5) -> None:
+        if mode not in MODES:
+            raise UserError(f"detector mode must be one of {MODES}, got {mode!r}")
+        path = Path(model_path) if model_path else DEFAULT_MODEL
+        if not path.is_file():
+            raise UserError(f"MediaPipe model {path} not found: run `python scripts/build_mediapipe_model.py`")
+        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ log spam (harmless lines)
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions
+        from mediapipe.tasks.python.vision import PoseLandmarker, PoseLandmarkerOptions, RunningMode
+
+        self._mp = mp
+        self.mode = mode
+        opts = PoseLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(path)),
+            running_mode=RunningMode.VIDEO if mode == "video" else RunningMode.IMAGE,
+            num_poses=int(num_poses), min_pose_detection_confidence=min_detection_confidence,
+            min_pose_presence_confidence=min_presence_confidence,
+            min_tracking_confidence=min_tracking_confidence)
+        self._landmarker = PoseLandmarker.create_from_options(opts)
+        self._last_ts_ms = -1
+        self._previous: CropBox | None = None
+
+    def __enter__(self) -> "PoseDetector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def reset_track(self) -> None:
+        """Forget the tracked person (e.g. after a scene cut)."""
+        self._previous = None
+
+    def detect(self, image: np.ndarray, timestamp_s: float | None = None) -> Detection | None:
+        """image: (H, W, 3) uint8 RGB. timestamp_s is needed in VIDEO mode; it is made
+        strictly increasing in whole milliseconds (MediaPipe rejects repeats). Returns the
+        kept person, or None when nobody is found."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
+        if self.mode == "video":
+            if timestamp_s is None:
+                raise ValueError("VIDEO mode needs a timestamp")
+            ts = max(int(round(timestamp_s * 1000.0)), self._last_ts_ms + 1)
+            self._last_ts_ms = ts
+            result = self._landmarker.detect_for_video(mp_image, ts)
+        else:
+            result = self._landmarker.detect(mp_image)
+        h, w = image.shape[:2]
+        people = [self._to_detection(lms, wlms, w, h)
+                  for lms, wlms in zip(result.pose_landmarks, result.pose_world_landmarks)]
+        people = [p for p in people if p is not None]
+        if not people:
+            self._previous = None
+            return None
+        keep = people[select_person([p.box for p in people], (w, h), self._previous)]
+        self._previous = keep.box
+        return keep
+
+    @staticmethod
+    def _to_detection(lms: list, wlms: list, w: int, h: int) -> Detection | None:
+        if len(lms) != NUM_MP_LANDMARKS or len(wlms) != NUM_MP_LANDMARKS:
+            return None
+        norm = np.array([[p.x, p.y] for p in lms], np.float64)
+        vis = np.array([p.visibility if p.visibility is not None else 1.0 for p in lms], np.float64)
+        world = np.array([[p.x, p.y, p.z] for p in wlms], np.float64)
+        if not (np.isfinite(norm).all() and np.isfinite(world).all()):
+            return None
+        px = norm * np.array([w, h]) - 0.5
+        joints, conf = landmarks_to_joints_2d(px, vis)
+        try:
+            box = box_from_joints(joints)
+        except ValueError:
+            return None
+        return Detection(joints, conf, world_landmarks_to_joints_mm(world), box,
+                         px.astype(np.float32), vis.astype(np.float32))
