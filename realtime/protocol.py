@@ -1,0 +1,463 @@
+"""The viewer wire protocol, sans I/O: message encoding and decoding, size limits, the token
+check, per-client token-bucket rate limiting, the connection limit and the thumbnail throttle.
+
+Nothing here touches a socket or a clock: callers pass `now` (monotonic seconds) and send
+what the functions return, so every rule is testable without a server. `realtime.server`
+is the thin asyncio layer on top. The schema is documented in docs/web_viewer.md.
+
+Server -> client text messages (JSON objects, all carry `"v": 1` and `"type"`):
+    hello         skeleton description + server state, sent once a client is authorised.
+    frame         one PoseFrame (arrays as nested lists, NaN as null; see `frame_to_message`).
+    stats         every second: connected clients, frames published, frames this client missed.
+    auth_required the server wants a token: send {"type": "auth", "token": ...}.
+    auth_ok       the token was accepted (hello and the current frame follow).
+    pong          answer to ping, for clock-offset and round-trip estimation.
+    error         {"code": ..., "message": ...}; the connection stays open unless closed.
+Server -> client binary messages: a JPEG thumbnail of the 2D overlay, framed by
+`encode_thumb` (only to clients that subscribed, at most `Limits.thumb_max_fps` per second).
+Client -> server text messages: auth, ping, subscribe (see `ClientSession.on_message`).
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from engines.skeleton import (BONES, FBI_BONES, FBI_STATE_NAMES, JOINT_NAMES, LEFT_JOINTS, NUM_FBI_BONES,
+                              NUM_JOINTS, RIGHT_JOINTS)
+from realtime.frames import PoseFrame
+
+PROTOCOL_VERSION = 1
+RECORDING_FORMAT = "posestream-jsonl-v1"
+
+# WebSocket close codes (RFC 6455).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+
+# Error codes carried by {"type": "error", "code": ...}.
+ERR_BAD_MESSAGE = "bad_message"
+ERR_TOO_LARGE = "too_large"
+ERR_RATE_LIMITED = "rate_limited"
+ERR_AUTH_REQUIRED = "auth_required"
+ERR_AUTH_FAILED = "auth_failed"
+
+THUMB_MAGIC = b"PSJ1"
+_THUMB_HEADER = struct.Struct("<4sI")  # magic, frame index (uint32, little-endian)
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the schema. `code` is one of the ERR_* strings."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every bound the server enforces. Sizes in bytes, rates per second, times in seconds."""
+
+    max_inbound_bytes: int = 4096        # a client message larger than this closes the connection (1009)
+    max_clients: int = 32                # concurrent websocket connections (handshake answered 503 beyond)
+    rate_per_s: float = 20.0             # inbound messages per client: token-bucket refill rate
+    burst: int = 40                      # ... and bucket capacity
+    max_violations: int = 20             # bad / rate-limited messages tolerated before closing (1008)
+    max_auth_failures: int = 3           # wrong tokens tolerated before closing (1008)
+    auth_timeout_s: float = 60.0         # an unauthenticated connection is closed after this long
+    thumb_max_fps: float = 5.0           # JPEG thumbnails forwarded per second, at most
+    max_thumb_bytes: int = 256 * 1024    # larger thumbnails are dropped (and logged)
+    max_token_chars: int = 256           # longer tokens are rejected without comparing
+
+    def __post_init__(self) -> None:
+        for name in ("max_inbound_bytes", "max_clients", "burst", "max_violations", "max_auth_failures",
+                     "max_thumb_bytes", "max_token_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Limits.{name} must be >= 1")
+        for name in ("rate_per_s", "auth_timeout_s", "thumb_max_fps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"Limits.{name} must be > 0")
+
+
+# ----------------------------------------------------------------------------- encoding helpers
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+def _to_list(a: np.ndarray | None, decimals: int) -> list[Any] | None:
+    """Round and convert to nested lists; NaN/inf become None (JSON null)."""
+    if a is None:
+        return None
+    r = np.round(np.asarray(a, dtype=np.float64), decimals)
+    finite = np.isfinite(r)
+    if finite.all():
+        return r.tolist()
+    if not finite.any():
+        return None
+    obj = r.astype(object)
+    obj[~finite] = None
+    return obj.tolist()
+
+
+def _from_list(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Nested lists with null -> float32 array of `shape` with NaN. None -> all NaN."""
+    if value is None:
+        return np.full(shape, np.nan, np.float32)
+    try:
+        arr = np.array(value, dtype=object)
+        if arr.shape != shape:
+            raise ProtocolError(ERR_BAD_MESSAGE, f"{name}: expected shape {shape}, got {arr.shape}")
+        out = np.full(shape, np.nan, np.float32)
+        for idx, v in np.ndenumerate(arr):
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ProtocolError(ERR_BAD_MESSAGE, f"{name}: non-numeric element {v!r}")
+            out[idx] = v
+        return out
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(ERR_BAD_MESSAGE, f"{name}: {exc}") from None
+
+
+def hello_message(*, auth_required: bool = False, thumb_max_fps: float = 5.0,
+                  source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The skeleton description every viewer needs before drawing a frame."""
+    return {
+        "v": PROTOCOL_VERSION, "type": "hello", "server": "posestream",
+        "joint_names": list(JOINT_NAMES), "bones": [list(b) for b in BONES],
+        "left_joints": list(LEFT_JOINTS), "right_joints": list(RIGHT_JOINTS),
+        "fbi_bones": [list(b) for b in FBI_BONES], "fbi_state_names": list(FBI_STATE_NAMES),
+        "units": "mm", "coords": "camera: x right, y down, z forward",
+        "auth_required": bool(auth_required), "thumb_max_fps": float(thumb_max_fps),
+        "source": dict(source or {}),
+    }
+
+
+def frame_to_message(frame: PoseFrame, pub_ms: float | None = None) -> dict[str, Any]:
+    """A PoseFrame as the `frame` message.
+
+    Fields: index (int), timestamp_s (source time, s), valid (bool), joints_mm (17x3, mm, 0.1 mm
+    precision), translation_mm (3), joints_2d_px (17x2, px), confidence (17, 3 decimals),
+    fbi (14x3 probabilities or null), timings_ms ({stage: ms}), image_size ([w, h]),
+    pub_ms (server wall-clock ms since the epoch when the frame was published, or null).
+    Any array may be null (all unknown) and any element may be null (NaN).
+    """
+    return {
+        "v": PROTOCOL_VERSION, "type": "frame", "index": int(frame.index),
+        "timestamp_s": round(float(frame.timestamp_s), 6) if math.isfinite(frame.timestamp_s) else None,
+        "valid": bool(frame.valid),
+        "joints_mm": _to_list(frame.joints_mm, 1),
+        "translation_mm": _to_list(frame.translation_mm, 1),
+        "joints_2d_px": _to_list(frame.joints_2d_px, 1),
+        "confidence": _to_list(frame.confidence, 3),
+        "fbi": _to_list(frame.fbi, 3),
+        "timings_ms": {str(k): round(float(v), 2) for k, v in frame.timings_ms.items() if math.isfinite(float(v))},
+        "image_size": [int(frame.image_size[0]), int(frame.image_size[1])],
+        "pub_ms": None if pub_ms is None else round(float(pub_ms), 2),
+    }
+
+
+def encode_frame(frame: PoseFrame, pub_ms: float | None = None) -> str:
+    """`frame_to_message` as compact JSON text (about 1.2 kB for a valid frame)."""
+    return _dumps(frame_to_message(frame, pub_ms))
+
+
+def message_to_frame(msg: dict[str, Any]) -> PoseFrame:
+    """Inverse of `frame_to_message` (values are rounded as on the wire). Raises ProtocolError."""
+    if not isinstance(msg, dict) or msg.get("type") != "frame":
+        raise ProtocolError(ERR_BAD_MESSAGE, "not a frame message")
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(ERR_BAD_MESSAGE, f"unsupported protocol version {msg.get('v')!r}")
+    index = msg.get("index")
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ProtocolError(ERR_BAD_MESSAGE, "index must be an integer")
+    ts = msg.get("timestamp_s")
+    ts = float("nan") if ts is None else ts
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        raise ProtocolError(ERR_BAD_MESSAGE, "timestamp_s must be a number")
+    size = msg.get("image_size")
+    if (not isinstance(size, list) or len(size) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in size)):
+        raise ProtocolError(ERR_BAD_MESSAGE, "image_size must be [width, height]")
+    timings = msg.get("timings_ms") or {}
+    if not isinstance(timings, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in timings.values()):
+        raise ProtocolError(ERR_BAD_MESSAGE, "timings_ms must map names to numbers")
+    fbi = None if msg.get("fbi") is None else _from_list(msg["fbi"], (NUM_FBI_BONES, 3), "fbi")
+    conf = msg.get("confidence")
+    return PoseFrame(
+        index=index, timestamp_s=float(ts), valid=bool(msg.get("valid")),
+        joints_mm=_from_list(msg.get("joints_mm"), (NUM_JOINTS, 3), "joints_mm"),
+        translation_mm=_from_list(msg.get("translation_mm"), (3,), "translation_mm"),
+        joints_2d_px=_from_list(msg.get("joints_2d_px"), (NUM_JOINTS, 2), "joints_2d_px"),
+        confidence=np.nan_to_num(_from_list(conf, (NUM_JOINTS,), "confidence"), nan=0.0) if conf is not None
+        else np.zeros(NUM_JOINTS, np.float32),
+        image_size=(size[0], size[1]), fbi=fbi,
+        timings_ms={str(k): float(v) for k, v in timings.items()},
+    )
+
+
+def decode_json(text: str | bytes) -> dict[str, Any]:
+    """Parse one JSON object that carries `"v": 1` and a string `type`. Raises ProtocolError."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ERR_BAD_MESSAGE, f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ERR_BAD_MESSAGE, "a message must be a JSON object")
+    if obj.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(ERR_BAD_MESSAGE, f"unsupported protocol version {obj.get('v')!r} (expected 1)")
+    if not isinstance(obj.get("type"), str):
+        raise ProtocolError(ERR_BAD_MESSAGE, "missing message type")
+    return obj
+
+
+def error_message(code: str, message: str) -> str:
+    return _dumps({"v": PROTOCOL_VERSION, "type": "error", "code": code, "message": message[:200]})
+
+
+def simple_message(type_: str, **fields: Any) -> str:
+    return _dumps({"v": PROTOCOL_VERSION, "type": type_, **fields})
+
+
+def stats_message(*, clients: int, published: int, dropped: int) -> str:
+    """Per-client statistics: `dropped` = frames this client never got (latest-only mailbox)."""
+    return simple_message("stats", clients=int(clients), published=int(published), dropped=int(dropped))
+
+
+def encode_thumb(index: int, jpeg: bytes) -> bytes:
+    """Binary thumbnail message: b"PSJ1" + uint32 LE frame index + JPEG bytes."""
+    return _THUMB_HEADER.pack(THUMB_MAGIC, index & 0xFFFFFFFF) + bytes(jpeg)
+
+
+def decode_thumb(data: bytes) -> tuple[int, bytes]:
+    """Inverse of `encode_thumb`: (frame index, JPEG bytes). Raises ProtocolError."""
+    if len(data) < _THUMB_HEADER.size or data[:4] != THUMB_MAGIC:
+        raise ProtocolError(ERR_BAD_MESSAGE, "not a thumbnail message")
+    _, index = _THUMB_HEADER.unpack_from(data)
+    return index, bytes(data[_THUMB_HEADER.size:])
+
+
+def parse_recording(lines: Iterable[str]) -> tuple[dict[str, Any] | None, list[PoseFrame]]:
+    """Read the viewer's recording (JSON Lines: a `recording` header, the `hello`, then `frame`
+    messages as received). Returns (hello or None, frames). Other message types are skipped.
+    Raises ProtocolError naming the bad line."""
+    hello: dict[str, Any] | None = None
+    frames: list[PoseFrame] = []
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = decode_json(line)
+            if obj["type"] == "frame":
+                frames.append(message_to_frame(obj))
+            elif obj["type"] == "hello":
+                hello = obj
+            elif obj["type"] == "recording" and obj.get("format") != RECORDING_FORMAT:
+                raise ProtocolError(ERR_BAD_MESSAGE, f"unknown recording format {obj.get('format')!r}")
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, f"line {lineno}: {exc}") from None
+    return hello, frames
+
+
+# ----------------------------------------------------------------------------- limits and auth
+
+def check_token(expected: str | None, given: object, max_chars: int = 256) -> bool:
+    """True when no token is required, or `given` equals `expected` (constant-time compare)."""
+    if expected is None:
+        return True
+    if not isinstance(given, str) or len(given) > max_chars:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+@dataclass
+class TokenBucket:
+    """Token-bucket rate limiter: `rate` tokens per second, at most `capacity` stored.
+    Starts full. `allow(now)` spends one token if there is one. `now`: monotonic seconds."""
+
+    rate: float
+    capacity: float
+    tokens: float = field(default=-1.0)
+    last: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = float(self.capacity)
+
+    def allow(self, now: float, cost: float = 1.0) -> bool:
+        if self.last is not None and now > self.last:
+            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now if self.last is None else max(self.last, now)
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return True
+        return False
+
+
+@dataclass
+class ConnectionLimiter:
+    """Counts open connections; `try_acquire` fails beyond `max_connections`."""
+
+    max_connections: int
+    active: int = 0
+
+    def try_acquire(self) -> bool:
+        if self.active >= self.max_connections:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active = max(0, self.active - 1)
+
+
+@dataclass
+class Throttle:
+    """At most `max_per_s` events per second: `allow(now)` is True when at least 1/max_per_s
+    seconds passed since the last allowed event."""
+
+    max_per_s: float
+    last: float | None = None
+
+    def ready(self, now: float) -> bool:
+        return self.last is None or now - self.last >= 1.0 / self.max_per_s - 1e-9
+
+    def allow(self, now: float) -> bool:
+        if self.ready(now):
+            self.last = now
+            return True
+        return False
+
+
+# ----------------------------------------------------------------------------- one client's state
+
+@dataclass
+class Reply:
+    """What the I/O layer must do after an inbound message: send `send` (text messages) in order,
+    then close with `close` = (code, reason) if set; log `log` if set. `authorised` is True
+    when this message authorised the client (the server then sends hello + current frame)."""
+
+    send: list[str] = field(default_factory=list)
+    close: tuple[int, str] | None = None
+    log: str | None = None
+    authorised: bool = False
+
+
+class ClientSession:
+    """The inbound-message rules for one connection (sans I/O).
+
+    token:       the server's token, or None when none is required.
+    query_token: the `?token=` of the websocket URL, or None.
+    Client messages:
+        {"v":1, "type":"auth", "token": str}       -> auth_ok | error auth_failed
+        {"v":1, "type":"ping", "t": number}        -> pong {"t", "server_ms"}
+        {"v":1, "type":"subscribe", "thumbs": bool} -> thumbnails on/off for this client
+    Anything else is answered with an error and counts as a violation; so do rate-limited
+    messages and messages before authorisation. `max_violations` violations close with 1008.
+    """
+
+    def __init__(self, limits: Limits, token: str | None, query_token: str | None, now: float,
+                 thumbs: bool = False) -> None:
+        self.limits = limits
+        self._token = token
+        self.bucket = TokenBucket(limits.rate_per_s, limits.burst)
+        self.opened_at = now
+        self.violations = 0
+        self.auth_failures = 0
+        self.thumbs = thumbs
+        self._rate_warned = False
+        self.authorised = token is None
+        self._query_failed = False
+        if not self.authorised and query_token is not None:
+            if check_token(token, query_token, limits.max_token_chars):
+                self.authorised = True
+            else:
+                self.auth_failures += 1
+                self._query_failed = True
+
+    def opening(self) -> list[str]:
+        """Messages to send right after the handshake, before hello (empty when authorised)."""
+        if self.authorised:
+            return []
+        out = []
+        if self._query_failed:
+            out.append(error_message(ERR_AUTH_FAILED, "the token in the URL is wrong"))
+        out.append(simple_message("auth_required", message="send {\"v\":1,\"type\":\"auth\",\"token\":...}"))
+        return out
+
+    def auth_expired(self, now: float) -> bool:
+        return not self.authorised and now - self.opened_at >= self.limits.auth_timeout_s
+
+    def _violation(self, reply: Reply, code: str, message: str, send: bool = True) -> Reply:
+        self.violations += 1
+        reply.log = f"{code}: {message}"
+        if self.violations >= self.limits.max_violations:
+            reply.close = (CLOSE_POLICY, f"too many bad messages ({code})")
+        elif send:
+            reply.send.append(error_message(code, message))
+        return reply
+
+    def on_message(self, data: str | bytes, now: float, now_ms: float = 0.0) -> Reply:
+        """Apply the rules to one inbound message. `now`: monotonic s; `now_ms`: wall-clock ms
+        (only echoed in pong)."""
+        reply = Reply()
+        if len(data) > self.limits.max_inbound_bytes:
+            reply.close = (CLOSE_TOO_BIG, f"message over {self.limits.max_inbound_bytes} bytes")
+            reply.log = f"{ERR_TOO_LARGE}: {len(data)} bytes"
+            return reply
+        if not self.bucket.allow(now):
+            first = not self._rate_warned
+            self._rate_warned = True
+            return self._violation(reply, ERR_RATE_LIMITED,
+                                   f"more than {self.limits.rate_per_s:g} messages/s", send=first)
+        self._rate_warned = False
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return self._violation(reply, ERR_BAD_MESSAGE, "binary messages are not accepted")
+        try:
+            msg = decode_json(data)
+        except ProtocolError as exc:
+            return self._violation(reply, exc.code, str(exc))
+        kind = msg["type"]
+        if kind == "auth":
+            if self.authorised:
+                reply.send.append(simple_message("auth_ok"))
+                return reply
+            if check_token(self._token, msg.get("token"), self.limits.max_token_chars):
+                self.authorised = True
+                reply.authorised = True
+                reply.send.append(simple_message("auth_ok"))
+                return reply
+            self.auth_failures += 1
+            reply.log = f"{ERR_AUTH_FAILED} ({self.auth_failures}/{self.limits.max_auth_failures})"
+            if self.auth_failures >= self.limits.max_auth_failures:
+                reply.close = (CLOSE_POLICY, "authentication failed")
+            else:
+                reply.send.append(error_message(ERR_AUTH_FAILED, "wrong token"))
+            return reply
+        if not self.authorised:
+            return self._violation(reply, ERR_AUTH_REQUIRED, f"{kind!r} before authentication")
+        if kind == "ping":
+            t = msg.get("t")
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+                return self._violation(reply, ERR_BAD_MESSAGE, "ping needs a numeric t")
+            reply.send.append(simple_message("pong", t=t, server_ms=round(now_ms, 2)))
+            return reply
+        if kind == "subscribe":
+            thumbs = msg.get("thumbs")
+            if not isinstance(thumbs, bool):
+                return self._violation(reply, ERR_BAD_MESSAGE, "subscribe needs a boolean thumbs")
+            self.thumbs = thumbs
+            return reply
+        return self._violation(reply, ERR_BAD_MESSAGE, f"unknown message type {kind[:40]!r}")

@@ -1,0 +1,201 @@
+"""The sans-I/O viewer protocol: schema round trip, limits, auth and rate limiting."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engines.skeleton import BONES, JOINT_NAMES
+from realtime.frames import PoseFrame
+from realtime.protocol import (CLOSE_POLICY, CLOSE_TOO_BIG, RECORDING_FORMAT, ClientSession, ConnectionLimiter,
+                               Limits, ProtocolError, Throttle, TokenBucket, check_token, decode_json, decode_thumb,
+                               encode_frame, encode_thumb, hello_message, message_to_frame, parse_recording)
+
+
+def make_frame(index: int = 3, valid: bool = True) -> PoseFrame:
+    rng = np.random.default_rng(index)
+    if not valid:
+        return PoseFrame.empty(index, 0.1 * index, (640, 480), {"detect": 12.5})
+    fbi = rng.dirichlet(np.ones(3), size=14).astype(np.float32)
+    return PoseFrame(index, 0.1 * index, True, rng.normal(0, 300, (17, 3)).astype(np.float32),
+                     np.array([10.0, -20.0, 3500.0], np.float32), rng.uniform(0, 640, (17, 2)).astype(np.float32),
+                     rng.uniform(0, 1, 17).astype(np.float32), (640, 480), fbi, {"detect": 12.5, "lift": 0.31})
+
+
+def msg(type_: str, **kw) -> str:
+    return json.dumps({"v": 1, "type": type_, **kw})
+
+
+def test_frame_round_trip_within_wire_precision():
+    f = make_frame()
+    text = encode_frame(f, pub_ms=1234.5)
+    obj = json.loads(text)
+    assert obj["v"] == 1 and obj["type"] == "frame" and obj["index"] == 3 and obj["pub_ms"] == 1234.5
+    assert np.array(obj["joints_mm"]).shape == (17, 3) and np.array(obj["fbi"]).shape == (14, 3)
+    assert len(text) < 2000, len(text)
+    g = message_to_frame(obj)
+    np.testing.assert_allclose(g.joints_mm, f.joints_mm, atol=0.05 + 1e-3)
+    np.testing.assert_allclose(g.translation_mm, f.translation_mm, atol=0.05 + 1e-3)
+    np.testing.assert_allclose(g.joints_2d_px, f.joints_2d_px, atol=0.05 + 1e-3)
+    np.testing.assert_allclose(g.confidence, f.confidence, atol=5e-4 + 1e-6)
+    np.testing.assert_allclose(g.fbi, f.fbi, atol=5e-4 + 1e-6)
+    assert g.valid and g.image_size == (640, 480) and g.timings_ms == {"detect": 12.5, "lift": 0.31}
+
+
+def test_invalid_frame_and_partial_nan_encode_as_null():
+    e = make_frame(valid=False)
+    obj = json.loads(encode_frame(e))
+    assert obj["valid"] is False and obj["joints_mm"] is None and obj["fbi"] is None
+    g = message_to_frame(obj)
+    assert not g.valid and np.isnan(g.joints_mm).all() and g.fbi is None
+    f = make_frame()
+    j = f.joints_mm.copy()
+    j[5] = np.nan
+    obj = json.loads(encode_frame(PoseFrame(**{**f.__dict__, "joints_mm": j})))
+    assert obj["joints_mm"][5] == [None, None, None] and obj["joints_mm"][4][0] is not None
+    assert np.isnan(message_to_frame(obj).joints_mm[5]).all()
+
+
+@pytest.mark.parametrize("patch", [
+    {"joints_mm": [[1, 2]] * 17}, {"joints_mm": [["a", 1, 2]] * 17}, {"index": "3"}, {"index": True},
+    {"image_size": [1]}, {"v": 2}, {"timings_ms": {"a": "x"}}, {"fbi": [[1, 2, 3]] * 13},
+])
+def test_message_to_frame_rejects_bad_fields(patch):
+    obj = {**json.loads(encode_frame(make_frame())), **patch}
+    with pytest.raises(ProtocolError):
+        message_to_frame(obj)
+
+
+def test_hello_describes_the_skeleton():
+    h = hello_message(auth_required=True, thumb_max_fps=3, source={"kind": "replay"})
+    assert h["joint_names"] == list(JOINT_NAMES) and [tuple(b) for b in h["bones"]] == list(BONES)
+    assert h["auth_required"] is True and h["thumb_max_fps"] == 3.0 and h["source"] == {"kind": "replay"}
+    json.dumps(h, allow_nan=False)
+
+
+@pytest.mark.parametrize("bad", ["", "nope", "[1,2]", '{"type":"ping"}', '{"v":1}', '{"v":1,"type":3}', b"\xff\xfe"])
+def test_decode_json_rejects_garbage(bad):
+    with pytest.raises(ProtocolError):
+        decode_json(bad)
+
+
+def test_thumb_framing():
+    data = encode_thumb(70000, b"\xff\xd8jpeg")
+    assert data[:4] == b"PSJ1" and decode_thumb(data) == (70000, b"\xff\xd8jpeg")
+    with pytest.raises(ProtocolError):
+        decode_thumb(b"JUNKJUNK")
+
+
+def test_parse_recording():
+    lines = [msg("recording", format=RECORDING_FORMAT), json.dumps(hello_message()),
+             encode_frame(make_frame(1)), msg("stats", clients=1, published=2, dropped=0), encode_frame(make_frame(2)), ""]
+    hello, frames = parse_recording(lines)
+    assert hello is not None and [f.index for f in frames] == [1, 2]
+    with pytest.raises(ProtocolError, match="line 2"):
+        parse_recording([lines[0], "garbage"])
+    with pytest.raises(ProtocolError, match="format"):
+        parse_recording([msg("recording", format="other")])
+
+
+def test_check_token():
+    assert check_token(None, None) and check_token(None, "x")
+    assert check_token("s3cret", "s3cret")
+    assert not check_token("s3cret", "s3cres") and not check_token("s3cret", None) and not check_token("s3cret", 5)
+    assert not check_token("s3cret", "x" * 1000)
+    assert check_token("ключ", "ключ")
+
+
+def test_token_bucket_burst_then_rate():
+    b = TokenBucket(rate=10, capacity=5)
+    assert sum(b.allow(0.0) for _ in range(20)) == 5       # burst
+    assert not b.allow(0.05)                                # half a token
+    assert b.allow(0.1)                                     # one token after 0.1 s
+    assert sum(b.allow(1.1 + i * 0.001) for _ in range(1) for i in range(20)) == 5  # refilled to capacity only
+    # Over a long run the admitted rate converges to `rate`.
+    b = TokenBucket(rate=10, capacity=5)
+    admitted = sum(b.allow(i * 0.01) for i in range(1000))  # 100 msg/s offered for 10 s
+    assert 100 <= admitted <= 106, admitted
+
+
+def test_connection_limiter_and_throttle():
+    c = ConnectionLimiter(2)
+    assert c.try_acquire() and c.try_acquire() and not c.try_acquire()
+    c.release()
+    assert c.try_acquire()
+    t = Throttle(5)
+    admitted = sum(t.allow(i / 30) for i in range(300))  # 30 offers/s for 10 s
+    assert 48 <= admitted <= 51, admitted
+
+
+def test_session_without_token_answers_ping_and_subscribe():
+    s = ClientSession(Limits(), token=None, query_token=None, now=0)
+    assert s.authorised and s.opening() == []
+    r = s.on_message(msg("ping", t=12.5), now=0.1, now_ms=99.0)
+    assert json.loads(r.send[0]) == {"v": 1, "type": "pong", "t": 12.5, "server_ms": 99.0} and r.close is None
+    r = s.on_message(msg("subscribe", thumbs=True), now=0.2)
+    assert s.thumbs and r.send == []
+
+
+def test_session_garbage_is_answered_then_closed():
+    s = ClientSession(Limits(max_violations=3), token=None, query_token=None, now=0)
+    for i, bad in enumerate(["garbage", b"\x00\x01", msg("launch_missiles")]):
+        r = s.on_message(bad, now=i * 0.1)
+        if i < 2:
+            assert json.loads(r.send[0])["type"] == "error" and r.close is None and r.log
+        else:
+            assert r.close is not None and r.close[0] == CLOSE_POLICY
+
+
+def test_session_oversized_closes_1009():
+    s = ClientSession(Limits(max_inbound_bytes=100), token=None, query_token=None, now=0)
+    r = s.on_message("x" * 101, now=0)
+    assert r.close is not None and r.close[0] == CLOSE_TOO_BIG
+
+
+def test_session_rate_limit():
+    s = ClientSession(Limits(rate_per_s=5, burst=5, max_violations=10), token=None, query_token=None, now=0)
+    replies = [s.on_message(msg("ping", t=1), now=0.0) for _ in range(5)]
+    assert all(json.loads(r.send[0])["type"] == "pong" for r in replies)
+    r = s.on_message(msg("ping", t=1), now=0.0)
+    assert json.loads(r.send[0])["code"] == "rate_limited"
+    r = s.on_message(msg("ping", t=1), now=0.0)           # warned once, then silently dropped
+    assert r.send == [] and r.close is None
+    for _ in range(8):                                     # violations 3..10: the 10th closes
+        r = s.on_message(msg("ping", t=1), now=0.0)
+    assert r.close is not None and r.close[0] == CLOSE_POLICY
+    s2 = ClientSession(Limits(rate_per_s=5, burst=5), token=None, query_token=None, now=0)
+    assert all(s2.on_message(msg("ping", t=1), now=i * 0.25).send for i in range(40))  # 4/s is fine
+
+
+def test_session_token_flow():
+    lim = Limits(max_auth_failures=2, auth_timeout_s=10)
+    s = ClientSession(lim, token="tok", query_token=None, now=0)
+    assert not s.authorised and json.loads(s.opening()[-1])["type"] == "auth_required"
+    r = s.on_message(msg("ping", t=1), now=0.1)            # nothing but auth before authorisation
+    assert json.loads(r.send[0])["code"] == "auth_required"
+    r = s.on_message(msg("auth", token="bad"), now=0.2)
+    assert json.loads(r.send[0])["code"] == "auth_failed" and not r.authorised
+    r = s.on_message(msg("auth", token="tok"), now=0.3)
+    assert r.authorised and json.loads(r.send[0])["type"] == "auth_ok" and s.authorised
+    assert not s.auth_expired(100)
+    s = ClientSession(lim, token="tok", query_token=None, now=0)
+    s.on_message(msg("auth", token="bad"), now=0.1)
+    r = s.on_message(msg("auth", token=["tok"]), now=0.2)
+    assert r.close == (CLOSE_POLICY, "authentication failed")
+    s = ClientSession(lim, token="tok", query_token=None, now=0)
+    assert not s.auth_expired(9.9) and s.auth_expired(10.0)
+
+
+def test_session_query_token():
+    assert ClientSession(Limits(), token="tok", query_token="tok", now=0).authorised
+    s = ClientSession(Limits(), token="tok", query_token="nope", now=0)
+    codes = [json.loads(m).get("code", json.loads(m)["type"]) for m in s.opening()]
+    assert not s.authorised and codes == ["auth_failed", "auth_required"]
+
+
+def test_limits_validate():
+    with pytest.raises(ValueError):
+        Limits(max_clients=0)
+    with pytest.raises(ValueError):
+        Limits(rate_per_s=0)
