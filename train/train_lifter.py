@@ -102,7 +102,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     last = out / "last.pt"
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=False)
-        if ck["train_config"] != asdict(cfg):
+        # Only the epoch count may change on resume (to extend a run); anything else means a new run.
+        if {**ck["train_config"], "epochs": 0} != {**asdict(cfg), "epochs": 0}:
             raise UserError(f"{last} was written with a different config; use a new --out")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])

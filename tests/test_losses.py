@@ -1,0 +1,55 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from train.losses import EPS, EXP_CAP, l2_loss, per_sample_l0, weighted_loss, weighted_loss_terms
+from train.metrics import mpjpe, p_mpjpe, procrustes_align
+
+
+def test_weighted_loss_matches_hand_computation():
+    pred = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    tgt = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    # per-sample L0: (1 + 4)/2 = 2.5 and (0 + 1)/2 = 0.5
+    l0 = per_sample_l0(pred, tgt)
+    assert torch.allclose(l0, torch.tensor([2.5, 0.5]))
+    one_minus_a = 0.8  # a = 0.2; exponent args 3.125 and 0.625, below the cap
+    want = []
+    for v in (2.5, 0.5):
+        l1 = (v + 0.2) ** 2 * v * math.exp(v / 0.8)
+        want.append(v + 0.001 * l1)
+    got = weighted_loss_terms(l0, one_minus_a)
+    assert np.allclose(got.numpy(), want, rtol=1e-6)
+    assert math.isclose(float(weighted_loss(pred, tgt, one_minus_a)), sum(want) / 2, rel_tol=1e-6)
+    assert EPS == 0.001
+
+
+def test_weighted_loss_exponent_cap():
+    l0 = torch.tensor([10.0])
+    capped = float(weighted_loss_terms(l0, 0.5))
+    want = 10 + 0.001 * (10 + 0.5) ** 2 * 10 * math.exp(EXP_CAP)
+    assert math.isclose(capped, want, rel_tol=1e-6)
+    uncapped = float(weighted_loss_terms(l0, 0.5, cap=math.inf))
+    assert math.isclose(uncapped, 10 + 0.001 * 10.5**2 * 10 * math.exp(20), rel_tol=1e-6)
+    with pytest.raises(ValueError):
+        weighted_loss_terms(l0, 0.0)
+
+
+def test_weighted_loss_reduces_to_l2_plus_small_term():
+    pred, tgt = torch.randn(8, 51), torch.randn(8, 51)
+    assert float(weighted_loss(pred, tgt, 1.0)) >= float(l2_loss(pred, tgt))
+
+
+def test_mpjpe_and_procrustes():
+    rng = np.random.default_rng(0)
+    gt = rng.normal(size=(6, 17, 3)) * 300
+    assert np.allclose(mpjpe(gt + 50.0, gt), 0)  # root alignment removes translation
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    moved = 1.3 * gt @ q.T + np.array([10.0, 20.0, 30.0])
+    assert np.allclose(procrustes_align(moved, gt), gt, atol=1e-6)
+    assert np.allclose(p_mpjpe(moved, gt), 0, atol=1e-6)
+    noisy = gt + rng.normal(size=gt.shape) * 10
+    assert (p_mpjpe(noisy, gt) <= mpjpe(noisy, gt) + 1e-9).all()

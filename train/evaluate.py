@@ -1,0 +1,142 @@
+"""Evaluate a lifter on any npz in the Human3.6M staged schema (paper table layout).
+
+    posestream eval --data ../shared/data/h36m/h36m_val.npz --input sh [--model base_sh] [--json out.json]
+
+Prints, for Protocol 1 (MPJPE: root-aligned, mm) and Protocol 2 (P-MPJPE: after Procrustes
+alignment with scale), the per-action table over all four cameras: the 15 Human3.6M actions
+plus "Avg", the mean of the per-action errors (the paper's and Martinez et al.'s average).
+It does this over all sequences, and again without the sequences whose ground truth is
+known to be misaligned (MISALIGNED_SEQUENCES, from the data README) when the file has them.
+The default model is the best shipped one for the chosen input: base_gt for gt, base_sh for sh.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.errors import UserError
+
+MISALIGNED_SEQUENCES = ("S9/Greeting", "S9/SittingDown 1", "S9/Waiting 1")
+DEFAULT_MODEL = {"gt": "base_gt", "sh": "base_sh"}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Per-action and average errors in mm. per_action maps action -> (mpjpe, p_mpjpe, frames)."""
+
+    mpjpe_mm: float
+    p_mpjpe_mm: float
+    per_action: dict[str, tuple[float, float, int]]
+    frames: int
+
+    def to_json(self) -> dict:
+        return {"mpjpe_mm": self.mpjpe_mm, "p_mpjpe_mm": self.p_mpjpe_mm, "frames": self.frames,
+                "per_action": {a: {"mpjpe_mm": m, "p_mpjpe_mm": p, "frames": n}
+                               for a, (m, p, n) in self.per_action.items()}}
+
+
+def summarize(err1: np.ndarray, err2: np.ndarray, action: np.ndarray, action_names: tuple[str, ...]) -> EvalResult:
+    """Per-sample errors (M,) and action indices (M,) -> per-action table and its average."""
+    per: dict[str, tuple[float, float, int]] = {}
+    for i, name in enumerate(action_names):
+        m = action == i
+        if m.any():
+            per[name] = (float(err1[m].mean()), float(err2[m].mean()), int(m.sum()))
+    if not per:
+        raise UserError("no samples to evaluate")
+    return EvalResult(float(np.mean([v[0] for v in per.values()])), float(np.mean([v[1] for v in per.values()])),
+                      per, int(len(err1)))
+
+
+def format_table(title: str, res: EvalResult) -> str:
+    """Markdown table: rows Protocol 1 / Protocol 2, columns the actions + Avg (paper layout)."""
+    names = list(res.per_action)
+    head = "| " + title + " | " + " | ".join(names) + " | Avg |"
+    sep = "|---" * (len(names) + 2) + "|"
+    r1 = "| Protocol 1 (MPJPE) | " + " | ".join(f"{res.per_action[n][0]:.1f}" for n in names) + f" | {res.mpjpe_mm:.1f} |"
+    r2 = "| Protocol 2 (P-MPJPE) | " + " | ".join(f"{res.per_action[n][1]:.1f}" for n in names) + f" | {res.p_mpjpe_mm:.1f} |"
+    return "\n".join([head, sep, r1, r2])
+
+
+def predict(model: str, features: np.ndarray, backend: str = "torch") -> tuple[np.ndarray, str]:
+    """Run the lifter over (M, 37) features in chunks -> ((M, 17, 3) mm, resolved model path)."""
+    from engines.checkpoint import resolve_model_path
+
+    path = resolve_model_path(model)
+    try:
+        from engines.backends import open_backend  # ONNX Runtime / TensorRT when available
+        be = open_backend(str(path), backend)
+    except ImportError:
+        from engines.backends.torch_backend import TorchBackend
+        be = TorchBackend(path)
+    try:
+        out = [be.run({"features": features[i:i + 4096]})["joints_mm"] for i in range(0, len(features), 4096)]
+    finally:
+        be.close()
+    return np.concatenate(out), str(path)
+
+
+def evaluate(data: str, input_kind: str, model: str | None = None, backend: str = "torch",
+             every: int = 1) -> dict:
+    """Evaluate; returns the JSON-ready dict (see module docstring)."""
+    from engines.normalize import features_2d
+    from train import h36m
+    from train.metrics import mpjpe, p_mpjpe
+
+    model = model or DEFAULT_MODEL[input_kind]
+    s = h36m.load(data, input_kind, every=every)
+    feats = features_2d(s.uv, s.f, s.c)
+    pred, path = predict(model, feats, backend)
+    e1 = mpjpe(pred, s.joints_cam)
+    e2 = p_mpjpe(pred, s.joints_cam)
+    res = summarize(e1, e2, s.action, s.action_names)
+    out = {**res.to_json(), "model": path, "input": input_kind, "data": str(data), "cameras": 4}
+    bad = [i for i, n in enumerate(s.seq_names) if n in MISALIGNED_SEQUENCES]
+    if bad:
+        keep = ~np.isin(s.seq, bad)
+        out["excluding_misaligned"] = {**summarize(e1[keep], e2[keep], s.action[keep], s.action_names).to_json(),
+                                       "excluded_sequences": [s.seq_names[i] for i in bad]}
+    return out
+
+
+def _result(d: dict) -> EvalResult:
+    return EvalResult(d["mpjpe_mm"], d["p_mpjpe_mm"],
+                      {a: (v["mpjpe_mm"], v["p_mpjpe_mm"], v["frames"]) for a, v in d["per_action"].items()},
+                      d["frames"])
+
+
+def report_markdown(out: dict) -> str:
+    lines = [f"model `{Path(out['model']).name}`, input `{out['input']}`, data `{Path(out['data']).name}`, "
+             f"{out['frames']} samples (frames x cameras)", "", format_table("all sequences", _result(out))]
+    if "excluding_misaligned" in out:
+        ex = out["excluding_misaligned"]
+        lines += ["", format_table("without " + ", ".join(ex["excluded_sequences"]), _result(ex))]
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="npz in the Human3.6M staged schema")
+    p.add_argument("--input", choices=("gt", "sh"), default="sh", help="2D input: projected ground truth or SH detections")
+    p.add_argument("--model", default=None, help="shipped model name or checkpoint path (default: best for --input)")
+    p.add_argument("--backend", default="torch", help="runtime backend (torch, onnxruntime, tensorrt, auto)")
+    p.add_argument("--every", type=int, default=1, help="evaluate every n-th row")
+    p.add_argument("--json", default=None, help="write results as JSON here")
+    p.add_argument("--md", default=None, help="write the markdown tables here")
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.time()
+    out = evaluate(args.data, args.input, args.model, args.backend, args.every)
+    md = report_markdown(out)
+    print(md)
+    print(f"\n({time.time() - t0:.1f}s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    if args.md:
+        Path(args.md).write_text(md + "\n")
+    return 0
