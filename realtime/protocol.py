@@ -143,6 +143,11 @@ def hello_message(*, auth_required: bool = False, thumb_max_fps: float = 5.0,
     }
 
 
+def encode_hello(**kwargs: Any) -> str:
+    """`hello_message(**kwargs)` as compact JSON text."""
+    return _dumps(hello_message(**kwargs))
+
+
 def frame_to_message(frame: PoseFrame, pub_ms: float | None = None) -> dict[str, Any]:
     """A PoseFrame as the `frame` message.
 
