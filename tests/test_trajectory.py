@@ -11,7 +11,8 @@ from engines.errors import UserError
 from realtime.frames import PoseFrame
 from realtime.trajectory import (Intrinsics, TrajectoryStage, estimate_translation, intrinsics_for,
                                  load_calibration)
-from tests.test_filters import _tpose
+
+from pose_fixtures import standing_pose as _tpose
 
 W, H = 640, 480
 
