@@ -174,10 +174,10 @@ class SmootherConfig:
 
 class PoseSmoother:
     """The post-lifting stage on `PoseFrame`s: bone lengths stabilised, then the root-relative
-    shape (joints_mm - joints_mm[pelvis]) and the root translation One-Euro filtered, each
-    with its own state. If translation_mm is known, the output joints_mm are the smoothed
-    shape placed at the smoothed translation (camera space); otherwise they stay
-    root-relative. An invalid
+    shape (joints_mm - joints_mm[pelvis]) and the camera-space root translation
+    (translation_mm) One-Euro filtered, each with its own state: the root's depth is far
+    noisier than the limbs, and must not shake the skeleton's shape. Output joints_mm are
+    root-relative (pelvis at 0), as everywhere. An invalid
     frame passes through unchanged and resets the One Euro state; a gap longer than
     `max_gap_s` resets everything, bone lengths included (it may be someone else).
     Causal, one call per frame in timestamp order; time from `PoseFrame.timestamp_s`."""
@@ -206,18 +206,13 @@ class PoseSmoother:
             self.reset()
         self._last_valid_t = t
         joints = np.asarray(pf.joints_mm, np.float64)
-        # Root-relative shape and root position are smoothed apart: the depth of the root is
-        # far noisier than the limbs, and must not shake the skeleton's shape.
-        root = joints[ROOT].copy()
-        rel = joints - root
+        rel = joints - joints[ROOT]
         if self._bones is not None:
             rel = self._bones(rel)
         rel = self._joints(rel, t)
         trans = np.asarray(pf.translation_mm, np.float64)
         if np.isfinite(trans).all():
             trans = self._trans(trans, t)
-            root = trans  # camera-space joints follow the smoothed root
         else:
             self._trans.reset()
-        out = rel + root if np.isfinite(root).all() else rel
-        return dataclasses.replace(pf, joints_mm=out.astype(np.float32), translation_mm=trans.astype(np.float32))
+        return dataclasses.replace(pf, joints_mm=rel.astype(np.float32), translation_mm=trans.astype(np.float32))

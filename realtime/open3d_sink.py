@@ -129,8 +129,9 @@ class Open3DSink:
         if pf.valid:
             pts_m = np.asarray(pf.joints_mm, np.float64).reshape(NUM_JOINTS, 3) / 1000.0
             tr = np.asarray(pf.translation_mm, np.float64)
-            if np.isfinite(tr).all():
+            if np.isfinite(tr).all():  # joints_mm are root-relative: place them in the scene
                 root_m = tr / 1000.0
+                pts_m = pts_m - pts_m[0] + root_m
         self._set_skeleton(pts_m)
         self._set_trail(pf.timestamp_s, root_m)
         if pts_m is not None and np.isfinite(pts_m).any():

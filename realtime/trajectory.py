@@ -1,4 +1,4 @@
-"""Metric root trajectory: put the lifted, root-relative skeleton into camera space.
+"""Metric root trajectory: place the lifted, root-relative skeleton in camera space.
 
 The lifter predicts the pose's shape in millimetres relative to the pelvis; where the person
 stands is lost by its scale-free 2D input. Given the camera intrinsics, the global
@@ -124,9 +124,10 @@ def estimate_translation(joints_rel_mm: np.ndarray, uv_px: np.ndarray, intr: Int
 
 
 class TrajectoryStage:
-    """PoseFrame -> PoseFrame with `translation_mm` set and `joints_mm` moved into camera
-    space (joints_mm = root-relative pose + translation). Frames whose translation cannot be
-    found keep root-relative joints and a NaN translation (still valid: the pose is fine).
+    """PoseFrame -> PoseFrame with `translation_mm` set to the camera-space pelvis position;
+    `joints_mm` stay root-relative (the convention of every sink and file format: camera
+    space = joints_mm + translation_mm). Frames whose translation cannot be found get a NaN
+    translation (and stay valid: the pose itself is fine).
     Intrinsics are fixed per image size; they are resolved on the first frame of each size,
     so the stage needs no frame size up front."""
 
@@ -149,7 +150,5 @@ class TrajectoryStage:
         rel = np.asarray(pf.joints_mm, np.float64)
         rel = rel - rel[ROOT]
         t = estimate_translation(rel, pf.joints_2d_px, self.intrinsics(pf.image_size), pf.confidence)
-        if t is None:
-            return dataclasses.replace(pf, joints_mm=rel.astype(np.float32),
-                                       translation_mm=np.full(3, np.nan, np.float32))
-        return dataclasses.replace(pf, joints_mm=(rel + t).astype(np.float32), translation_mm=t.astype(np.float32))
+        trans = np.full(3, np.nan, np.float32) if t is None else t.astype(np.float32)
+        return dataclasses.replace(pf, joints_mm=rel.astype(np.float32), translation_mm=trans)

@@ -28,8 +28,7 @@ def sink():
 def _frame(i: int, trans: np.ndarray | None) -> PoseFrame:
     rel = standing_pose()
     tr = np.full(3, np.nan) if trans is None else trans
-    joints = rel + (0.0 if trans is None else tr)
-    return PoseFrame(i, i / 30.0, True, joints.astype(np.float32), np.asarray(tr, np.float32),
+    return PoseFrame(i, i / 30.0, True, rel.astype(np.float32), np.asarray(tr, np.float32),
                      np.zeros((17, 2), np.float32), np.ones(17, np.float32), (640, 480))
 
 
