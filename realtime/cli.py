@@ -19,6 +19,8 @@ from engines.errors import UserError
 # name -> (module, one-line help). Modules are imported only when listed or run.
 APP_COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("engines.export", "export a model to ONNX or a TensorRT engine"),
+    "video": ("realtime.video_cmd", "3D pose over a whole video, written to .npz/.json/.csv/.bvh"),
+    "bench": ("realtime.bench", "frame rate of MediaPipe alone vs MediaPipe + lifter + writing"),
 }
 
 

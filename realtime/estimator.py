@@ -1,0 +1,108 @@
+"""Per-frame 3D pose estimation: MediaPipe 2D -> lifter -> metric root trajectory.
+
+`PoseEstimator.process(frame) -> PoseFrame` does everything for one frame; the two halves
+`detect(frame) -> Detected` and `lift(detected) -> PoseFrame` can run in different threads
+(realtime/pipeline.py). The lifter input is `engines.normalize.features_2d(uv, f, c)` with
+intrinsics from `realtime.trajectory.intrinsics_for` (calibration file, else a pinhole
+camera with --fov, default 60 degrees horizontal). With `trajectory=True` (default) the
+root-relative lifter output is placed in camera space (`TrajectoryStage`: joints_mm =
+pose + translation_mm); without it joints_mm stays root-relative and translation_mm NaN.
+Needs torch only when the torch backend is chosen.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engines.errors import UserError
+from engines.normalize import features_2d
+from engines.skeleton import NUM_JOINTS
+from realtime.detector import Detection, PoseDetector
+from realtime.frames import Frame, PoseFrame
+from realtime.trajectory import TrajectoryStage, intrinsics_for
+
+
+@dataclass(frozen=True)
+class Detected:
+    """What crosses detect -> lift: the frame's identity and its detection (None = nobody)."""
+
+    index: int
+    timestamp_s: float
+    image_size: tuple[int, int]
+    detection: Detection | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def open_lifter(model: str, backend: str = "auto", threads: int | None = None):
+    """The lifter on the requested runtime. Uses engines.backends.open_backend when present
+    (ONNX Runtime / TensorRT / torch), else the torch checkpoint."""
+    try:
+        from engines.backends import open_backend
+    except ImportError:
+        open_backend = None
+    if open_backend is not None:
+        return open_backend(model, backend, threads=threads)
+    if backend not in ("auto", "torch"):
+        raise UserError(f"backend {backend!r} is not available in this install (only torch)")
+    from engines.backends.torch_backend import TorchBackend
+    from engines.checkpoint import resolve_model_path
+
+    return TorchBackend(resolve_model_path(model), threads=threads)
+
+
+class PoseEstimator:
+    """MediaPipe + lifter for a stream of frames (one person). Close it when done."""
+
+    def __init__(self, model: str = "base_gt", backend: str = "auto", fov_deg: float | None = None,
+                 calib: str | Path | None = None, detector_mode: str = "video", num_poses: int = 1,
+                 trajectory: bool = True, threads: int | None = None,
+                 detector: PoseDetector | None = None, lifter=None) -> None:
+        self.fov_deg, self.calib = fov_deg, calib
+        intrinsics_for((640, 480), fov_deg, calib)  # bad --fov / --calib fail now, not on frame 1
+        self.lifter = lifter if lifter is not None else open_lifter(model, backend, threads)
+        self.detector = detector if detector is not None else PoseDetector(mode=detector_mode, num_poses=num_poses)
+        self.trajectory = TrajectoryStage(fov_deg, calib) if trajectory else None
+
+    def __enter__(self) -> "PoseEstimator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.detector.close()
+        self.lifter.close()
+
+    @property
+    def backend_name(self) -> str:
+        return str(getattr(self.lifter, "name", "?"))
+
+    def detect(self, frame: Frame) -> Detected:
+        h, w = frame.image.shape[:2]
+        t0 = time.perf_counter()
+        det = self.detector.detect(frame.image, frame.timestamp_s)
+        ms = (time.perf_counter() - t0) * 1000.0
+        return Detected(frame.index, frame.timestamp_s, (int(w), int(h)), det, {"detect": ms})
+
+    def lift(self, d: Detected) -> PoseFrame:
+        if d.detection is None:
+            return PoseFrame.empty(d.index, d.timestamp_s, d.image_size, d.timings_ms)
+        t0 = time.perf_counter()
+        intr = intrinsics_for(d.image_size, self.fov_deg, self.calib)
+        uv = d.detection.joints_2d_px
+        feats = features_2d(uv, intr.f, intr.c)[None]
+        joints = np.asarray(self.lifter.run({"features": feats})["joints_mm"], np.float32)
+        assert joints.shape == (1, NUM_JOINTS, 3), joints.shape
+        rel = joints[0] - joints[0, 0]
+        timings = dict(d.timings_ms, lift=(time.perf_counter() - t0) * 1000.0)
+        pose = PoseFrame(d.index, d.timestamp_s, True, rel, np.full(3, np.nan, np.float32), uv,
+                         d.detection.confidence, d.image_size, None, timings)
+        if self.trajectory is not None:
+            pose = self.trajectory(pose)
+        return pose
+
+    def process(self, frame: Frame) -> PoseFrame:
+        return self.lift(self.detect(frame))
