@@ -1,0 +1,206 @@
+"""Shared wiring for the commands that run the threaded pipeline (`posestream webcam`, and
+`posestream video` if it wants `--serve` / `--open3d` / smoothing):
+
+    add_output_arguments(parser)   --out, --serve/--host/--port/--token, --open3d
+    add_smoothing_arguments(parser) --min-cutoff, --beta, --d-cutoff, --bones-window, --no-smooth
+    pipeline_steps(estimator, smoother, tap) -> the Stage list for `realtime.pipeline.Pipeline`
+    LiveSinks(...)                 every output of the caller's loop: file, viewer server, Open3D
+    ImageTap                       keeps recent frames' images for viewer thumbnails
+
+All sinks are called from the caller's thread (the one iterating the pipeline): Open3D needs
+its window's thread, the file writer its order, and the server's `publish` never blocks.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from engines.skeleton import BONES, LEFT_JOINTS, RIGHT_JOINTS
+from realtime.filters import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, PoseSmoother, SmootherConfig
+from realtime.frames import Frame, PoseFrame
+from realtime.pipeline import Stage, StageGroup
+
+log = logging.getLogger(__name__)
+
+THUMB_WIDTH = 320
+THUMB_QUALITY = 70
+
+
+def add_smoothing_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("smoothing (causal One Euro filter + bone-length stabiliser)")
+    g.add_argument("--min-cutoff", type=float, default=DEFAULT_MIN_CUTOFF,
+                   help=f"One Euro cutoff when still, Hz; lower = steadier, more lag (default {DEFAULT_MIN_CUTOFF})")
+    g.add_argument("--beta", type=float, default=DEFAULT_BETA,
+                   help=f"One Euro speed coefficient per mm/s; higher = less lag on fast moves (default {DEFAULT_BETA})")
+    g.add_argument("--d-cutoff", type=float, default=DEFAULT_D_CUTOFF, help=argparse.SUPPRESS)
+    g.add_argument("--bones-window", type=int, default=60,
+                   help="frames in the running median of bone lengths; 0 = off (default 60)")
+    g.add_argument("--no-smooth", action="store_true", help="raw per-frame output (no filtering)")
+
+
+def smoother_from_args(args: argparse.Namespace) -> PoseSmoother | None:
+    from engines.errors import UserError
+
+    if args.no_smooth:
+        return None
+    try:
+        return PoseSmoother(SmootherConfig(args.min_cutoff, args.beta, args.d_cutoff, bones_window=args.bones_window))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("outputs")
+    g.add_argument("--out", metavar="FILE", help="write poses to FILE (.npz, .json, .csv or .bvh)")
+    g.add_argument("--serve", action="store_true", help="stream to the browser viewer (websocket + HTTP)")
+    g.add_argument("--host", default="127.0.0.1", help="--serve address (default 127.0.0.1, this machine only)")
+    g.add_argument("--port", type=int, default=8765, help="--serve port (default 8765; 0 = any free port)")
+    g.add_argument("--token", help="--serve: viewers must present this token")
+    g.add_argument("--open3d", action="store_true", help="show the skeleton in an Open3D window")
+
+
+class ImageTap:
+    """Remembers the images of the last `keep` frames (by index), so the caller can draw a
+    thumbnail for a PoseFrame, which carries no pixels. Thread-safe (written by the detect
+    thread, read by the caller). `wrap(fn)` returns fn with the tap in front."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self._images: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.keep = keep
+
+    def put(self, frame: Frame) -> None:
+        with self._lock:
+            self._images[frame.index] = frame.image
+            while len(self._images) > self.keep:
+                self._images.popitem(last=False)
+
+    def get(self, index: int) -> np.ndarray | None:
+        with self._lock:
+            return self._images.get(index)
+
+    def wrap(self, fn: Callable[[Frame], Any]) -> Callable[[Frame], Any]:
+        def tapped(frame: Frame) -> Any:
+            self.put(frame)
+            return fn(frame)
+        return tapped
+
+
+def pipeline_steps(estimator: Any, smoother: PoseSmoother | None = None,
+                   tap: ImageTap | None = None) -> list[StageGroup]:
+    """detect in one thread; lift (+ trajectory inside the estimator) and smoothing in the
+    next. `estimator` has `detect(Frame)` and `lift(detected) -> PoseFrame`
+    (realtime.estimator.PoseEstimator, or a fake in tests)."""
+    detect = estimator.detect if tap is None else tap.wrap(estimator.detect)
+    lift: tuple[Stage, ...] = (Stage("lift", estimator.lift),)
+    if smoother is not None:
+        lift += (Stage("smooth", smoother),)
+    return [Stage("detect", detect), lift]
+
+
+def draw_overlay(image: np.ndarray, pf: PoseFrame, width: int = THUMB_WIDTH) -> np.ndarray:
+    """A downscaled RGB copy of `image` with the 2D skeleton drawn (left blue, right red)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    s = width / w
+    small = cv2.resize(image, (width, max(1, int(round(h * s)))), interpolation=cv2.INTER_AREA)
+    if pf.valid:
+        uv = np.asarray(pf.joints_2d_px, np.float64) * s
+        left, right = set(LEFT_JOINTS), set(RIGHT_JOINTS)
+        for p, c in BONES:
+            if np.isfinite(uv[[p, c]]).all():
+                color = (40, 110, 240) if c in left else (230, 50, 40) if c in right else (240, 240, 240)
+                cv2.line(small, tuple(int(v) for v in uv[p]), tuple(int(v) for v in uv[c]), color, 2, cv2.LINE_AA)
+    return small
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = THUMB_QUALITY) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+class LiveSinks:
+    """The outputs of a run: file writer (`out`), viewer server (`serve`), Open3D (`open3d`).
+
+    `emit(pf)` sends one PoseFrame everywhere and returns False when the user closed the
+    Open3D window (the caller then stops). `close()` finalises the file (even after an
+    error: everything emitted so far is kept) and stops the server and window. Construction
+    opens everything first, so a bad --out or a busy port fails before the camera opens."""
+
+    def __init__(self, out: str | Path | None = None, fps: float = 30.0, serve: bool = False,
+                 host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+                 open3d: bool = False, tap: ImageTap | None = None, source_info: dict | None = None) -> None:
+        self.writer = None
+        self.server = None
+        self.viewer = None
+        self.tap = tap
+        self.written = 0
+        try:
+            if out:
+                from realtime.writers import open_writer
+
+                self.writer = open_writer(out, fps)
+            if serve:
+                from realtime.server import PoseServer
+
+                self.server = PoseServer(host=host, port=port, token=token, source=source_info).start()
+            if open3d:
+                from realtime.open3d_sink import Open3DSink
+
+                self.viewer = Open3DSink()
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def from_args(args: argparse.Namespace, fps: float, tap: ImageTap | None = None,
+                  source_info: dict | None = None) -> "LiveSinks":
+        return LiveSinks(args.out, fps, args.serve, args.host, args.port, args.token, args.open3d, tap, source_info)
+
+    @property
+    def url(self) -> str | None:
+        return self.server.url if self.server is not None else None
+
+    def emit(self, pf: PoseFrame) -> bool:
+        if self.writer is not None:
+            self.writer.write(pf)
+            self.written += 1
+        if self.server is not None:
+            jpeg = None
+            if self.tap is not None and self.server.wants_thumbnail():
+                image = self.tap.get(pf.index)
+                if image is not None:
+                    jpeg = encode_jpeg(draw_overlay(image, pf))
+            self.server.publish(pf, jpeg)
+        if self.viewer is not None:
+            return self.viewer.update(pf)
+        return True
+
+    def close(self) -> None:
+        """Close everything, each independently (one failing close does not skip the rest);
+        the first failure is re-raised at the end (a file that could not be finalised must
+        not pass silently)."""
+        first: BaseException | None = None
+        for name in ("writer", "server", "viewer"):
+            obj = getattr(self, name)
+            if obj is None:
+                continue
+            setattr(self, name, None)
+            try:
+                obj.close()
+            except Exception as exc:  # noqa: BLE001 - keep closing the others
+                log.error("closing the %s failed: %s", name, exc)
+                first = first or exc
+        if first is not None:
+            raise first

@@ -1,0 +1,137 @@
+"""Live 3D pose from a webcam (or a video file played as one), with live outputs.
+
+Capture, MediaPipe 2D detection and lifting run in separate threads (realtime/pipeline.py);
+the newest camera frame wins, so latency stays low and frames the pipeline cannot keep up
+with are dropped (counted in the status line). Outputs, any combination:
+    --serve    browser viewer at http://127.0.0.1:8765/ (websocket stream)
+    --open3d   Open3D window with the skeleton in camera space
+    --out FILE poses as .npz / .json / .csv / .bvh (every processed frame, in order)
+Examples:
+    posestream webcam --serve
+    posestream webcam --camera /dev/video2 --open3d --out take1.npz
+    posestream webcam --camera assets/demo.mp4 --loop --serve     (a video as a stand-in camera)
+Stop with Ctrl-C (the output file is finalised), or by closing the Open3D window.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from engines.errors import UserError
+from realtime.live import add_output_arguments, add_smoothing_arguments
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 0.5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--camera", default="0", metavar="N|PATH",
+                        help="webcam index (0, 1, ...), a device path (/dev/video0), or a video file "
+                             "played in real time as a stand-in camera (default 0)")
+    parser.add_argument("--loop", action="store_true", help="replay a stand-in video file endlessly")
+    parser.add_argument("--width", type=int, help="ask the webcam for this frame width")
+    parser.add_argument("--height", type=int, help="ask the webcam for this frame height")
+    parser.add_argument("--model", default="base_gt", help="lifter: shipped name or .pt/.onnx/.engine path")
+    parser.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch (default auto)")
+    parser.add_argument("--fov", type=float, help="horizontal field of view in degrees (default 60)")
+    parser.add_argument("--calib", metavar="FILE", help='camera intrinsics JSON {"fx", "fy", "cx", "cy"} (pixels)')
+    parser.add_argument("--max-frames", type=int, help="stop after this many camera frames")
+    parser.add_argument("--quiet", action="store_true", help="no live status line")
+    add_smoothing_arguments(parser)
+    add_output_arguments(parser)
+
+
+def open_camera(spec: str, loop: bool = False, max_frames: int | None = None, width: int | None = None,
+                height: int | None = None):
+    """A live source: a webcam for an index or /dev/video path, else a video file played in
+    real time. UserError with a hint when neither exists."""
+    from realtime.playback import RealtimePlayback
+    from realtime.sources import WebcamSource
+
+    if spec.isdigit() or spec.startswith("/dev/video"):
+        device: int | str = int(spec) if spec.isdigit() else spec
+        if isinstance(device, str) and not Path(device).exists():
+            raise UserError(f"no webcam at {device} (try --camera 0, or --camera VIDEO_FILE to test with a file)")
+        try:
+            return WebcamSource(device, width=width, height=height, max_frames=max_frames)
+        except UserError as exc:
+            raise UserError(f"{exc}; is a webcam connected? (--camera VIDEO_FILE plays a file as a camera)") from None
+    if not Path(spec).is_file():
+        raise UserError(f"--camera {spec!r} is neither a webcam index, a /dev/video path, nor a video file")
+    return RealtimePlayback.from_video(spec, loop=loop, max_frames=max_frames)
+
+
+class StatusLine:
+    """A one-line live status on stderr, rewritten in place at most every 0.5 s."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._last = 0.0
+        self._shown = False
+
+    def update(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < STATUS_INTERVAL_S):
+            return
+        self._last = now
+        sys.stderr.write("\r\x1b[2K" + text)
+        sys.stderr.flush()
+        self._shown = True
+
+    def end(self) -> None:
+        if self._shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from realtime.estimator import PoseEstimator
+    from realtime.live import ImageTap, LiveSinks, pipeline_steps, smoother_from_args
+    from realtime.pipeline import Pipeline, StageError
+    from realtime.trajectory import TrajectoryStage
+
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UserError("--max-frames must be >= 1")
+    TrajectoryStage(args.fov, args.calib).intrinsics((640, 480))  # bad --fov/--calib: fail before opening anything
+    smoother = smoother_from_args(args)
+    source = open_camera(args.camera, args.loop, args.max_frames, args.width, args.height)
+    tap = ImageTap()
+    sinks = estimator = None
+    try:
+        sinks = LiveSinks.from_args(args, source.fps, tap, {"kind": "webcam", "camera": args.camera,
+                                                            "fps": source.fps})
+        estimator = PoseEstimator(args.model, args.backend, fov_deg=args.fov, calib=args.calib)
+        if sinks.url:
+            print(f"viewer: {sinks.url}", file=sys.stderr)
+        pipeline = Pipeline(source, pipeline_steps(estimator, smoother, tap), live=True)
+        status = StatusLine(not args.quiet)
+        stopped_by = "end of input"
+        try:
+            for pf in pipeline:
+                if not sinks.emit(pf):
+                    stopped_by = "window closed"
+                    break
+                status.update(pipeline.stats.status_line())
+        except KeyboardInterrupt:
+            stopped_by = "Ctrl-C"
+        except StageError as exc:
+            status.end()
+            log.debug("pipeline failure", exc_info=exc)
+            print(f"posestream webcam: error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            pipeline.close()
+            status.end()
+        st = pipeline.stats
+        print(f"stopped ({stopped_by}): {st.processed} frames in {st.elapsed_s:.1f} s ({st.fps:.1f} fps), "
+              f"{st.dropped} dropped, latency p50 {st.latency_ms_p50:.1f} ms p95 {st.latency_ms_p95:.1f} ms"
+              + (f"; wrote {sinks.written} frames to {args.out}" if args.out else ""), file=sys.stderr)
+        return 0
+    finally:
+        for obj in (sinks, estimator, source):
+            if obj is not None:
+                obj.close()
