@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import ctypes
+import importlib.machinery
 import json
 import types
 from pathlib import Path
@@ -87,6 +89,7 @@ class FakeTensorRT(types.ModuleType):
 
     def __init__(self, version: str = "10.99.0") -> None:
         super().__init__("tensorrt")
+        self.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # for importlib.util.find_spec
         self.__version__ = version
         self.log: list[tuple] = []
         self.fast_fp16, self.fast_int8, self.parse_ok, self.build_ok = True, True, True, True
@@ -182,7 +185,7 @@ class FakeTensorRT(types.ModuleType):
                 fake.log.append(("deserialize", len(data)))
                 if not data.startswith(FAKE_MAGIC):
                     return None
-                return types.SimpleNamespace(record=json.loads(data[len(FAKE_MAGIC):]))
+                return FakeEngine(json.loads(data[len(FAKE_MAGIC):]))
 
         for cls in (Logger, BuilderFlag, MemoryPoolType, NetworkDefinitionCreationFlag, OnnxParser, Builder, Runtime):
             setattr(self, cls.__name__, cls)
@@ -191,12 +194,93 @@ class FakeTensorRT(types.ModuleType):
         return [rec for kind, rec in self.log if kind == "build"][-1]
 
 
+class FakeEngine:
+    """A 'deserialized engine' whose execution context runs the ONNX it was built from on
+    ONNX Runtime, reading and writing the raw addresses bound with set_tensor_address: it
+    checks that TensorRTBackend binds, shapes and copies tensors correctly."""
+
+    def __init__(self, record: dict) -> None:
+        self.record = record
+
+    def create_execution_context(self) -> "FakeContext":
+        return FakeContext(self.record["onnx"])
+
+
+class FakeContext:
+    def __init__(self, onnx_path: str) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        self.addr: dict[str, int] = {}
+        self.shapes: dict[str, tuple] = {}
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addr[name] = int(ptr)
+        return True
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        return self.shapes[name]
+
+    @staticmethod
+    def _view(ptr: int, shape: tuple) -> "np.ndarray":
+        import numpy as np
+
+        n = int(np.prod(shape))
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (n,)).reshape(shape)
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        feeds = {i.name: self._view(self.addr[i.name], self.shapes[i.name]).copy() for i in self.session.get_inputs()}
+        for o, y in zip(self.session.get_outputs(), self.session.run(None, feeds)):
+            self.shapes[o.name] = y.shape
+            self._view(self.addr[o.name], y.shape)[...] = y
+        return True
+
+
 class FakeCudart(types.ModuleType):
-    """cuda-python runtime stand-in: one device called `gpu_name`."""
+    """cuda-python runtime stand-in: one device called `gpu_name`; 'device memory' is host
+    memory (numpy buffers kept alive here), copies are memmove."""
+
+    class cudaMemcpyKind:
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
 
     def __init__(self, gpu_name: str = "Fake GPU 80GB", count: int = 1) -> None:
         super().__init__("cuda.bindings.runtime")
         self.gpu_name, self.count = gpu_name, count
+        self.allocs: dict[int, object] = {}
+        self.streams = 0
+
+    def cudaMalloc(self, nbytes: int):
+        import numpy as np
+
+        buf = np.zeros(nbytes, np.uint8)
+        self.allocs[buf.ctypes.data] = buf
+        return (0, buf.ctypes.data)
+
+    def cudaFree(self, ptr: int):
+        self.allocs.pop(int(ptr))
+        return (0,)
+
+    def cudaStreamCreate(self):
+        self.streams += 1
+        return (0, 1000 + self.streams)
+
+    def cudaStreamDestroy(self, stream):
+        self.streams -= 1
+        return (0,)
+
+    def cudaStreamSynchronize(self, stream):
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: int, stream):
+        dev = dst if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice else src
+        base = max(a for a in self.allocs if a <= int(dev))  # copies must stay inside an allocation
+        assert int(dev) + nbytes <= base + self.allocs[base].nbytes, "copy overruns device buffer"
+        ctypes.memmove(int(dst), int(src), int(nbytes))
+        return (0,)
 
     def cudaGetDeviceCount(self):
         return (0, self.count)

@@ -490,3 +490,57 @@ def test_tensorrt_matches_torch(exported, real_trt, tmp_path, stage, precision, 
     _, _, built = EngineCache(tmp_path / "engines", log=logs.append).get_or_build(
         plan, tb.runtime_env(), tb.build_engine_bytes, tb.deserialize)
     assert not built
+
+
+# ---- the app path needs no torch; the benchmark runs --------------------------------------
+
+def test_onnxruntime_path_runs_without_torch(exported):
+    import subprocess
+
+    code = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+            "import numpy as np\n"
+            "from engines.backends import open_backend\n"
+            f"b = open_backend({str(exported['lifter']['onnx'])!r})\n"
+            "y = b.run({'features': np.zeros((2, 37), np.float32)})['joints_mm']\n"
+            "assert b.name == 'onnxruntime' and y.shape == (2, 17, 3)\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_bench_stages_prints_table_and_ratio(exported, capsys):
+    from engines.bench_stages import main
+
+    rc = main(["--model", str(exported["lifter"]["pt"]), "--backends", "torch,onnxruntime",
+               "--batches", "1,4", "--seconds", "0.4", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = [line for line in out.splitlines() if line.startswith("| lifter |")]
+    assert len(rows) == 4  # 2 backends x 2 batches
+    assert "torch-CPU / ONNX Runtime, pipeline minus 2D, batch 1:" in out
+    assert main(["--batches", "0"]) == 2
+    assert main(["--backends", "cuda"]) == 2
+
+
+def test_tensorrt_backend_binds_and_copies_correctly(exported, fake_trt, tmp_path):
+    """TensorRTBackend.run against the fake engine (which runs the same ONNX on ORT through
+    the bound addresses): outputs match torch, shapes follow the batch, max batch enforced,
+    close frees every buffer."""
+    trt, cudart = fake_trt
+    for stage in ("lifter", TINY_IMAGE.name):
+        b = open_backend(str(exported[stage]["pt"]), "tensorrt", precision="fp16", max_batch=16,
+                         engine_cache_dir=tmp_path / "engines")
+        assert b.name == "tensorrt" and b.metadata["stage"] == stage
+        assert b.metadata["engine"]["key"]["batch_profile"] == [1, 1, 16]
+        ref = TorchBackend(exported[stage]["pt"])
+        for batch in (1, 5, 16, 2):
+            x = _inputs(stage, batch)
+            want, got = ref.run(x), b.run(x)
+            for name, w in want.items():
+                np.testing.assert_allclose(got[name], w, rtol=ORT_RTOL, atol=ORT_ATOL_MM)
+        with pytest.raises(UserError, match="exceeds this engine's maximum batch 16"):
+            b.run(_inputs(stage, 17))
+        b.close()
+        assert cudart.allocs == {} and cudart.streams == 0
+    assert trt.builds == 2
