@@ -1,0 +1,304 @@
+"""Scene sampling and rendering: appearance, lighting, backgrounds, cameras, occluders,
+blur and noise around the numba kernels of train.synth.raster.
+
+All random choices take an explicit np.random.Generator, so a sample is a pure function of
+its seed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from engines.camera import Camera
+from train.h36m import default_data_dir
+from train.synth.body import PART_INDEX as PI, Body
+from train.synth.raster import rasterize, shade, skin_project
+
+
+# ---------------------------------------------------------------- appearance
+SKIN_TONES = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 125], [198, 134, 90],
+                       [160, 102, 62], [118, 72, 42], [80, 50, 32]], np.float32)
+HAIR_COLOURS = np.array([[20, 16, 14], [45, 30, 20], [90, 60, 35], [150, 110, 60], [200, 170, 110],
+                         [140, 140, 140], [120, 40, 20]], np.float32)
+
+
+def _random_colour(rng: np.random.Generator, dark: bool = False) -> np.ndarray:
+    import colorsys
+    h, s = rng.random(), rng.uniform(0.05, 0.9)
+    v = rng.uniform(0.08, 0.45) if dark else rng.uniform(0.12, 0.95)
+    return np.array(colorsys.hsv_to_rgb(h, s, v), np.float32) * 255.0
+
+
+def _pattern(body: Body, rng: np.random.Generator) -> np.ndarray:
+    """(V,) in [0,1] mixing two cloth colours: plain, stripes, checks or blotches, computed on
+    rest-pose coordinates so the pattern moves with the body."""
+    v = body.verts
+    kind = rng.integers(0, 4)
+    if kind == 0:
+        return np.zeros(len(v), np.float32)
+    period = rng.uniform(25.0, 90.0)
+    if kind == 1:  # stripes along a random axis
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        return (np.sin(2 * np.pi * (v @ axis) / period) > 0).astype(np.float32)
+    if kind == 2:  # checks
+        a = np.floor(v[:, 0] / period) + np.floor(v[:, 1] / period) + np.floor(v[:, 2] / period)
+        return (a % 2).astype(np.float32)
+    w = rng.normal(size=(4, 3)) / period  # blotches: sum of random sinusoids
+    ph = rng.uniform(0, 2 * np.pi, 4)
+    return (np.sin(v @ w.T + ph).sum(1) > 0.5).astype(np.float32)
+
+
+def sample_albedo(body: Body, rng: np.random.Generator) -> np.ndarray:
+    """Per-vertex albedo (V,3) float32 0..255 from per-part clothing: skin tone, hair (or
+    bald), shirt with long/short/no sleeves, long trousers or shorts (or a dress-like one
+    colour outfit), shoes; cloth gets an optional two-colour pattern."""
+    t = rng.uniform(0, len(SKIN_TONES) - 1)
+    i = int(t)
+    skin = SKIN_TONES[i] * (1 - (t - i)) + SKIN_TONES[min(i + 1, len(SKIN_TONES) - 1)] * (t - i)
+    skin = skin * rng.uniform(0.92, 1.06, 3)
+    hair = HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))] if rng.random() > 0.1 else skin * 0.95
+    shirt, shirt2 = _random_colour(rng), _random_colour(rng)
+    trousers, trousers2 = _random_colour(rng, dark=rng.random() < 0.6), _random_colour(rng)
+    if rng.random() < 0.1:  # one-piece outfit
+        trousers, trousers2 = shirt, shirt2
+    shoes = _random_colour(rng, dark=True)
+    part = body.part
+    col = np.repeat(skin[None].astype(np.float32), len(part), 0)
+    col[part == PI["hair"]] = hair
+    sleeves = rng.choice(3, p=[0.5, 0.35, 0.15])  # long, short, none
+    shirt_parts = ["torso"] + (["upper_arm"] if sleeves < 2 else []) + (["lower_arm"] if sleeves == 0 else [])
+    if rng.random() < 0.3:
+        shirt_parts.append("neck")
+    legs = ["hips", "thigh"] + (["shin"] if rng.random() < 0.75 else [])
+    pat_s, pat_t = _pattern(body, rng)[:, None], _pattern(body, rng)[:, None]
+    m = np.isin(part, [PI[p] for p in shirt_parts])
+    col[m] = (shirt * (1 - pat_s) + shirt2 * pat_s)[m]
+    m = np.isin(part, [PI[p] for p in legs])
+    col[m] = (trousers * (1 - pat_t) + trousers2 * pat_t)[m]
+    col[part == PI["foot"]] = shoes
+    return np.clip(col, 0, 255).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Light:
+    direction: np.ndarray  # (3,) unit, camera space, towards the light
+    ambient: float
+    gain: np.ndarray       # (3,) colour gain of the light
+
+
+def sample_light(rng: np.random.Generator) -> Light:
+    d = np.array([rng.uniform(-1, 1), rng.uniform(-1.0, 0.3), -rng.uniform(0.3, 1.2)])
+    return Light(d / np.linalg.norm(d), float(rng.uniform(0.25, 0.55)),
+                 rng.uniform(0.8, 1.15) * rng.uniform(0.92, 1.08, 3))
+
+
+# ---------------------------------------------------------------- backgrounds
+@lru_cache(maxsize=1)
+def photo_regions() -> list[np.ndarray]:
+    """Person-free regions (RGB uint8) of the COCO photos in data/media/images/coco: random
+    rectangles (>= 96 px, deterministic) that do not touch any annotated person box grown by
+    10 %. Empty if the photos are not there."""
+    import cv2
+    d = default_data_dir() / "media" / "images" / "coco"
+    ann_path = d / "test_coco.json"
+    if not ann_path.is_file():
+        return []
+    ann = json.loads(ann_path.read_text())
+    rng = np.random.default_rng(1234)
+    regions: list[np.ndarray] = []
+    for im in ann["images"]:
+        img = cv2.imread(str(d / im["file_name"]))
+        if img is None:
+            continue
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        H, W = img.shape[:2]
+        boxes = [a["bbox"] for a in ann["annotations"] if a["image_id"] == im["id"] and a["category_id"] == 1]
+        grown = [(x - 0.1 * w, y - 0.1 * h, x + 1.1 * w, y + 1.1 * h) for x, y, w, h in boxes]
+        found = 0
+        for _ in range(400):
+            w = int(rng.integers(96, W))
+            h = int(rng.integers(96, H))
+            x0, y0 = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+            if any(x0 < bx1 and bx0 < x0 + w and y0 < by1 and by0 < y0 + h for bx0, by0, bx1, by1 in grown):
+                continue
+            regions.append(np.ascontiguousarray(img[y0:y0 + h, x0:x0 + w]))
+            found += 1
+            if found >= 12:
+                break
+    return regions
+
+
+def sample_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """(H,W,3) float32 0..255: smooth colour noise, a procedural pattern (stripes/checks/
+    wall+floor), or a person-free photo region, with random brightness."""
+    import cv2
+    regions = photo_regions()
+    kind = rng.choice(4, p=[0.3, 0.25, 0.2, 0.25] if regions else [0.4, 0.35, 0.25, 0.0])
+    if kind == 0:  # smooth colour noise at a random scale
+        cells = int(rng.integers(2, 12))
+        small = rng.uniform(0, 255, (cells, cells, 3)).astype(np.float32)
+        bg = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    elif kind == 1:  # stripes / checks in two colours
+        c1, c2 = _random_colour(rng), _random_colour(rng)
+        period = rng.uniform(8, 80) * max(width, height) / 256
+        ang = rng.uniform(0, np.pi)
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        u = np.cos(ang) * xx + np.sin(ang) * yy
+        if rng.random() < 0.5:
+            m = (np.floor(u / period) % 2)[..., None]
+        else:
+            v = -np.sin(ang) * xx + np.cos(ang) * yy
+            m = ((np.floor(u / period) + np.floor(v / period)) % 2)[..., None]
+        bg = c1 * (1 - m) + c2 * m
+    elif kind == 2:  # wall + floor with a horizon and a vertical gradient
+        c1, c2 = _random_colour(rng), _random_colour(rng)
+        horizon = rng.uniform(0.3, 0.9) * height
+        yy = np.arange(height, dtype=np.float32)[:, None, None]
+        g = 1.0 + rng.uniform(-0.4, 0.4) * (yy / height - 0.5)
+        bg = np.where(yy < horizon, c1, c2) * g * np.ones((1, width, 1), np.float32)
+    else:  # person-free photo region, random flip
+        reg = regions[int(rng.integers(len(regions)))]
+        if rng.random() < 0.5:
+            reg = reg[:, ::-1]
+        bg = cv2.resize(reg, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    bg = bg * rng.uniform(0.6, 1.25)
+    bg = bg + rng.normal(0, rng.uniform(0, 10), (1, 1, 3))
+    return np.clip(bg, 0, 255).astype(np.float32)
+
+
+# ---------------------------------------------------------------- cameras
+def look_at(centre: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> np.ndarray:
+    """World->camera rotation (rows: right, down, forward) for a z-up world."""
+    fwd = target - centre
+    fwd = fwd / np.linalg.norm(fwd)
+    right = np.cross(fwd, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    R = np.stack([right, down, fwd])
+    r = np.deg2rad(roll_deg)
+    Rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    return Rz @ R
+
+
+WEBCAM_SIZES = ((640, 480), (1280, 720), (960, 540), (480, 640))
+
+
+def sample_camera(rng: np.random.Generator, joints_world: np.ndarray,
+                  h36m_like: Camera | None = None) -> Camera:
+    """A camera looking at a person whose joints (17,3) are in a z-up world (mm).
+
+    Webcam-like (default): sizes WEBCAM_SIZES, horizontal FOV U(50, 78) deg, mild radial
+    distortion, camera height 0.6-2.0 m, person 35-95 % of the image height, roll +-6 deg,
+    the aim jittered so that ~15 % of people are partly out of frame.
+    H36M-like (h36m_like given): that camera's intrinsics and distortion, 1000x1000-ish,
+    3.5-6 m away at 1.2-1.9 m height, as in the studio.
+    """
+    lo, hi = joints_world.min(0), joints_world.max(0)
+    centre = 0.5 * (lo + hi)
+    height_mm = max(hi[2] - lo[2], 500.0) + 200.0  # + head top and feet
+    az = rng.uniform(0, 2 * np.pi)
+    if h36m_like is not None:
+        dist = rng.uniform(3500, 6000)
+        cam_h = rng.uniform(1200, 1900)
+        C = np.array([centre[0] + dist * np.cos(az), centre[1] + dist * np.sin(az), cam_h])
+        tgt = centre + np.array([0, 0, rng.uniform(-200, 200)])
+        return Camera(R=look_at(C, tgt, rng.normal(0, 1.0)), T=C, f=h36m_like.f, c=h36m_like.c,
+                      k=h36m_like.k, p=h36m_like.p, size=h36m_like.size)
+    w, h = WEBCAM_SIZES[int(rng.choice(4, p=[0.45, 0.3, 0.15, 0.1]))]
+    fov = rng.uniform(50, 78)
+    f = 0.5 * w / np.tan(np.deg2rad(fov) / 2)
+    frac = rng.uniform(0.35, 0.95)
+    dist = float(np.clip(f * height_mm / (frac * h), 1000, 9000))
+    cam_h = rng.uniform(600, 2000)
+    C = np.array([centre[0] + dist * np.cos(az), centre[1] + dist * np.sin(az), cam_h])
+    tgt = centre.copy()
+    if rng.random() < 0.15:  # truncation: aim off the body so part of it leaves the frame
+        tgt[2] += rng.choice([-1, 1]) * rng.uniform(0.3, 0.6) * height_mm
+    else:
+        tgt[2] += rng.uniform(-0.1, 0.1) * height_mm
+    k = np.array([rng.uniform(-0.08, 0.04), 0.0, 0.0])
+    return Camera(R=look_at(C, tgt, rng.normal(0, 3.0)), T=C, f=np.array([f, f]),
+                  c=np.array([w / 2 + rng.normal(0, 4), h / 2 + rng.normal(0, 4)]), k=k, p=np.zeros(2),
+                  size=(w, h))
+
+
+# ---------------------------------------------------------------- rendering
+def camera_affines(affine_world: np.ndarray, cam: Camera) -> np.ndarray:
+    """(B,3,4) rest -> world affines composed with X_cam = R (X - T)."""
+    R, T = np.asarray(cam.R, np.float64), np.asarray(cam.T, np.float64)
+    out = np.empty_like(affine_world)
+    out[:, :, :3] = np.einsum("ij,bjk->bik", R, affine_world[:, :, :3])
+    out[:, :, 3] = (affine_world[:, :, 3] - T) @ R.T
+    return out
+
+
+def render_body(body: Body, affine_cam: np.ndarray, cam: Camera, viewport: np.ndarray,
+                background: np.ndarray, albedo: np.ndarray, light: Light) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the skinned body over background (H,W,3) float32 through `viewport` (2,3, image
+    px -> buffer px). Returns (image (H,W,3) float32, zbuf (H,W) float32 camera z mm)."""
+    V = len(body.verts)
+    cam_v = np.empty((V, 3))
+    uv = np.empty((V, 2))
+    skin_project(body.verts, body.skin_idx, body.skin_w, np.ascontiguousarray(affine_cam),
+                 np.asarray(cam.f, np.float64), np.asarray(cam.c, np.float64), np.asarray(cam.k, np.float64),
+                 np.asarray(cam.p, np.float64), np.ascontiguousarray(viewport, np.float64), cam_v, uv)
+    col = np.empty((V, 3), np.float32)
+    shade(body.faces, cam_v, albedo, light.direction, light.ambient, col)
+    col *= light.gain.astype(np.float32)
+    img = np.ascontiguousarray(background, np.float32).copy()
+    zbuf = np.full(img.shape[:2], np.inf, np.float32)
+    rasterize(body.faces, uv, cam_v, col, img, zbuf)
+    return img, zbuf
+
+
+def add_occluders(img: np.ndarray, rng: np.random.Generator, person_box: tuple[float, float, float, float],
+                  prob: float = 0.3) -> np.ndarray:
+    """Paint 1-2 random rectangles/ellipses over the person's box (x0,y0,x1,y1 buffer px)
+    with probability prob. Returns the (H,W) bool occluder mask."""
+    import cv2
+    H, W = img.shape[:2]
+    mask = np.zeros((H, W), np.uint8)
+    if rng.random() >= prob:
+        return mask.astype(bool)
+    x0, y0, x1, y1 = person_box
+    bw, bh = max(x1 - x0, 8), max(y1 - y0, 8)
+    for _ in range(int(rng.integers(1, 3))):
+        w, h = rng.uniform(0.15, 0.45) * bw, rng.uniform(0.1, 0.35) * bh
+        cx, cy = rng.uniform(x0, x1), rng.uniform(y0, y1)
+        m = np.zeros((H, W), np.uint8)
+        if rng.random() < 0.6:
+            cv2.rectangle(m, (int(cx - w / 2), int(cy - h / 2)), (int(cx + w / 2), int(cy + h / 2)), 1, -1)
+        else:
+            cv2.ellipse(m, (int(cx), int(cy)), (int(w / 2), int(h / 2)), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        tex = sample_background(rng, W, H)
+        img[m.astype(bool)] = tex[m.astype(bool)]
+        mask |= m
+    return mask.astype(bool)
+
+
+def degrade(img: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
+    """Motion blur (p=0.25, 3-11 image px along a random direction), defocus (p=0.2) and
+    sensor noise (sigma 0-6), on a float32 image; `scale` = buffer px per image px.
+    Returns uint8."""
+    import cv2
+    if rng.random() < 0.25:
+        length = max(int(round(rng.uniform(3, 11) * scale)), 2)
+        k = np.zeros((length, length), np.float32)
+        ang = rng.uniform(0, np.pi)
+        c = (length - 1) / 2
+        for t in np.linspace(-c, c, 2 * length):
+            k[int(round(c + t * np.sin(ang))), int(round(c + t * np.cos(ang)))] = 1
+        img = cv2.filter2D(img, -1, k / k.sum())
+    if rng.random() < 0.2:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5) * max(scale, 0.5))
+    else:  # soften the aliased mesh edges a little
+        img = cv2.GaussianBlur(img, (0, 0), 0.5)
+    sigma = rng.uniform(0, 6)
+    if sigma > 0.5:
+        img = img + rng.normal(0, sigma, img.shape).astype(np.float32)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
