@@ -22,6 +22,7 @@ APP_COMMANDS: dict[str, tuple[str, str]] = {
     "video": ("realtime.video_cmd", "3D pose over a whole video, written to .npz/.json/.csv/.bvh"),
     "bench": ("realtime.bench", "frame rate of MediaPipe alone vs MediaPipe + lifter + writing"),
     "serve": ("realtime.serve_cmd", "replay a pose file (.npz or viewer .jsonl) to browser viewers"),
+    "bench-live": ("realtime.bench_live", "live pipeline throughput vs MediaPipe alone, capture-to-output latency"),
     "webcam": ("realtime.webcam_cmd", "live 3D pose from a webcam (or a video as one): viewer, Open3D, file"),
 }
 

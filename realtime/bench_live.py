@@ -1,0 +1,173 @@
+"""Live-pipeline benchmark: threaded pipeline throughput vs MediaPipe alone, and latency.
+
+The frames of a video (default: the demo clip) are decoded into memory first and brought to
+640x480 (centre crop to 4:3, then resize), so decoding is not timed and every variant sees
+the same pixels. Then, alternating runs (to spread the noise of a shared machine):
+  A     MediaPipe Pose Landmarker alone, one frame after another (VIDEO mode, fresh tracker).
+  B     the threaded pipeline (realtime/pipeline.py: capture | detect | lift + trajectory +
+        smoothing) in file mode, every frame in order, as fast as it goes: its throughput
+        over A's is the "pipeline costs nothing" ratio (target >= 0.8).
+  LIVE  the same pipeline fed like a camera (--camera-fps, default 30, newest frame wins):
+        capture-to-output latency p50/p95 (target p95 <= 50 ms), output rate, dropped frames.
+Medians over --repeats runs are printed as a table; nothing is asserted. With other
+processes on the CPU (training!) the absolute numbers drop; the ratio A/B is what compares.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from engines.errors import UserError
+
+DEFAULT_VIDEO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
+BENCH_SIZE = (640, 480)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", nargs="?", default=str(DEFAULT_VIDEO), help="video to run on (default assets/demo.mp4)")
+    p.add_argument("--model", default="base_gt", help="lifter: shipped name or path (default base_gt)")
+    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default auto)")
+    p.add_argument("--frames", type=int, default=150, help="frames per run (the clip is looped; default 150)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (default 3)")
+    p.add_argument("--camera-fps", type=float, default=30.0, help="frame rate of the simulated camera (default 30)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the lifter runtime")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def to_bench_size(image: np.ndarray, size: tuple[int, int] = BENCH_SIZE) -> np.ndarray:
+    """Centre-crop an RGB image to the aspect ratio of `size` (w, h), then resize to it."""
+    import cv2
+
+    h, w = image.shape[:2]
+    tw, th = size
+    if w * th > h * tw:  # too wide
+        cw = int(round(h * tw / th))
+        image = image[:, (w - cw) // 2:(w - cw) // 2 + cw]
+    else:
+        ch = int(round(w * th / tw))
+        image = image[(h - ch) // 2:(h - ch) // 2 + ch]
+    return np.ascontiguousarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+
+
+def load_frames(video: str | Path, n: int) -> list[np.ndarray]:
+    """n images (640x480 RGB) from the video, looping it if it is shorter."""
+    from realtime.sources import VideoFileSource
+
+    with VideoFileSource(video) as src:
+        images = [to_bench_size(f.image) for f in src]
+    if not images:
+        raise UserError(f"no decodable frames in {video}")
+    return [images[i % len(images)] for i in range(n)]
+
+
+class _Clock:
+    """Strictly increasing frame timestamps across runs (one MediaPipe tracker per run, but
+    the trajectory/smoothing state is per run too: timestamps just never repeat)."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.n = 0
+
+    def frames(self, images: list[np.ndarray]) -> Iterator:
+        from realtime.frames import Frame
+
+        for i, img in enumerate(images):
+            yield Frame(i, self.n / self.fps, img)
+            self.n += 1
+
+
+def _percentiles(lat: list[float]) -> tuple[float, float]:
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeats < 1 or args.frames < 10:
+        raise UserError("--repeats must be >= 1 and --frames >= 10")
+    from realtime.detector import PoseDetector
+    from realtime.estimator import PoseEstimator, open_lifter
+    from realtime.filters import PoseSmoother
+    from realtime.live import pipeline_steps
+    from realtime.pipeline import Pipeline
+    from realtime.playback import RealtimePlayback
+
+    images = load_frames(args.video, args.frames)
+    lifter = open_lifter(args.model, args.backend, args.threads)
+    clock = _Clock(args.camera_fps)
+    print(f"{len(images)} frames of {args.video} at {BENCH_SIZE[0]}x{BENCH_SIZE[1]}, lifter {args.model} on "
+          f"{lifter.name}, {args.repeats} alternating runs each; simulated camera {args.camera_fps:g} fps")
+
+    def mediapipe_only(subset: list[np.ndarray] = images) -> float:
+        with PoseDetector(mode="video") as det:
+            frames = list(clock.frames(subset))
+            t0 = time.perf_counter()
+            for f in frames:
+                det.detect(f.image, f.timestamp_s)
+            return len(frames) / (time.perf_counter() - t0)
+
+    def pipeline(live: bool) -> dict:
+        est = PoseEstimator(detector=PoseDetector(mode="video"), lifter=lifter)
+        try:
+            if live:
+                source = RealtimePlayback(lambda: clock.frames(images), args.camera_fps)
+            else:
+                source = clock.frames(images)
+            p = Pipeline(source, pipeline_steps(est, PoseSmoother()), live=live)
+            lat, valid = [], 0
+            t0 = time.perf_counter()
+            for pf in p:
+                lat.append(pf.timings_ms["latency"])
+                valid += int(pf.valid)
+            dt = time.perf_counter() - t0
+            st = p.stats
+            p50, p95 = _percentiles(lat)
+            return {"fps": st.processed / dt, "processed": st.processed, "dropped": st.dropped,
+                    "valid": valid, "latency_p50_ms": p50, "latency_p95_ms": p95}
+        finally:
+            est.detector.close()  # the lifter is shared between runs
+
+    # One untimed pass warms up everything (MediaPipe graph, ONNX Runtime, caches).
+    mediapipe_only(images[:10])
+    a, b, c = [], [], []
+    for r in range(args.repeats):
+        a.append(mediapipe_only())
+        b.append(pipeline(live=False))
+        c.append(pipeline(live=True))
+        print(f"  run {r + 1}: MediaPipe {a[-1]:.1f} fps | pipeline {b[-1]['fps']:.1f} fps "
+              f"(latency p95 {b[-1]['latency_p95_ms']:.0f} ms, queued) | live {c[-1]['fps']:.1f} fps, "
+              f"p50 {c[-1]['latency_p50_ms']:.1f} ms, p95 {c[-1]['latency_p95_ms']:.1f} ms, "
+              f"{c[-1]['dropped']} dropped, {c[-1]['valid']}/{c[-1]['processed']} with a person")
+    lifter.close()
+
+    def med(rows: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    fa, fb = statistics.median(a), med(b, "fps")
+    result = {
+        "frames": len(images), "size": list(BENCH_SIZE), "repeats": args.repeats, "camera_fps": args.camera_fps,
+        "backend": lifter.name, "model": args.model,
+        "mediapipe_fps": fa, "pipeline_fps": fb, "throughput_ratio": fb / fa,
+        "live_fps": med(c, "fps"), "live_latency_p50_ms": med(c, "latency_p50_ms"),
+        "live_latency_p95_ms": med(c, "latency_p95_ms"), "live_dropped": med(c, "dropped"),
+        "live_dropped_fraction": med(c, "dropped") / len(images),
+    }
+    rows = [
+        ("MediaPipe alone (sequential)", f"{fa:.1f} fps", f"{1000 / fa:.1f} ms/frame", ""),
+        ("pipeline, every frame (file mode)", f"{fb:.1f} fps", f"ratio {fb / fa:.2f}", "target >= 0.80"),
+        (f"pipeline, live camera {args.camera_fps:g} fps", f"{result['live_fps']:.1f} fps",
+         f"p50 {result['live_latency_p50_ms']:.1f} ms, p95 {result['live_latency_p95_ms']:.1f} ms",
+         "target p95 <= 50 ms"),
+        ("  dropped (newest frame wins)", f"{result['live_dropped']:.0f} of {len(images)}", "", ""),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    print(f"\n{'variant':<{w0}}  {'rate':>10}  {'':<34}  ")
+    for name, rate, detail, target in rows:
+        print(f"{name:<{w0}}  {rate:>10}  {detail:<34}  {target}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
