@@ -118,9 +118,17 @@ class FakeTensorRT(types.ModuleType):
             def set_shape(self, name, lo, opt, hi) -> None:
                 self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
 
+        class IInt8EntropyCalibrator2:
+            def __init__(self) -> None:
+                pass
+
         class Config:
             def __init__(self) -> None:
                 self.flags, self.profiles, self.pools = [], [], {}
+                self.int8_calibrator, self.calibration_profile = None, None
+
+            def set_calibration_profile(self, p) -> None:
+                self.calibration_profile = p
 
             def set_memory_pool_limit(self, pool, size) -> None:
                 self.pools[pool] = size
@@ -172,6 +180,7 @@ class FakeTensorRT(types.ModuleType):
 
             def build_serialized_network(self, network, config):
                 fake.builds += 1
+                fake.last_config = config
                 rec = {"onnx": network.onnx, "flags": config.flags,
                        "profiles": [{k: [list(s) for s in v] for k, v in p.shapes.items()} for p in config.profiles]}
                 fake.log.append(("build", rec))
@@ -187,7 +196,7 @@ class FakeTensorRT(types.ModuleType):
                     return None
                 return FakeEngine(json.loads(data[len(FAKE_MAGIC):]))
 
-        for cls in (Logger, BuilderFlag, MemoryPoolType, NetworkDefinitionCreationFlag, OnnxParser, Builder, Runtime):
+        for cls in (IInt8EntropyCalibrator2, Logger, BuilderFlag, MemoryPoolType, NetworkDefinitionCreationFlag, OnnxParser, Builder, Runtime):
             setattr(self, cls.__name__, cls)
 
     def last_build(self) -> dict:
@@ -274,6 +283,9 @@ class FakeCudart(types.ModuleType):
 
     def cudaStreamSynchronize(self, stream):
         return (0,)
+
+    def cudaMemcpy(self, dst: int, src: int, nbytes: int, kind: int):
+        return self.cudaMemcpyAsync(dst, src, nbytes, kind, None)
 
     def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: int, stream):
         dev = dst if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice else src

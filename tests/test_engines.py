@@ -544,3 +544,27 @@ def test_tensorrt_backend_binds_and_copies_correctly(exported, fake_trt, tmp_pat
         b.close()
         assert cudart.allocs == {} and cudart.streams == 0
     assert trt.builds == 2
+
+
+def test_int8_build_uses_calibration_inputs(exported, fake_trt, tmp_path):
+    from engines.backends import tensorrt_backend as tb
+
+    trt, cudart = fake_trt
+    calib = tmp_path / "calib.npz"
+    feats = _inputs("lifter", 70)["features"]
+    np.savez(calib, features=feats)
+    plan = BuildPlan.for_onnx(exported["lifter"]["onnx"], precision="int8", max_batch=64, calib=calib)
+    assert plan.calib_sha256 == file_sha256(calib)
+    tb.build_engine_bytes(plan)
+    assert trt.last_build()["flags"] == ["FP16", "INT8"]
+    cal = trt.last_config.int8_calibrator
+    assert cudart.allocs == {}  # the calibrator's device buffers are freed after the build
+    cal.dev = [cudart.cudaMalloc(32 * 37 * 4)[1]]
+    assert cal.get_batch_size() == 32
+    ptrs = cal.get_batch(["features"])  # rows 0..31 now sit in the calibrator's device buffer
+    got = np.ctypeslib.as_array(cudart.allocs[ptrs[0]].view(np.float32)).reshape(32, 37)
+    np.testing.assert_array_equal(got, feats[:32])
+    assert cal.get_batch(["features"]) is not None and cal.get_batch(["features"]) is None  # 70 rows = 2 batches
+    np.savez(calib, features=feats[:, :36])
+    with pytest.raises(UserError, match=r"shape \('B', 37\)"):
+        tb.build_engine_bytes(BuildPlan.for_onnx(exported["lifter"]["onnx"], precision="int8", calib=calib))

@@ -107,7 +107,11 @@ def build_engine_bytes(plan: BuildPlan) -> bytes:
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = _make_calibrator(trt, plan)
         config.set_calibration_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if plan.precision == "int8":
+            config.int8_calibrator.free()
     if serialized is None:
         raise UserError(f"TensorRT failed to build an engine from {plan.onnx_path} (see its log above)")
     return bytes(serialized)
@@ -145,6 +149,11 @@ def _make_calibrator(trt: Any, plan: BuildPlan) -> Any:
 
         def write_calibration_cache(self, cache: bytes) -> None:
             return None
+
+        def free(self) -> None:
+            for d in self.dev:
+                cudart.cudaFree(d)
+            self.dev = []
 
     return _Calib()
 
