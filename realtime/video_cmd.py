@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run MediaPipe's person detector on every frame (IMAGE mode) instead of tracking")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of an image folder (default 30)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the lifter runtime")
+    # One thread: a batch-1 lifter takes well under a millisecond, and extra intra-op
+    # threads (ONNX Runtime spins them between calls) steal CPU from MediaPipe.
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the lifter runtime (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
