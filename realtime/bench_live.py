@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=150, help="frames per run (the clip is looped; default 150)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (default 3)")
     p.add_argument("--camera-fps", type=float, default=30.0, help="frame rate of the simulated camera (default 30)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the lifter runtime")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the lifter runtime (default 1)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="ask the webcam for this frame height")
     parser.add_argument("--model", default="base_gt", help="lifter: shipped name or .pt/.onnx/.engine path")
     parser.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch (default auto)")
+    # One thread: a batch-1 lifter takes well under a millisecond, and extra intra-op threads
+    # (ONNX Runtime spins them between calls) steal CPU from MediaPipe.
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the lifter runtime (default 1)")
     parser.add_argument("--fov", type=float, help="horizontal field of view in degrees (default 60)")
     parser.add_argument("--calib", metavar="FILE", help='camera intrinsics JSON {"fx", "fy", "cx", "cy"} (pixels)')
     parser.add_argument("--max-frames", type=int, help="stop after this many camera frames")
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sinks = LiveSinks.from_args(args, source.fps, tap, {"kind": "webcam", "camera": args.camera,
                                                             "fps": source.fps})
-        estimator = PoseEstimator(args.model, args.backend, fov_deg=args.fov, calib=args.calib)
+        estimator = PoseEstimator(args.model, args.backend, fov_deg=args.fov, calib=args.calib, threads=args.threads)
         if sinks.url:
             print(f"viewer: {sinks.url}", file=sys.stderr)
         pipeline = Pipeline(source, pipeline_steps(estimator, smoother, tap), live=True)
