@@ -106,10 +106,45 @@ class Body:
     part: np.ndarray
     label_bone: np.ndarray
     label_rest: np.ndarray
+    segment: np.ndarray
 
     @property
     def bone_index(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.bone_names)}
+
+
+# Surface segments for visibility: part id * 2 + side (1 = the body's left, rest x > 0).
+def segment_id(part: str, left: bool) -> int:
+    return PART_INDEX[part] * 2 + int(left)
+
+
+def _segments_of(parts: tuple[str, ...], side: str) -> tuple[int, ...]:
+    sides = (True, False) if side == "both" else ((side == "l"),)
+    return tuple(segment_id(p, s) for p in parts for s in sides)
+
+
+# Joint j counts as not self-occluded when the surface drawn at its pixel belongs to one of
+# these segments (its own limb/trunk), e.g. an elbow is visible on its upper or lower arm.
+def label_segments() -> tuple[tuple[int, ...], ...]:
+    trunk = ("torso", "hips", "neck")
+    out = []
+    for name in JOINT_NAMES:
+        side = "l" if name.startswith("l_") else "r" if name.startswith("r_") else "both"
+        base = name[2:] if side != "both" else name
+        parts = {
+            "pelvis": trunk + ("thigh",), "spine": trunk, "thorax": trunk + ("upper_arm",),
+            "neck_nose": ("head", "hair", "neck"), "head": ("head", "hair", "neck"),
+            "hip": ("hips", "thigh", "torso"), "knee": ("thigh", "shin"), "ankle": ("shin", "foot"),
+            "shoulder": ("torso", "upper_arm", "neck"), "elbow": ("upper_arm", "lower_arm"),
+            "wrist": ("lower_arm", "hand"),
+        }[base]
+        segs = _segments_of(parts, side)
+        if base in ("hip", "shoulder"):  # the trunk is shared by both sides
+            segs = segs + _segments_of(("torso", "hips", "neck"), "both")
+        out.append(tuple(sorted(set(segs))))
+    return tuple(out)
+
+
 
 
 def makehuman_dir() -> Path:
@@ -210,4 +245,5 @@ def load_body(data_dir: str | None = None) -> Body:
         label_rest[j] = point(spec)
     return Body(verts=verts, faces=faces, bone_names=tuple(order), parents=parents, heads=heads,
                 tails=tails, skin_idx=top.astype(np.int32), skin_w=tw.astype(np.float32), part=part,
-                label_bone=label_bone, label_rest=label_rest)
+                label_bone=label_bone, label_rest=label_rest,
+                segment=(part.astype(np.int16) * 2 + (verts[:, 0] > 0)).astype(np.int16))

@@ -59,15 +59,20 @@ class Posed:
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(v)
+    n = float(np.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]))
     return v / n if n > 1e-9 else v
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # np.cross costs ~20 us of argument handling per call; this is the hot path.
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
 
 
 def swing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Smallest rotation taking direction a to direction b (3x3)."""
     a, b = _unit(a), _unit(b)
-    v = np.cross(a, b)
-    c = float(np.dot(a, b))
+    v = _cross(a, b)
+    c = float(a @ b)
     if c < -1 + 1e-9:  # opposite: rotate pi about any axis perpendicular to a
         axis = _unit(np.cross(a, [1.0, 0, 0] if abs(a[0]) < 0.9 else [0, 1.0, 0]))
         return 2 * np.outer(axis, axis) - np.eye(3)
@@ -78,8 +83,8 @@ def swing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def frame(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
     """Orthonormal frame (columns) with e1 along primary, e2 in the primary/secondary plane."""
     e1 = _unit(primary)
-    e2 = _unit(secondary - np.dot(secondary, e1) * e1)
-    return np.stack([e1, e2, np.cross(e1, e2)], axis=1)
+    e2 = _unit(secondary - (secondary @ e1) * e1)
+    return np.stack([e1, e2, _cross(e1, e2)], axis=1)
 
 
 class PoseSolver:
@@ -158,7 +163,7 @@ class PoseSolver:
                 ts = T[JI["l_shoulder"]] - T[JI["r_shoulder"]] if sec == "shoulders" else T[JI[sec]] - start
                 R[g] = frame(t, ts) @ frame(d, sec_rest).T
             dn = _unit(d)
-            length = np.linalg.norm(t) / max(np.linalg.norm(d), 1e-9)
+            length = float(np.sqrt(t @ t)) / max(float(np.sqrt(d @ d)), 1e-9)
             M[g] = R[g] @ (girth * (eye - np.outer(dn, dn)) + length * np.outer(dn, dn))
             off[g] = start - M[g] @ h0
         B = len(body.bone_names)

@@ -79,9 +79,9 @@ def shade(faces, cam, albedo, light, ambient, col_out):
 
 
 @njit(cache=True, fastmath=True)
-def rasterize(faces, uv, cam, col, img, zbuf):
-    """Draw front-facing triangles into img (H,W,3) float32 and zbuf (H,W) float32 (camera z,
-    mm; +inf = empty). Colours and z are interpolated linearly in screen space (the
+def rasterize(faces, uv, cam, col, vid, img, zbuf, idbuf):
+    """Draw front-facing triangles into img (H,W,3) float32, zbuf (H,W) float32 (camera z,
+    mm; +inf = empty) and idbuf (H,W) int16 (vid of the triangle's first vertex; -1 = empty). Colours and z are interpolated linearly in screen space (the
     triangles are small). Back faces (outward normal pointing away from the camera) and
     triangles closer than NEAR_MM are skipped."""
     H, W = zbuf.shape
@@ -124,5 +124,6 @@ def rasterize(faces, uv, cam, col, img, zbuf):
                 z = w0 * za + w1 * zb + w2 * zc
                 if z < zbuf[py, px]:
                     zbuf[py, px] = z
+                    idbuf[py, px] = vid[a]
                     for ch in range(3):
                         img[py, px, ch] = w0 * col[a, ch] + w1 * col[b, ch] + w2 * col[c, ch]

@@ -27,7 +27,7 @@ import numpy as np
 from engines.camera import Camera, project_camera, world_to_camera
 from engines.crop import CropBox, box_from_joints, crop_image
 from engines.skeleton import NUM_JOINTS, bone_lengths, fbi_states, root_relative
-from train.synth.body import Body, load_body
+from train.synth.body import Body, label_segments, load_body
 from train.synth.pose import PoseSolver, rest_bone_lengths, sample_lengths, with_lengths
 from train.synth.scene import (add_occluders, camera_affines, degrade, render_body, sample_albedo,
                                sample_background, sample_camera, sample_light)
@@ -84,11 +84,13 @@ class MediaPipe2D:
                          for p in res.pose_landmarks[0]], np.float32)
 
 
-def _visibility(uv_buf: np.ndarray, z: np.ndarray, zbuf: np.ndarray, occ: np.ndarray,
-                radius: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Joint j is visible if inside the image, not under an occluder, and the nearest
-    surface at its pixel (3x3 max of the z-buffer, so thin edges don't count) is no closer
-    than z_j - (1.6 radius_j + 30 mm): a joint sits inside its limb, radius_j deep."""
+def _visibility(uv_buf: np.ndarray, z: np.ndarray, zbuf: np.ndarray, idbuf: np.ndarray,
+                allowed: tuple[tuple[int, ...], ...], occ: np.ndarray, radius: np.ndarray,
+                inside: np.ndarray) -> np.ndarray:
+    """Joint j is visible if inside the image, not under an occluder, and not hidden by
+    another part of the body: some pixel of its 3x3 neighbourhood shows its own limb/trunk
+    (body.label_segments), or the surface there is no closer than z_j - (1.6 radius_j + 30)
+    mm (a joint sits inside its limb, about radius_j deep)."""
     H, W = zbuf.shape
     vis = inside.copy()
     for j in range(len(z)):
@@ -97,6 +99,9 @@ def _visibility(uv_buf: np.ndarray, z: np.ndarray, zbuf: np.ndarray, occ: np.nda
             continue  # outside this buffer (crop): decided by `inside` alone
         if occ[v, u]:
             vis[j] = False
+            continue
+        ids = idbuf[max(v - 1, 0):v + 2, max(u - 1, 0):u + 2]
+        if np.isin(ids, allowed[j]).any():
             continue
         zz = zbuf[max(v - 1, 0):v + 2, max(u - 1, 0):u + 2].max()
         if zz < z[j] - (1.6 * radius[j] + 30.0):
@@ -115,6 +120,7 @@ class SampleRenderer:
         # Local body radius at each label joint: distance to the nearest rest vertex.
         d = np.linalg.norm(self.body.verts[None] - self.body.label_rest[:, None], axis=-1)
         self.radius = d.min(1)
+        self.allowed = label_segments()
 
     def render(self, item: PoseItem, rng: np.random.Generator) -> dict[str, np.ndarray]:
         targets = np.asarray(item.joints_world, np.float64)
@@ -143,11 +149,11 @@ class SampleRenderer:
         if self.mp is not None:
             # Full frame: render, degrade, detect, then crop with the app's crop code.
             bg = sample_background(rng, W, H)
-            img, zbuf = render_body(self.body, A, cam, np.array([[1.0, 0, 0], [0, 1.0, 0]]), bg, albedo, light)
+            img, zbuf, idbuf = render_body(self.body, A, cam, np.array([[1.0, 0, 0], [0, 1.0, 0]]), bg, albedo, light)
             lo, hi = uv.min(0), uv.max(0)
             occ = add_occluders(img, rng, (lo[0], lo[1], hi[0], hi[1]))
             full = degrade(img, rng, 1.0)
-            vis = _visibility(uv, jc[:, 2], zbuf, occ, radius, inside)
+            vis = _visibility(uv, jc[:, 2], zbuf, idbuf, self.allowed, occ, radius, inside)
             lm = self.mp.detect(full)
             box = gt_box
             if lm is not None:
@@ -167,7 +173,7 @@ class SampleRenderer:
             S = box.size
             vp = box.affine
             bg = sample_background(rng, S, S)
-            img, zbuf = render_body(self.body, A, cam, vp, bg, albedo, light)
+            img, zbuf, idbuf = render_body(self.body, A, cam, vp, bg, albedo, light)
             uvc = box.image_to_crop(uv)
             lo, hi = uvc.min(0), uvc.max(0)
             occ = add_occluders(img, rng, (lo[0], lo[1], hi[0], hi[1]))
@@ -178,7 +184,7 @@ class SampleRenderer:
             oky = (xs[:, 1] >= -0.5) & (xs[:, 1] <= H - 0.5)
             crop[~oky] = 0
             crop[:, ~okx] = 0
-            vis = _visibility(uvc, jc[:, 2], zbuf, occ, radius, inside)
+            vis = _visibility(uvc, jc[:, 2], zbuf, idbuf, self.allowed, occ, radius, inside)
         mp_crop = box.image_to_crop(mp17.astype(np.float64)).astype(np.float32)
         return {
             "images": crop,

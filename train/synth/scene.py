@@ -147,14 +147,15 @@ def sample_background(rng: np.random.Generator, width: int, height: int) -> np.n
         c1, c2 = _random_colour(rng), _random_colour(rng)
         period = rng.uniform(8, 80) * max(width, height) / 256
         ang = rng.uniform(0, np.pi)
-        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        u = np.cos(ang) * xx + np.sin(ang) * yy
+        yy = np.arange(height, dtype=np.float32)[:, None]
+        xx = np.arange(width, dtype=np.float32)[None, :]
+        u = (np.cos(ang) / period) * xx + (np.sin(ang) / period) * yy
         if rng.random() < 0.5:
-            m = (np.floor(u / period) % 2)[..., None]
+            m = np.floor(u) % 2
         else:
-            v = -np.sin(ang) * xx + np.cos(ang) * yy
-            m = ((np.floor(u / period) + np.floor(v / period)) % 2)[..., None]
-        bg = c1 * (1 - m) + c2 * m
+            v = (-np.sin(ang) / period) * xx + (np.cos(ang) / period) * yy
+            m = (np.floor(u) + np.floor(v)) % 2
+        bg = np.where(m[..., None] > 0, c2, c1).astype(np.float32)
     elif kind == 2:  # wall + floor with a horizon and a vertical gradient
         c1, c2 = _random_colour(rng), _random_colour(rng)
         horizon = rng.uniform(0.3, 0.9) * height
@@ -166,9 +167,9 @@ def sample_background(rng: np.random.Generator, width: int, height: int) -> np.n
         if rng.random() < 0.5:
             reg = reg[:, ::-1]
         bg = cv2.resize(reg, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-    bg = bg * rng.uniform(0.6, 1.25)
-    bg = bg + rng.normal(0, rng.uniform(0, 10), (1, 1, 3))
-    return np.clip(bg, 0, 255).astype(np.float32)
+    tint = (rng.uniform(0.6, 1.25) * np.ones(3)).astype(np.float32)
+    shift = rng.normal(0, rng.uniform(0, 10), 3).astype(np.float32)
+    return np.clip(bg * tint + shift, 0, 255, dtype=np.float32)
 
 
 # ---------------------------------------------------------------- cameras
@@ -238,9 +239,11 @@ def camera_affines(affine_world: np.ndarray, cam: Camera) -> np.ndarray:
 
 
 def render_body(body: Body, affine_cam: np.ndarray, cam: Camera, viewport: np.ndarray,
-                background: np.ndarray, albedo: np.ndarray, light: Light) -> tuple[np.ndarray, np.ndarray]:
+                background: np.ndarray, albedo: np.ndarray, light: Light
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw the skinned body over background (H,W,3) float32 through `viewport` (2,3, image
-    px -> buffer px). Returns (image (H,W,3) float32, zbuf (H,W) float32 camera z mm)."""
+    px -> buffer px). Returns (image (H,W,3) float32, zbuf (H,W) float32 camera z mm,
+    idbuf (H,W) int16 Body.segment of the visible surface, -1 = background)."""
     V = len(body.verts)
     cam_v = np.empty((V, 3))
     uv = np.empty((V, 2))
@@ -252,8 +255,9 @@ def render_body(body: Body, affine_cam: np.ndarray, cam: Camera, viewport: np.nd
     col *= light.gain.astype(np.float32)
     img = np.ascontiguousarray(background, np.float32).copy()
     zbuf = np.full(img.shape[:2], np.inf, np.float32)
-    rasterize(body.faces, uv, cam_v, col, img, zbuf)
-    return img, zbuf
+    idbuf = np.full(img.shape[:2], -1, np.int16)
+    rasterize(body.faces, uv, cam_v, col, body.segment, img, zbuf, idbuf)
+    return img, zbuf, idbuf
 
 
 def add_occluders(img: np.ndarray, rng: np.random.Generator, person_box: tuple[float, float, float, float],
@@ -300,5 +304,9 @@ def degrade(img: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarr
         img = cv2.GaussianBlur(img, (0, 0), 0.5)
     sigma = rng.uniform(0, 6)
     if sigma > 0.5:
-        img = img + rng.normal(0, sigma, img.shape).astype(np.float32)
+        # OpenCV's generator (much faster than numpy's), seeded from rng: still deterministic.
+        cv2.setRNGSeed(int(rng.integers(1 << 31)))
+        noise = np.empty(img.shape, np.float32)
+        cv2.randn(noise, 0.0, float(sigma))
+        img = img + noise
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)

@@ -1,0 +1,228 @@
+"""Synthetic renderer (train.synth): exact labels, FBI rule, determinism, shards, BVH."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.camera import project_camera
+from engines.crop import CropBox
+from engines.errors import UserError
+from engines.skeleton import fbi_states
+from train.h36m import default_data_dir
+
+DATA = default_data_dir()
+MH = DATA / "makehuman" / "base.obj"
+H36M_VAL = DATA / "h36m" / "h36m_val.npz"
+BANDAI = DATA / "bandai" / "dataset-2" / "data"
+needs_body = pytest.mark.skipif(not MH.is_file(), reason="MakeHuman assets not staged")
+needs_h36m = pytest.mark.skipif(not (MH.is_file() and H36M_VAL.is_file()), reason="H36M/MakeHuman data not staged")
+
+TINY_BVH = """HIERARCHY
+ROOT Hips
+{
+  OFFSET 0 0 0
+  CHANNELS 6 Xposition Yposition Zposition Zrotation Xrotation Yrotation
+  JOINT Knee
+  {
+    OFFSET 0 -40 0
+    CHANNELS 3 Zrotation Xrotation Yrotation
+    End Site
+    {
+      OFFSET 0 -40 0
+    }
+  }
+}
+MOTION
+Frames: 2
+Frame Time: 0.0333333
+0 90 0 0 0 0 0 0 0
+1 90 2 90 0 0 0 90 0
+"""
+
+
+def test_bvh_parse_and_fk(tmp_path: Path) -> None:
+    from train.synth.bvh import forward_kinematics, parse_bvh
+    p = tmp_path / "tiny.bvh"
+    p.write_text(TINY_BVH)
+    b = parse_bvh(p)
+    assert b.names == ("Hips", "Knee") and list(b.parents) == [-1, 0]
+    assert b.motion.shape == (2, 9) and b.frame_time == pytest.approx(1 / 30, rel=1e-5)
+    pos, rot = forward_kinematics(b)
+    np.testing.assert_allclose(pos[0], [[0, 90, 0], [0, 50, 0]], atol=1e-9)
+    # Frame 1: hips at (1,90,2) rotated 90 deg about z: the knee offset (0,-40,0) -> (40,0,0).
+    np.testing.assert_allclose(pos[1], [[1, 90, 2], [41, 90, 2]], atol=1e-9)
+    assert np.allclose(rot[1, 1] @ rot[1, 1].T, np.eye(3))
+    bad = tmp_path / "bad.bvh"
+    bad.write_text("HIERARCHY\nROOT x\n{\n OFFSET 0 0\n")
+    with pytest.raises(UserError):
+        parse_bvh(bad)
+
+
+@pytest.mark.skipif(not BANDAI.is_dir(), reason="Bandai-Namco data not staged")
+def test_bandai_clip_is_a_walking_person() -> None:
+    from train.synth.bvh import bandai_targets, parse_bvh
+    f = BANDAI / "dataset-2_walk_active_001.bvh"
+    b = parse_bvh(f)
+    assert len(b.names) == 22 and b.num_frames == 207  # FILES.tsv: 207 frames
+    t = bandai_targets(b)
+    assert t.shape == (207, 17, 3)
+    height = (t[:, 10, 2] - t[:, [3, 6], 2].min(1)).mean()
+    assert 1200 < height < 1900  # mm, head joint over the lower ankle
+    # Facing (left x up) agrees with the walking direction: left/right are not swapped.
+    fwd = np.cross(t[:, 11] - t[:, 14], [0, 0, 1.0]).mean(0)
+    vel = t[-1, 0] - t[0, 0]
+    assert fwd @ vel / np.linalg.norm(fwd) / np.linalg.norm(vel) > 0.9
+
+
+@needs_h36m
+def test_solver_lands_on_h36m_joints() -> None:
+    from train.h36m import open_npz
+    from train.synth.body import load_body
+    from train.synth.pose import PoseSolver
+    d = open_npz(H36M_VAL)
+    solver = PoseSolver(load_body())
+    X = d["positions_3d"][::1500].astype(np.float64)
+    err = np.stack([np.linalg.norm(solver.solve(x).joints - x, axis=1) for x in X])
+    others = np.delete(err, 9, axis=1)
+    assert others.max() < 1e-6, others.max()
+    assert err[:, 9].mean() < 30.0  # neck_nose: the body's own point in the head
+
+
+def _items():
+    from train.synth.shards import H36MSource
+    h = H36MSource(H36M_VAL, every=997, cameras=(0, 1, 2, 3))
+    return [h.item(i) for i in (0, 5, 10, 15)]
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    from train.synth.samples import SampleRenderer
+    return SampleRenderer(use_mediapipe=False)
+
+
+@pytest.fixture(scope="module")
+def samples(renderer):
+    from train.synth.samples import PoseItem, SOURCE_BVH
+    items = _items()
+    # Plus mocap-style items: H36M joints on sampled bodies seen by sampled webcams.
+    items += [PoseItem(it.joints_world, None, False, SOURCE_BVH, h36m_like=it.camera) for it in items[:3]]
+    return [renderer.render(it, np.random.default_rng([7, i])) for i, it in enumerate(items)]
+
+
+@needs_h36m
+def test_labels_reproject_exactly(samples) -> None:
+    for s in samples:
+        X = s["joints_3d"].astype(np.float64) + s["root_cam"]
+        uv = project_camera(X, s["f"], s["c"], s["k"], s["p"])
+        np.testing.assert_allclose(uv, s["joints_2d_image"], atol=0.02)
+        box = CropBox(*map(float, s["box"]))
+        err = np.abs(box.image_to_crop(uv) - s["joints_2d_crop"]).max()
+        assert err < 0.5, err
+        np.testing.assert_allclose(s["depth"], X[:, 2], atol=0.01)
+        assert s["images"].shape == (256, 256, 3) and s["images"].dtype == np.uint8
+
+
+@needs_h36m
+def test_h36m_labels_are_the_given_joints(samples) -> None:
+    from train.h36m import open_npz
+    from engines.camera import world_to_camera
+    d = open_npz(H36M_VAL)
+    for s in samples[:4]:
+        x = d["positions_3d"][int(s["frame"])].astype(np.float64)
+        xc = world_to_camera(x, s["cam_R"].astype(np.float64), s["cam_T"].astype(np.float64))
+        got = s["joints_3d"] + s["root_cam"]
+        err = np.linalg.norm(got - xc, axis=1)
+        assert np.delete(err, 9).max() < 0.5, err  # float32 storage
+        assert err[9] < 40
+
+
+@needs_h36m
+def test_joints_project_onto_the_rendered_body(renderer, samples) -> None:
+    """Render on an empty background without effects: every joint's pixel is on the body."""
+    from train.synth.scene import camera_affines, render_body, sample_albedo, sample_light
+    from engines.camera import world_to_camera
+    from engines.crop import box_from_joints
+    item = _items()[1]
+    rng = np.random.default_rng(3)
+    posed = renderer.solver.solve(item.joints_world)
+    cam = item.camera
+    uv = project_camera(world_to_camera(posed.joints, cam.R, cam.T), cam.f, cam.c, cam.k, cam.p)
+    box = box_from_joints(uv)
+    img, zbuf, ids = render_body(renderer.body, camera_affines(posed.affine, cam), cam, box.affine,
+                                 np.zeros((256, 256, 3), np.float32), sample_albedo(renderer.body, rng),
+                                 sample_light(rng))
+    uvc = np.rint(box.image_to_crop(uv)).astype(int)
+    on_body = [np.isfinite(zbuf[v - 1:v + 2, u - 1:u + 2]).any() for u, v in uvc]
+    assert all(on_body), on_body
+    assert (ids >= 0).sum() == np.isfinite(zbuf).sum()
+
+
+@needs_h36m
+def test_fbi_labels_follow_the_rule(samples) -> None:
+    for s in samples:
+        X = s["joints_3d"].astype(np.float64) + s["root_cam"]
+        np.testing.assert_array_equal(s["fbi"], fbi_states(X))
+        np.testing.assert_array_equal(s["fbi"], fbi_states(s["joints_3d"].astype(np.float64)))
+
+
+@needs_h36m
+def test_deterministic_given_seed(renderer) -> None:
+    it = _items()[2]
+    a = renderer.render(it, np.random.default_rng([1, 2]))
+    b = renderer.render(it, np.random.default_rng([1, 2]))
+    c = renderer.render(it, np.random.default_rng([1, 3]))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert not np.array_equal(a["images"], c["images"])
+
+
+@needs_h36m
+def test_shards_round_trip_and_resume(tmp_path: Path) -> None:
+    from train.render_cmd import add_arguments, run
+    from train.synth.dataset import SynthDataset
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    out = tmp_path / "s9"
+    argv = ["--data", str(H36M_VAL), "--out", str(out), "--every", "500", "--cameras", "1,3",
+            "--limit", "6", "--shard-size", "4", "--no-mediapipe", "--seed", "5"]
+    assert run(p.parse_args(argv)) == 0
+    ds = SynthDataset(out)
+    assert len(ds) == 6 and ds.manifest["complete"] and len(ds.files) == 2
+    s5 = ds[5]
+    assert s5["images"].shape == (256, 256, 3) and int(s5["index"]) == 5
+    assert int(s5["camera_index"]) == 3 and int(s5["frame"]) == 1000  # sample 5 = row 2*500, camera 3
+    lab = ds.labels()
+    assert "images" not in lab and lab["joints_3d"].shape == (6, 17, 3) and lab["fbi"].shape == (6, 14)
+    # Same sample rendered directly = same arrays (shards are a pure function of the seed).
+    from train.synth.samples import SampleRenderer
+    from train.synth.shards import H36MSource
+    src = H36MSource(H36M_VAL, 500, (1, 3))
+    direct = SampleRenderer(use_mediapipe=False).render(src.item(5), np.random.default_rng([5, 5]))
+    np.testing.assert_array_equal(direct["images"], s5["images"])
+    # Resume: nothing is re-rendered; a different seed in the same folder is refused.
+    mtimes = [os.path.getmtime(f) for f in ds.files]
+    assert run(p.parse_args(argv)) == 0
+    assert mtimes == [os.path.getmtime(f) for f in ds.files]
+    os.remove(ds.files[1])
+    assert run(p.parse_args(argv)) == 0
+    np.testing.assert_array_equal(SynthDataset(out)[5]["images"], s5["images"])
+    with pytest.raises(UserError):
+        run(p.parse_args(argv[:-1] + ["6"]))
+
+
+@pytest.mark.slow
+@needs_h36m
+def test_mediapipe_finds_rendered_people(tmp_path: Path) -> None:
+    from train.synth.samples import SampleRenderer, default_model_path
+    if not default_model_path().is_file():
+        pytest.skip("MediaPipe model bundle not built")
+    r = SampleRenderer(use_mediapipe=True)
+    ss = [r.render(it, np.random.default_rng([0, i])) for i, it in enumerate(_items())]
+    assert np.mean([s["mp_found"] for s in ss]) >= 0.75
+    for s in ss:
+        if s["mp_found"]:
+            assert np.isfinite(s["mp_landmarks_image"]).all()
