@@ -6,7 +6,8 @@
 For every model (one per stage: lifter now; generator and refiner later) and every runtime
 usable here (engines.backends.usable_backends, or --backends), it times `backend.run` on
 fixed inputs at each batch size and prints a markdown table: median and p95 latency per call
-(ms) and throughput (samples/s = batch / median). Runtimes are measured interleaved, in
+(ms), throughput (samples/s = batch / median) and the largest absolute output difference
+from the torch backend on the same inputs (outputs in mm for the lifter). Runtimes are measured interleaved, in
 rounds, so background load (training on the same cores) hits all of them alike; the
 torch / ONNX Runtime ratio printed at the end comes from this one run. "Pipeline minus 2D" is
 the sum of the stage medians for a runtime (the 2D detector is timed by realtime/bench.py).
@@ -35,6 +36,7 @@ class Timing:
     backend: str
     batch: int
     times_s: tuple[float, ...]
+    max_abs_diff: float | None = None  # vs the torch backend on the same inputs (None: no torch)
 
     @property
     def median_ms(self) -> float:
@@ -99,23 +101,31 @@ def measure(models: list[tuple[str, str]], backends: list[str], batches: list[in
         for n in batches:
             for _ in range(3):
                 be.run(inputs[(k, n)])
+    diffs = {}  # parity vs torch on the same inputs, largest batch, max over all outputs
+    for (label, b), (be, _) in opened.items():
+        ref = opened.get((label, "torch"))
+        if ref is not None:
+            x = inputs[((label, b), max(batches))]
+            want, got = ref[0].run(x), be.run(x)
+            diffs[(label, b)] = max(float(np.abs(got[k] - want[k]).max()) for k in want)
     samples: dict[tuple, list[float]] = {(k, n): [] for k in opened for n in batches}
     per = seconds / (rounds * len(samples))
     for _ in range(rounds):  # interleaved so background load is shared fairly
         for (k, n), acc in samples.items():
             acc.extend(time_calls(opened[k][0].run, inputs[(k, n)], per, min_calls=5))
-    out = [Timing(k[0], opened[k][1].name, k[1], n, tuple(v)) for (k, n), v in samples.items()]
+    out = [Timing(k[0], opened[k][1].name, k[1], n, tuple(v), diffs.get(k)) for (k, n), v in samples.items()]
     for be, _ in opened.values():
         be.close()
     return out
 
 
 def render(timings: list[Timing], threads: int) -> str:
-    lines = [f"| stage | model | backend | batch | median ms | p95 ms | samples/s | calls |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| stage | model | backend | batch | median ms | p95 ms | samples/s | calls | max abs diff vs torch |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for t in timings:
+        diff = "-" if t.max_abs_diff is None else f"{t.max_abs_diff:.2g}"
         lines.append(f"| {t.stage} | {t.model} | {t.backend} | {t.batch} | {t.median_ms:.3f} | {t.p95_ms:.3f} | "
-                     f"{t.throughput:,.0f} | {len(t.times_s)} |")
+                     f"{t.throughput:,.0f} | {len(t.times_s)} | {diff} |")
     lines.append("")
     backends = sorted({t.backend for t in timings})
     batches = sorted({t.batch for t in timings})
