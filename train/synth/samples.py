@@ -73,19 +73,27 @@ class MediaPipe2D:
                                      running_mode=RunningMode.IMAGE, num_poses=1)
         self._lm = PoseLandmarker.create_from_options(opts)
 
+    MAX_SIDE = 640  # frames are shrunk to this long side first, as a webcam app feeds it
+
     def detect(self, rgb: np.ndarray) -> np.ndarray | None:
-        """rgb (H,W,3) uint8 -> (33,3) [x px, y px, visibility] or None."""
+        """rgb (H,W,3) uint8 -> (33,3) [x px, y px, visibility] (input-image px) or None."""
+        import cv2
+        H, W = rgb.shape[:2]
+        s = self.MAX_SIDE / max(H, W)
+        if s < 1.0:
+            rgb = cv2.resize(rgb, (int(round(W * s)), int(round(H * s))), interpolation=cv2.INTER_AREA)
         img = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         res = self._lm.detect(img)
         if not res.pose_landmarks:
             return None
-        H, W = rgb.shape[:2]
+        # Normalised landmarks * original size: the resize does not change them (up to
+        # its half-pixel convention, < 1 px here).
         return np.array([[p.x * W, p.y * H, p.visibility if p.visibility is not None else 1.0]
                          for p in res.pose_landmarks[0]], np.float32)
 
 
 def _visibility(uv_buf: np.ndarray, z: np.ndarray, zbuf: np.ndarray, idbuf: np.ndarray,
-                allowed: tuple[tuple[int, ...], ...], occ: np.ndarray, radius: np.ndarray,
+                allowed: np.ndarray, occ: np.ndarray, radius: np.ndarray,
                 inside: np.ndarray) -> np.ndarray:
     """Joint j is visible if inside the image, not under an occluder, and not hidden by
     another part of the body: some pixel of its 3x3 neighbourhood shows its own limb/trunk
@@ -101,7 +109,7 @@ def _visibility(uv_buf: np.ndarray, z: np.ndarray, zbuf: np.ndarray, idbuf: np.n
             vis[j] = False
             continue
         ids = idbuf[max(v - 1, 0):v + 2, max(u - 1, 0):u + 2]
-        if np.isin(ids, allowed[j]).any():
+        if allowed[j, ids[ids >= 0]].any():
             continue
         zz = zbuf[max(v - 1, 0):v + 2, max(u - 1, 0):u + 2].max()
         if zz < z[j] - (1.6 * radius[j] + 30.0):
@@ -120,7 +128,10 @@ class SampleRenderer:
         # Local body radius at each label joint: distance to the nearest rest vertex.
         d = np.linalg.norm(self.body.verts[None] - self.body.label_rest[:, None], axis=-1)
         self.radius = d.min(1)
-        self.allowed = label_segments()
+        # (17, segments) lookup: may joint j be seen on segment s?
+        self.allowed = np.zeros((NUM_JOINTS, int(self.body.segment.max()) + 1), bool)
+        for j, segs in enumerate(label_segments()):
+            self.allowed[j, list(segs)] = True
 
     def render(self, item: PoseItem, rng: np.random.Generator) -> dict[str, np.ndarray]:
         targets = np.asarray(item.joints_world, np.float64)

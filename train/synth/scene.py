@@ -53,10 +53,23 @@ def _pattern(body: Body, rng: np.random.Generator) -> np.ndarray:
     return (np.sin(v @ w.T + ph).sum(1) > 0.5).astype(np.float32)
 
 
+_PART_ROWS: dict[int, tuple[Body, dict[str, np.ndarray]]] = {}
+
+
+def _part_rows(body: Body) -> dict[str, np.ndarray]:
+    """Vertex indices of each part (cached per Body object)."""
+    hit = _PART_ROWS.get(id(body))
+    if hit is None or hit[0] is not body:
+        hit = (body, {name: np.flatnonzero(body.part == i) for name, i in PI.items()})
+        _PART_ROWS[id(body)] = hit
+    return hit[1]
+
+
 def sample_albedo(body: Body, rng: np.random.Generator) -> np.ndarray:
     """Per-vertex albedo (V,3) float32 0..255 from per-part clothing: skin tone, hair (or
-    bald), shirt with long/short/no sleeves, long trousers or shorts (or a dress-like one
-    colour outfit), shoes; cloth gets an optional two-colour pattern."""
+    bald), shirt with long/short/no sleeves, long trousers or shorts (or a one-piece
+    outfit), shoes; cloth gets an optional two-colour pattern."""
+    rows = _part_rows(body)
     t = rng.uniform(0, len(SKIN_TONES) - 1)
     i = int(t)
     skin = SKIN_TONES[i] * (1 - (t - i)) + SKIN_TONES[min(i + 1, len(SKIN_TONES) - 1)] * (t - i)
@@ -67,21 +80,21 @@ def sample_albedo(body: Body, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.1:  # one-piece outfit
         trousers, trousers2 = shirt, shirt2
     shoes = _random_colour(rng, dark=True)
-    part = body.part
-    col = np.repeat(skin[None].astype(np.float32), len(part), 0)
-    col[part == PI["hair"]] = hair
+    col = np.empty((len(body.part), 3), np.float32)
+    col[:] = skin
+    col[rows["hair"]] = hair
     sleeves = rng.choice(3, p=[0.5, 0.35, 0.15])  # long, short, none
     shirt_parts = ["torso"] + (["upper_arm"] if sleeves < 2 else []) + (["lower_arm"] if sleeves == 0 else [])
     if rng.random() < 0.3:
         shirt_parts.append("neck")
     legs = ["hips", "thigh"] + (["shin"] if rng.random() < 0.75 else [])
-    pat_s, pat_t = _pattern(body, rng)[:, None], _pattern(body, rng)[:, None]
-    m = np.isin(part, [PI[p] for p in shirt_parts])
-    col[m] = (shirt * (1 - pat_s) + shirt2 * pat_s)[m]
-    m = np.isin(part, [PI[p] for p in legs])
-    col[m] = (trousers * (1 - pat_t) + trousers2 * pat_t)[m]
-    col[part == PI["foot"]] = shoes
-    return np.clip(col, 0, 255).astype(np.float32)
+    pat_s, pat_t = _pattern(body, rng), _pattern(body, rng)
+    for parts, c1, c2, pat in ((shirt_parts, shirt, shirt2, pat_s), (legs, trousers, trousers2, pat_t)):
+        r = np.concatenate([rows[p] for p in parts])
+        w = pat[r][:, None]
+        col[r] = c1 * (1 - w) + c2 * w
+    col[rows["foot"]] = shoes
+    return np.clip(col, 0, 255)
 
 
 @dataclass(frozen=True)
@@ -133,16 +146,37 @@ def photo_regions() -> list[np.ndarray]:
     return regions
 
 
+BG_MAX_SIDE = 320  # backgrounds are drawn at <= this size, then resized (they are smooth)
+
+
 def sample_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """(H,W,3) float32 0..255: smooth colour noise, a procedural pattern (stripes/checks/
-    wall+floor), or a person-free photo region, with random brightness."""
+    wall+floor), or a person-free photo region, with random brightness. Drawn at most
+    BG_MAX_SIDE px on the long side and resized, which also keeps it slightly soft, like an
+    out-of-focus background."""
+    import cv2
+    scale = min(1.0, BG_MAX_SIDE / max(width, height))
+    if scale < 1.0:
+        small = _background(rng, max(int(round(width * scale)), 2), max(int(round(height * scale)), 2))
+        return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    return _background(rng, width, height)
+
+
+def _two_colour(mask: np.ndarray, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
+    """(H,W) float32 weights -> (H,W,3) float32 c1*(1-m) + c2*m. Per channel with cv2.merge:
+    numpy broadcasting over a trailing axis of 3 is ~10x slower here."""
+    import cv2
+    return cv2.merge([(float(c1[k]) + float(c2[k] - c1[k]) * mask).astype(np.float32) for k in range(3)])
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     import cv2
     regions = photo_regions()
     kind = rng.choice(4, p=[0.3, 0.25, 0.2, 0.25] if regions else [0.4, 0.35, 0.25, 0.0])
     if kind == 0:  # smooth colour noise at a random scale
         cells = int(rng.integers(2, 12))
         small = rng.uniform(0, 255, (cells, cells, 3)).astype(np.float32)
-        bg = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+        bg = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
     elif kind == 1:  # stripes / checks in two colours
         c1, c2 = _random_colour(rng), _random_colour(rng)
         period = rng.uniform(8, 80) * max(width, height) / 256
@@ -155,21 +189,24 @@ def sample_background(rng: np.random.Generator, width: int, height: int) -> np.n
         else:
             v = (-np.sin(ang) / period) * xx + (np.cos(ang) / period) * yy
             m = (np.floor(u) + np.floor(v)) % 2
-        bg = np.where(m[..., None] > 0, c2, c1).astype(np.float32)
+        bg = _two_colour(m.astype(np.float32), c1, c2)
     elif kind == 2:  # wall + floor with a horizon and a vertical gradient
         c1, c2 = _random_colour(rng), _random_colour(rng)
         horizon = rng.uniform(0.3, 0.9) * height
-        yy = np.arange(height, dtype=np.float32)[:, None, None]
+        yy = np.arange(height, dtype=np.float32)
         g = 1.0 + rng.uniform(-0.4, 0.4) * (yy / height - 0.5)
-        bg = np.where(yy < horizon, c1, c2) * g * np.ones((1, width, 1), np.float32)
+        m = np.broadcast_to((yy >= horizon).astype(np.float32)[:, None], (height, width))
+        bg = _two_colour(np.ascontiguousarray(m), c1, c2)
+        bg *= np.ascontiguousarray(np.broadcast_to(g[:, None, None], bg.shape))
     else:  # person-free photo region, random flip
         reg = regions[int(rng.integers(len(regions)))]
         if rng.random() < 0.5:
             reg = reg[:, ::-1]
-        bg = cv2.resize(reg, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-    tint = (rng.uniform(0.6, 1.25) * np.ones(3)).astype(np.float32)
-    shift = rng.normal(0, rng.uniform(0, 10), 3).astype(np.float32)
-    return np.clip(bg * tint + shift, 0, 255, dtype=np.float32)
+        bg = cv2.resize(np.ascontiguousarray(reg), (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    gain = float(rng.uniform(0.6, 1.25))
+    shift = rng.normal(0, rng.uniform(0, 10), 3)
+    bg = cv2.add(cv2.multiply(bg, (gain, gain, gain, 0.0)), tuple(float(x) for x in shift) + (0.0,))
+    return cv2.min(cv2.max(bg, 0.0), 255.0)
 
 
 # ---------------------------------------------------------------- cameras
@@ -279,8 +316,13 @@ def add_occluders(img: np.ndarray, rng: np.random.Generator, person_box: tuple[f
             cv2.rectangle(m, (int(cx - w / 2), int(cy - h / 2)), (int(cx + w / 2), int(cy + h / 2)), 1, -1)
         else:
             cv2.ellipse(m, (int(cx), int(cy)), (int(w / 2), int(h / 2)), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        tex = sample_background(rng, W, H)
-        img[m.astype(bool)] = tex[m.astype(bool)]
+        ys, xs = np.nonzero(m)
+        if len(ys) == 0:
+            continue
+        y0, y1, x0_, x1_ = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        tex = sample_background(rng, int(x1_ - x0_), int(y1 - y0))
+        sub = m[y0:y1, x0_:x1_].astype(bool)
+        img[y0:y1, x0_:x1_][sub] = tex[sub]
         mask |= m
     return mask.astype(bool)
 
@@ -304,9 +346,21 @@ def degrade(img: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarr
         img = cv2.GaussianBlur(img, (0, 0), 0.5)
     sigma = rng.uniform(0, 6)
     if sigma > 0.5:
-        # OpenCV's generator (much faster than numpy's), seeded from rng: still deterministic.
-        cv2.setRNGSeed(int(rng.integers(1 << 31)))
-        noise = np.empty(img.shape, np.float32)
-        cv2.randn(noise, 0.0, float(sigma))
-        img = img + noise
+        img = img + float(sigma) * _noise_window(rng, img.shape)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=1)
+def _noise_bank() -> np.ndarray:
+    # A fixed bank of N(0,1) samples; each image takes a random window of it (fast, and
+    # still a pure function of the sample's rng).
+    return np.random.default_rng(99).standard_normal((1400, 1400, 3), dtype=np.float32)
+
+
+def _noise_window(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    bank = _noise_bank()
+    H, W = shape[:2]
+    if H > bank.shape[0] or W > bank.shape[1]:
+        return rng.standard_normal(shape, dtype=np.float32)
+    y, x = int(rng.integers(bank.shape[0] - H + 1)), int(rng.integers(bank.shape[1] - W + 1))
+    return bank[y:y + H, x:x + W]
