@@ -1,10 +1,10 @@
 """Shared wiring for the commands that run the threaded pipeline (`posestream webcam`, and
 `posestream video` if it wants `--serve` / `--open3d` / smoothing):
 
-    add_output_arguments(parser)   --out, --serve/--host/--port/--token, --open3d
+    add_output_arguments(parser)   --out, --serve/--host/--port/--token, --open3d, --osc
     add_smoothing_arguments(parser) --min-cutoff, --beta, --d-cutoff, --bones-window, --no-smooth
     pipeline_steps(estimator, smoother, tap) -> the Stage list for `realtime.pipeline.Pipeline`
-    LiveSinks(...)                 every output of the caller's loop: file, viewer server, Open3D
+    LiveSinks(...)                 every output of the caller's loop: file, viewer server, Open3D, OSC
     ImageTap                       keeps recent frames' images for viewer thumbnails
 
 All sinks are called from the caller's thread (the one iterating the pipeline): Open3D needs
@@ -63,6 +63,8 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--port", type=int, default=8765, help="--serve port (default 8765; 0 = any free port)")
     g.add_argument("--token", help="--serve: viewers must present this token")
     g.add_argument("--open3d", action="store_true", help="show the skeleton in an Open3D window")
+    g.add_argument("--osc", metavar="[HOST:]PORT", nargs="?", const="39539",
+                   help="send joints as OSC/VMC bundles over UDP (default 127.0.0.1:39539)")
 
 
 class ImageTap:
@@ -131,7 +133,8 @@ def encode_jpeg(rgb: np.ndarray, quality: int = THUMB_QUALITY) -> bytes:
 
 
 class LiveSinks:
-    """The outputs of a run: file writer (`out`), viewer server (`serve`), Open3D (`open3d`).
+    """The outputs of a run: file writer (`out`), viewer server (`serve`), Open3D (`open3d`),
+    OSC/VMC over UDP (`osc`, "[HOST:]PORT").
 
     `emit(pf)` sends one PoseFrame everywhere and returns False when the user closed the
     Open3D window (the caller then stops). `close()` finalises the file (even after an
@@ -140,10 +143,12 @@ class LiveSinks:
 
     def __init__(self, out: str | Path | None = None, fps: float = 30.0, serve: bool = False,
                  host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-                 open3d: bool = False, tap: ImageTap | None = None, source_info: dict | None = None) -> None:
+                 open3d: bool = False, tap: ImageTap | None = None, source_info: dict | None = None,
+                 osc: str | None = None) -> None:
         self.writer = None
         self.server = None
         self.viewer = None
+        self.osc = None
         self.tap = tap
         self.written = 0
         try:
@@ -159,6 +164,10 @@ class LiveSinks:
                 from realtime.open3d_sink import Open3DSink
 
                 self.viewer = Open3DSink()
+            if osc:
+                from realtime.osc_sink import OscSink, parse_target
+
+                self.osc = OscSink(*parse_target(osc))
         except BaseException:
             self.close()
             raise
@@ -166,7 +175,8 @@ class LiveSinks:
     @staticmethod
     def from_args(args: argparse.Namespace, fps: float, tap: ImageTap | None = None,
                   source_info: dict | None = None) -> "LiveSinks":
-        return LiveSinks(args.out, fps, args.serve, args.host, args.port, args.token, args.open3d, tap, source_info)
+        return LiveSinks(args.out, fps, args.serve, args.host, args.port, args.token, args.open3d, tap, source_info,
+                         getattr(args, "osc", None))
 
     @property
     def url(self) -> str | None:
@@ -183,6 +193,8 @@ class LiveSinks:
                 if image is not None:
                     jpeg = encode_jpeg(draw_overlay(image, pf))
             self.server.publish(pf, jpeg)
+        if self.osc is not None:
+            self.osc.emit(pf)
         if self.viewer is not None:
             return self.viewer.update(pf)
         return True
@@ -192,7 +204,7 @@ class LiveSinks:
         the first failure is re-raised at the end (a file that could not be finalised must
         not pass silently)."""
         first: BaseException | None = None
-        for name in ("writer", "server", "viewer"):
+        for name in ("writer", "server", "viewer", "osc"):
             obj = getattr(self, name)
             if obj is None:
                 continue

@@ -34,7 +34,7 @@ class RealtimePlayback:
         self.loop = loop
         self.speed = float(speed)
         self.max_frames = max_frames
-        self.loops = 0
+        self.loops = 0  # completed replays (loop=True)
         self._current: Iterable[Frame] | None = None
         self._closed = False
 
@@ -85,6 +85,6 @@ class RealtimePlayback:
                 close = getattr(self._current, "close", None)
                 if callable(close):
                     close()
-            if not self.loop or got == 0:
+            if not self.loop or got == 0 or self._closed or (self.max_frames is not None and n >= self.max_frames):
                 break
-            self.loops += 1
+            self.loops += 1  # the file ended: play it again

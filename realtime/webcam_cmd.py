@@ -6,6 +6,7 @@ with are dropped (counted in the status line). Outputs, any combination:
     --serve    browser viewer at http://127.0.0.1:8765/ (websocket stream)
     --open3d   Open3D window with the skeleton in camera space
     --out FILE poses as .npz / .json / .csv / .bvh (every processed frame, in order)
+    --osc      OSC/VMC bundles over UDP to 127.0.0.1:39539 (or --osc HOST:PORT)
 Examples:
     posestream webcam --serve
     posestream webcam --camera /dev/video2 --open3d --out take1.npz

@@ -1,0 +1,94 @@
+"""LiveSinks (file + viewer server + OSC from one emit), ImageTap thumbnails, RealtimePlayback
+pacing and looping."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from realtime.frames import Frame, PoseFrame
+from realtime.live import ImageTap, LiveSinks, draw_overlay, encode_jpeg
+from realtime.osc_sink import parse_packet
+from realtime.playback import RealtimePlayback
+from realtime.protocol import decode_thumb
+from realtime.writers import read_pose_npz
+
+from pose_fixtures import standing_pose
+
+
+def _pf(i: int) -> PoseFrame:
+    uv = np.stack([np.linspace(100, 500, 17), np.linspace(50, 400, 17)], 1).astype(np.float32)
+    return PoseFrame(i, i / 30, True, standing_pose().astype(np.float32), np.array([0, 0, 3000], np.float32), uv,
+                     np.ones(17, np.float32), (640, 480), None, {"latency": 10.0})
+
+
+def test_one_emit_reaches_file_server_and_osc(tmp_path):
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(2)
+    tap = ImageTap(keep=4)
+    out = tmp_path / "o.npz"
+    sinks = LiveSinks(out=out, fps=30, serve=True, port=0, tap=tap, osc=f"127.0.0.1:{rx.getsockname()[1]}")
+    try:
+        with connect(f"ws://127.0.0.1:{sinks.server.port}/ws?thumbs=1", open_timeout=5) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+            for i in range(5):
+                tap.put(Frame(i, i / 30, np.full((480, 640, 3), 30 * i, np.uint8)))
+                assert sinks.emit(_pf(i))
+            got_frame = got_thumb = False
+            deadline = time.monotonic() + 5
+            while not (got_frame and got_thumb) and time.monotonic() < deadline:
+                m = ws.recv(timeout=5)
+                if isinstance(m, bytes):
+                    idx, jpeg = decode_thumb(m)
+                    assert jpeg[:2] == b"\xff\xd8"
+                    got_thumb = True
+                elif json.loads(m)["type"] == "frame":
+                    got_frame = True
+            assert got_frame and got_thumb
+        assert [a for a, _ in parse_packet(rx.recv(65536))][0] == "/VMC/Ext/OK"
+    finally:
+        sinks.close()
+        rx.close()
+    assert sinks.written == 5 and [p.index for p in read_pose_npz(out)] == list(range(5))
+    assert tap.get(0) is None and tap.get(4) is not None  # only the last `keep` images are held
+
+
+def test_close_reports_a_writer_failure_after_closing_the_rest(tmp_path):
+    sinks = LiveSinks(out=tmp_path / "o.json", fps=30, serve=True, port=0)
+
+    class Boom:
+        def close(self):
+            raise OSError("disk full")
+
+    sinks.writer = Boom()
+    server = sinks.server
+    with pytest.raises(OSError, match="disk full"):
+        sinks.close()
+    assert server._thread is None  # the server was still stopped
+
+
+def test_overlay_thumbnail():
+    img = np.zeros((480, 640, 3), np.uint8)
+    small = draw_overlay(img, _pf(0))
+    assert small.shape == (240, 320, 3) and small.any()  # bones drawn
+    assert draw_overlay(img, PoseFrame.empty(0, 0, (640, 480))).max() == 0
+    assert encode_jpeg(small)[:2] == b"\xff\xd8"
+
+
+def test_playback_paces_in_real_time_and_loops():
+    images = [np.full((4, 4, 3), i, np.uint8) for i in range(5)]
+    pb = RealtimePlayback(lambda: (Frame(i, i / 50, im) for i, im in enumerate(images)), fps=50, loop=True,
+                          max_frames=12)
+    t0 = time.perf_counter()
+    frames = list(pb)
+    dt = time.perf_counter() - t0
+    assert [f.index for f in frames] == list(range(12))
+    assert [int(f.image[0, 0, 0]) for f in frames] == [i % 5 for i in range(12)]
+    assert np.all(np.diff([f.timestamp_s for f in frames]) > 0)
+    assert dt >= 11 / 50 * 0.9  # paced: 12 frames at 50 fps span 0.22 s at least
+    assert pb.loops == 2
