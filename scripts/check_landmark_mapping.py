@@ -87,10 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     samples = load_samples(args.data)
     raw = detect_all(samples)
-    for (ds, name, _, gt, _), r in zip(samples, raw):
-        height = np.ptp(gt[:, 1])
-        print(f"{ds:5s} {name:40s} detected={r is not None}  person height {height:.0f} px")
     err = errors(samples, raw, DEFAULT_PARAMS)
+    print("| dataset | frame | detected | person height px | mean error px | max error px |")
+    print("|---|---|---|---|---|---|")
+    for (ds, name, _, gt, _), r, e in zip(samples, raw, err):
+        height = np.ptp(gt[:, 1])
+        mean, mx = (f"{np.nanmean(e):.1f}", f"{np.nanmax(e):.1f}") if r is not None else ("-", "-")
+        print(f"| {ds} | {name} | {r is not None} | {height:.0f} | {mean} | {mx} |")
     is_h = np.array([s[0] == "h36m" for s in samples])
     print("\n| joint | H36M median px | H36M max px | 3DHP median px | 3DHP max px |")
     print("|---|---|---|---|---|")

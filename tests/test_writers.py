@@ -182,3 +182,35 @@ def test_bvh_on_real_h36m_poses(tmp_path: Path, h36m_val: Path):
     err = np.linalg.norm(back - cam, axis=-1)
     assert err[:, 0].max() < 1e-2  # the root is exact
     assert err.mean() < 20.0, err.mean()
+
+
+@pytest.mark.slow
+def test_blender_imports_the_bvh(tmp_path: Path):
+    """Blender's stock BVH importer reads the file: 17 bones, every frame, an upright person
+    of plausible height (BVH Y up becomes Blender Z up). Needs `blender` (Debian package)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("blender") is None:
+        pytest.skip("blender is not installed (apt-get install blender)")
+    _bvh_round_trip(tmp_path, np.repeat(_standing_pose_mm(), 12, axis=0))
+    script = Path(__file__).parent / "blender_import_bvh.py"
+    res = subprocess.run(["blender", "-b", "--factory-startup", "--python", str(script), "--", str(tmp_path / "a.bvh")],
+                         capture_output=True, text=True, timeout=180)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("BLENDER_BVH")), None)
+    assert line is not None, res.stdout[-2000:] + res.stderr[-2000:]
+    vals = dict(kv.split("=") for kv in line.split()[1:])
+    assert int(vals["bones"]) == 17 and int(vals["frames"]) == 12
+    assert 1.0 < float(vals["head_above_ankle_m"]) < 2.0
+
+
+def _standing_pose_mm() -> np.ndarray:
+    """An upright person 3 m in front of the camera (camera frame: y down)."""
+    y = {"pelvis": 0, "r_hip": 0, "l_hip": 0, "r_knee": 430, "l_knee": 430, "r_ankle": 850, "l_ankle": 850,
+         "spine": -230, "thorax": -480, "neck_nose": -580, "head": -680, "l_shoulder": -440, "r_shoulder": -440,
+         "l_elbow": -180, "r_elbow": -180, "l_wrist": 60, "r_wrist": 60}
+    x = {"r_hip": -130, "r_knee": -130, "r_ankle": -130, "l_hip": 130, "l_knee": 130, "l_ankle": 130,
+         "l_shoulder": 170, "l_elbow": 190, "l_wrist": 200, "r_shoulder": -170, "r_elbow": -190, "r_wrist": -200,
+         "neck_nose": 0, "head": 0}
+    pose = np.array([[x.get(n, 0), y[n], 3000.0 - (80 if n == "neck_nose" else 0)] for n in JOINT_NAMES])
+    return pose[None]
