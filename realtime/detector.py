@@ -14,9 +14,12 @@ OpenCV.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -27,6 +30,31 @@ from engines.landmarks import NUM_MP_LANDMARKS, landmarks_to_joints_2d, world_la
 
 DEFAULT_MODEL = MODELS_DIR / "pose_landmarker_full.task"
 MODES = ("video", "image")
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence C++ log lines written straight to fd 2 (LiteRT prints ~40 harmless
+    "Sparsity tensors may not yet be fully supported" warnings per model load, and INFO
+    lines at close). Python exceptions still carry their messages. Set
+    POSESTREAM_MEDIAPIPE_LOGS=1 to see them."""
+    if os.environ.get("POSESTREAM_MEDIAPIPE_LOGS"):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (embedded interpreter): nothing to hide
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @dataclass(frozen=True)
@@ -94,8 +122,10 @@ class PoseDetector:
             num_poses=int(num_poses), min_pose_detection_confidence=min_detection_confidence,
             min_pose_presence_confidence=min_presence_confidence,
             min_tracking_confidence=min_tracking_confidence)
-        self._landmarker = PoseLandmarker.create_from_options(opts)
+        with _quiet_native_stderr():
+            self._landmarker = PoseLandmarker.create_from_options(opts)
         self._last_ts_ms = -1
+        self._calls = 0
         self._previous: CropBox | None = None
 
     def __enter__(self) -> "PoseDetector":
@@ -106,7 +136,8 @@ class PoseDetector:
 
     def close(self) -> None:
         if self._landmarker is not None:
-            self._landmarker.close()
+            with _quiet_native_stderr():
+                self._landmarker.close()
             self._landmarker = None
 
     def reset_track(self) -> None:
@@ -120,14 +151,18 @@ class PoseDetector:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
-        if self.mode == "video":
-            if timestamp_s is None:
-                raise ValueError("VIDEO mode needs a timestamp")
-            ts = max(int(round(timestamp_s * 1000.0)), self._last_ts_ms + 1)
-            self._last_ts_ms = ts
-            result = self._landmarker.detect_for_video(mp_image, ts)
-        else:
-            result = self._landmarker.detect(mp_image)
+        # The first call logs one-time graph warnings (alignment, NORM_RECT) to fd 2.
+        quiet = _quiet_native_stderr() if self._calls == 0 else contextlib.nullcontext()
+        self._calls += 1
+        with quiet:
+            if self.mode == "video":
+                if timestamp_s is None:
+                    raise ValueError("VIDEO mode needs a timestamp")
+                ts = max(int(round(timestamp_s * 1000.0)), self._last_ts_ms + 1)
+                self._last_ts_ms = ts
+                result = self._landmarker.detect_for_video(mp_image, ts)
+            else:
+                result = self._landmarker.detect(mp_image)
         h, w = image.shape[:2]
         people = [self._to_detection(lms, wlms, w, h)
                   for lms, wlms in zip(result.pose_landmarks, result.pose_world_landmarks)]
