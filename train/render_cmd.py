@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     line = f"render: {st['samples']}/{m['num_samples']} samples in {out}"
     if "last_run" in m:
         lr = m["last_run"]
-        line += f"; this run {lr['samples']} samples at {lr['samples_per_s']} samples/s ({lr['workers']} worker(s))"
+        line += (f"; this run {lr['samples']} samples at {lr['samples_per_s']} samples/s with {lr['workers']} "
+                 f"worker(s) ({lr['per_worker_samples_per_s']}/s per worker while rendering)")
     if "mp_detection_rate" in st:
         line += (f"; MediaPipe detected {100 * st['mp_detection_rate']:.1f}%, correct {100 * st['mp_correct_rate']:.1f}%")
     print(line)

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from engines.camera import Camera, project_camera, world_to_camera
-from engines.crop import CropBox, box_from_joints, crop_image
+from engines.crop import box_from_joints
 from engines.skeleton import NUM_JOINTS, bone_lengths, fbi_states, root_relative
 from train.synth.body import Body, label_segments, load_body
 from train.synth.pose import PoseSolver, rest_bone_lengths, sample_lengths, with_lengths
-from train.synth.scene import (add_occluders, camera_affines, degrade, render_body, sample_albedo,
-                               sample_background, sample_camera, sample_light)
+from train.synth.scene import (Light, Scene, camera_affines, degrade, draw_background, draw_occluders,
+                               render_body, sample_albedo, sample_camera, sample_light, sample_scene)
 
 SOURCE_H36M, SOURCE_BVH = 0, 1
 MP_LIMB_LANDMARKS = (11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
@@ -133,6 +133,15 @@ class SampleRenderer:
         for j, segs in enumerate(label_segments()):
             self.allowed[j, list(segs)] = True
 
+    def _draw(self, A: np.ndarray, cam: Camera, vp: np.ndarray, size: tuple[int, int], scene: Scene,
+              albedo: np.ndarray, light: Light, rng: np.random.Generator):
+        """Scene + body through viewport vp into a buffer of `size` (w, h): returns uint8
+        image, zbuf, segment ids and the occluder mask."""
+        bg = draw_background(scene, size, vp, cam.size)
+        img, zbuf, idbuf = render_body(self.body, A, cam, vp, bg, albedo, light)
+        occ = draw_occluders(img, scene, vp)
+        return degrade(img, scene.effects, rng, float(vp[0, 0])), zbuf, idbuf, occ
+
     def render(self, item: PoseItem, rng: np.random.Generator) -> dict[str, np.ndarray]:
         targets = np.asarray(item.joints_world, np.float64)
         if item.keep_lengths:
@@ -149,53 +158,48 @@ class SampleRenderer:
         W, H = cam.size
         albedo = sample_albedo(self.body, rng)
         light = sample_light(rng)
+        lo, hi = uv.min(0), uv.max(0)
+        scene = sample_scene(rng, (W, H), (lo[0], lo[1], hi[0], hi[1]))
         A = camera_affines(posed.affine, cam)
         inside = (uv[:, 0] >= 0) & (uv[:, 0] <= W - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= H - 1) & (jc[:, 2] > 0)
-        radius = self.radius * girth
         gt_box = box_from_joints(uv)
+        box = gt_box
         mp_lm = np.full((33, 3), np.nan, np.float32)
         mp17 = np.full((NUM_JOINTS, 2), np.nan, np.float32)
         mp_conf = np.zeros(NUM_JOINTS, np.float32)
         mp_found = mp_ok = False
         if self.mp is not None:
-            # Full frame: render, degrade, detect, then crop with the app's crop code.
-            bg = sample_background(rng, W, H)
-            img, zbuf, idbuf = render_body(self.body, A, cam, np.array([[1.0, 0, 0], [0, 1.0, 0]]), bg, albedo, light)
-            lo, hi = uv.min(0), uv.max(0)
-            occ = add_occluders(img, rng, (lo[0], lo[1], hi[0], hi[1]))
-            full = degrade(img, rng, 1.0)
-            vis = _visibility(uv, jc[:, 2], zbuf, idbuf, self.allowed, occ, radius, inside)
-            lm = self.mp.detect(full)
-            box = gt_box
+            # The frame MediaPipe sees: the whole image at <= MediaPipe2D.MAX_SIDE px (what a
+            # webcam app feeds it), same scene; landmarks are mapped back to image px.
+            s = min(1.0, MediaPipe2D.MAX_SIDE / max(W, H))
+            fw, fh = max(int(round(W * s)), 1), max(int(round(H * s)), 1)
+            vp = np.array([[fw / W, 0, 0.5 * fw / W - 0.5], [0, fh / H, 0.5 * fh / H - 0.5]])
+            frame = self._draw(A, cam, vp, (fw, fh), scene, albedo, light, rng)[0]
+            lm = self.mp.detect(frame)
             if lm is not None:
                 from engines.landmarks import landmarks_to_joints_2d
                 mp_found = True
+                lm[:, 0] = (lm[:, 0] - vp[0, 2]) / vp[0, 0]
+                lm[:, 1] = (lm[:, 1] - vp[1, 2]) / vp[1, 1]
                 mp_lm = lm
                 mp17, mp_conf = landmarks_to_joints_2d(lm[:, :2], np.clip(lm[:, 2], 0, 1))
                 err = np.linalg.norm(lm[list(MP_LIMB_LANDMARKS), :2] - uv[list(MP_LIMB_JOINTS)], axis=1)
                 mp_ok = bool(np.median(err) < 0.1 * max(np.ptp(uv[:, 1]), np.ptp(uv[:, 0])))
                 if mp_ok:
                     box = box_from_joints(mp17)
-            crop = crop_image(full, box)
-        else:
-            # Draw straight into the crop (same pixels as crop_image of a full render, minus
-            # resampling), which skips the full-resolution frame.
-            box = gt_box
-            S = box.size
-            vp = box.affine
-            bg = sample_background(rng, S, S)
-            img, zbuf, idbuf = render_body(self.body, A, cam, vp, bg, albedo, light)
-            uvc = box.image_to_crop(uv)
-            lo, hi = uvc.min(0), uvc.max(0)
-            occ = add_occluders(img, rng, (lo[0], lo[1], hi[0], hi[1]))
-            crop = degrade(img, rng, S / box.side)
-            # Pixels outside the camera image are black, as crop_image's border.
-            xs = box.crop_to_image(np.stack([np.arange(S), np.arange(S)], 1).astype(np.float64))
-            okx = (xs[:, 0] >= -0.5) & (xs[:, 0] <= W - 0.5)
-            oky = (xs[:, 1] >= -0.5) & (xs[:, 1] <= H - 0.5)
-            crop[~oky] = 0
-            crop[:, ~okx] = 0
-            vis = _visibility(uvc, jc[:, 2], zbuf, idbuf, self.allowed, occ, radius, inside)
+        # The crop is drawn directly through the crop box's affine (engines.crop.CropBox):
+        # the same pixels crop_image() would cut from a full-resolution render, without
+        # rendering the full frame; outside the camera image it is black, as crop_image's
+        # border.
+        S = box.size
+        crop, zbuf, idbuf, occ = self._draw(A, cam, box.affine, (S, S), scene, albedo, light, rng)
+        xs = box.crop_to_image(np.stack([np.arange(S), np.arange(S)], 1).astype(np.float64))
+        okx = (xs[:, 0] >= -0.5) & (xs[:, 0] <= W - 0.5)
+        oky = (xs[:, 1] >= -0.5) & (xs[:, 1] <= H - 0.5)
+        crop[~oky] = 0
+        crop[:, ~okx] = 0
+        uvc = box.image_to_crop(uv)
+        vis = _visibility(uvc, jc[:, 2], zbuf, idbuf, self.allowed, occ, self.radius * girth, inside)
         mp_crop = box.image_to_crop(mp17.astype(np.float64)).astype(np.float32)
         return {
             "images": crop,

@@ -205,8 +205,8 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
         bg = cv2.resize(np.ascontiguousarray(reg), (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     gain = float(rng.uniform(0.6, 1.25))
     shift = rng.normal(0, rng.uniform(0, 10), 3)
-    bg = cv2.add(cv2.multiply(bg, (gain, gain, gain, 0.0)), tuple(float(x) for x in shift) + (0.0,))
-    return cv2.min(cv2.max(bg, 0.0), 255.0)
+    # (at most BG_MAX_SIDE px: the broadcast over the colour axis is cheap enough here)
+    return np.clip(bg * gain + shift.astype(np.float32), 0, 255).astype(np.float32)
 
 
 # ---------------------------------------------------------------- cameras
@@ -297,56 +297,120 @@ def render_body(body: Body, affine_cam: np.ndarray, cam: Camera, viewport: np.nd
     return img, zbuf, idbuf
 
 
-def add_occluders(img: np.ndarray, rng: np.random.Generator, person_box: tuple[float, float, float, float],
-                  prob: float = 0.3) -> np.ndarray:
-    """Paint 1-2 random rectangles/ellipses over the person's box (x0,y0,x1,y1 buffer px)
-    with probability prob. Returns the (H,W) bool occluder mask."""
+@dataclass(frozen=True)
+class Occluder:
+    """A rectangle (angle 0) or ellipse in full-image px, filled with a small texture."""
+
+    ellipse: bool
+    cx: float
+    cy: float
+    w: float
+    h: float
+    angle: float
+    texture: np.ndarray  # (32,32,3) float32
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Image degradations, in full-image px units (scaled per buffer)."""
+
+    blur_len: float      # motion blur length px (0 = none)
+    blur_angle: float    # radians
+    defocus: float       # Gaussian sigma px (0 = only the 0.5 px edge softening)
+    noise_sigma: float   # grey levels
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything random about a sample except the body, fixed in full-image coordinates so
+    it can be drawn identically into the full frame (for MediaPipe) and into a crop."""
+
+    background: np.ndarray   # (h,w,3) float32, covers the whole image at low resolution
+    occluders: tuple[Occluder, ...]
+    effects: Effects
+
+
+def sample_scene(rng: np.random.Generator, size: tuple[int, int], person_box: tuple[float, float, float, float],
+                 occluder_prob: float = 0.3) -> Scene:
+    """Background, occluders (p=0.3: 1-2 shapes over the person's box x0,y0,x1,y1 image px)
+    and effects: motion blur (p=0.25, 3-11 px), defocus (p=0.2, 0.5-1.5 px), noise (0-6)."""
+    W, H = size
+    sb = min(1.0, BG_MAX_SIDE / max(W, H))
+    bg = _background(rng, max(int(round(W * sb)), 2), max(int(round(H * sb)), 2))
+    occ: list[Occluder] = []
+    if rng.random() < occluder_prob:
+        x0, y0, x1, y1 = person_box
+        bw, bh = max(x1 - x0, 8), max(y1 - y0, 8)
+        for _ in range(int(rng.integers(1, 3))):
+            ell = bool(rng.random() >= 0.6)
+            occ.append(Occluder(ell, float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1)),
+                                float(rng.uniform(0.15, 0.45) * bw), float(rng.uniform(0.1, 0.35) * bh),
+                                float(rng.uniform(0, 180)) if ell else 0.0, _background(rng, 32, 32)))
+    blur = float(rng.uniform(3, 11)) if rng.random() < 0.25 else 0.0
+    eff = Effects(blur, float(rng.uniform(0, np.pi)), float(rng.uniform(0.5, 1.5)) if rng.random() < 0.2 else 0.0,
+                  float(rng.uniform(0, 6)))
+    return Scene(bg, tuple(occ), eff)
+
+
+def draw_background(scene: Scene, size: tuple[int, int], viewport: np.ndarray, image_size: tuple[int, int]
+                    ) -> np.ndarray:
+    """The scene background as seen through viewport (image px -> buffer px), (h,w,3)."""
+    import cv2
+    W, H = image_size
+    bh, bw = scene.background.shape[:2]
+    # buffer <- image <- background: image = background px * (W / bw).
+    M = viewport[:, :2] @ np.diag([W / bw, H / bh])
+    A = np.concatenate([M, viewport[:, 2:]], axis=1)
+    # Sample pixel centres consistently: background px p covers image [p*W/bw, (p+1)*W/bw).
+    A[:, 2] += viewport[:, :2] @ np.array([0.5 * W / bw - 0.5, 0.5 * H / bh - 0.5])
+    return cv2.warpAffine(scene.background, A, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def draw_occluders(img: np.ndarray, scene: Scene, viewport: np.ndarray) -> np.ndarray:
+    """Paint the occluders into img through viewport (an axis-aligned scale + shift);
+    returns the (H,W) bool occluder mask."""
     import cv2
     H, W = img.shape[:2]
     mask = np.zeros((H, W), np.uint8)
-    if rng.random() >= prob:
-        return mask.astype(bool)
-    x0, y0, x1, y1 = person_box
-    bw, bh = max(x1 - x0, 8), max(y1 - y0, 8)
-    for _ in range(int(rng.integers(1, 3))):
-        w, h = rng.uniform(0.15, 0.45) * bw, rng.uniform(0.1, 0.35) * bh
-        cx, cy = rng.uniform(x0, x1), rng.uniform(y0, y1)
+    k = float(viewport[0, 0])
+    for o in scene.occluders:
+        cx, cy = viewport @ np.array([o.cx, o.cy, 1.0])
+        w, h = o.w * k, o.h * k
         m = np.zeros((H, W), np.uint8)
-        if rng.random() < 0.6:
-            cv2.rectangle(m, (int(cx - w / 2), int(cy - h / 2)), (int(cx + w / 2), int(cy + h / 2)), 1, -1)
+        sh = 4  # sub-pixel bits for cv2 drawing
+        f = float(1 << sh)
+        if o.ellipse:
+            cv2.ellipse(m, (int(cx * f), int(cy * f)), (int(w / 2 * f), int(h / 2 * f)), o.angle, 0, 360, 1, -1,
+                        cv2.LINE_8, sh)
         else:
-            cv2.ellipse(m, (int(cx), int(cy)), (int(w / 2), int(h / 2)), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        ys, xs = np.nonzero(m)
-        if len(ys) == 0:
-            continue
-        y0, y1, x0_, x1_ = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        tex = sample_background(rng, int(x1_ - x0_), int(y1 - y0))
-        sub = m[y0:y1, x0_:x1_].astype(bool)
-        img[y0:y1, x0_:x1_][sub] = tex[sub]
+            cv2.rectangle(m, (int((cx - w / 2) * f), int((cy - h / 2) * f)),
+                          (int((cx + w / 2) * f), int((cy + h / 2) * f)), 1, -1, cv2.LINE_8, sh)
+        # Texture stretched over the shape's bounding square, through the same viewport.
+        side = max(w, h, 1.0)
+        A = np.array([[side / 32, 0, cx - side / 2], [0, side / 32, cy - side / 2]])
+        tex = cv2.warpAffine(o.texture, A, (W, H), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REFLECT)
+        sel = m.astype(bool)
+        img[sel] = tex[sel]
         mask |= m
     return mask.astype(bool)
 
 
-def degrade(img: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
-    """Motion blur (p=0.25, 3-11 image px along a random direction), defocus (p=0.2) and
-    sensor noise (sigma 0-6), on a float32 image; `scale` = buffer px per image px.
-    Returns uint8."""
+def degrade(img: np.ndarray, eff: Effects, rng: np.random.Generator, scale: float) -> np.ndarray:
+    """Apply eff to a float32 image; scale = buffer px per image px. The noise pattern is
+    drawn from rng. Returns uint8."""
     import cv2
-    if rng.random() < 0.25:
-        length = max(int(round(rng.uniform(3, 11) * scale)), 2)
-        k = np.zeros((length, length), np.float32)
-        ang = rng.uniform(0, np.pi)
+    if eff.blur_len > 0:
+        length = max(int(round(eff.blur_len * scale)), 2)
+        kern = np.zeros((length, length), np.float32)
         c = (length - 1) / 2
         for t in np.linspace(-c, c, 2 * length):
-            k[int(round(c + t * np.sin(ang))), int(round(c + t * np.cos(ang)))] = 1
-        img = cv2.filter2D(img, -1, k / k.sum())
-    if rng.random() < 0.2:
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5) * max(scale, 0.5))
-    else:  # soften the aliased mesh edges a little
-        img = cv2.GaussianBlur(img, (0, 0), 0.5)
-    sigma = rng.uniform(0, 6)
-    if sigma > 0.5:
-        img = img + float(sigma) * _noise_window(rng, img.shape)
+            kern[int(round(c + t * np.sin(eff.blur_angle))), int(round(c + t * np.cos(eff.blur_angle)))] = 1
+        img = cv2.filter2D(img, -1, kern / kern.sum())
+    sigma = eff.defocus * scale if eff.defocus > 0 else 0.5  # 0.5 px: soften the aliased edges
+    img = cv2.GaussianBlur(img, (0, 0), max(sigma, 0.3))
+    if eff.noise_sigma > 0.5:
+        img = img + eff.noise_sigma * _noise_window(rng, img.shape)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
