@@ -143,3 +143,34 @@ def test_webcam_command_missing_camera_is_one_line_error():
     r = _posestream("webcam", "--camera", "/dev/video97", timeout=60)
     assert r.returncode == 2
     assert "no webcam at /dev/video97" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_webcam_command_ctrl_c_finalises_the_output(lifter_pt, tmp_path):
+    """SIGINT (Ctrl-C) mid-stream: clean stop, exit code 0, the .npz finalised with every
+    processed frame."""
+    import signal
+    import time
+
+    from realtime.writers import read_pose_npz
+
+    out = tmp_path / "live.npz"
+    part = tmp_path / "live.npz.part"
+    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "webcam", "--camera", str(DEMO), "--loop",
+                             "--model", str(lifter_pt), "--backend", "torch", "--out", str(out), "--quiet"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (part.is_file() and part.stat().st_size > 0) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    line = [ln for ln in err.splitlines() if ln.startswith("stopped (Ctrl-C)")]
+    assert line, err[-2000:]
+    n = int(line[0].split(": ")[1].split(" frames")[0])
+    assert n > 0 and len(read_pose_npz(out)) == n and not part.exists()
