@@ -1,0 +1,252 @@
+"""The browser viewer in headless Chromium (Playwright, SwiftShader WebGL) against the real
+server on loopback: joint positions in the three.js scene, screenshot, reconnect after the
+server is killed, token prompt, Record -> replay, and the render fps / latency targets.
+
+Skips only when Debian's chromium (/usr/bin/chromium) or the playwright package is absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realtime.frames import PoseFrame
+from realtime.server import PoseServer
+from tests.viewer_clip import synthetic_clip
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install -y chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (REPO / "web_viewer" / "vendor" / "three" / "three.module.js").is_file():
+        pytest.fail("three.js is not vendored: run `npm ci --prefix web_viewer` first")
+    with tempfile.TemporaryDirectory(prefix="posestream-chromium-") as profile, sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                                                   viewport={"width": 960, "height": 600}, accept_downloads=True)
+        yield ctx
+        ctx.close()
+
+
+@pytest.fixture
+def page(browser):
+    pg = browser.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    pg.close()
+    assert not errors, errors
+
+
+def expected_world(f: PoseFrame) -> np.ndarray:
+    """The documented placement: root = translation_mm, joint = root + (joint - pelvis), then
+    camera (x right, y down, z forward, mm) -> world (x, -y, -z) metres."""
+    cam = f.translation_mm[None, :] + f.joints_mm - f.joints_mm[0]
+    return cam * np.array([1.0, -1.0, -1.0]) / 1000.0
+
+
+def wait_index(page, index: int, timeout_ms: int = 10000) -> None:
+    page.wait_for_function(f"window.posestream && window.posestream.lastFrameIndex === {index}", timeout=timeout_ms)
+    page.wait_for_function("window.posestream.stats().framesDrawn > 0", timeout=timeout_ms)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_jpeg(f: PoseFrame) -> bytes:
+    import cv2
+    img = np.full((480, 640, 3), 70, np.uint8)
+    cv2.putText(img, f"frame {f.index}", (20, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+    for a, b in [(0, 7), (7, 8), (8, 10), (8, 11), (11, 13), (8, 14), (14, 16), (0, 3), (0, 6)]:
+        pa, pb = f.joints_2d_px[a].astype(int), f.joints_2d_px[b].astype(int)
+        cv2.line(img, tuple(int(v) for v in pa), tuple(int(v) for v in pb), (0, 255, 0), 3)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    assert ok
+    return buf.tobytes()
+
+
+def test_scene_matches_stream_and_screenshot(page):
+    import cv2
+
+    clip = synthetic_clip(40)
+    with PoseServer(port=0) as server:
+        page.goto(server.url)
+        page.wait_for_function("window.posestream && window.posestream.state === 'live'", timeout=15000)
+        page.click("#btn-pip")
+        page.wait_for_function("window.posestream.conn.thumbs === true")
+        time.sleep(0.3)
+        for f in clip[:21]:
+            server.publish(f, jpeg=make_jpeg(f))
+            time.sleep(1 / 30)
+        f = clip[20]
+        wait_index(page, 20)
+        got = page.evaluate("window.posestream.jointPositions()")
+        np.testing.assert_allclose(np.array(got), expected_world(f), atol=2e-4)
+        bones = np.array(page.evaluate("window.posestream.bonePositions()"))
+        world = expected_world(f)
+        from engines.skeleton import BONES
+        np.testing.assert_allclose(bones[:, 0], world[[p for p, _ in BONES]], atol=2e-4)
+        np.testing.assert_allclose(bones[:, 1], world[[c for _, c in BONES]], atol=2e-4)
+        # The HUD shows the frame; the 2D picture-in-picture got the thumbnail.
+        page.wait_for_function("document.getElementById('hud-index').textContent === '20'")
+        pip = page.evaluate("""(() => { const c = document.getElementById('pip');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let lit = 0; for (let i = 0; i < d.length; i += 4) lit += d[i] + d[i + 1] + d[i + 2] > 60; return lit; })()""")
+        assert pip > 1000, pip
+        png = page.screenshot()
+        (REPO / "docs").mkdir(exist_ok=True)
+        (REPO / "docs" / "viewer.png").write_bytes(png)
+        img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        b, g, r = (img[..., k].astype(int) for k in range(3))
+        red = int(((r > 180) & (g < 110) & (b < 110)).sum())     # right side (#ef4444)
+        blue = int(((b > 180) & (r < 110)).sum())               # left side (#3b82f6)
+        print(f"screenshot {img.shape[1]}x{img.shape[0]}: std {img.std():.1f}, red px {red}, blue px {blue}")
+        assert img.std() > 10 and red > 300 and blue > 300
+        # A "no person" frame hides the skeleton.
+        invalid = next(x for x in clip if not x.valid)
+        server.publish(invalid)
+        wait_index(page, invalid.index)
+        assert page.evaluate("window.posestream.jointPositions()") is None
+        page.wait_for_function("document.getElementById('hud-person').textContent.includes('no person')")
+
+
+def _serve(path: Path, port: int, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", str(path), "--port", str(port), *extra],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("serving"), line + proc.stdout.read() if proc.poll() is not None else line
+    return proc
+
+
+def test_reconnects_after_server_is_killed(page, tmp_path):
+    from realtime.writers import NpzWriter
+
+    clip_path = tmp_path / "clip.npz"
+    w = NpzWriter(clip_path, fps=30)
+    for f in synthetic_clip(60):
+        w.write(f)
+    w.close()
+    port = free_port()
+    proc = _serve(clip_path, port, "--loop", "--duration", "60")
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("window.posestream && window.posestream.state === 'live'", timeout=15000)
+        page.wait_for_function("window.posestream.lastFrameIndex !== null", timeout=10000)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        page.wait_for_function("window.posestream.state === 'reconnecting'", timeout=10000)
+        t_kill = time.monotonic()
+        time.sleep(1.0)
+        proc = _serve(clip_path, port, "--loop", "--duration", "60")
+        page.wait_for_function("window.posestream.state === 'live' && window.posestream.connects === 2", timeout=20000)
+        t_back = time.monotonic()
+        first = page.evaluate("window.posestream.stats().framesReceived")
+        page.wait_for_function(f"window.posestream.stats().framesReceived > {first + 5}", timeout=10000)
+        print(f"viewer live again {t_back - t_kill:.2f} s after the kill (server down for ~1 s)")
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_token_prompt(page):
+    clip = synthetic_clip(5)
+    with PoseServer(port=0, token="open-sesame") as server:
+        server.publish(clip[3])
+        page.goto(server.url)
+        page.wait_for_selector("#auth:not([hidden])", timeout=15000)
+        assert page.evaluate("window.posestream.lastFrameIndex") is None
+        page.fill("#auth-token", "wrong")
+        page.click("#auth button[type=submit]")
+        page.wait_for_function("document.getElementById('auth-msg').textContent.includes('Wrong token')")
+        page.fill("#auth-token", "open-sesame")
+        page.click("#auth button[type=submit]")
+        wait_index(page, 3)
+        assert page.is_hidden("#auth")
+
+
+def test_record_then_replay(page, tmp_path):
+    from realtime.protocol import parse_recording
+    from realtime.serve_cmd import load_frames
+
+    clip = synthetic_clip(30)
+    with PoseServer(port=0, source={"kind": "test", "fps": 30}) as server:
+        page.goto(server.url)
+        page.wait_for_function("window.posestream && window.posestream.state === 'live'", timeout=15000)
+        page.click("#btn-record")
+        for f in clip:
+            server.publish(f)
+            time.sleep(1 / 30)
+        wait_index(page, 29)
+        with page.expect_download() as dl:
+            page.click("#btn-record")
+        path = tmp_path / dl.value.suggested_filename
+        dl.value.save_as(path)
+    assert path.suffix == ".jsonl"
+    with open(path) as fh:
+        hello, got = parse_recording(fh)
+    assert hello is not None and hello["source"] == {"kind": "test", "fps": 30}
+    assert len(got) >= 20 and got[-1].index == 29
+    by_index = {f.index: f for f in clip}
+    for g in got:
+        np.testing.assert_allclose(np.nan_to_num(g.joints_mm), np.nan_to_num(by_index[g.index].joints_mm), atol=0.051)
+    frames, fps = load_frames(path)
+    assert len(frames) == len(got) and fps == 30
+
+
+def test_render_fps_and_latency_targets(page):
+    """30 fps stream for 6 s: render fps (target >= 55) and browser latency p95 (message receipt
+    -> frame drawn, target <= 20 ms), measured in the page."""
+    clip = synthetic_clip(210)
+    with PoseServer(port=0) as server:
+        page.goto(server.url)
+        page.wait_for_function("window.posestream && window.posestream.state === 'live'", timeout=15000)
+        t0 = time.monotonic()
+        for i, f in enumerate(clip):
+            if i == 30:   # 1 s warm-up
+                page.evaluate("window.posestream.resetStats()")
+            server.publish(f)
+            time.sleep(max(0.0, t0 + (i + 1) / 30 - time.monotonic()))
+        s = page.evaluate("window.posestream.stats()")
+    elapsed_s = (s["now"] - s["since"]) / 1000
+    fps = s["rendersTotal"] / elapsed_s
+    lat = s["browserLatencyMs"]
+    load1 = os.getloadavg()[0]
+    print(f"\nheadless Chromium + SwiftShader, 960x600, antialias {page.evaluate('window.posestream.antialias')}, "
+          f"load avg {load1:.1f} on {os.cpu_count()} cores:\n"
+          f"  render {fps:.1f} fps over {elapsed_s:.1f} s (target >= 55); stream {s['framesReceived'] / elapsed_s:.1f} fps "
+          f"received, {s['framesDrawn']} drawn, {s['superseded']} superseded, {s['dropped']} index gaps\n"
+          f"  browser latency receipt->drawn p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms (target <= 20); "
+          f"receipt->next animation frame p95 {s['nextFrameLatencyMs']['p95']:.1f} ms; "
+          f"render() p95 {s['renderMs']['p95']:.1f} ms\n"
+          f"  end-to-end estimate p50 {s['totalLatencyMs']['p50']:.1f} ms, p95 {s['totalLatencyMs']['p95']:.1f} ms "
+          f"(pipeline 10 ms + transit p95 {s['transitMs']['p95']:.1f} ms + browser)")
+    assert s["framesReceived"] > 100
+    missed = []
+    if fps < 55:
+        missed.append(f"render {fps:.1f} fps < 55")
+    if lat["p95"] > 20:
+        missed.append(f"latency p95 {lat['p95']:.1f} ms > 20")
+    if missed and load1 > 1.5 * (os.cpu_count() or 1):
+        pytest.xfail(f"targets missed on an overloaded machine (load {load1:.1f}): {', '.join(missed)}")
+    assert not missed, missed
