@@ -5,8 +5,14 @@ detector, ~28 ms/frame on this CPU, needs strictly increasing timestamps, which
 `PoseDetector.detect` enforces) and IMAGE (independent stills; runs the detector every call).
 
 With num_poses > 1 the detector keeps one person: on the first frame (or after the person
-was lost) the largest, most central one; afterwards the one nearest the previous
-detection, so the track does not jump to a passer-by.
+was lost for HOLD_FRAMES frames) the largest, most central one; afterwards only the one
+nearest the previous detection, within MAX_JUMP box sides, so the track does not jump to a
+passer-by; frames where the tracked person is missing return None. Caveat, measured on
+mmaction2_demo_skeleton.mp4 (2 people): in VIDEO mode MediaPipe often returns only the
+person it is tracking, and that can swap to the other one; the gate then reports "no
+person" instead of the wrong one. IMAGE mode (detector on every frame, ~50 ms instead of
+~28 ms) returned both people and kept the same one on all 72 frames.
+With num_poses = 1 no gate is applied (there is no other candidate to prefer).
 
 Pixel convention: MediaPipe returns coordinates normalised to the image extent; we convert
 with u = x * W - 0.5, so integer coordinates are pixel centres, as in engines/crop.py and
@@ -30,6 +36,12 @@ from engines.landmarks import NUM_MP_LANDMARKS, landmarks_to_joints_2d, world_la
 
 DEFAULT_MODEL = MODELS_DIR / "pose_landmarker_full.task"
 MODES = ("video", "image")
+# Track gate, in box sides per frame. A walking person's box centre moves ~0.02 side per
+# frame at 30 fps; two people side by side are ~0.3-0.4 side apart (0.36 measured on
+# mmaction2_demo_skeleton.mp4), so 0.25 keeps the person and refuses the neighbour.
+MAX_JUMP = 0.25
+# Frames the track survives without its person before any person may be picked again.
+HOLD_FRAMES = 15
 
 
 @contextlib.contextmanager
@@ -78,20 +90,19 @@ class Detection:
 
 
 def select_person(boxes: list[CropBox], image_size: tuple[int, int], previous: CropBox | None = None,
-                  max_jump: float = 1.0) -> int:
-    """Index of the person to keep among candidate boxes (non-empty list).
+                  max_jump: float = MAX_JUMP) -> int | None:
+    """Index of the person to keep among candidate boxes (non-empty list), or None.
 
-    With a previous box: the candidate whose centre is nearest the previous centre, if that
-    distance is under `max_jump` previous box sides (a real person moves far less between
-    frames); otherwise (or without a previous box) the highest score
-    side / (1 + d), where d = distance of the box centre from the image centre divided by the
+    With a previous box (a track): the candidate whose centre is nearest the previous
+    centre, if it moved less than `max_jump` previous box sides; else None (the tracked
+    person is not among the candidates). Without a track: the highest score
+    side / (1 + d), d = distance of the box centre from the image centre divided by the
     image half-diagonal: big and central wins."""
     assert boxes, "no candidates"
     if previous is not None:
         d = [np.hypot(b.cx - previous.cx, b.cy - previous.cy) for b in boxes]
         i = int(np.argmin(d))
-        if d[i] <= max_jump * previous.side:
-            return i
+        return i if d[i] <= max_jump * previous.side else None
     w, h = image_size
     half_diag = 0.5 * np.hypot(w, h)
     scores = [b.side / (1.0 + np.hypot(b.cx - w / 2, b.cy - h / 2) / half_diag) for b in boxes]
@@ -126,6 +137,8 @@ class PoseDetector:
             self._landmarker = PoseLandmarker.create_from_options(opts)
         self._last_ts_ms = -1
         self._calls = 0
+        self._lost = 0
+        self.num_poses = int(num_poses)
         self._previous: CropBox | None = None
 
     def __enter__(self) -> "PoseDetector":
@@ -143,6 +156,7 @@ class PoseDetector:
     def reset_track(self) -> None:
         """Forget the tracked person (e.g. after a scene cut)."""
         self._previous = None
+        self._lost = 0
 
     def detect(self, image: np.ndarray, timestamp_s: float | None = None) -> Detection | None:
         """image: (H, W, 3) uint8 RGB. timestamp_s is needed in VIDEO mode; it is made
@@ -167,12 +181,19 @@ class PoseDetector:
         people = [self._to_detection(lms, wlms, w, h)
                   for lms, wlms in zip(result.pose_landmarks, result.pose_world_landmarks)]
         people = [p for p in people if p is not None]
-        if not people:
+        track = self._previous if self.num_poses > 1 else None
+        i = select_person([p.box for p in people], (w, h), track) if people else None
+        if i is None and track is not None:
+            self._lost += 1
+            if self._lost <= HOLD_FRAMES or not people:
+                return None
+            i = select_person([p.box for p in people], (w, h))  # track expired: pick afresh
+        if i is None:
             self._previous = None
             return None
-        keep = people[select_person([p.box for p in people], (w, h), self._previous)]
-        self._previous = keep.box
-        return keep
+        self._lost = 0
+        self._previous = people[i].box
+        return people[i]
 
     @staticmethod
     def _to_detection(lms: list, wlms: list, w: int, h: int) -> Detection | None:

@@ -95,8 +95,62 @@ def test_select_person_largest_central_then_nearest_previous():
     assert select_person([big_corner, mid_centre, small], (640, 480)) == 1
     # with a track near the small one, keep it even though others are bigger
     assert select_person([big_corner, mid_centre, small], (640, 480), previous=CropBox(590, 395, 45)) == 2
-    # a previous box far from every candidate (lost track): back to the size/centre score
-    assert select_person([big_corner, mid_centre], (640, 480), previous=CropBox(630, 10, 20)) == 1
+    # the tracked person is not among the candidates: None (no switching to someone else)
+    assert select_person([big_corner, mid_centre], (640, 480), previous=CropBox(630, 10, 20)) is None
+
+
+def _fake_result(centres_x: list[float]):
+    """A MediaPipe-like result with one upright person per x centre (normalised coords)."""
+    from types import SimpleNamespace as NS
+
+    people, world = [], []
+    for cx in centres_x:
+        lm = [NS(x=cx + 0.02 * np.sin(k), y=0.2 + 0.6 * k / 32, z=0.0, visibility=0.9) for k in range(33)]
+        people.append(lm)
+        world.append([NS(x=0.1 * np.sin(k), y=0.05 * k - 0.8, z=0.0) for k in range(33)])
+    return NS(pose_landmarks=people, pose_world_landmarks=world)
+
+
+def test_detector_track_gate_holds_then_reacquires():
+    """num_poses=2: a swap to another person is refused (None) for HOLD_FRAMES frames, then
+    the other person is accepted; the original person is kept whenever present."""
+    from realtime import detector as D
+
+    script = [[0.5, 0.2], [0.2], [0.5], *([[0.2]] * (D.HOLD_FRAMES + 1))]
+    det = D.PoseDetector.__new__(D.PoseDetector)
+    det.mode, det.num_poses, det._calls, det._lost, det._previous, det._last_ts_ms = "image", 2, 1, 0, None, -1
+    det._mp = type("MP", (), {"Image": staticmethod(lambda **k: None), "ImageFormat": type("F", (), {"SRGB": 0})})
+    frames = iter(script)
+    det._landmarker = type("L", (), {"detect": staticmethod(lambda img: _fake_result(next(frames)))})()
+    img = np.zeros((200, 400, 3), np.uint8)
+    xs = []
+    for _ in script:
+        d = det.detect(img)
+        xs.append(None if d is None else round(float(d.joints_2d_px[:, 0].mean()) / 400, 1))
+    assert xs[0] == 0.5 and xs[1] is None and xs[2] == 0.5       # kept, refused the swap, kept
+    assert xs[3:3 + D.HOLD_FRAMES] == [None] * D.HOLD_FRAMES      # held
+    assert xs[-1] == 0.2                                          # track expired: re-acquired
+
+
+def test_two_person_video_keeps_one_person():
+    """IMAGE mode, num_poses=2, on the 2-person clip: the kept person never jumps."""
+    from realtime.detector import PoseDetector
+    from realtime.sources import VideoFileSource
+
+    clip = data_path("media", "videos", "mmaction2_demo_skeleton.mp4")
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip(f"{DEFAULT_MODEL} missing")
+    import cv2
+
+    boxes = []
+    with VideoFileSource(clip, max_frames=10) as src, PoseDetector(mode="image", num_poses=2) as det:
+        for f in src:  # half size (960x540): both people stay large, the test stays fast
+            d = det.detect(cv2.resize(f.image, (960, 540), interpolation=cv2.INTER_AREA))
+            boxes.append(d.box if d else None)
+    kept = [b for b in boxes if b is not None]
+    assert len(kept) >= 9
+    jumps = [np.hypot(a.cx - b.cx, a.cy - b.cy) / a.side for a, b in zip(kept, kept[1:])]
+    assert max(jumps) < 0.1, jumps
 
 
 def test_mediapipe_on_a_real_h36m_frame():
