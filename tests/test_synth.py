@@ -226,3 +226,38 @@ def test_mediapipe_finds_rendered_people(tmp_path: Path) -> None:
     for s in ss:
         if s["mp_found"]:
             assert np.isfinite(s["mp_landmarks_image"]).all()
+
+
+def test_visibility_rule() -> None:
+    from train.synth.samples import _visibility
+    H = W = 32
+    zbuf = np.full((H, W), np.inf, np.float32)
+    idbuf = np.full((H, W), -1, np.int16)
+    zbuf[:, :16], idbuf[:, :16] = 1000.0, 0   # segment 0 at z=1000 on the left half
+    zbuf[:, 16:], idbuf[:, 16:] = 1000.0, 1   # segment 1 on the right half
+    allowed = np.zeros((4, 2), bool)
+    allowed[:, 0] = True                       # every joint may be seen on segment 0 only
+    occ = np.zeros((H, W), bool)
+    occ[0:4, 0:4] = True
+    uv = np.array([[8.0, 8.0], [24.0, 24.0], [24.0, 24.0], [2.0, 2.0]])
+    z = np.array([1050.0, 1050.0, 1500.0, 1050.0])
+    radius = np.full(4, 20.0)
+    vis = _visibility(uv, z, zbuf, idbuf, allowed, occ, radius, np.ones(4, bool))
+    # own segment; other segment but within radius; other segment 500 mm in front; occluded
+    assert vis.tolist() == [True, True, False, False]
+    assert not _visibility(uv, z, zbuf, idbuf, allowed, occ, radius, np.zeros(4, bool)).any()
+
+
+@needs_h36m
+def test_worker_count_does_not_change_shards(tmp_path: Path) -> None:
+    from train.synth.dataset import SynthDataset
+    from train.synth.shards import H36MSource, RunConfig, render_shards
+    src = H36MSource(H36M_VAL, 700, (0, 2))
+    for w in (1, 2):
+        render_shards(src, RunConfig(out=tmp_path / f"w{w}", seed=3, shard_size=2, mediapipe=False, workers=w,
+                                     limit=4), log=lambda *_: None)
+    a, b = SynthDataset(tmp_path / "w1"), SynthDataset(tmp_path / "w2")
+    assert len(a) == len(b) == 4
+    for i in range(4):
+        np.testing.assert_array_equal(a[i]["images"], b[i]["images"])
+        np.testing.assert_array_equal(a[i]["joints_3d"], b[i]["joints_3d"])
