@@ -204,7 +204,10 @@ def soak(tmp_path: Path, seconds: float) -> None:
         assert lg.connects == 1 and not lg.errors, (lg.kind, lg.connects, lg.errors)  # never disconnected
         assert lg.frames > 0.5 * st.processed, (lg.frames, st.processed)
     for lg in by_kind["slow"]:
-        assert lg.frames >= 3 and lg.connects == 1
+        # A reader this slow falls ever further behind through the socket buffers, so over
+        # minutes the server's keepalive ping (queued behind the backlog) may time out and
+        # drop it; it reconnects and is served again. What matters: it keeps receiving.
+        assert lg.frames >= 3 * lg.connects
     for lg in by_kind["reconnect"]:
         assert lg.connects >= 2 and lg.frames >= 5
     assert sum(lg.closes.get(1009, 0) for lg in by_kind["oversized"]) >= 1
