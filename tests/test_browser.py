@@ -79,8 +79,9 @@ def make_jpeg(f: PoseFrame) -> bytes:
     img = np.full((480, 640, 3), 70, np.uint8)
     cv2.putText(img, f"frame {f.index}", (20, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
     for a, b in [(0, 7), (7, 8), (8, 10), (8, 11), (11, 13), (8, 14), (14, 16), (0, 3), (0, 6)]:
-        pa, pb = f.joints_2d_px[a].astype(int), f.joints_2d_px[b].astype(int)
-        cv2.line(img, tuple(int(v) for v in pa), tuple(int(v) for v in pb), (0, 255, 0), 3)
+        pa, pb = f.joints_2d_px[a], f.joints_2d_px[b]
+        if np.isfinite(pa).all() and np.isfinite(pb).all():
+            cv2.line(img, (int(pa[0]), int(pa[1])), (int(pb[0]), int(pb[1])), (0, 255, 0), 3)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 70])
     assert ok
     return buf.tobytes()
@@ -110,6 +111,7 @@ def test_scene_matches_stream_and_screenshot(page):
         np.testing.assert_allclose(bones[:, 1], world[[c for _, c in BONES]], atol=2e-4)
         # The HUD shows the frame; the 2D picture-in-picture got the thumbnail.
         page.wait_for_function("document.getElementById('hud-index').textContent === '20'")
+        page.wait_for_function("window.posestream.thumbIndex >= 15", timeout=10000)
         pip = page.evaluate("""(() => { const c = document.getElementById('pip');
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let lit = 0; for (let i = 0; i < d.length; i += 4) lit += d[i] + d[i + 1] + d[i + 2] > 60; return lit; })()""")

@@ -19,7 +19,7 @@ class Stats {
   constructor() { this.reset(); }
   reset() {
     this.renders = []; this.renderMs = []; this.presented = []; this.received = []; this.browser = []; this.total = []; this.transit = [];
-    this.rendersTotal = 0; this.framesReceived = 0; this.framesDrawn = 0; this.superseded = 0; this.gapDropped = 0;
+    this.rendersTotal = 0; this.thumbsReceived = 0; this.framesReceived = 0; this.framesDrawn = 0; this.superseded = 0; this.gapDropped = 0;
     this.serverDropped = 0; this.serverDroppedBase = null; this.lastIndex = null; this.t0 = performance.now();
   }
   static push(arr, v) { arr.push(v); if (arr.length > SAMPLES) arr.shift(); }
@@ -34,7 +34,7 @@ class Stats {
     return {
       renderFps: Stats.rate(this.renders, now), streamFps: Stats.rate(this.received, now),
       rendersTotal: this.rendersTotal, since: this.t0, now,
-      framesReceived: this.framesReceived, framesDrawn: this.framesDrawn, superseded: this.superseded,
+      framesReceived: this.framesReceived, thumbsReceived: this.thumbsReceived, framesDrawn: this.framesDrawn, superseded: this.superseded,
       dropped: this.gapDropped, serverDropped: this.serverDropped,
       browserLatencyMs: { p50: Stats.pct(this.browser, 50), p95: Stats.pct(this.browser, 95), n: this.browser.length },
       nextFrameLatencyMs: { p50: Stats.pct(this.presented, 50), p95: Stats.pct(this.presented, 95) },
@@ -93,9 +93,13 @@ const conn = new Connection({
     stats.serverDropped = (stats.serverDroppedBase ?? 0) + msg.dropped;
   },
   onThumb: (index, blob) => {
+    stats.thumbsReceived++;
     if (!pipOn) return;
-    createImageBitmap(blob).then((bitmap) => { thumb?.bitmap.close(); thumb = { bitmap, at: performance.now(), index }; })
-      .catch(() => {});
+    createImageBitmap(blob).then((bitmap) => {
+      thumb?.bitmap.close();
+      thumb = { bitmap, at: performance.now(), index };
+      if (lastFrame) drawPip(lastFrame);
+    }).catch(() => {});
   },
   onAuthRequired: (text) => {
     $('auth-msg').textContent = text;
@@ -198,6 +202,7 @@ window.posestream = {
   get lastFrameIndex() { return lastFrame ? lastFrame.index : null; },
   get lastFrame() { return lastFrame; },
   get lastWorld() { return lastWorld; },
+  get thumbIndex() { return thumb ? thumb.index : null; },
   get state() { return conn.state; },
   get connects() { return conn.connects; },
   get antialias() { return view.antialias; },
