@@ -185,12 +185,15 @@ class Pipeline:
     queue_size: capacity of each queue between threads (>= 1). Live mode uses 1 after
             detection, since a queue only adds latency when the next stage is the faster.
     join_timeout_s: how long `close()` waits for each thread.
+    stall_timeout_s: if set, no output for this long ends the iteration with a StageError
+            naming the step that is stuck (a camera that stopped delivering, a wedged
+            stage), instead of waiting forever. For live use; leave None for files.
 
     Single use: iterate once (or call `run()` to consume everything, returning the stats).
     """
 
     def __init__(self, source: Iterable[Frame], steps: Sequence[StageGroup], *, live: bool,
-                 queue_size: int = 4, join_timeout_s: float = 5.0) -> None:
+                 queue_size: int = 4, join_timeout_s: float = 5.0, stall_timeout_s: float | None = None) -> None:
         if not steps:
             raise TypeError("a pipeline needs at least one stage")
         if queue_size < 1:
@@ -199,6 +202,10 @@ class Pipeline:
         self.groups = [_as_group(g) for g in steps]
         self.live = live
         self.join_timeout_s = join_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        # What each thread is doing (name, since perf_counter), for the stall message; plain
+        # assignments of tuples, read racily on purpose (only for a diagnostic).
+        self._busy: dict[str, tuple[str, float]] = {}
         self._stop = threading.Event()  # close(): every thread ends now
         # halts[0] stops the capture thread, halts[i + 1] group i's thread: a failed stage
         # halts only the threads upstream of it, so what already passed it still drains to
@@ -232,6 +239,7 @@ class Pipeline:
             raise RuntimeError("a Pipeline can be iterated only once")
         self._start()
         out = self._queues[-1]
+        last = time.perf_counter()
         try:
             while True:
                 try:
@@ -239,10 +247,14 @@ class Pipeline:
                 except queue.Empty:
                     if self._stop.is_set():
                         break
+                    if self.stall_timeout_s is not None and time.perf_counter() - last > self.stall_timeout_s:
+                        self._stalled(time.perf_counter() - last)
+                        break
                     continue
                 if item is _END:
                     break
                 yield self._finish(item)
+                last = time.perf_counter()
         finally:
             self.close()
         self._raise_error()
@@ -295,6 +307,14 @@ class Pipeline:
         for h in self._halts[:upto]:
             h.set()
 
+    def _stalled(self, waited_s: float) -> None:
+        now = time.perf_counter()
+        busy = sorted(((now - t0, what) for what, t0 in self._busy.values()), reverse=True)
+        where = busy[0][1] if busy else "source"
+        detail = ", ".join(f"{w} for {d:.1f} s" for d, w in busy) or "nothing running"
+        exc = TimeoutError(f"no output for {waited_s:.1f} s (busy: {detail})")
+        self._fail(where, None, exc, upto=len(self._halts))
+
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
@@ -323,11 +343,13 @@ class Pipeline:
             it = iter(self.source)
             while not (self._stop.is_set() or halt.is_set()):
                 t0 = time.perf_counter()
+                self._busy["capture"] = ("source", t0)
                 try:
                     frame = next(it)
                 except StopIteration:
                     break
                 t1 = time.perf_counter()
+                self._busy.pop("capture", None)
                 index = getattr(frame, "index", None)
                 with self._counters.lock:
                     self._counters.captured += 1
@@ -362,6 +384,7 @@ class Pipeline:
                 return
             for stage in group:
                 t0 = time.perf_counter()
+                self._busy[stage.name] = (stage.name, t0)
                 try:
                     pkt.payload = stage.fn(pkt.payload)
                 except BaseException as exc:  # noqa: BLE001
@@ -369,6 +392,7 @@ class Pipeline:
                     self._put(outq, _END, halt)
                     return
                 pkt.timings[stage.name] = (time.perf_counter() - t0) * 1e3
+                self._busy.pop(stage.name, None)
             if not self._put(outq, pkt, halt):
                 return
 

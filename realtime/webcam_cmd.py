@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib", metavar="FILE", help='camera intrinsics JSON {"fx", "fy", "cx", "cy"} (pixels)')
     parser.add_argument("--max-frames", type=int, help="stop after this many camera frames")
     parser.add_argument("--quiet", action="store_true", help="no live status line")
+    parser.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
+                        help="give up when no pose came out for S seconds (camera unplugged; default 10)")
     add_smoothing_arguments(parser)
     add_output_arguments(parser)
 
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         estimator = PoseEstimator(args.model, args.backend, fov_deg=args.fov, calib=args.calib, threads=args.threads)
         if sinks.url:
             print(f"viewer: {sinks.url}", file=sys.stderr)
-        pipeline = Pipeline(source, pipeline_steps(estimator, smoother, tap), live=True)
+        pipeline = Pipeline(source, pipeline_steps(estimator, smoother, tap), live=True,
+                            stall_timeout_s=args.stall_timeout)
         status = StatusLine(not args.quiet)
         stopped_by = "end of input"
         try:

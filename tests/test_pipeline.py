@@ -208,3 +208,28 @@ def test_bad_construction():
     list(p)
     with pytest.raises(RuntimeError, match="only once"):
         list(p)
+
+
+def test_stall_timeout_names_the_stuck_step():
+    """A camera that stops delivering (read blocks forever): the caller gets a clear error
+    instead of waiting forever."""
+    release = threading.Event()
+
+    def stuck_camera():
+        yield from frames(3)
+        release.wait(30)  # a driver read that never returns
+        yield from frames(1)
+
+    got = []
+    t0 = time.monotonic()
+    p = Pipeline(stuck_camera(), [Stage("detect", fake_detect()), Stage("lift", fake_lift)], live=True,
+                 stall_timeout_s=0.5, join_timeout_s=0.2)
+    try:
+        with pytest.raises(StageError, match=r"stage 'source' failed: TimeoutError: no output for 0\.\d s "
+                                             r"\(busy: source for"):
+            for f in p:
+                got.append(f.index)
+        assert got and got[-1] == 2 and time.monotonic() - t0 < 3.0  # newest of the 3 frames delivered
+        assert p.hung_threads == ["posestream-capture"]
+    finally:
+        release.set()
