@@ -1,9 +1,10 @@
 """Export, runtime backends, engine cache: parity with torch, metadata, bad input handling.
 
 Tolerances (float32 reference = the torch module on CPU):
-  ONNX Runtime FP32     |diff| <= 1e-4 mm + 3e-7 * |ref|. The relative term is ~2.5 float32
-                        ulps: above 512 mm one ulp is 6.1e-5 mm, so a flat 1e-4 mm would fail on
-                        a 2-ulp summation-order difference (measured max 1.2e-4 mm at 797 mm).
+  ONNX Runtime FP32     |diff| <= 5e-4 mm. Not 1e-4: above 512 mm one float32 ulp is 6.1e-5 mm
+                        and ORT sums the 1024-wide layers in another order, which shows up as
+                        a few ulps on the outputs (measured max 1.2e-4 mm on the fixture,
+                        3.7e-4 mm over the 58,896 H36M validation inputs with base_gt).
   TensorRT FP32 (gpu)   max |diff| <= 1e-2 mm (TF32 may be used for matmuls)
   TensorRT FP16 (gpu)   max |diff| <= 1 mm on 3D outputs
 TensorRT is replaced at the import boundary (sys.modules) by tests/engine_fixtures.FakeTensorRT
@@ -36,8 +37,8 @@ from engines.stages import STAGES, register_stage  # noqa: E402
 
 register_stage(TINY_IMAGE)
 
-ORT_ATOL_MM = 1e-4
-ORT_RTOL = 3e-7
+ORT_ATOL_MM = 5e-4
+ORT_RTOL = 0.0
 TRT_FP32_ATOL_MM = 1e-2
 TRT_FP16_ATOL_MM = 1.0
 
@@ -577,3 +578,21 @@ def test_int8_build_uses_calibration_inputs(exported, fake_trt, tmp_path):
     np.savez(calib, features=feats[:, :36])
     with pytest.raises(UserError, match=r"shape \('B', 37\)"):
         tb.build_engine_bytes(BuildPlan.for_onnx(exported["lifter"]["onnx"], precision="int8", calib=calib))
+
+
+@pytest.mark.slow
+def test_onnxruntime_matches_torch_on_h36m_val(h36m_val):
+    """The shipped lifter on all 58,896 real validation inputs (about 1 min)."""
+    from engines.checkpoint import MODELS_DIR
+    from engines.normalize import features_2d
+    from train import h36m
+
+    if not (MODELS_DIR / "base_gt.pt").is_file():
+        pytest.skip("models/base_gt.pt is absent")
+    s = h36m.load(str(h36m_val), "gt")
+    x = features_2d(s.uv, s.f, s.c)
+    t, o = open_backend("base_gt", "torch", threads=1), open_backend("base_gt", "onnxruntime", threads=1)
+    for i in range(0, len(x), 4096):
+        chunk = {"features": x[i:i + 4096]}
+        want = t.run(chunk)["joints_mm"]
+        np.testing.assert_allclose(o.run(chunk)["joints_mm"], want, rtol=ORT_RTOL, atol=ORT_ATOL_MM)
