@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu, wall = (time.process_time() - c) / n, (time.perf_counter() - t) / n
         print(f"mediapipe={'on' if mp else 'off'}: {cpu * 1e3:.1f} ms CPU/sample "
               f"({1 / cpu:.0f}/s per busy core), wall {wall * 1e3:.1f} ms/sample, n={n}")
+        r.close()
     return 0
 
 

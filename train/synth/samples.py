@@ -73,6 +73,13 @@ class MediaPipe2D:
                                      running_mode=RunningMode.IMAGE, num_poses=1)
         self._lm = PoseLandmarker.create_from_options(opts)
 
+    def close(self) -> None:
+        """Release MediaPipe. Call it before the interpreter exits: MediaPipe's own __del__
+        fails noisily during teardown."""
+        if self._lm is not None:
+            self._lm.close()
+            self._lm = None
+
     MAX_SIDE = 640  # frames are shrunk to this long side first, as a webcam app feeds it
 
     def detect(self, rgb: np.ndarray) -> np.ndarray | None:
@@ -132,6 +139,10 @@ class SampleRenderer:
         self.allowed = np.zeros((NUM_JOINTS, int(self.body.segment.max()) + 1), bool)
         for j, segs in enumerate(label_segments()):
             self.allowed[j, list(segs)] = True
+
+    def close(self) -> None:
+        if self.mp is not None:
+            self.mp.close()
 
     def _draw(self, A: np.ndarray, cam: Camera, vp: np.ndarray, size: tuple[int, int], scene: Scene,
               albedo: np.ndarray, light: Light, rng: np.random.Generator):

@@ -198,6 +198,8 @@ def render_shards(source, cfg: RunConfig, log=print) -> dict:
         if cfg.workers > 1:
             pool.close()
             pool.join()
+        else:
+            _W.pop("renderer").close()
     elapsed = time.perf_counter() - t0
     manifest = finalize_manifest(out, header, shards)
     if done:
