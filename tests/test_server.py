@@ -309,3 +309,20 @@ def test_stop_closes_clients_and_restart_on_same_port():
     with PoseServer(port=port) as s2:
         with connect(f"ws://127.0.0.1:{port}/ws") as ws2:
             assert recv_type(ws2, "hello")
+
+
+def test_publish_to_client_latency(server):
+    """publish() -> a Python websocket client's receipt on loopback, 150 frames at 30 fps (printed)."""
+    lat = []
+    with connect(ws_url(server)) as ws:
+        recv_type(ws, "hello")
+        t0 = time.monotonic()
+        for i in range(150):
+            server.publish(frame(i))
+            m = recv_type(ws, "frame")
+            lat.append(time.time() * 1000 - m["pub_ms"])
+            assert m["index"] == i
+            time.sleep(max(0.0, t0 + (i + 1) / 30 - time.monotonic()))
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    print(f"publish -> client receipt over loopback: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms "
+          f"(load avg {os.getloadavg()[0]:.1f})")

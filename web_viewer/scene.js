@@ -45,7 +45,7 @@ export class SkeletonView {
     this.container = container;
     const aa = new URLSearchParams(location.search).get('aa');
     this.antialias = aa === null ? preferAntialias() : aa === '1';
-    this.renderer = new THREE.WebGLRenderer({ antialias: this.antialias, preserveDrawingBuffer: true });
+    this.renderer = new THREE.WebGLRenderer({ antialias: this.antialias });
     this.renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
     container.appendChild(this.renderer.domElement);
 
