@@ -174,24 +174,24 @@ class PoseServer:
         Thread-safe, never blocks on the network: encodes (~0.1 ms) and overwrites a 1-slot
         mailbox. Thumbnails beyond `Limits.thumb_max_fps` or `max_thumb_bytes` are dropped."""
         text = encode_frame(frame, pub_ms=time.time() * 1000.0)
-        thumb = None
-        if jpeg is not None:
-            if len(jpeg) > self.limits.max_thumb_bytes:
-                log.warning("thumbnail of %d bytes dropped (limit %d)", len(jpeg), self.limits.max_thumb_bytes)
-            elif self._thumb_throttle.allow(time.monotonic()):
-                thumb = encode_thumb(frame.index, jpeg)
+        if jpeg is not None and len(jpeg) > self.limits.max_thumb_bytes:
+            log.warning("thumbnail of %d bytes dropped (limit %d)", len(jpeg), self.limits.max_thumb_bytes)
+            jpeg = None
         with self._lock:
-            self.published += 1
-            if thumb is not None:
+            thumb = None
+            if jpeg is not None and self._thumb_throttle.allow(time.monotonic()):
+                thumb = encode_thumb(frame.index, jpeg)
                 self.thumbs_published += 1
             elif self._pending is not None and self._pending[1] is not None:
                 thumb = self._pending[1]  # keep an undelivered thumbnail
+            self.published += 1
             self._pending = (text, thumb)
-            if self._wakeup_scheduled or self._loop is None:
+            loop = self._loop
+            if self._wakeup_scheduled or loop is None:
                 return
             self._wakeup_scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self._fanout)
+            loop.call_soon_threadsafe(self._fanout)
         except RuntimeError:  # loop closed: the server stopped
             pass
 
@@ -226,6 +226,7 @@ class PoseServer:
             self.port = server.sockets[0].getsockname()[1]
             stats_task = asyncio.create_task(self._stats_loop())
             self._ready.set()
+            self._fanout()  # a frame published before the loop ran becomes the current state
             log.info("viewer at http://%s:%s/ (stream at %s)%s", self.host, self.port, WS_PATH,
                      " - token required" if self.token else "")
             await self._stop_event.wait()

@@ -326,3 +326,12 @@ def test_publish_to_client_latency(server):
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
     print(f"publish -> client receipt over loopback: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms "
           f"(load avg {os.getloadavg()[0]:.1f})")
+
+
+def test_frame_published_before_start_is_the_current_state():
+    s = PoseServer(port=0)
+    s.publish(frame(42))
+    with s:
+        with connect(ws_url(s)) as ws:
+            recv_type(ws, "hello")
+            assert recv_type(ws, "frame")["index"] == 42
