@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from engines.skeleton import BONES, JOINT_INDEX as JI, NUM_JOINTS
 from train.synth.body import Body
@@ -87,6 +88,96 @@ def frame(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
     return np.stack([e1, e2, _cross(e1, e2)], axis=1)
 
 
+# ---- numba versions of the per-chain math (the Python version cost ~1.5 ms a pose) ----
+@njit(cache=True)
+def _mm(a, b):
+    # 3x3 products by hand: numba's `@` needs scipy's BLAS, which is not installed.
+    out = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            out[i, j] = a[i, 0] * b[0, j] + a[i, 1] * b[1, j] + a[i, 2] * b[2, j]
+    return out
+
+
+@njit(cache=True)
+def _mv(a, v):
+    return np.array([a[0, 0] * v[0] + a[0, 1] * v[1] + a[0, 2] * v[2],
+                     a[1, 0] * v[0] + a[1, 1] * v[1] + a[1, 2] * v[2],
+                     a[2, 0] * v[0] + a[2, 1] * v[1] + a[2, 2] * v[2]])
+
+
+@njit(cache=True)
+def _nb_unit(v):
+    n = np.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
+    return v / n if n > 1e-9 else v.copy()
+
+
+@njit(cache=True)
+def _nb_cross(a, b):
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+
+
+@njit(cache=True)
+def _nb_swing(a, b):
+    a = _nb_unit(a)
+    b = _nb_unit(b)
+    v = _nb_cross(a, b)
+    c = a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+    if c < -1 + 1e-9:
+        ref = np.array([1.0, 0.0, 0.0]) if abs(a[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        ax = _nb_unit(_nb_cross(a, ref))
+        return 2 * np.outer(ax, ax) - np.eye(3)
+    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + vx + _mm(vx, vx) / (1 + c)
+
+
+@njit(cache=True)
+def _nb_frame(p, s):
+    e1 = _nb_unit(p)
+    e2 = _nb_unit(s - (s[0] * e1[0] + s[1] * e1[1] + s[2] * e1[2]) * e1)
+    e3 = _nb_cross(e1, e2)
+    out = np.empty((3, 3))
+    for i in range(3):
+        out[i, 0] = e1[i]
+        out[i, 1] = e2[i]
+        out[i, 2] = e3[i]
+    return out
+
+
+@njit(cache=True)
+def _nb_solve_groups(T, girth, heads0, pg, d, tj, sec_kind, sec_j, sec_rest, root_rest_frame, pelvis_rest, jid):
+    """Group rotations R (G,3,3), linear parts M (G,3,3) and offsets (G,3); group 0 = root,
+    group c+1 = chain c. jid = (l_hip, r_hip, spine, pelvis, l_shoulder, r_shoulder)."""
+    C = d.shape[0]
+    R = np.zeros((C + 1, 3, 3))
+    M = np.zeros((C + 1, 3, 3))
+    off = np.zeros((C + 1, 3))
+    R[0] = _mm(_nb_frame(T[jid[0]] - T[jid[1]], T[jid[2]] - T[jid[3]]), root_rest_frame.T.copy())
+    M[0] = girth * R[0]
+    off[0] = T[jid[3]] - _mv(M[0], pelvis_rest)
+    eye = np.eye(3)
+    for c in range(C):
+        g = c + 1
+        q = pg[c]
+        start = _mv(M[q], heads0[c]) + off[q]
+        t = T[tj[c]] - start
+        if sec_kind[c] == 0:
+            R[g] = _mm(_nb_swing(_mv(R[q], d[c]), t), R[q])
+        else:
+            if sec_kind[c] == 1:
+                ts = T[jid[4]] - T[jid[5]]
+            else:
+                ts = T[sec_j[c]] - start
+            R[g] = _mm(_nb_frame(t, ts), _nb_frame(d[c], sec_rest[c]).T.copy())
+        dn = _nb_unit(d[c])
+        dd = np.sqrt(d[c, 0] ** 2 + d[c, 1] ** 2 + d[c, 2] ** 2)
+        length = np.sqrt(t[0] ** 2 + t[1] ** 2 + t[2] ** 2) / max(dd, 1e-9)
+        P = np.outer(dn, dn)
+        M[g] = _mm(R[g], girth * (eye - P) + length * P)
+        off[g] = start - _mv(M[g], heads0[c])
+    return R, M, off
+
+
 class PoseSolver:
     """Precomputed chain structure of a Body; `solve(targets, girth)` -> Posed.
 
@@ -136,36 +227,29 @@ class PoseSolver:
         self.free_group = anchor_group[self.free]
         self.rest_hips = lr[JI["l_hip"]] - lr[JI["r_hip"]]
         self.rest_up = lr[JI["spine"]] - lr[JI["pelvis"]]
+        # Packed arrays for the numba kernel.
+        C = len(self.chains)
+        self._heads0 = np.array([body.heads[f] for f, *_ in self.chains])
+        self._pg = np.array([group[body.parents[f]] for f, *_ in self.chains], np.int64)
+        self._d = np.array([c[1] for c in self.chains])
+        self._tj = np.array([c[2] for c in self.chains], np.int64)
+        self._sec_kind = np.array([0 if c[3] is None else 1 if c[3] == "shoulders" else 2 for c in self.chains],
+                                  np.int64)
+        self._sec_j = np.array([JI[c[3]] if c[3] not in (None, "shoulders") else 0 for c in self.chains], np.int64)
+        self._sec_rest = np.array([c[4] if c[4] is not None else np.zeros(3) for c in self.chains])
+        self._root_frame = frame(self.rest_hips, self.rest_up)
+        self._jid = np.array([JI[n] for n in ("l_hip", "r_hip", "spine", "pelvis", "l_shoulder", "r_shoulder")],
+                             np.int64)
+        assert C + 1 == len(set(group[group >= 0])), "every chain is its own group"
 
     def solve(self, targets: np.ndarray, girth: float = 1.0) -> Posed:
         """targets: (17,3) mm in any right-handed frame (the posed body lives in that frame)."""
         assert targets.shape == (NUM_JOINTS, 3), targets.shape
         body = self.body
         T = np.asarray(targets, np.float64)
-        G = len(self.chains) + 1
-        R = np.zeros((G, 3, 3))
-        M = np.zeros((G, 3, 3))
-        off = np.zeros((G, 3))  # group affine: X = M x + off
-        R[0] = frame(T[JI["l_hip"]] - T[JI["r_hip"]], T[JI["spine"]] - T[JI["pelvis"]]) @ \
-            frame(self.rest_hips, self.rest_up).T
-        M[0] = girth * R[0]
-        off[0] = T[JI["pelvis"]] - M[0] @ body.label_rest[JI["pelvis"]]
-        eye = np.eye(3)
-        for ci, (first, d, tj, sec, sec_rest) in enumerate(self.chains):
-            g = ci + 1
-            pg = self.group[body.parents[first]]
-            h0 = body.heads[first]
-            start = M[pg] @ h0 + off[pg]
-            t = T[tj] - start
-            if sec is None:
-                R[g] = swing(R[pg] @ d, t) @ R[pg]
-            else:
-                ts = T[JI["l_shoulder"]] - T[JI["r_shoulder"]] if sec == "shoulders" else T[JI[sec]] - start
-                R[g] = frame(t, ts) @ frame(d, sec_rest).T
-            dn = _unit(d)
-            length = float(np.sqrt(t @ t)) / max(float(np.sqrt(d @ d)), 1e-9)
-            M[g] = R[g] @ (girth * (eye - np.outer(dn, dn)) + length * np.outer(dn, dn))
-            off[g] = start - M[g] @ h0
+        R, M, off = _nb_solve_groups(T, float(girth), self._heads0, self._pg, self._d, self._tj, self._sec_kind,
+                                     self._sec_j, self._sec_rest, self._root_frame,
+                                     body.label_rest[JI["pelvis"]], self._jid)
         B = len(body.bone_names)
         affine = np.zeros((B, 3, 4))
         grp = np.flatnonzero(self.group >= 0)

@@ -205,8 +205,9 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
         bg = cv2.resize(np.ascontiguousarray(reg), (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     gain = float(rng.uniform(0.6, 1.25))
     shift = rng.normal(0, rng.uniform(0, 10), 3)
-    # (at most BG_MAX_SIDE px: the broadcast over the colour axis is cheap enough here)
-    return np.clip(bg * gain + shift.astype(np.float32), 0, 255).astype(np.float32)
+    m = np.concatenate([gain * np.eye(3), shift[:, None]], axis=1).astype(np.float32)
+    bg = cv2.transform(np.ascontiguousarray(bg, np.float32), m)  # per-pixel gain + shift
+    return np.clip(bg, 0.0, 255.0)  # (cv2.max with a float scalar only touches channel 0)
 
 
 # ---------------------------------------------------------------- cameras
