@@ -5,7 +5,7 @@ is JSON-encoded so lists and numbers round-trip exactly. Keys:
   format_version, stage, inputs, outputs (lists of {name, shape, dtype}, "batch" = dynamic),
   joint_names, fbi_rule_version, fbi_threshold, input_normalization, units (the contract,
   engines.checkpoint.contract_metadata), source_file, source_sha256 (the .pt it came from),
-  opset, exporter.
+  opset, exporter, precision ("fp32" or "int8-dynamic"; absent = fp32).
 No heavy imports here: the realtime app reads this without torch.
 """
 from __future__ import annotations
@@ -29,11 +29,16 @@ def encode(meta: dict[str, Any]) -> dict[str, str]:
 
 
 def decode(props: dict[str, str], where: str = "artifact") -> dict[str, Any]:
-    """JSON-decode string props; UserError when it is not a posestream artifact."""
-    try:
-        meta = {k: json.loads(v) for k, v in props.items()}
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"{where}: metadata is not posestream JSON ({exc})") from None
+    """JSON-decode string props; UserError when it is not a posestream artifact. Keys other
+    tools add (e.g. onnxruntime's quantiser) need not be JSON: they are kept as strings."""
+    meta: dict[str, Any] = {}
+    for k, v in props.items():
+        try:
+            meta[k] = json.loads(v)
+        except (TypeError, ValueError) as exc:
+            if k in REQUIRED_KEYS:
+                raise UserError(f"{where}: metadata {k!r} is not posestream JSON ({exc})") from None
+            meta[k] = v
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise UserError(f"{where} is not a posestream export (metadata lacks {', '.join(missing)}); "

@@ -5,7 +5,8 @@
 
 For every model (one per stage: lifter now; generator and refiner later) and every runtime
 usable here (engines.backends.usable_backends, or --backends), it times `backend.run` on
-fixed inputs at each batch size and prints a markdown table: median and p95 latency per call
+fixed inputs at each batch size (plus ONNX Runtime on the dynamically quantised INT8 ONNX,
+labelled onnxruntime:int8) and prints a markdown table: median and p95 latency per call
 (ms), throughput (samples/s = batch / median) and the largest absolute output difference
 from the torch backend on the same inputs (outputs in mm for the lifter). Runtimes are measured interleaved, in
 rounds, so background load (training on the same cores) hits all of them alike; the
@@ -88,8 +89,10 @@ def measure(models: list[tuple[str, str]], backends: list[str], batches: list[in
     opened = {}  # (label, backend) -> (Backend, stage)
     for label, model in models:
         for b in backends:
+            name, _, precision = b.partition(":")  # "onnxruntime:int8" = the quantised ONNX
             try:
-                be = open_backend(model, b, threads=threads, max_batch=max(batches))
+                be = open_backend(model, name, threads=threads, max_batch=max(batches),
+                                  **({"precision": precision} if precision else {}))
             except UserError as exc:
                 log(f"skip {label} on {b}: {exc}")
                 continue
@@ -135,12 +138,14 @@ def render(timings: list[Timing], threads: int) -> str:
     lines.append("|---|" + "---:|" * len(batches))
     for b in backends:
         lines.append(f"| {b} | " + " | ".join(f"{pipe[(b, n)]:.3f} ms" for n in batches) + " |")
-    if {"torch", "onnxruntime"} <= set(backends):
-        lines.append("")
-        for n in batches:
-            r = pipe[("torch", n)] / pipe[("onnxruntime", n)]
-            lines.append(f"torch-CPU / ONNX Runtime, pipeline minus 2D, batch {n}: **{r:.2f}x** "
-                         f"({'ORT faster' if r > 1 else 'torch faster'}; {threads} intra-op threads each)")
+    for other in ("onnxruntime", "onnxruntime:int8"):
+        if {"torch", other} <= set(backends):
+            lines.append("")
+            for n in batches:
+                r = pipe[("torch", n)] / pipe[(other, n)]
+                what = "ONNX Runtime" if other == "onnxruntime" else "ONNX Runtime INT8 (dynamic quantisation)"
+                lines.append(f"torch-CPU / {what}, pipeline minus 2D, batch {n}: **{r:.2f}x** "
+                             f"({'ORT faster' if r > 1 else 'torch faster'}; {threads} intra-op threads each)")
     return "\n".join(lines)
 
 
@@ -151,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", action="store_true", help=argparse.SUPPRESS)  # when forwarded verbatim
     p.add_argument("--model", action="append", help="model name or .pt/.onnx/.engine path (repeatable)")
-    p.add_argument("--backends", help=f"comma list from {', '.join(BACKENDS)} (default: all usable here)")
+    p.add_argument("--backends", help=f"comma list from {', '.join(BACKENDS)}, each optionally :PRECISION "
+                   f"(e.g. onnxruntime:int8, tensorrt:fp32) (default: all usable here + onnxruntime:int8)")
     p.add_argument("--batches", default="1,64", help="comma list of batch sizes (default 1,64)")
     p.add_argument("--threads", type=int, default=2, help="CPU intra-op threads for torch and ONNX Runtime")
     p.add_argument("--seconds", type=float, default=4.0, help="total timing budget (split over all cells)")
@@ -163,8 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --batches must be positive integers, got {args.batches!r}", file=sys.stderr)
         return 2
-    backends = args.backends.split(",") if args.backends else usable_backends()
-    unknown = [b for b in backends if b not in BACKENDS]
+    if args.backends:
+        backends = args.backends.split(",")
+    else:
+        backends = usable_backends()
+        backends += ["onnxruntime:int8"] if "onnxruntime" in backends else []
+    unknown = [b for b in backends if b.partition(":")[0] not in BACKENDS]
     if unknown or args.threads < 1 or args.seconds <= 0:
         print(f"error: unknown backends {unknown}" if unknown else "error: --threads and --seconds must be > 0",
               file=sys.stderr)

@@ -84,6 +84,9 @@ class BuildPlan:
 
         meta = artifact.read_onnx_metadata(onnx_path)
         artifact.check_contract(meta, str(onnx_path))
+        if meta.get("precision", "fp32") != "fp32":
+            raise UserError(f"{onnx_path} is {meta['precision']}; TensorRT engines are built from the FP32 ONNX "
+                            f"(TensorRT applies --fp16/--int8 itself)")
         return cls(onnx_path=str(onnx_path), onnx_sha256=file_sha256(onnx_path), stage=meta["stage"],
                    inputs=artifact.tensor_specs(meta, "inputs"), outputs=artifact.tensor_specs(meta, "outputs"),
                    precision=precision, opt_batch=min(opt_batch, max_batch), max_batch=max_batch,

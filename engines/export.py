@@ -1,13 +1,14 @@
 """Export a model stage to ONNX or a TensorRT engine.
 
-    posestream export --model base_gt --format onnx [--out PATH]
+    posestream export --model base_gt --format onnx [--int8] [--out PATH]
     posestream export --model base_gt --format tensorrt [--fp16] [--batch 64] [--out PATH]
 
 ONNX: opset 18 (torch dynamo exporter), dynamic batch axis, every other axis static (image
 stages: 256x256). The contract (joint order, FBI rule version, input normalisation), the stage
 name, input/output names and shapes and the source checkpoint's sha256 go into the ONNX
 `metadata_props` (engines.artifact). TensorRT: the ONNX is built into an engine for this GPU
-(engines.backends.tensorrt_backend), see docs/engines.md.
+(engines.backends.tensorrt_backend), see docs/engines.md. `--format onnx --int8` writes a
+dynamically quantised copy (INT8 weights) for ONNX Runtime on CPU.
 
 Formats are one table, EXPORT_FORMATS: name -> (exporter, file suffix, needs a GPU).
 """
@@ -60,7 +61,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, trace_batch: int = 2) -
         "format_version": artifact.FORMAT_VERSION, "stage": stage.name,
         "inputs": [t.to_json() for t in stage.inputs], "outputs": [t.to_json() for t in stage.outputs],
         **contract, "source_file": checkpoint.name, "source_sha256": file_sha256(checkpoint),
-        "opset": OPSET, "exporter": f"torch {torch.__version__} dynamo",
+        "opset": OPSET, "exporter": f"torch {torch.__version__} dynamo", "precision": "fp32",
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
@@ -82,31 +83,75 @@ def export_onnx(checkpoint: str | Path, out: str | Path, trace_batch: int = 2) -
     return out
 
 
-def onnx_for_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """The ONNX for a .pt: a sibling NAME.onnx exported from exactly this checkpoint (sha256
-    matches), else a cached export (exported now if missing). Stale siblings are ignored."""
+def quantize_onnx_int8(src: str | Path, out: str | Path) -> Path:
+    """Dynamic INT8 quantisation (onnxruntime.quantization): Gemm/MatMul weights stored as
+    int8, activations quantised per call. 4x fewer weight bytes, which is what bounds the
+    lifter at batch 1 on CPU; outputs change slightly (docs/engines.md has the measured MPJPE
+    cost). Metadata is kept, with precision = "int8-dynamic". For ONNX Runtime only: the
+    TensorRT builder takes the FP32 ONNX."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     from engines import artifact
+
+    src, out = Path(src), Path(out)
+    meta = artifact.read_onnx_metadata(src)
+    if meta.get("precision", "fp32") != "fp32":
+        raise UserError(f"{src} is already {meta['precision']}; quantise the FP32 export")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        raw = Path(tmp) / "q.onnx"
+        quantize_dynamic(str(src), str(raw), weight_type=QuantType.QInt8)
+        proto = onnx.load(str(raw))
+        props = {p.key: p.value for p in proto.metadata_props}
+        props.update(artifact.encode({**meta, "precision": "int8-dynamic"}))
+        del proto.metadata_props[:]
+        for k, v in props.items():
+            proto.metadata_props.add(key=k, value=v)
+        final = Path(tmp) / out.name
+        onnx.save(proto, str(final))
+        os.replace(final, out)
+    return out
+
+
+def _matches(path: Path, sha: str, precision: str) -> bool:
+    """`path` is a readable posestream ONNX exported from checkpoint `sha` at `precision`."""
+    from engines import artifact
+
+    try:
+        meta = artifact.read_onnx_metadata(path)
+    except UserError:
+        return False
+    return meta["source_sha256"] == sha and meta.get("precision", "fp32") == precision
+
+
+ONNX_PRECISIONS = {"fp32": ("", "fp32"), "int8": (".int8", "int8-dynamic")}  # name -> (file infix, metadata)
+
+
+def onnx_for_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = None,
+                        precision: str = "fp32") -> Path:
+    """The ONNX for a .pt: a sibling NAME.onnx (NAME.int8.onnx for precision "int8")
+    exported from exactly this checkpoint (sha256 and precision match), else a cached export,
+    made now if missing. Stale siblings are ignored, corrupt cache entries re-exported."""
     from engines.checkpoint import file_sha256
 
+    if precision not in ONNX_PRECISIONS:
+        raise UserError(f"ONNX precision must be one of {', '.join(ONNX_PRECISIONS)}, got {precision!r}")
+    infix, meta_precision = ONNX_PRECISIONS[precision]
     checkpoint = Path(checkpoint)
     sha = file_sha256(checkpoint)
-    sibling = checkpoint.with_suffix(".onnx")
+    sibling = checkpoint.with_name(f"{checkpoint.stem}{infix}.onnx")
     if sibling.is_file():
-        try:
-            if artifact.read_onnx_metadata(sibling)["source_sha256"] == sha:
-                return sibling
-        except UserError:
-            pass
+        if _matches(sibling, sha, meta_precision):
+            return sibling
         print(f"posestream: {sibling} was not exported from {checkpoint.name}; using a fresh export",
               file=sys.stderr)
     root = Path(cache_dir) if cache_dir else cache_root() / "onnx"
-    cached = root / sha[:16] / f"{checkpoint.stem}.onnx"
-    if cached.is_file():
-        try:
-            if artifact.read_onnx_metadata(cached)["source_sha256"] == sha:
-                return cached
-        except UserError:
-            pass  # corrupt cache entry: export again over it
+    cached = root / sha[:16] / f"{checkpoint.stem}{infix}.onnx"
+    if cached.is_file() and _matches(cached, sha, meta_precision):
+        return cached
+    if precision == "int8":
+        return quantize_onnx_int8(onnx_for_checkpoint(checkpoint, cache_dir), cached)
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -120,14 +165,16 @@ def onnx_for_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = N
 
 @dataclass(frozen=True)
 class ExportOptions:
-    precision: str = "fp32"  # fp32 | fp16 | int8 (TensorRT only)
+    precision: str = "fp32"  # fp32 | fp16 (TensorRT) | int8 (ONNX: dynamic; TensorRT: calibrated)
     max_batch: int = 64      # TensorRT optimisation profile: batch 1..max_batch
     calib: Path | None = None  # int8 calibration inputs (.npz of stage input arrays)
 
 
 def _export_onnx_fmt(model: Path, out: Path, opts: ExportOptions) -> Path:
-    if opts.precision != "fp32":
-        raise UserError("--fp16/--int8 apply to --format tensorrt; the ONNX export is float32")
+    if opts.precision == "fp16":
+        raise UserError("--fp16 applies to --format tensorrt (FP16 ONNX is not faster on CPU)")
+    if opts.precision == "int8":
+        return quantize_onnx_int8(model if model.suffix == ".onnx" else onnx_for_checkpoint(model), out)
     if model.suffix == ".onnx":
         raise UserError(f"{model} is already ONNX")
     return export_onnx(model, out)
@@ -161,10 +208,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true", help="TensorRT: allow FP16 kernels")
-    prec.add_argument("--int8", action="store_true", help="TensorRT: INT8 (+FP16), needs --calib")
-    p.add_argument("--calib", type=Path, help="INT8 calibration inputs: .npz with one array per stage input")
+    prec.add_argument("--int8", action="store_true",
+                      help="ONNX: dynamic INT8 weights (ONNX Runtime); TensorRT: INT8 (+FP16), needs --calib")
+    p.add_argument("--calib", type=Path, help="TensorRT INT8 calibration inputs: .npz, one array per stage input")
     p.add_argument("--batch", type=int, default=64, help="TensorRT: largest batch of the profile (default 64)")
-    p.add_argument("--out", type=Path, help="output file (default: models/NAME<suffix>)")
+    p.add_argument("--out", type=Path, help="output file (default: models/NAME[.fp16|.int8]<suffix>)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,10 +223,10 @@ def run(args: argparse.Namespace) -> int:
     model = src if src.suffix == ".onnx" and src.is_file() else resolve_model_path(args.model, ".pt")
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
-    if args.int8 and not args.calib:
-        raise UserError("--int8 needs --calib FILE.npz (representative inputs, one array per stage input)")
+    if args.int8 and fmt.name == "tensorrt" and not args.calib:
+        raise UserError("--format tensorrt --int8 needs --calib FILE.npz (representative inputs, one array per stage input)")
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
-    out = args.out or (MODELS_DIR / f"{model.stem}{fmt.suffix}")
+    out = args.out or (MODELS_DIR / f"{model.stem}{'' if precision == 'fp32' else '.' + precision}{fmt.suffix}")
     if out.suffix != fmt.suffix:
         raise UserError(f"--out for {fmt.name} must end in {fmt.suffix}, got {out}")
     if shutil.disk_usage(out.parent if out.parent.exists() else Path.cwd()).free < 100 << 20:

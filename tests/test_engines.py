@@ -265,11 +265,44 @@ def test_cli_export_onnx_and_errors(exported, tmp_path, capsys, monkeypatch):
     assert main(["export", "--model", str(exported["lifter"]["pt"]), "--format", "onnx", "--out", str(tmp_path / "x.engine")]) == 2
     assert "must end in .onnx" in capsys.readouterr().err
     assert main(["export", "--model", str(exported["lifter"]["pt"]), "--format", "onnx", "--fp16", "--out", str(out)]) == 2
-    assert "--fp16/--int8 apply to --format tensorrt" in capsys.readouterr().err
+    assert "--fp16 applies to --format tensorrt" in capsys.readouterr().err
     assert main(["export", "--model", str(exported["lifter"]["pt"]), "--format", "tensorrt", "--int8"]) == 2
     assert "--int8 needs --calib" in capsys.readouterr().err
     assert main(["export", "--model", "nonexistent_model", "--format", "onnx"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+# ---- ONNX INT8 (dynamic quantisation) --------------------------------------------------------
+
+INT8_MEAN_JOINT_MM = 10.0  # mean per-joint distance from FP32; measured 3.3 mm on base_gt/H36M val
+
+
+def test_onnx_int8_export_and_open(exported, tmp_path, capsys, monkeypatch):
+    import engines.export as ex
+    from realtime.cli import main
+
+    pt = exported["lifter"]["pt"]
+    out = tmp_path / "lifter.int8.onnx"
+    assert main(["export", "--model", str(pt), "--format", "onnx", "--int8", "--out", str(out)]) == 0
+    meta = artifact.read_onnx_metadata(out)
+    assert meta["precision"] == "int8-dynamic" and meta["source_sha256"] == file_sha256(pt)
+    assert artifact.read_onnx_metadata(exported["lifter"]["onnx"])["precision"] == "fp32"
+    q = OnnxRuntimeBackend(out, threads=1)
+    x = _inputs("lifter", 64)
+    d = np.linalg.norm(q.run(x)["joints_mm"] - TorchBackend(pt).run(x)["joints_mm"], axis=-1)
+    assert 0 < d.mean() < INT8_MEAN_JOINT_MM, d.mean()
+    # open_backend(..., precision="int8") quantises once into the cache, then reuses it
+    monkeypatch.setattr(ex, "export_onnx", lambda *a, **k: pytest.fail("the FP32 sibling should be reused"))
+    b1 = open_backend(str(pt), "onnxruntime", precision="int8")
+    b2 = open_backend(str(pt), "onnxruntime", precision="int8")
+    assert b1.metadata["precision"] == b2.metadata["precision"] == "int8-dynamic"
+    cached = list(Path(os.environ["POSESTREAM_CACHE"]).rglob("*.int8.onnx"))
+    assert len(cached) == 1
+    assert open_backend(str(pt), "onnxruntime", precision="fp16").metadata["precision"] == "fp32"
+    with pytest.raises(UserError, match="already int8-dynamic"):
+        ex.quantize_onnx_int8(out, tmp_path / "twice.onnx")
+    with pytest.raises(UserError, match="built from the FP32 ONNX"):
+        BuildPlan.for_onnx(out)
 
 
 # ---- TensorRT build plan + engine cache (TensorRT faked at the import boundary) --------------

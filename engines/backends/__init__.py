@@ -74,10 +74,13 @@ def _open_torch(files: dict[str, Path], **kw: Any) -> Backend:
 def _open_onnxruntime(files: dict[str, Path], **kw: Any) -> Backend:
     from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
 
+    # precision="int8" picks the dynamically quantised ONNX; other values (fp16 is a TensorRT
+    # knob, so `auto` falling back here with it) mean the FP32 export.
+    precision = "int8" if kw.get("precision") == "int8" else "fp32"
     if ".pt" in files:  # prefer an ONNX proven to come from this exact checkpoint
         from engines.export import onnx_for_checkpoint
 
-        onnx_path = onnx_for_checkpoint(files[".pt"], kw.get("onnx_cache_dir"))
+        onnx_path = onnx_for_checkpoint(files[".pt"], kw.get("onnx_cache_dir"), precision)
     elif ".onnx" in files:
         onnx_path = files[".onnx"]
     else:
@@ -126,7 +129,9 @@ def usable_backends() -> list[str]:
 def open_backend(model: str, backend: str = "auto", **kw: Any) -> Backend:
     """Load `model` (shipped name or .pt/.onnx/.engine path) on `backend` ("auto", "tensorrt",
     "onnxruntime", "torch"). Keyword options: threads (CPU intra-op threads), providers
-    (onnxruntime), onnx_cache_dir, engine_cache_dir, precision/max_batch (tensorrt)."""
+    (onnxruntime), onnx_cache_dir, engine_cache_dir, max_batch (tensorrt), precision
+    (tensorrt: fp32/fp16/int8, default fp16; onnxruntime from a .pt: "int8" = the dynamically
+    quantised ONNX, anything else FP32; torch: ignored)."""
     files = _find_model_files(str(model))
     name = ALIASES.get(backend, backend)
     if name == "auto":
