@@ -6,7 +6,7 @@
 //              (the draw calls are issued; the GPU process rasterises them afterwards).
 //   nextFrame = message receipt -> start of the following animation frame (an upper bound on
 //              when the compositor has the drawn frame).
-//   total    = pipeline (timings_ms.total, else the sum of timings_ms) + transit (server publish
+//   total    = pipeline (timings_ms.latency or .total, else the sum of timings_ms) + transit (server publish
 //              -> receipt, clock offset from ping/pong) + browser: the end-to-end estimate.
 import { Connection } from './connection.js';
 import { Recorder } from './recorder.js';
@@ -60,7 +60,9 @@ const recorder = new Recorder((on) => {
 });
 
 function pipelineMs(msg) {
+  // realtime.pipeline reports capture-to-output as `latency`; other sources may send `total`.
   const t = msg.timings_ms || {};
+  if (typeof t.latency === 'number') return t.latency;
   if (typeof t.total === 'number') return t.total;
   return Object.values(t).reduce((a, b) => a + (typeof b === 'number' ? b : 0), 0);
 }
@@ -135,7 +137,11 @@ function drawPip(msg) {
   const ox = (cv.width - w * scale) / 2, oy = (cv.height - h * scale) / 2;
   ctx.fillStyle = '#000';
   ctx.fillRect(0, 0, cv.width, cv.height);
-  if (thumb && performance.now() - thumb.at < 2000) ctx.drawImage(thumb.bitmap, ox, oy, w * scale, h * scale);
+  // The thumbnail already carries the source's 2D overlay; without one, draw the keypoints.
+  if (thumb && performance.now() - thumb.at < 2000) {
+    ctx.drawImage(thumb.bitmap, ox, oy, w * scale, h * scale);
+    return;
+  }
   const p = msg.joints_2d_px;
   if (!msg.valid || !Array.isArray(p) || !hello) return;
   const side = view.jointSide;
