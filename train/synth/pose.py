@@ -282,24 +282,26 @@ def with_lengths(joints: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-# Bones whose length is varied together on both sides (index pairs into BONES).
+def _mirror_canon() -> np.ndarray:
+    """For each of the 16 BONES, the index of the bone whose random factor it uses: the
+    first of {bone, its left/right mirror} (so both sides share one factor)."""
+    from engines.skeleton import FLIP_PERMUTATION as FP
+    idx = {b: i for i, b in enumerate(BONES)}
+    return np.array([min(i, idx[(FP[p], FP[c])]) for i, (p, c) in enumerate(BONES)])
+
+
+_CANON = _mirror_canon()
+
+
 def sample_lengths(body: Body, rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """Anthropometric variation of the rest body: (16,) bone lengths (mm) and a girth factor.
 
     Overall stature x U(0.88, 1.14) (MakeHuman's base is 1.666 m tall -> about 1.47-1.90 m),
     then each bone x N(1, 0.05) clipped to +-12%, the same on the left and right so bodies
-    stay symmetric; girth (limb/torso thickness) x U(0.88, 1.2).
+    stay symmetric; girth (limb/torso thickness) x U(0.88, 1.2) x stature.
     """
     base = rest_bone_lengths(body)
     stature = rng.uniform(0.88, 1.14)
-    names = [(p, c) for p, c in BONES]
-    from engines.skeleton import FLIP_PERMUTATION as FP
-    factors = np.ones(len(names))
-    seen: dict[tuple[int, int], float] = {}
-    for i, (p, c) in enumerate(names):
-        key = tuple(sorted(((p, c), (FP[p], FP[c]))))[0]
-        if key not in seen:
-            seen[key] = float(np.clip(rng.normal(1.0, 0.05), 0.88, 1.12))
-        factors[i] = seen[key]
+    factors = np.clip(rng.normal(1.0, 0.05, len(BONES)), 0.88, 1.12)[_CANON]
     girth = rng.uniform(0.88, 1.2) * stature
     return base * stature * factors, float(girth)

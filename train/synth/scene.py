@@ -386,13 +386,18 @@ def draw_occluders(img: np.ndarray, scene: Scene, viewport: np.ndarray) -> np.nd
         else:
             cv2.rectangle(m, (int((cx - w / 2) * f), int((cy - h / 2) * f)),
                           (int((cx + w / 2) * f), int((cy + h / 2) * f)), 1, -1, cv2.LINE_8, sh)
-        # Texture stretched over the shape's bounding square, through the same viewport.
+        # Texture stretched over the shape's bounding square, through the same viewport;
+        # warped only over the square's pixels.
         side = max(w, h, 1.0)
-        A = np.array([[side / 32, 0, cx - side / 2], [0, side / 32, cy - side / 2]])
-        tex = cv2.warpAffine(o.texture, A, (W, H), flags=cv2.INTER_LINEAR,
+        x0, y0 = max(int(cx - side / 2) - 1, 0), max(int(cy - side / 2) - 1, 0)
+        x1, y1 = min(int(cx + side / 2) + 2, W), min(int(cy + side / 2) + 2, H)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        A = np.array([[side / 32, 0, cx - side / 2 - x0], [0, side / 32, cy - side / 2 - y0]])
+        tex = cv2.warpAffine(o.texture, A, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REFLECT)
-        sel = m.astype(bool)
-        img[sel] = tex[sel]
+        sel = m[y0:y1, x0:x1].astype(bool)
+        img[y0:y1, x0:x1][sel] = tex[sel]
         mask |= m
     return mask.astype(bool)
 
