@@ -223,8 +223,11 @@ def test_mediapipe_finds_rendered_people(tmp_path: Path) -> None:
     r = SampleRenderer(use_mediapipe=True)
     try:
         ss = [r.render(it, np.random.default_rng([0, i])) for i, it in enumerate(_items())]
+        again = r.render(_items()[0], np.random.default_rng([0, 0]))  # MediaPipe is deterministic too
     finally:
         r.close()
+    for k in again:
+        np.testing.assert_array_equal(again[k], ss[0][k], err_msg=k)
     assert np.mean([s["mp_found"] for s in ss]) >= 0.75
     for s in ss:
         if s["mp_found"]:
