@@ -121,15 +121,18 @@ def _posestream(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess
                           timeout=timeout, cwd=REPO)
 
 
-def test_webcam_command_with_video_as_camera_writes_every_output_frame(lifter_pt, tmp_path):
+def test_webcam_command_with_video_as_camera_writes_every_output_frame(lifter_pt, tmp_path, capsys):
+    """In-process (no interpreter start-up): the same code path as the console script."""
+    from realtime.cli import main
     from realtime.writers import read_pose_npz
 
     out = tmp_path / "live.npz"
-    r = _posestream("webcam", "--camera", str(DEMO), "--max-frames", "30", "--model", str(lifter_pt),
-                    "--backend", "torch", "--out", str(out), "--quiet")
-    assert r.returncode == 0, r.stderr[-2000:]
-    summary = [ln for ln in r.stderr.splitlines() if ln.startswith("stopped (end of input)")]
-    assert summary, r.stderr[-2000:]
+    rc = main(["webcam", "--camera", str(DEMO), "--max-frames", "30", "--model", str(lifter_pt),
+               "--backend", "torch", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0, err[-2000:]
+    summary = [ln for ln in err.splitlines() if ln.startswith("stopped (end of input)")]
+    assert summary, err[-2000:]
     n = int(summary[0].split(": ")[1].split(" frames")[0])
     dropped = int(summary[0].split(", ")[1].split(" dropped")[0])
     poses = read_pose_npz(out)

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo.mp4"
 MP_MODEL = REPO / "models" / "pose_landmarker_full.task"
 TOKEN = "soak-token"
-SOAK_SECONDS_SHORT = 12.0
+SOAK_SECONDS_SHORT = 10.0
 
 pytestmark = pytest.mark.skipif(not (DEMO.is_file() and MP_MODEL.is_file()),
                                 reason="needs assets/demo.mp4 and models/pose_landmarker_full.task")
