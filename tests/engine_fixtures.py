@@ -17,6 +17,7 @@ import json
 import types
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -235,9 +236,7 @@ class FakeContext:
         return self.shapes[name]
 
     @staticmethod
-    def _view(ptr: int, shape: tuple) -> "np.ndarray":
-        import numpy as np
-
+    def _view(ptr: int, shape: tuple) -> np.ndarray:
         n = int(np.prod(shape))
         return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (n,)).reshape(shape)
 
@@ -263,8 +262,6 @@ class FakeCudart(types.ModuleType):
         self.streams = 0
 
     def cudaMalloc(self, nbytes: int):
-        import numpy as np
-
         buf = np.zeros(nbytes, np.uint8)
         self.allocs[buf.ctypes.data] = buf
         return (0, buf.ctypes.data)

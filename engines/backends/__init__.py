@@ -9,9 +9,15 @@ BACKENDS maps a user-facing name to a loader function.
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import sys
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
+
+from engines.errors import UserError
 
 
 @runtime_checkable
@@ -33,13 +39,6 @@ class Backend(Protocol):
 #   onnxruntime uses the .onnx; from a .pt it exports one on first use (engines.export cache)
 #   tensorrt    uses the .engine; from an .onnx/.pt it builds one into engines.engine_cache
 # "auto" = the first of AUTO_ORDER whose runtime is usable here.
-
-from dataclasses import dataclass  # noqa: E402
-from importlib.util import find_spec  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
-
-from engines.errors import UserError  # noqa: E402
 
 MODEL_SUFFIXES = (".engine", ".onnx", ".pt")
 
@@ -141,6 +140,7 @@ def open_backend(model: str, backend: str = "auto", **kw: Any) -> Backend:
                 return BACKENDS[cand].open(files, **kw)
             except UserError as exc:  # e.g. torch has no .pt to open: try the next runtime
                 errors.append(f"{cand}: {exc}")
+                print(f"posestream: {cand} cannot open {model} ({exc}); trying the next backend", file=sys.stderr)
         raise UserError("no backend could open " + str(model) + ("; " + "; ".join(errors) if errors else
                         ": none of tensorrt, onnxruntime, torch is installed"))
     if name not in BACKENDS:
