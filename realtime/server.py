@@ -33,6 +33,11 @@ from realtime.protocol import (CLOSE_GOING_AWAY, ClientSession, ConnectionLimite
                                encode_hello, encode_thumb, stats_message)
 
 log = logging.getLogger("posestream.server")
+# websockets' own messages: it logs every static file as "connection rejected (200 OK)" at INFO,
+# so its logger is quiet below WARNING unless the application sets a level for it.
+ws_log = logging.getLogger("posestream.server.websockets")
+if ws_log.level == logging.NOTSET:
+    ws_log.setLevel(logging.WARNING)
 
 WS_PATH = "/ws"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -222,7 +227,8 @@ class PoseServer:
         async with serve(self._handler, self.host, self.requested_port, process_request=self._process_request,
                          max_size=self.limits.max_inbound_bytes, max_queue=4, compression=None,
                          ping_interval=20, ping_timeout=20, close_timeout=2, open_timeout=10,
-                         process_response=self._process_response, write_limit=64 * 1024) as server:
+                         process_response=self._process_response, write_limit=64 * 1024,
+                         logger=ws_log) as server:
             self.port = server.sockets[0].getsockname()[1]
             stats_task = asyncio.create_task(self._stats_loop())
             self._ready.set()
@@ -310,8 +316,9 @@ class PoseServer:
             if getattr(conn, "posestream_slot", False):
                 conn.posestream_slot = False
                 self._conn_limit.release()
-            log.info("client %s left (code %s, sent %d, dropped %d)", peer, conn.close_code, client.sent,
-                     client.dropped)
+            sent_close = getattr(conn.protocol, "close_sent", None)
+            log.info("client %s left (close received %s, sent %s; frames sent %d, dropped %d)", peer,
+                     conn.close_code, sent_close.code if sent_close is not None else None, client.sent, client.dropped)
             self._update_thumb_subscribers()
 
     async def _go_live(self, client: _Client) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
 import time
@@ -155,7 +156,8 @@ def test_slow_client_blocks_neither_pipeline_nor_others():
             slow.close()
 
 
-def test_garbage_binary_and_oversized_messages(server):
+def test_garbage_binary_and_oversized_messages(server, caplog):
+    caplog.set_level(logging.INFO, logger="posestream.server")
     with connect(ws_url(server)) as ws:
         recv_type(ws, "hello")
         ws.send("this is not json")
@@ -169,6 +171,9 @@ def test_garbage_binary_and_oversized_messages(server):
             for _ in range(10):
                 ws.recv(timeout=5)
         assert exc.value.rcvd.code == 1009
+    wait_for(lambda: any("sent 1009" in r.getMessage() for r in caplog.records))
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "bad_message: invalid JSON" in logged and "binary messages are not accepted" in logged, logged
     # The server is fine afterwards.
     server.publish(frame(7))
     with connect(ws_url(server)) as ws:
