@@ -58,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         tiles.append(draw_sample(ds[int(picks[k % len(sets)][k // len(sets)])], a.tile))
     rows = [np.concatenate(tiles[r * a.cols:(r + 1) * a.cols], axis=1) for r in range(len(tiles) // a.cols)]
     sheet = np.concatenate(rows, axis=0)
-    from PIL import Image
-    Image.fromarray(sheet).quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(a.out, optimize=True)
+    try:  # a 256-colour palette keeps the PNG small (Pillow arrives with matplotlib/mediapipe)
+        from PIL import Image
+        Image.fromarray(sheet).quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(a.out, optimize=True)
+    except ImportError:
+        import cv2
+        cv2.imwrite(a.out, sheet[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
     print(f"wrote {a.out} ({sheet.shape[1]}x{sheet.shape[0]}, {len(tiles)} samples)")
     return 0
 
