@@ -9,12 +9,11 @@ Labels (all from the posed MakeHuman skeleton, which is what was rendered):
               camera's full model (f, c and the H36M radial/tangential distortion k, p)
   joints_2d_crop  (17,2) px in the 256x256 crop = box.image_to_crop(joints_2d_image)
   fbi         (14,) int8, engines.skeleton.fbi_states(absolute camera joints)
-  visibility  (17,) bool: inside the image, not under an occluder, and not hidden by the
-              body itself (the z-buffer at the joint's pixel is no more than the joint's
-              depth minus its local body radius; see `_visibility`)
+  visibility  (17,) bool: inside the image, not under an occluder, and not hidden by
+              another body part (see `_visibility`)
 For Human3.6M poses the 3D labels ARE the given H36M joints for 16 joints (the body's bone
 lengths are set from the subject; error < 1e-6 mm); neck_nose is the body's own point in
-the head, 17 mm from H36M's on average (S9). For mocap poses the directions come from the
+the head, 15.7 mm from H36M's on average (S9). For mocap poses the directions come from the
 mocap and the lengths from the sampled body (train.synth.pose.sample_lengths).
 """
 from __future__ import annotations
