@@ -104,7 +104,7 @@ class FakeTensorRT(types.ModuleType):
                 self.level = level
 
         class BuilderFlag:
-            FP16, INT8 = "FP16", "INT8"
+            FP16, INT8, TF32 = "FP16", "INT8", "TF32"
 
         class MemoryPoolType:
             WORKSPACE = "WORKSPACE"
@@ -139,6 +139,9 @@ class FakeTensorRT(types.ModuleType):
 
             def set_flag(self, flag) -> None:
                 self.flags.append(flag)
+
+            def clear_flag(self, flag) -> None:
+                self.flags.append("-" + flag)
 
         class Network:
             def __init__(self, flags) -> None:
