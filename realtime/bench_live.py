@@ -9,6 +9,9 @@ the same pixels. Then, alternating runs (to spread the noise of a shared machine
         over A's is the "pipeline costs nothing" ratio (target >= 0.8).
   LIVE  the same pipeline fed like a camera (--camera-fps, default 30, newest frame wins):
         capture-to-output latency p50/p95 (target p95 <= 50 ms), output rate, dropped frames.
+  STAND-IN  the pipeline machinery alone, once: the live run with a detector that sleeps
+        --standin-ms (default 25, MediaPipe's idle-core time) and a trivial lift: its
+        latency minus the stage times is what the threads and queues themselves cost.
 Medians over --repeats runs are printed as a table; nothing is asserted. With other
 processes on the CPU (training!) the absolute numbers drop; the ratio A/B is what compares.
 """
@@ -37,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (default 3)")
     p.add_argument("--camera-fps", type=float, default=30.0, help="frame rate of the simulated camera (default 30)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the lifter runtime (default 1)")
+    p.add_argument("--standin-ms", type=float, default=25.0,
+                   help="detection time of the stand-in detector run (default 25 ms)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
@@ -93,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from realtime.estimator import PoseEstimator, open_lifter
     from realtime.filters import PoseSmoother
     from realtime.live import pipeline_steps
-    from realtime.pipeline import Pipeline
+    from realtime.pipeline import Pipeline, Stage
     from realtime.playback import RealtimePlayback
 
     images = load_frames(args.video, args.frames)
@@ -137,6 +142,24 @@ def run(args: argparse.Namespace) -> int:
         finally:
             est.detector.close()  # the lifter is shared between runs
 
+    def standin() -> dict:
+        from realtime.frames import PoseFrame
+
+        def detect(frame):
+            time.sleep(args.standin_ms / 1000.0)
+            return frame
+
+        def lift(frame):
+            return PoseFrame.empty(frame.index, frame.timestamp_s, BENCH_SIZE)
+
+        p = Pipeline(RealtimePlayback(lambda: clock.frames(images), args.camera_fps),
+                     [Stage("detect", detect), Stage("lift", lift)], live=True)
+        over = [pf.timings_ms["latency"] - pf.timings_ms["detect"] - pf.timings_ms["lift"] for pf in p]
+        lat = p.stats
+        o50, o95 = _percentiles(over)
+        return {"overhead_p50_ms": o50, "overhead_p95_ms": o95, "latency_p95_ms": lat.latency_ms_p95,
+                "dropped": lat.dropped}
+
     # One untimed pass warms up everything (MediaPipe graph, ONNX Runtime, caches).
     mediapipe_only(images[:10])
     a, b, c = [], [], []
@@ -150,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
               f"(detect p50 {c[-1]['detect_p50_ms']:.1f} ms), "
               f"{c[-1]['dropped']} dropped, {c[-1]['valid']}/{c[-1]['processed']} with a person")
     lifter.close()
+    sd = standin()
 
     def med(rows: list[dict], key: str) -> float:
         return statistics.median(r[key] for r in rows)
@@ -164,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         "live_detect_p50_ms": med(c, "detect_p50_ms"),
         "live_overhead_p50_ms": med(c, "overhead_p50_ms"), "live_overhead_p95_ms": med(c, "overhead_p95_ms"),
         "live_dropped_fraction": med(c, "dropped") / len(images),
+        "standin_detect_ms": args.standin_ms, "standin_overhead_p50_ms": sd["overhead_p50_ms"],
+        "standin_overhead_p95_ms": sd["overhead_p95_ms"], "standin_latency_p95_ms": sd["latency_p95_ms"],
     }
     rows = [
         ("MediaPipe alone (sequential)", f"{fa:.1f} fps", f"{1000 / fa:.1f} ms/frame", ""),
@@ -175,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
         ("  of which queues + hand-offs", "", f"p50 {result['live_overhead_p50_ms']:.1f} ms, "
                                              f"p95 {result['live_overhead_p95_ms']:.1f} ms", ""),
         ("  dropped (newest frame wins)", f"{result['live_dropped']:.0f} of {len(images)}", "", ""),
+        (f"stand-in {args.standin_ms:g} ms detector, live", "", f"p95 {sd['latency_p95_ms']:.1f} ms", ""),
+        ("  of which queues + hand-offs", "", f"p50 {sd['overhead_p50_ms']:.2f} ms, "
+                                             f"p95 {sd['overhead_p95_ms']:.2f} ms", ""),
     ]
     w0 = max(len(r[0]) for r in rows)
     print(f"\n{'variant':<{w0}}  {'rate':>10}  {'':<34}  ")
