@@ -4,7 +4,7 @@ Two separate halves:
   build  build_engine_bytes(plan): TensorRT Python API: Builder -> network from OnnxParser ->
          one optimisation profile (batch min..max on axis 0, other dims static) -> FP16 flag
          when requested and `platform_has_fast_fp16` (INT8 likewise, with an entropy
-         calibrator over --calib inputs) -> build_serialized_network. Engines are cached by
+         calibrator over --calib inputs; TF32 off for fp32) -> build_serialized_network. Cached by
          engines.engine_cache (key: ONNX sha256, TensorRT version, GPU, precision, profile).
   infer  TensorRTBackend: deserialize, one execution context, device buffers sized for the
          profile's max batch, allocated once.
