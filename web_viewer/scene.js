@@ -60,6 +60,7 @@ export class SkeletonView {
     this.scene.add(sun);
 
     this.grid = new THREE.GridHelper(12, 24, 0x7a818c, 0x464c57);
+    this.grid.position.set(0, -0.95, -DEFAULT_ROOT_MM[2] / 1000);  // a standing person's floor until frames say
     this.scene.add(this.grid);
     this.floorY = null;
 
