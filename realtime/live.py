@@ -139,7 +139,8 @@ class LiveSinks:
     `emit(pf)` sends one PoseFrame everywhere and returns False when the user closed the
     Open3D window (the caller then stops). `close()` finalises the file (even after an
     error: everything emitted so far is kept) and stops the server and window. Construction
-    opens everything first, so a bad --out or a busy port fails before the camera opens."""
+    opens everything at once, so a bad --out or a busy port fails before the pipeline starts
+    (and whatever was already opened is closed again)."""
 
     def __init__(self, out: str | Path | None = None, fps: float = 30.0, serve: bool = False,
                  host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
