@@ -340,3 +340,20 @@ def test_frame_published_before_start_is_the_current_state():
         with connect(ws_url(s)) as ws:
             recv_type(ws, "hello")
             assert recv_type(ws, "frame")["index"] == 42
+
+
+@pytest.mark.parametrize("payload", [b"\x16\x03\x01\x02\x00garbage\r\n\r\n", b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
+                                     b"POST /ws HTTP/1.1\r\nHost: x\r\n\r\n", b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 500 + b"\r\n"])
+def test_garbage_http_is_answered_and_server_survives(server, payload):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        try:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            reply = s.recv(200)
+        except (ConnectionResetError, BrokenPipeError):
+            reply = b""
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 4"), reply
+    server.publish(frame(3))
+    with connect(ws_url(server)) as ws:
+        recv_type(ws, "hello")
+        assert recv_type(ws, "frame")["index"] == 3
