@@ -55,9 +55,12 @@ def smoother_from_args(args: argparse.Namespace) -> PoseSmoother | None:
         raise UserError(str(exc)) from None
 
 
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = True) -> None:
+    """The live outputs' options. A command with its own --out (posestream video) passes
+    include_out=False and gets --serve/--host/--port/--token/--open3d/--osc only."""
     g = parser.add_argument_group("outputs")
-    g.add_argument("--out", metavar="FILE", help="write poses to FILE (.npz, .json, .csv or .bvh)")
+    if include_out:
+        g.add_argument("--out", metavar="FILE", help="write poses to FILE (.npz, .json, .csv or .bvh)")
     g.add_argument("--serve", action="store_true", help="stream to the browser viewer (websocket + HTTP)")
     g.add_argument("--host", default="127.0.0.1", help="--serve address (default 127.0.0.1, this machine only)")
     g.add_argument("--port", type=int, default=8765, help="--serve port (default 8765; 0 = any free port)")
@@ -176,7 +179,7 @@ class LiveSinks:
     @staticmethod
     def from_args(args: argparse.Namespace, fps: float, tap: ImageTap | None = None,
                   source_info: dict | None = None) -> "LiveSinks":
-        return LiveSinks(args.out, fps, args.serve, args.host, args.port, args.token, args.open3d, tap, source_info,
+        return LiveSinks(getattr(args, "out", None), fps, args.serve, args.host, args.port, args.token, args.open3d, tap, source_info,
                          getattr(args, "osc", None))
 
     @property

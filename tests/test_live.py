@@ -92,3 +92,15 @@ def test_playback_paces_in_real_time_and_loops():
     assert np.all(np.diff([f.timestamp_s for f in frames]) > 0)
     assert dt >= 11 / 50 * 0.9  # paced: 12 frames at 50 fps span 0.22 s at least
     assert pb.loops == 2
+
+
+def test_output_arguments_without_out_for_commands_that_have_their_own():
+    import argparse
+
+    from realtime.live import add_output_arguments
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    add_output_arguments(p, include_out=False)
+    args = p.parse_args(["--out", "x.npz", "--serve", "--port", "0", "--osc"])
+    assert args.serve and args.port == 0 and args.osc == "39539" and not args.open3d
