@@ -219,6 +219,12 @@ def run(args: argparse.Namespace) -> int:
     from engines.checkpoint import MODELS_DIR, resolve_model_path
 
     fmt = EXPORT_FORMATS[args.format]
+    if fmt.needs_gpu:
+        from engines.backends.tensorrt_backend import gpu_present
+
+        if not gpu_present():  # engines are built for, and only run on, the GPU that builds them
+            raise UserError(f"--format {fmt.name} builds on the GPU it will run on; no CUDA GPU is visible here "
+                            f"(needs an NVIDIA GPU and `pip install tensorrt cuda-python`)")
     src = Path(args.model)
     model = src if src.suffix == ".onnx" and src.is_file() else resolve_model_path(args.model, ".pt")
     if args.batch < 1:

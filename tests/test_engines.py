@@ -266,8 +266,8 @@ def test_cli_export_onnx_and_errors(exported, tmp_path, capsys, monkeypatch):
     assert "must end in .onnx" in capsys.readouterr().err
     assert main(["export", "--model", str(exported["lifter"]["pt"]), "--format", "onnx", "--fp16", "--out", str(out)]) == 2
     assert "--fp16 applies to --format tensorrt" in capsys.readouterr().err
-    assert main(["export", "--model", str(exported["lifter"]["pt"]), "--format", "tensorrt", "--int8"]) == 2
-    assert "--int8 needs --calib" in capsys.readouterr().err
+    assert main(["export", "--model", str(exported["lifter"]["pt"]), "--format", "tensorrt"]) == 2
+    assert "no CUDA GPU is visible here" in capsys.readouterr().err
     assert main(["export", "--model", "nonexistent_model", "--format", "onnx"]) == 2
     assert "unknown model" in capsys.readouterr().err
 
@@ -455,6 +455,21 @@ def test_fresh_engine_that_will_not_deserialize_is_an_error(exported, fake_trt, 
     plan = BuildPlan.for_onnx(exported["lifter"]["onnx"])
     with pytest.raises(UserError, match="cannot deserialize"):
         cache.get_or_build(plan, tb.runtime_env(), lambda p: b"broken", tb.deserialize)
+
+
+def test_cli_export_tensorrt_with_fake_trt(exported, fake_trt, tmp_path, capsys):
+    from realtime.cli import main
+
+    trt, _ = fake_trt
+    onnx_path = str(exported["lifter"]["onnx"])
+    assert main(["export", "--model", onnx_path, "--format", "tensorrt", "--int8"]) == 2
+    assert "--int8 needs --calib" in capsys.readouterr().err
+    out = tmp_path / "l.engine"
+    assert main(["export", "--model", onnx_path, "--format", "tensorrt", "--fp16", "--batch", "8", "--out", str(out)]) == 0
+    assert out.is_file() and (tmp_path / "l.engine.json").is_file()
+    assert trt.last_build()["flags"] == ["FP16"]
+    assert trt.last_build()["profiles"] == [{"features": [[1, 37], [1, 37], [8, 37]]}]
+    assert main(["export", "--model", onnx_path, "--format", "tensorrt", "--batch", "0"]) == 2
 
 
 def test_user_engine_file_checks(exported, fake_trt, tmp_path):

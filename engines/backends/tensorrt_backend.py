@@ -231,6 +231,9 @@ def open_tensorrt(files: dict[str, Path], precision: str = "fp16", max_batch: in
 # ---- infer ----------------------------------------------------------------------------------
 
 class TensorRTBackend:
+    """One engine, one execution context, one stream: call `run` from one thread at a time
+    (the realtime pipeline runs each stage on its own worker thread)."""
+
     name = "tensorrt"
 
     def __init__(self, engine: Any, sidecar: dict) -> None:
