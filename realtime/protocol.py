@@ -25,6 +25,7 @@ import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -277,6 +278,45 @@ def parse_recording(lines: Iterable[str]) -> tuple[dict[str, Any] | None, list[P
 
 
 # ----------------------------------------------------------------------------- limits and auth
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _hostname(host_header: str) -> str | None:
+    """'name:port' / '[v6]:port' -> lower-case name, or None when malformed."""
+    try:
+        parts = urlsplit("//" + host_header)
+        name = parts.hostname
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        return None
+    return name.lower() if name else None
+
+
+def host_allowed(host_header: str | None, bind_host: str) -> bool:
+    """DNS-rebinding guard: a server bound to a loopback address answers only requests whose
+    Host header names a loopback address (so a web page on some domain that resolves to
+    127.0.0.1 cannot read the stream). Servers bound elsewhere accept any Host."""
+    if bind_host.lower().strip("[]") not in LOOPBACK_HOSTS:
+        return True
+    if not host_header:
+        return False
+    return _hostname(host_header) in LOOPBACK_HOSTS
+
+
+def origin_allowed(origin: str | None, host_header: str | None, allowed: Iterable[str] = ()) -> bool:
+    """Cross-site guard for the websocket (browsers send Origin; websockets are not covered by
+    the same-origin policy): allowed when there is no Origin (not a browser), when the Origin is
+    the page's own server (same host:port as the Host header), or when listed in `allowed`."""
+    if origin is None:
+        return True
+    if origin in allowed:
+        return True
+    if origin == "null" or not host_header:
+        return False
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.lower()
+
 
 def check_token(expected: str | None, given: object, max_chars: int = 256) -> bool:
     """True when no token is required, or `given` equals `expected` (constant-time compare)."""

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8765, help="port for the page and the stream (default 8765)")
     parser.add_argument("--token", default=os.environ.get("POSESTREAM_TOKEN"),
                         help="access token viewers must present (default: $POSESTREAM_TOKEN, else none)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="another web page origin allowed to open the stream, e.g. http://host:9000 "
+                             "(repeatable; the viewer's own page is always allowed)")
     parser.add_argument("--fps", type=float, default=None,
                         help="replay rate (default: the file's timestamps / recorded fps)")
     parser.add_argument("--loop", action="store_true", help="replay forever")
@@ -97,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host} without --token: anyone on the network can watch")
     period = float(times[-1]) + 1.0 / rate
     server = PoseServer(host=args.host, port=args.port, token=args.token,
-                        source={"kind": "replay", "file": args.file.name, "frames": len(frames), "fps": round(rate, 3)})
+                        source={"kind": "replay", "file": args.file.name, "frames": len(frames), "fps": round(rate, 3)},
+                        allowed_origins=tuple(args.allow_origin))
     with server:
         print(f"serving {args.file.name} ({len(frames)} frames at {rate:.1f} fps) at {server.url}"
               f"{' - token required' if args.token else ''}", flush=True)

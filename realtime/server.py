@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from engines.errors import UserError
 from realtime.frames import PoseFrame
 from realtime.protocol import (CLOSE_GOING_AWAY, ClientSession, ConnectionLimiter, Limits, Throttle, encode_frame,
-                               encode_hello, encode_thumb, stats_message)
+                               encode_hello, encode_thumb, host_allowed, origin_allowed, stats_message)
 
 log = logging.getLogger("posestream.server")
 # websockets' own messages: it logs every static file as "connection rejected (200 OK)" at INFO,
@@ -88,11 +88,13 @@ class PoseServer:
 
     token:  when set, clients must present it (`/ws?token=...` or an `auth` message).
     source: free-form description sent in hello (e.g. {"kind": "replay", "fps": 30}).
+    allowed_origins: extra page origins (e.g. "http://myhost:9000") allowed to open the stream;
+            the server's own pages and non-browser clients are always allowed.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
                  limits: Limits | None = None, static_dir: Path | None = None,
-                 source: dict[str, Any] | None = None) -> None:
+                 source: dict[str, Any] | None = None, allowed_origins: tuple[str, ...] = ()) -> None:
         if token is not None and not token:
             raise UserError("--token must not be empty")
         self.host = host
@@ -102,6 +104,7 @@ class PoseServer:
         self.limits = limits or Limits()
         self.static_dir = Path(static_dir) if static_dir is not None else default_static_dir()
         self.source = dict(source or {})
+        self.allowed_origins = tuple(allowed_origins)
         self._lock = threading.Lock()
         self._pending: tuple[str, bytes | None] | None = None
         self._wakeup_scheduled = False
@@ -247,7 +250,15 @@ class PoseServer:
         from websockets.http11 import Response
 
         parts = urlsplit(request.path)
+        host = request.headers.get("Host")
+        if not host_allowed(host, self.host):
+            log.warning("request refused: Host %r is not a loopback name (DNS rebinding guard)", host)
+            return connection.respond(HTTPStatus.FORBIDDEN, "forbidden host\n")
         if parts.path == WS_PATH:
+            origin = request.headers.get("Origin")
+            if not origin_allowed(origin, host, self.allowed_origins):
+                log.warning("websocket refused: cross-site Origin %r", origin)
+                return connection.respond(HTTPStatus.FORBIDDEN, "cross-site websocket refused\n")
             if not self._conn_limit.try_acquire():
                 self.rejected_connections += 1
                 log.warning("connection refused: %d clients already (limit)", self.limits.max_clients)

@@ -199,3 +199,23 @@ def test_limits_validate():
         Limits(max_clients=0)
     with pytest.raises(ValueError):
         Limits(rate_per_s=0)
+
+
+def test_host_allowed_guards_loopback_servers_against_dns_rebinding():
+    from realtime.protocol import host_allowed
+    for ok in ["127.0.0.1:8765", "localhost:8765", "LOCALHOST", "[::1]:8765", "127.0.0.1"]:
+        assert host_allowed(ok, "127.0.0.1"), ok
+    for bad in ["evil.example:8765", "127.0.0.1.evil.example", None, "", "127.0.0.1:notaport", "[::1"]:
+        assert not host_allowed(bad, "127.0.0.1"), bad
+    assert host_allowed("myhost.lan:8765", "0.0.0.0") and host_allowed("anything", "192.168.1.5")
+    assert not host_allowed("evil.example", "::1") and not host_allowed("evil.example", "localhost")
+
+
+def test_origin_allowed():
+    from realtime.protocol import origin_allowed
+    assert origin_allowed(None, "127.0.0.1:8765")                                   # not a browser
+    assert origin_allowed("http://127.0.0.1:8765", "127.0.0.1:8765")                 # our own page
+    assert not origin_allowed("http://evil.example", "127.0.0.1:8765")
+    assert not origin_allowed("http://127.0.0.1:9999", "127.0.0.1:8765")             # another local app
+    assert not origin_allowed("null", "127.0.0.1:8765") and not origin_allowed("file://", "127.0.0.1:8765")
+    assert origin_allowed("http://dash.lan:9000", "127.0.0.1:8765", ("http://dash.lan:9000",))

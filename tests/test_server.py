@@ -357,3 +357,19 @@ def test_garbage_http_is_answered_and_server_survives(server, payload):
     with connect(ws_url(server)) as ws:
         recv_type(ws, "hello")
         assert recv_type(ws, "frame")["index"] == 3
+
+
+def test_cross_site_and_rebinding_requests_are_refused(server):
+    with pytest.raises(InvalidStatus) as exc:
+        connect(ws_url(server), origin="http://evil.example")
+    assert exc.value.response.status_code == 403
+    with connect(ws_url(server), origin=f"http://127.0.0.1:{server.port}") as ws:   # the page's own origin
+        assert recv_type(ws, "hello")
+    req = urllib.request.Request(server.url, headers={"Host": f"evil.example:{server.port}"})
+    with pytest.raises(urllib.error.HTTPError) as http_exc:
+        urllib.request.urlopen(req, timeout=5)
+    assert http_exc.value.code == 403
+    assert server._conn_limit.active <= 1
+    with PoseServer(port=0, allowed_origins=("http://dash.lan:9000",)) as s2:
+        with connect(ws_url(s2), origin="http://dash.lan:9000") as ws:
+            assert recv_type(ws, "hello")
