@@ -10,12 +10,14 @@ one thread (the CLI does it in the main thread, which consumes the pipeline's ou
 `update()` does one non-blocking poll + render (~5 ms for this scene with Mesa llvmpipe);
 it returns False once the user closed the window.
 
-Without a display Open3D falls back to EGL offscreen rendering (Mesa), which the tests use
-(or Xvfb). If Open3D is missing or no window can be created, `Open3DSink` raises
-`Open3DUnavailable` (a `UserError`) saying why.
+With visible=False (tests, screenshots) and no display, Open3D renders offscreen through
+Mesa EGL; Xvfb works too. A visible window without a display on Linux, a missing Open3D, or
+a window that cannot be created raise `Open3DUnavailable` (a `UserError`) saying why.
 """
 from __future__ import annotations
 
+import os
+import sys
 from collections import deque
 
 import numpy as np
@@ -47,6 +49,11 @@ class Open3DSink:
 
     def __init__(self, width: int = 960, height: int = 720, title: str = "posestream",
                  visible: bool = True, trail_seconds: float = TRAIL_SECONDS) -> None:
+        if visible and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                                 or os.environ.get("WAYLAND_DISPLAY")):
+            # Open3D would silently fall back to an invisible EGL context: say so instead.
+            raise Open3DUnavailable("--open3d needs a display, and DISPLAY is not set (run it in a desktop "
+                                    "session, or under xvfb-run for an invisible one)")
         try:
             import open3d as o3d
         except Exception as exc:  # ImportError, or OSError for a missing libusb/libGL

@@ -68,3 +68,16 @@ def test_close_is_idempotent(sink):
     sink.close()
     sink.close()
     assert sink.update(_frame(0, None)) is False
+
+
+def test_visible_window_without_display_is_a_clear_error(monkeypatch):
+    import sys
+
+    from realtime.open3d_sink import Open3DSink, Open3DUnavailable
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the DISPLAY check is Linux-only")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(Open3DUnavailable, match="needs a display"):
+        Open3DSink(visible=True)
