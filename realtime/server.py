@@ -160,6 +160,8 @@ class PoseServer:
                 pass
         if thread is not None:
             thread.join(timeout_s)
+            if thread.is_alive():
+                log.warning("server thread still running %.1f s after stop()", timeout_s)
         self._thread = None
 
     close = stop
@@ -240,9 +242,25 @@ class PoseServer:
                      " - token required" if self.token else "")
             await self._stop_event.wait()
             stats_task.cancel()
-            for c in list(self._clients):
-                await c.conn.close(CLOSE_GOING_AWAY, "server shutting down")
+            await self._close_all()
         self._loop = None
+
+    async def _close_all(self, timeout_s: float = 2.0) -> None:
+        """Close every connection (1001) concurrently; abort those whose closing handshake cannot
+        finish in `timeout_s` (a client that stopped reading has a full socket buffer)."""
+        clients = list(self._clients)
+        if not clients:
+            return
+        closers = [asyncio.create_task(c.conn.close(CLOSE_GOING_AWAY, "server shutting down")) for c in clients]
+        _, pending = await asyncio.wait(closers, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        for c in clients:
+            transport = getattr(c.conn, "transport", None)
+            if transport is not None and not transport.is_closing():
+                log.warning("client %s did not close in %.1f s: aborted", c.conn.remote_address, timeout_s)
+                transport.abort()
+        await asyncio.gather(*closers, return_exceptions=True)
 
     def _process_request(self, connection: Any, request: Any) -> Any:
         """HTTP side: static files for any path but /ws; connection limit for /ws."""

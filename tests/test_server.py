@@ -118,42 +118,49 @@ def _raw_ws_handshake(port: int, query: str) -> socket.socket:
 
 def test_slow_client_blocks_neither_pipeline_nor_others():
     limits = Limits(thumb_max_fps=1000, max_thumb_bytes=512 * 1024)
-    with PoseServer(port=0, limits=limits) as server:
-        slow = _raw_ws_handshake(server.port, "?thumbs=1")
-        try:
-            with connect(ws_url(server), max_size=2**22) as fast:
-                recv_type(fast, "hello")
-                wait_for(lambda: sum(c["live"] for c in server.stats()["per_client"]) == 2)
-                jpeg = b"\xff\xd8" + os.urandom(200 * 1024)   # 200 kB thumbnails only to the slow client
-                worst = 0.0
-                got = []
-                for i in range(150):
-                    t0 = time.perf_counter()
-                    server.publish(frame(i), jpeg=jpeg)
-                    worst = max(worst, time.perf_counter() - t0)
-                    time.sleep(1 / 200)
-                    while True:
-                        try:
-                            m = fast.recv(timeout=0)
-                        except TimeoutError:
-                            break
-                        if isinstance(m, str) and json.loads(m)["type"] == "frame":
-                            got.append(json.loads(m)["index"])
-                deadline = time.monotonic() + 5
-                while (not got or got[-1] != 149) and time.monotonic() < deadline:
-                    m = recv_json(fast)
-                    if m["type"] == "frame":
-                        got.append(m["index"])
-                per = server.stats()["per_client"]
-                slow_stats = max(per, key=lambda c: c["dropped"])
-                print(f"publish() worst {1000 * worst:.2f} ms over 150 calls; fast client got {len(got)}/150 "
-                      f"frames; slow client sent {slow_stats['sent']}, dropped {slow_stats['dropped']}")
-                assert got[-1] == 149                       # the fast client is up to date
-                assert len(got) >= 100                      # and barely missed anything
-                assert slow_stats["dropped"] > 50           # the slow one skipped frames instead
-                assert worst < 0.25                         # publish never waited on a socket
-        finally:
-            slow.close()
+    server = PoseServer(port=0, limits=limits).start()
+    slow = _raw_ws_handshake(server.port, "?thumbs=1")
+    try:
+        with connect(ws_url(server), max_size=2**22) as fast:
+            recv_type(fast, "hello")
+            wait_for(lambda: sum(c["live"] for c in server.stats()["per_client"]) == 2)
+            jpeg = b"\xff\xd8" + os.urandom(200 * 1024)   # 200 kB thumbnails only to the slow client
+            worst = 0.0
+            got = []
+            for i in range(150):
+                t0 = time.perf_counter()
+                server.publish(frame(i), jpeg=jpeg)
+                worst = max(worst, time.perf_counter() - t0)
+                time.sleep(1 / 200)
+                while True:
+                    try:
+                        m = fast.recv(timeout=0)
+                    except TimeoutError:
+                        break
+                    if isinstance(m, str) and json.loads(m)["type"] == "frame":
+                        got.append(json.loads(m)["index"])
+            deadline = time.monotonic() + 5
+            while (not got or got[-1] != 149) and time.monotonic() < deadline:
+                m = recv_json(fast)
+                if m["type"] == "frame":
+                    got.append(m["index"])
+            per = server.stats()["per_client"]
+            slow_stats = max(per, key=lambda c: c["dropped"])
+            print(f"publish() worst {1000 * worst:.2f} ms over 150 calls; fast client got {len(got)}/150 "
+                  f"frames; slow client sent {slow_stats['sent']}, dropped {slow_stats['dropped']}")
+            assert got[-1] == 149                       # the fast client is up to date
+            assert len(got) >= 100                      # and barely missed anything
+            assert slow_stats["dropped"] > 50           # the slow one skipped frames instead
+            assert worst < 0.25                         # publish never waited on a socket
+        # Stopping does not hang on the stalled client either (close handshakes run concurrently).
+        thread = server._thread
+        t0 = time.monotonic()
+        server.stop(timeout_s=15)
+        print(f"stop() with a stalled client: {time.monotonic() - t0:.2f} s (its close handshake is aborted after 2 s)")
+        assert not thread.is_alive()
+    finally:
+        server.stop()
+        slow.close()
 
 
 def test_garbage_binary_and_oversized_messages(server, caplog):
