@@ -76,13 +76,14 @@ class Limits:
     thumb_max_fps: float = 5.0           # JPEG thumbnails forwarded per second, at most
     max_thumb_bytes: int = 256 * 1024    # larger thumbnails are dropped (and logged)
     max_token_chars: int = 256           # longer tokens are rejected without comparing
+    send_timeout_s: float = 10.0         # a client that takes longer to accept one message is dropped
 
     def __post_init__(self) -> None:
         for name in ("max_inbound_bytes", "max_clients", "burst", "max_violations", "max_auth_failures",
                      "max_thumb_bytes", "max_token_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1")
-        for name in ("rate_per_s", "auth_timeout_s", "thumb_max_fps"):
+        for name in ("rate_per_s", "auth_timeout_s", "thumb_max_fps", "send_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Limits.{name} must be > 0")
 

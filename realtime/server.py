@@ -400,13 +400,18 @@ class PoseServer:
                 client.wake.clear()
                 text, client.frame = client.frame, None
                 thumb, client.thumb = client.thumb, None
-                if text is not None:
-                    await client.conn.send(text)
-                    client.sent += 1
-                if thumb is not None:
-                    await client.conn.send(thumb)
+                for message in (text, thumb):
+                    if message is None:
+                        continue
+                    await asyncio.wait_for(client.conn.send(message), self.limits.send_timeout_s)
+                    if message is text:
+                        client.sent += 1
         except asyncio.CancelledError:
             raise
+        except TimeoutError:
+            log.warning("client %s stalled for %.1f s: dropped", client.conn.remote_address,
+                        self.limits.send_timeout_s)
+            client.conn.transport.abort()
         except Exception:  # noqa: BLE001 - connection closed while sending: the handler cleans up
             return
 

@@ -380,3 +380,20 @@ def test_cross_site_and_rebinding_requests_are_refused(server):
     with PoseServer(port=0, allowed_origins=("http://dash.lan:9000",)) as s2:
         with connect(ws_url(s2), origin="http://dash.lan:9000") as ws:
             assert recv_type(ws, "hello")
+
+
+def test_stalled_client_is_dropped_and_its_slot_freed():
+    with PoseServer(port=0, limits=Limits(send_timeout_s=0.5, thumb_max_fps=1000, max_clients=1,
+                                          max_thumb_bytes=512 * 1024)) as server:
+        slow = _raw_ws_handshake(server.port, "?thumbs=1")
+        try:
+            wait_for(lambda: server.stats()["clients"] == 1)
+            jpeg = b"\xff\xd8" + os.urandom(200 * 1024)
+            for i in range(60):
+                server.publish(frame(i), jpeg=jpeg)
+                time.sleep(0.02)
+            wait_for(lambda: server.stats()["clients"] == 0)
+            with connect(ws_url(server)) as ws:     # max_clients=1: the slot is free again
+                assert recv_type(ws, "hello")
+        finally:
+            slow.close()
