@@ -21,8 +21,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
 step "TensorRT / cuda-python / polygraphy"
 if ! "$PY" -c "import tensorrt, polygraphy; from cuda.bindings import runtime" 2>/dev/null; then
     # tensorrt's libs come from pypi.nvidia.com; WHEELS=dir installs offline from wheels put there.
+    # TensorRT 10.x (11.x removed the FP16/INT8 builder flags); its wheels are CUDA 12, so cuda-python 12.
     "$PY" -m pip install ${WHEELS:+--no-index --find-links "$WHEELS"} \
-        tensorrt cuda-python polygraphy \
+        "tensorrt>=10,<11" "cuda-python>=12,<13" polygraphy \
         || { echo "cannot install TensorRT here (no network? set WHEELS=dir-of-wheels)"; exit 3; }
 fi
 "$PY" -c "import tensorrt as t; from engines.backends.tensorrt_backend import runtime_env; print('tensorrt', t.__version__, runtime_env())" \
@@ -31,12 +32,17 @@ fi
 step "export ONNX + build engines ($MODEL)"
 "$PY" -m realtime.cli export --model "$MODEL" --format onnx --out "$OUT/$MODEL.onnx"
 "$PY" -m realtime.cli export --model "$OUT/$MODEL.onnx" --format tensorrt --batch 64 --out "$OUT/${MODEL}_fp32.engine"
-"$PY" -m realtime.cli export --model "$OUT/$MODEL.onnx" --format tensorrt --fp16 --batch 64 --out "$OUT/${MODEL}_fp16.engine"
+FP16=$("$PY" -c "from engines.backends.tensorrt_backend import _trt, weak_typing; print(int(weak_typing(_trt())))")
+if [ "$FP16" = 1 ]; then
+    "$PY" -m realtime.cli export --model "$OUT/$MODEL.onnx" --format tensorrt --fp16 --batch 64 --out "$OUT/${MODEL}_fp16.engine"
+else
+    echo "this TensorRT has no FP16 builder flag (>= 11): FP16 engine and FP16 tests skipped"
+fi
 ls -l "$OUT"
 
-step "polygraphy: TensorRT FP16 vs ONNX Runtime on the same ONNX (independent of our code; lifter I/O)"
+step "polygraphy: TensorRT vs ONNX Runtime on the same ONNX (independent of our code; lifter I/O)"
 POLY="$(dirname "$PY")/polygraphy"; [ -x "$POLY" ] || POLY=polygraphy
-"$POLY" run "$OUT/$MODEL.onnx" --trt --fp16 --onnxrt \
+"$POLY" run "$OUT/$MODEL.onnx" --trt $([ "$FP16" = 1 ] && echo --fp16) --onnxrt \
     --trt-min-shapes features:[1,37] --trt-opt-shapes features:[1,37] --trt-max-shapes features:[64,37] \
     --input-shapes features:[8,37] --atol 1.0 --rtol 0 | tee "$OUT/polygraphy.txt"
 

@@ -88,7 +88,7 @@ class FakeTensorRT(types.ModuleType):
     """Just enough of the `tensorrt` module for build_engine_bytes/deserialize. Records calls
     in .log; .fast_fp16 / .parse_ok / .build_ok steer it."""
 
-    def __init__(self, version: str = "10.99.0") -> None:
+    def __init__(self, version: str = "10.99.0", strongly_typed_only: bool = False) -> None:
         super().__init__("tensorrt")
         self.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # for importlib.util.find_spec
         self.__version__ = version
@@ -200,6 +200,8 @@ class FakeTensorRT(types.ModuleType):
                     return None
                 return FakeEngine(json.loads(data[len(FAKE_MAGIC):]))
 
+        if strongly_typed_only:  # TensorRT 11: no precision flags, no calibrators
+            BuilderFlag = type("BuilderFlag", (), {"TF32": "TF32"})
         for cls in (IInt8EntropyCalibrator2, Logger, BuilderFlag, MemoryPoolType, NetworkDefinitionCreationFlag, OnnxParser, Builder, Runtime):
             setattr(self, cls.__name__, cls)
 

@@ -338,6 +338,22 @@ def test_build_plan_profile_and_fp16_flag(exported, fake_trt, stage, static):
     assert trt.last_build()["flags"] == ["-TF32"]  # fp32 means no TF32 matmuls
 
 
+def test_tensorrt_11_strongly_typed_builds_fp32_only(exported, monkeypatch, tmp_path):
+    from engines.backends import tensorrt_backend as tb
+
+    trt = FakeTensorRT(version="11.4.0", strongly_typed_only=True)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", FakeCudart())
+    assert tb.default_precision() == "fp32"
+    tb.build_engine_bytes(BuildPlan.for_onnx(exported["lifter"]["onnx"], precision="fp32"))
+    assert trt.last_build()["flags"] == ["-TF32"]
+    with pytest.raises(UserError, match="strongly typed networks only"):
+        tb.build_engine_bytes(BuildPlan.for_onnx(exported["lifter"]["onnx"], precision="fp16"))
+    b = open_backend(str(exported["lifter"]["onnx"]), "tensorrt", engine_cache_dir=tmp_path)  # default precision
+    assert b.metadata["engine"]["key"]["precision"] == "fp32"
+    b.close()
+
+
 def test_build_failures_are_user_errors(exported, fake_trt):
     from engines.backends import tensorrt_backend as tb
 
@@ -526,6 +542,8 @@ def real_trt(tmp_path):
 @pytest.mark.parametrize("stage", ["lifter", TINY_IMAGE.name])
 @pytest.mark.parametrize("precision,atol", [("fp32", TRT_FP32_ATOL_MM), ("fp16", TRT_FP16_ATOL_MM)])
 def test_tensorrt_matches_torch(exported, real_trt, tmp_path, stage, precision, atol):
+    if precision != "fp32" and not real_trt.weak_typing(real_trt._trt()):
+        pytest.skip("TensorRT >= 11 has no FP16 builder flag (strongly typed networks only)")
     b = open_backend(str(exported[stage]["onnx"]), "tensorrt", precision=precision, max_batch=64,
                      engine_cache_dir=tmp_path / "engines")
     ref = TorchBackend(exported[stage]["pt"])

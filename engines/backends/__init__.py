@@ -129,7 +129,7 @@ def open_backend(model: str, backend: str = "auto", **kw: Any) -> Backend:
     """Load `model` (shipped name or .pt/.onnx/.engine path) on `backend` ("auto", "tensorrt",
     "onnxruntime", "torch"). Keyword options: threads (CPU intra-op threads), providers
     (onnxruntime), onnx_cache_dir, engine_cache_dir, max_batch (tensorrt), precision
-    (tensorrt: fp32/fp16/int8, default fp16; onnxruntime from a .pt: "int8" = the dynamically
+    (tensorrt: fp32/fp16/int8, default fp16, fp32 on TensorRT >= 11; onnxruntime from a .pt: "int8" = the dynamically
     quantised ONNX, anything else FP32; torch: ignored)."""
     files = _find_model_files(str(model))
     name = ALIASES.get(backend, backend)

@@ -76,6 +76,17 @@ def runtime_env(device: int = 0) -> RuntimeEnv:
 
 # ---- build ----------------------------------------------------------------------------------
 
+def weak_typing(trt: Any) -> bool:
+    """TensorRT 8-10 pick reduced precision from builder flags (FP16/INT8); 11.x removed them
+    (strongly typed networks only), so there `fp32` is the one precision we can build."""
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
+def default_precision() -> str:
+    """fp16 where this TensorRT can still be asked for it, else fp32."""
+    return "fp16" if weak_typing(_trt()) else "fp32"
+
+
 def build_engine_bytes(plan: BuildPlan) -> bytes:
     """Build a serialized engine for `plan` (see module docstring). UserError on failure."""
     trt = _trt()
@@ -97,7 +108,10 @@ def build_engine_bytes(plan: BuildPlan) -> bytes:
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
     calibrator = None
-    if plan.precision == "fp32":
+    if plan.precision != "fp32" and not weak_typing(trt):
+        raise UserError(f"TensorRT {trt.__version__} builds strongly typed networks only (no FP16/INT8 builder "
+                        f"flags since 11.0): build --fp32, or use tensorrt<11 for --{plan.precision}")
+    if plan.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         # TensorRT allows TF32 matmuls by default on Ampere+ (10-bit mantissa: ~0.5 mm on
         # outputs near 1 m); "fp32" here means real FP32, so parity with torch holds.
         config.clear_flag(trt.BuilderFlag.TF32)
@@ -209,7 +223,7 @@ def load_engine_file(path: Path) -> tuple[Any, dict]:
     return engine, side
 
 
-def open_tensorrt(files: dict[str, Path], precision: str = "fp16", max_batch: int = 64,
+def open_tensorrt(files: dict[str, Path], precision: str | None = None, max_batch: int = 64,
                   engine_cache_dir: str | Path | None = None, onnx_cache_dir: str | Path | None = None,
                   **_: Any) -> "TensorRTBackend":
     """engines.backends.open_backend's loader: a .engine as given, else the cached engine for
@@ -223,7 +237,7 @@ def open_tensorrt(files: dict[str, Path], precision: str = "fp16", max_batch: in
         onnx_path = onnx_for_checkpoint(files[".pt"], onnx_cache_dir)
     else:
         onnx_path = files[".onnx"]
-    plan = BuildPlan.for_onnx(onnx_path, precision=precision, max_batch=max_batch)
+    plan = BuildPlan.for_onnx(onnx_path, precision=precision or default_precision(), max_batch=max_batch)
     engine, side = load_or_build(plan, EngineCache(engine_cache_dir))
     return TensorRTBackend(engine, side)
 
