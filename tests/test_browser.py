@@ -252,3 +252,25 @@ def test_render_fps_and_latency_targets(page):
     if missed and load1 > 1.5 * (os.cpu_count() or 1):
         pytest.xfail(f"targets missed on an overloaded machine (load {load1:.1f}): {', '.join(missed)}")
     assert not missed, missed
+
+
+def test_root_placement_rules(page):
+    """toWorld: translation when known, else the pelvis of absolute joints, else 3 m ahead."""
+    with PoseServer(port=0) as server:
+        page.goto(server.url)
+        page.wait_for_function("window.posestream && window.posestream.state === 'live'", timeout=15000)
+        joints = [[10.0 * i, 20.0 * i, 5.0 * i] for i in range(17)]           # root-relative (pelvis at 0)
+        absolute = [[x + 100, y + 200, z + 2000] for x, y, z in joints]
+
+        def world(msg):
+            return np.array(page.evaluate("(m) => window.posestream.toWorld(m)", msg))
+
+        base = {"valid": True, "joints_mm": joints, "translation_mm": [1, 2, 3000]}
+        np.testing.assert_allclose(world(base)[5], [(1 + 50) / 1000, -(2 + 100) / 1000, -(3000 + 25) / 1000])
+        np.testing.assert_allclose(world({**base, "joints_mm": absolute, "translation_mm": None})[5],
+                                   [0.15, -0.3, -2.025])
+        np.testing.assert_allclose(world({**base, "translation_mm": [None, None, None]})[5], [0.05, -0.1, -3.025])
+        holes = page.evaluate("(m) => window.posestream.toWorld(m)",
+                              {**base, "joints_mm": [None if i == 4 else j for i, j in enumerate(joints)]})
+        assert holes[4] is None and holes[5] is not None
+        assert page.evaluate("(m) => window.posestream.toWorld(m)", {**base, "valid": False}) is None
