@@ -295,3 +295,26 @@ def test_direct_crop_matches_crop_image_of_full_render(renderer) -> None:
     assert iou > 0.95, iou  # measured 0.988
     diff = np.abs(via_crop.astype(int) - direct.astype(int)).mean()
     assert diff < 3, diff  # grey levels (measured 0.33): edges and texture resampling differ
+
+
+@pytest.mark.skipif(not (BANDAI.is_dir() and MH.is_file()), reason="Bandai-Namco/MakeHuman data not staged")
+def test_bvh_source_items_are_deterministic_and_cached(tmp_path: Path, renderer) -> None:
+    import shutil
+    from train.synth.shards import BvhSource
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("dataset-2_walk_active_001.bvh", "dataset-2_raise-up-both-hands_active_001.bvh"):
+        shutil.copy(BANDAI / name, clips / name)
+    out = tmp_path / "out"
+    a = BvhSource(clips, 5, cache_dir=out, seed=4)
+    assert (out / "bvh_targets.npz").is_file() and len(a) == 5
+    b = BvhSource(clips, 5, cache_dir=out, seed=4)  # from the cache
+    for i in range(5):
+        ia, ib = a.item(i), b.item(i)
+        np.testing.assert_array_equal(ia.joints_world, ib.joints_world)
+        assert (ia.clip, ia.frame) == (ib.clip, ib.frame) and ia.clip in (0, 1)
+    s = renderer.render(a.item(0), np.random.default_rng([4, 0]))
+    X = s["joints_3d"].astype(np.float64) + s["root_cam"]
+    uv = project_camera(X, s["f"], s["c"], s["k"], s["p"])
+    from engines.crop import CropBox
+    assert np.abs(CropBox(*map(float, s["box"])).image_to_crop(uv) - s["joints_2d_crop"]).max() < 0.5
