@@ -212,6 +212,13 @@ def test_shards_round_trip_and_resume(tmp_path: Path) -> None:
     np.testing.assert_array_equal(SynthDataset(out)[5]["images"], s5["images"])
     with pytest.raises(UserError):
         run(p.parse_args(argv[:-1] + ["6"]))
+    # Growing the set: the old samples stay, the partial last shard is redone.
+    grown = [a if a != "6" else "9" for a in argv]
+    assert run(p.parse_args(grown)) == 0
+    big = SynthDataset(out)
+    assert len(big) == 9 and big.manifest["complete"]
+    np.testing.assert_array_equal(big[5]["images"], s5["images"])
+    assert os.path.getmtime(big.files[0]) == mtimes[0]
 
 
 @pytest.mark.slow

@@ -29,11 +29,20 @@ class SynthDataset:
         n = int(self.manifest["num_samples"])
         self.files: list[Path] = []
         self.counts: list[int] = []
+        listed = {e["file"]: int(e["count"]) for e in self.manifest.get("shards", [])}
         for k in range((n + shard_size - 1) // shard_size):
             p = self.root / f"shard_{k:05d}.npz"
-            if p.is_file():
-                self.files.append(p)
-                self.counts.append(min(shard_size, n - k * shard_size))
+            if not p.is_file():
+                continue
+            want = min(shard_size, n - k * shard_size)
+            count = listed.get(p.name)
+            if count is None:  # not finalised yet: read its index array
+                with np.load(p) as z:
+                    count = len(z["index"])
+            if count != want:
+                continue  # a last shard from a smaller run, about to be re-rendered
+            self.files.append(p)
+            self.counts.append(count)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self._cache: tuple[int, dict[str, np.ndarray]] | None = None
 

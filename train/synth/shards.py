@@ -143,6 +143,23 @@ def _shard_path(out: Path, k: int) -> Path:
     return out / f"shard_{k:05d}.npz"
 
 
+def _identity(header: dict) -> dict:
+    """The manifest fields that define the samples (everything but how many there are)."""
+    src = {k: v for k, v in header.get("source", {}).items() if k != "count"}
+    return {**{k: header.get(k) for k in ("format_version", "seed", "shard_size", "mediapipe")}, "source": src}
+
+
+def _shard_done(out: Path, k: int, start: int, stop: int) -> bool:
+    """Shard file present with exactly samples [start, stop) (a last shard written by a
+    smaller run is re-rendered)."""
+    p = _shard_path(out, k)
+    if not p.is_file():
+        return False
+    with np.load(p) as z:
+        idx = z["index"]
+    return len(idx) == stop - start and int(idx[0]) == start
+
+
 def _render_shard(args: tuple[int, int, int]) -> tuple[int, int, float]:
     k, start, stop = args
     src, cfg, r = _W["source"], _W["cfg"], _W["renderer"]
@@ -170,11 +187,13 @@ def render_shards(source, cfg: RunConfig, log=print) -> dict:
               "shard_size": S, "num_samples": n, "mediapipe": cfg.mediapipe}
     mpath = out / MANIFEST
     if mpath.is_file():
+        # The sample count may change (sample i does not depend on it): a set can be grown
+        # with a larger --count/--limit; anything else must match.
         old = json.loads(mpath.read_text())
-        if {k: old.get(k) for k in header} != header:
+        if _identity(old) != _identity(header):
             raise UserError(f"{out} holds a different render set (manifest differs); use a new --out folder")
     shards = [(k, k * S, min((k + 1) * S, n)) for k in range((n + S - 1) // S)]
-    todo = [s for s in shards if not _shard_path(out, s[0]).is_file()]
+    todo = [s for s in shards if not _shard_done(out, *s)]
     mpath.write_text(json.dumps({**header, "fields": FIELD_DOC, "shards": [], "complete": False}, indent=1))
     log(f"render: {n} samples in {len(shards)} shards of {S}; {len(shards) - len(todo)} done, "
         f"{len(todo)} to render with {cfg.workers} worker(s), MediaPipe {'on' if cfg.mediapipe else 'off'}")
@@ -217,7 +236,7 @@ def finalize_manifest(out: Path, header: dict, shards: list[tuple[int, int, int]
     total = 0
     for k, a, b in shards:
         p = _shard_path(out, k)
-        if not p.is_file():
+        if not _shard_done(out, k, a, b):
             continue
         z = np.load(p)
         entries.append({"file": p.name, "start": a, "count": b - a})
