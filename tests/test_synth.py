@@ -325,3 +325,25 @@ def test_bvh_source_items_are_deterministic_and_cached(tmp_path: Path, renderer)
     uv = project_camera(X, s["f"], s["c"], s["k"], s["p"])
     from engines.crop import CropBox
     assert np.abs(CropBox(*map(float, s["box"])).image_to_crop(uv) - s["joints_2d_crop"]).max() < 0.5
+
+
+@pytest.mark.skipif(not (BANDAI.is_dir() and MH.is_file()), reason="Bandai-Namco/MakeHuman data not staged")
+def test_render_command_bvh_mode(tmp_path: Path) -> None:
+    import shutil
+    from train.render_cmd import add_arguments, run
+    from train.synth.dataset import SynthDataset
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(BANDAI / "dataset-2_walk_active_001.bvh", clips)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    out = tmp_path / "bvh"
+    assert run(p.parse_args(["--bvh", str(clips), "--out", str(out), "--count", "3", "--no-mediapipe"])) == 0
+    ds = SynthDataset(out)
+    lab = ds.labels()
+    assert len(ds) == 3 and (lab["source"] == 1).all() and (lab["clip"] == 0).all()
+    assert ds.manifest["source"]["clips"] == ["dataset-2_walk_active_001.bvh"]
+    # Mocap bodies have sampled proportions: bone lengths differ between samples.
+    from engines.skeleton import bone_lengths
+    L = bone_lengths(lab["joints_3d"].astype(np.float64))
+    assert np.ptp(L[:, 1]) > 1.0  # right thigh, mm
