@@ -53,11 +53,12 @@ fi
 if [ -f scripts/build_mediapipe_model.py ]; then
   .venv/bin/python scripts/build_mediapipe_model.py --if-missing
 fi
-if .venv/bin/posestream export --help >/dev/null 2>&1; then
-  for m in base_gt base_sh; do
-    [ -f "models/$m.pt" ] && .venv/bin/posestream export --model "$m" --format onnx --if-missing
-  done
-fi
+for m in base_gt base_sh; do
+  if [ -f "models/$m.pt" ] && [ ! -f "models/$m.onnx" ]; then
+    log "exporting models/$m.onnx"
+    .venv/bin/posestream export --model "$m" --format onnx --out "models/$m.onnx"
+  fi
+done
 
 # --- demo ------------------------------------------------------------------------------
 if ((DEMO)); then
