@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Self
 
 import numpy as np
 
@@ -40,7 +40,20 @@ def _to_rgb(bgr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-class VideoFileSource:
+class _ClosingSource:
+    """A source is its own context manager: leaving the `with` block calls `close()`."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class VideoFileSource(_ClosingSource):
     """Frames of a video file decoded by OpenCV (FFmpeg backend)."""
 
     def __init__(self, path: str | Path, max_frames: int | None = None) -> None:
@@ -64,12 +77,6 @@ class VideoFileSource:
         self.max_frames = max_frames
         self.size = (int(first.shape[1]), int(first.shape[0]))  # (width, height)
         self.skipped: list[int] = []
-
-    def __enter__(self) -> "VideoFileSource":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self._cap.release()
@@ -104,7 +111,7 @@ class VideoFileSource:
             self.skipped += pending
 
 
-class WebcamSource:
+class WebcamSource(_ClosingSource):
     """Live frames from an OpenCV camera index (0, 1, ...) or a device path (/dev/video0)."""
 
     def __init__(self, device: int | str, width: int | None = None, height: int | None = None,
@@ -127,12 +134,6 @@ class WebcamSource:
         self.max_frames = max_frames
         self.warmup_s = warmup_s
         self.skipped: list[int] = []
-
-    def __enter__(self) -> "WebcamSource":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self._cap.release()
@@ -157,7 +158,7 @@ class WebcamSource:
             index += 1
 
 
-class ImageFolderSource:
+class ImageFolderSource(_ClosingSource):
     """The images of a folder in name order, as frames at `fps`."""
 
     def __init__(self, folder: str | Path, fps: float = DEFAULT_FPS, max_frames: int | None = None) -> None:
@@ -172,12 +173,6 @@ class ImageFolderSource:
         self.fps = float(fps)
         self.frame_count = len(self.files)
         self.skipped: list[int] = []
-
-    def __enter__(self) -> "ImageFolderSource":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         pass
