@@ -17,6 +17,7 @@ current frame at once. Inbound rules (size, rate, auth, garbage) live in `realti
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import mimetypes
 import threading
@@ -147,6 +148,10 @@ class PoseServer:
             self._thread.join(timeout_s)
             self._thread = None
             exc = self._startup_error
+            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+                raise UserError(f"cannot serve on {self.host}:{self.requested_port}: the port is already in use "
+                                f"(another posestream running?); choose another --port, or --port 0 for any "
+                                f"free one") from exc
             raise UserError(f"cannot serve on {self.host}:{self.requested_port}: {exc}") from exc
         return self
 
