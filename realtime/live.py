@@ -1,11 +1,13 @@
 """Shared wiring for the commands that run the threaded pipeline (`posestream webcam`, and
-`posestream video` if it wants `--serve` / `--open3d` / smoothing):
+`posestream video` with `--serve` / `--open3d` / `--osc`):
 
     add_output_arguments(parser)   --out, --serve/--host/--port/--token, --open3d, --osc
     add_smoothing_arguments(parser) --min-cutoff, --beta, --d-cutoff, --bones-window, --no-smooth
+                                   (default_on=False: off unless --smooth or a setting is given)
     pipeline_steps(estimator, smoother, tap) -> the Stage list for `realtime.pipeline.Pipeline`
     LiveSinks(...)                 every output of the caller's loop: file, viewer server, Open3D, OSC
     ImageTap                       keeps recent frames' images for viewer thumbnails
+    DeferredInterrupt              Ctrl-C stops the caller's loop between frames (file finalised)
 
 All sinks are called from the caller's thread (the one iterating the pipeline): Open3D needs
 its window's thread, the file writer its order, and the server's `publish` never blocks.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -30,27 +34,46 @@ log = logging.getLogger(__name__)
 
 THUMB_WIDTH = 320
 THUMB_QUALITY = 70
+DEFAULT_BONES_WINDOW = SmootherConfig.bones_window
 
 
-def add_smoothing_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("smoothing (causal One Euro filter + bone-length stabiliser)")
-    g.add_argument("--min-cutoff", type=float, default=DEFAULT_MIN_CUTOFF,
+def add_smoothing_arguments(parser: argparse.ArgumentParser, default_on: bool = True) -> None:
+    """The smoothing options. Live commands filter by default (--no-smooth turns it off);
+    `default_on=False` (posestream video: files are for accuracy) leaves the output raw unless
+    --smooth, or any of the filter's settings, is given. --no-smooth is accepted by both."""
+    g = parser.add_argument_group(
+        "smoothing (causal One Euro filter + bone-length stabiliser)",
+        None if default_on else "OFF by default: files are for accuracy. --smooth turns it on, as does giving "
+                                "any of its settings (--min-cutoff, --beta, --bones-window).")
+
+    def default(value: float | int) -> float | int | None:
+        return value if default_on else None  # None: "not given", so a setting can imply --smooth
+
+    g.add_argument("--min-cutoff", type=float, default=default(DEFAULT_MIN_CUTOFF),
                    help=f"One Euro cutoff when still, Hz; lower = steadier, more lag (default {DEFAULT_MIN_CUTOFF})")
-    g.add_argument("--beta", type=float, default=DEFAULT_BETA,
+    g.add_argument("--beta", type=float, default=default(DEFAULT_BETA),
                    help=f"One Euro speed coefficient per mm/s; higher = less lag on fast moves (default {DEFAULT_BETA})")
-    g.add_argument("--d-cutoff", type=float, default=DEFAULT_D_CUTOFF, help=argparse.SUPPRESS)
-    g.add_argument("--bones-window", type=int, default=60,
-                   help="frames in the running median of bone lengths; 0 = off (default 60)")
-    g.add_argument("--no-smooth", action="store_true", help="raw per-frame output (no filtering)")
+    g.add_argument("--d-cutoff", type=float, default=default(DEFAULT_D_CUTOFF), help=argparse.SUPPRESS)
+    g.add_argument("--bones-window", type=int, default=default(DEFAULT_BONES_WINDOW),
+                   help=f"frames in the running median of bone lengths; 0 = off (default {DEFAULT_BONES_WINDOW})")
+    if not default_on:
+        g.add_argument("--smooth", action="store_true", help="filter the poses as `posestream webcam` does")
+    g.add_argument("--no-smooth", action="store_true",
+                   help="raw per-frame output (no filtering)" + ("" if default_on else "; the default here"))
 
 
 def smoother_from_args(args: argparse.Namespace) -> PoseSmoother | None:
+    """The smoother the options ask for, or None (--no-smooth; or, where smoothing is off by
+    default, neither --smooth nor a setting given)."""
     from engines.errors import UserError
 
-    if args.no_smooth:
+    values = (args.min_cutoff, args.beta, args.d_cutoff, args.bones_window)
+    if args.no_smooth or (not getattr(args, "smooth", True) and all(v is None for v in values)):
         return None
+    defaults = (DEFAULT_MIN_CUTOFF, DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_BONES_WINDOW)
+    min_cutoff, beta, d_cutoff, bones_window = (d if v is None else v for v, d in zip(values, defaults))
     try:
-        return PoseSmoother(SmootherConfig(args.min_cutoff, args.beta, args.d_cutoff, bones_window=args.bones_window))
+        return PoseSmoother(SmootherConfig(min_cutoff, beta, d_cutoff, bones_window=bones_window))
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -68,6 +91,37 @@ def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = Tr
     g.add_argument("--open3d", action="store_true", help="show the skeleton in an Open3D window")
     g.add_argument("--osc", metavar="[HOST:]PORT", nargs="?", const="39539",
                    help="send joints as OSC/VMC bundles over UDP (default 127.0.0.1:39539)")
+
+
+class DeferredInterrupt:
+    """Ctrl-C as a request: inside the `with` block the first SIGINT only sets `requested`
+    (the caller's loop stops after the frame in hand, so no write is cut in half and the
+    output file is finalised); a second one raises KeyboardInterrupt at once. Works in the
+    main thread only; elsewhere (tests calling a command in a thread) it does nothing."""
+
+    def __init__(self, message: str = "stopping after the current frame (Ctrl-C again to abort)") -> None:
+        self.message = message
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.message:
+            print(f"\n{self.message}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "DeferredInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
 
 
 class ImageTap:
@@ -156,10 +210,6 @@ class LiveSinks:
         self.tap = tap
         self.written = 0
         try:
-            if out:
-                from realtime.writers import open_writer
-
-                self.writer = open_writer(out, fps)
             if serve:
                 from realtime.server import PoseServer
 
@@ -172,6 +222,10 @@ class LiveSinks:
                 from realtime.osc_sink import OscSink, parse_target
 
                 self.osc = OscSink(*parse_target(osc))
+            if out:  # last: a busy port or a missing Open3D must not create (or truncate) the file
+                from realtime.writers import open_writer
+
+                self.writer = open_writer(out, fps)
         except BaseException:
             self.close()
             raise
@@ -201,6 +255,19 @@ class LiveSinks:
             self.osc.emit(pf)
         if self.viewer is not None:
             return self.viewer.update(pf)
+        return True
+
+    def finish_file(self) -> None:
+        """Finalise the output file now (end of input) and keep the viewer outputs open."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.close()
+
+    def idle(self) -> bool:
+        """Keep the outputs responsive while no frame comes (the server needs nothing; the
+        Open3D window needs its events polled). False once the user closed that window."""
+        if self.viewer is not None:
+            return self.viewer.poll()
         return True
 
     def close(self) -> None:

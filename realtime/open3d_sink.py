@@ -148,6 +148,13 @@ class Open3DSink:
                 if placed:
                     centre[0] = 0.0  # on the camera's axis: the person can walk left or right in view
                 self._set_view(centre, placed)
+        return self.poll()
+
+    def poll(self) -> bool:
+        """Keep the window responsive without a new frame (mouse orbit, resize); False once it
+        was closed by the user."""
+        if self._closed:
+            return False
         alive = self._vis.poll_events()
         self._vis.update_renderer()
         if not alive:

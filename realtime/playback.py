@@ -17,6 +17,28 @@ from typing import Callable, Iterable, Iterator
 from realtime.frames import Frame
 
 
+class Pacer:
+    """A wall-clock schedule: `wait(t)` sleeps until `t` seconds of media time (divided by
+    `speed`) after the first call. A call late by more than `late_s` returns at once and
+    restarts the schedule from it, so a slow stretch is never followed by a burst of
+    catch-up frames."""
+
+    def __init__(self, late_s: float, speed: float = 1.0) -> None:
+        self.late_s = late_s
+        self.speed = speed
+        self._t0: float | None = None
+
+    def wait(self, t: float) -> None:
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = now - t / self.speed
+        delay = self._t0 + t / self.speed - now
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -self.late_s:
+            self._t0 -= delay
+
+
 class RealtimePlayback:
     """Iterable of `Frame`s from `open_frames()` (a fresh iterable per loop, e.g. a
     `VideoFileSource`), paced at `fps` x `speed` on the wall clock.
@@ -60,8 +82,7 @@ class RealtimePlayback:
             close()
 
     def __iter__(self) -> Iterator[Frame]:
-        period = 1.0 / (self.fps * self.speed)
-        t0 = time.perf_counter()
+        pacer = Pacer(late_s=1.0 / (self.fps * self.speed), speed=self.speed)
         n = 0
         while not self._closed and (self.max_frames is None or n < self.max_frames):
             self._current = self.open_frames()
@@ -73,11 +94,7 @@ class RealtimePlayback:
                     # Sleep until this frame's slot. A frame late by more than a period (slow
                     # decoding) goes out at once and the schedule restarts from it: a camera
                     # never sends a burst of old frames to catch up.
-                    delay = t0 + n * period - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                    elif delay < -period:
-                        t0 -= delay
+                    pacer.wait(n / self.fps)
                     yield Frame(n, n / self.fps, frame.image)
                     n += 1
                     got += 1

@@ -5,15 +5,38 @@ follows OUT's extension: .npz, .json, .csv or .bvh (realtime/writers.py). Frames
 person, and frames the decoder could not read, are written as empty (NaN, valid=False):
 the output has one entry per source frame.
 
+Live outputs while the file is processed (the same as `posestream webcam`'s):
+    --serve    browser viewer at http://127.0.0.1:8765/ (page at /, websocket stream at /ws)
+    --open3d   Open3D window with the skeleton in camera space
+    --osc      OSC/VMC bundles over UDP to 127.0.0.1:39539 (or --osc HOST:PORT)
+The file is still processed in file mode: every frame, in order, none dropped (detection
+and lifting overlap in threads). --realtime paces the file at its own frame rate, so a
+viewer sees it at natural speed (without it, frames go out as fast as they are computed);
+--hold keeps serving the last frame after the end of the file, until Ctrl-C. Ctrl-C stops
+after the frame in hand and the output file is finalised with every frame processed.
+Smoothing is OFF by default (files are for accuracy): --smooth turns it on.
+
     posestream video assets/demo.mp4 --out out/demo.bvh
+    posestream video assets/demo.mp4 --out out/demo.npz --serve --realtime --hold
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 from engines.errors import UserError
+from realtime.frames import Frame, PoseFrame
+from realtime.live import DeferredInterrupt, LiveSinks, add_output_arguments, add_smoothing_arguments
+
+QUEUE_SIZE = 4  # pipeline queues between threads (file mode: back-pressure, nothing dropped)
+# Frames whose images the thumbnail tap keeps: detection can run ahead of the caller by the
+# queue after it, the lift thread and the output queue.
+TAP_KEEP = 3 * QUEUE_SIZE + 4
+HOLD_POLL_S = 0.05
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,53 +56,137 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # threads (ONNX Runtime spins them between calls) steal CPU from MediaPipe.
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the lifter runtime (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_smoothing_arguments(p, default_on=False)
+    add_output_arguments(p, include_out=False)
+    g = p.add_argument_group("live playback (with --serve, --open3d or --osc)")
+    g.add_argument("--realtime", action="store_true",
+                   help="pace the file at its own frame rate, so viewers see it at natural speed "
+                        "(default: as fast as it is processed); still every frame, none dropped")
+    g.add_argument("--hold", action="store_true",
+                   help="after the end of the file keep serving the last frame (and the Open3D "
+                        "window) until Ctrl-C; the output file is complete by then")
+
+
+def paced(frames: Iterable[Frame], fps: float) -> Iterator[Frame]:
+    """`frames` released at their own timestamps on the wall clock (--realtime). A slower
+    consumer only delays them: nothing is dropped, and the schedule restarts after a stall."""
+    from realtime.playback import Pacer
+
+    pacer = Pacer(late_s=1.0 / fps)
+    for frame in frames:
+        pacer.wait(frame.timestamp_s)
+        yield frame
+
+
+def inline(frames: Iterable[Frame], steps: list[Any]) -> Iterator[PoseFrame]:
+    """The pipeline's stages applied in this thread, frame after frame (no live output)."""
+    from realtime.pipeline import Stage
+
+    stages = [stage for group in steps for stage in ((group,) if isinstance(group, Stage) else group)]
+    for frame in frames:
+        out: Any = frame
+        for stage in stages:
+            out = stage.fn(out)
+        yield out
+
+
+def every_frame(poses: Iterable[PoseFrame], source: Any) -> Iterator[PoseFrame]:
+    """One PoseFrame per source frame, in order: frames the decoder skipped come out empty
+    in their place (and undecodable frames at the end after the last pose)."""
+    size = getattr(source, "size", (0, 0))
+    n = 0
+    for pose in poses:
+        while n < pose.index:
+            yield PoseFrame.empty(n, n / source.fps, size)
+            n += 1
+        size = pose.image_size
+        yield pose
+        n += 1
+    for i in source.skipped:  # trailing undecodable frames
+        if i >= n:
+            yield PoseFrame.empty(i, i / source.fps, size)
+            n += 1
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from realtime.estimator import PoseEstimator
-    from realtime.frames import PoseFrame
+    from realtime.live import ImageTap, pipeline_steps, smoother_from_args
     from realtime.sources import open_source
-    from realtime.writers import WRITERS, open_writer
+    from realtime.writers import WRITERS
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
     if not any(args.out.lower().endswith(ext) for ext in WRITERS):
         raise UserError(f"unsupported output {args.out!r}: use one of {', '.join(WRITERS)}")
+    if args.hold and not (args.serve or args.open3d):
+        raise UserError("--hold keeps the viewer open after the end of the file: it needs --serve or --open3d")
+    smoother = smoother_from_args(args)
     source = open_source(args.input, max_frames=args.max_frames, fps=args.fps)
     with source, PoseEstimator(args.model, args.backend, args.fov, args.calib,
                                detector_mode="image" if args.image_mode else "video",
                                num_poses=args.num_poses, threads=args.threads) as est:
-        writer = open_writer(args.out, source.fps)
-        total = getattr(source, "frame_count", None)
-        n_written = n_valid = 0
-        t0 = time.perf_counter()
-        bar = tqdm(total=total, unit="frame", disable=args.no_progress, dynamic_ncols=True)
-        size = getattr(source, "size", (0, 0))
+        tap = ImageTap(keep=TAP_KEEP) if args.serve else None
+        sinks = LiveSinks.from_args(args, source.fps, tap, {"kind": "video", "file": Path(args.input).name,
+                                                            "frames": getattr(source, "frame_count", None),
+                                                            "fps": source.fps, "realtime": bool(args.realtime)})
         try:
-            for frame in source:
-                # Frames the decoder skipped keep their place in the output, empty.
-                while n_written < frame.index:
-                    writer.write(PoseFrame.empty(n_written, n_written / source.fps, size))
-                    n_written += 1
-                    bar.update(1)
-                pose = est.process(frame)
-                size = pose.image_size
-                writer.write(pose)
-                n_written += 1
-                n_valid += int(pose.valid)
-                bar.update(1)
-            for i in source.skipped:  # trailing undecodable frames
-                if i >= n_written:
-                    writer.write(PoseFrame.empty(i, i / source.fps, size))
-                    n_written += 1
-                    bar.update(1)
+            with DeferredInterrupt() as ctrl_c:
+                stopped_by = _process(args, source, est, sinks, pipeline_steps(est, smoother, tap), ctrl_c)
+                if stopped_by is None and args.hold:
+                    held = f"serving the last frame at {sinks.url}" if sinks.url else "showing the last frame"
+                    print(f"end of file: {held}; Ctrl-C to stop", file=sys.stderr, flush=True)
+                    ctrl_c.message = ""
+                    while not ctrl_c.requested and sinks.idle():
+                        time.sleep(HOLD_POLL_S)
         finally:
-            bar.close()
-            writer.close()
-        dt = time.perf_counter() - t0
-    print(f"wrote {args.out}: {n_written} frames ({n_valid} with a person, {len(source.skipped)} undecodable) "
-          f"in {dt:.1f} s = {n_written / max(dt, 1e-9):.1f} frames/s, lifter on {est.backend_name}")
-    return 0
+            sinks.close()
+    return {None: 0, "window closed": 0, "Ctrl-C": 130}.get(stopped_by, 1)
+
+
+def _process(args: argparse.Namespace, source: Any, est: Any, sinks: LiveSinks, steps: list[Any],
+             ctrl_c: DeferredInterrupt) -> str | None:
+    """Every frame of `source` through `steps` into `sinks`; the output file is finalised on
+    the way out. Returns None at the end of the file, else why it stopped: "Ctrl-C",
+    "window closed" or "error" (a failed stage, reported here)."""
+    from tqdm import tqdm
+
+    from realtime.pipeline import Pipeline, StageError
+
+    frames: Iterable[Frame] = paced(source, source.fps) if args.realtime else source
+    # Live outputs: detection and lifting in threads, in file mode (every frame, in order),
+    # the sinks fed from this thread as `posestream webcam` does. Otherwise all in this thread.
+    live = bool(args.serve or args.open3d or args.osc)
+    pipeline = Pipeline(frames, steps, live=False, queue_size=QUEUE_SIZE) if live else None
+    poses = pipeline if pipeline is not None else inline(frames, steps)
+    if sinks.url:
+        print(f"viewer: {sinks.url}", file=sys.stderr, flush=True)
+    n_written = n_valid = 0
+    stopped_by = failure = None
+    t0 = time.perf_counter()
+    bar = tqdm(total=getattr(source, "frame_count", None), unit="frame", disable=args.no_progress,
+               dynamic_ncols=True)
+    try:
+        for pose in every_frame(poses, source):
+            alive = sinks.emit(pose)
+            n_written += 1
+            n_valid += int(pose.valid)
+            bar.update(1)
+            if ctrl_c.requested or not alive:
+                stopped_by = "Ctrl-C" if ctrl_c.requested else "window closed"
+                break
+    except StageError as exc:
+        logging.getLogger(__name__).debug("pipeline failure", exc_info=exc)
+        failure, stopped_by = exc, "error"
+    finally:
+        if pipeline is not None:
+            pipeline.close()
+        bar.close()
+        sinks.finish_file()
+    dt = time.perf_counter() - t0
+    print(f"{'stopped (' + stopped_by + '): ' if stopped_by else ''}"
+          f"wrote {args.out}: {n_written} frames ({n_valid} with a person, {len(source.skipped)} undecodable) "
+          f"in {dt:.1f} s = {n_written / max(dt, 1e-9):.1f} frames/s, lifter on {est.backend_name}", flush=True)
+    if failure is not None:
+        print(f"posestream video: error: {failure}", file=sys.stderr)
+    return stopped_by

@@ -22,6 +22,7 @@ import pytest
 
 from realtime.frames import PoseFrame
 from realtime.server import PoseServer
+from tests.video_serve import VideoServe, needs_shipped_model
 from tests.viewer_clip import synthetic_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,6 +170,32 @@ def test_reconnects_after_server_is_killed(page, tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@needs_shipped_model
+def test_scene_matches_video_serve(page, tmp_path):
+    """`posestream video --serve --hold`: the page it serves draws the last frame of the file
+    (the skeleton placed as documented), and the output file holds every frame."""
+    from engines.skeleton import BONES
+    from realtime.protocol import message_to_frame
+    from realtime.writers import read_pose_npz
+
+    out = tmp_path / "demo.npz"
+    with VideoServe(out, "--max-frames", "12", "--hold") as run:
+        run.wait_for("end of file: serving the last frame at")
+        page.goto(run.url)
+        wait_index(page, 11)
+        streamed = message_to_frame(page.evaluate("window.posestream.lastFrame"))
+        poses = read_pose_npz(out)
+        assert [p.index for p in poses] == list(range(12)) and poses[11].valid and streamed.valid
+        np.testing.assert_allclose(streamed.joints_mm, poses[11].joints_mm, atol=0.051)  # the file's frame
+        world = expected_world(streamed)
+        np.testing.assert_allclose(np.array(page.evaluate("window.posestream.jointPositions()")), world, atol=2e-4)
+        bones = np.array(page.evaluate("window.posestream.bonePositions()"))
+        np.testing.assert_allclose(bones[:, 0], world[[p for p, _ in BONES]], atol=2e-4)
+        np.testing.assert_allclose(bones[:, 1], world[[c for _, c in BONES]], atol=2e-4)
+        page.wait_for_function("document.getElementById('hud-index').textContent === '11'")
+        assert run.interrupt() == 0, run.output
 
 
 def test_token_prompt(page):

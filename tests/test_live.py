@@ -104,3 +104,76 @@ def test_output_arguments_without_out_for_commands_that_have_their_own():
     add_output_arguments(p, include_out=False)
     args = p.parse_args(["--out", "x.npz", "--serve", "--port", "0", "--osc"])
     assert args.serve and args.port == 0 and args.osc == "39539" and not args.open3d
+
+
+def test_finish_file_keeps_the_viewer_serving(tmp_path):
+    out = tmp_path / "o.npz"
+    sinks = LiveSinks(out=out, fps=30, serve=True, port=0)
+    try:
+        for i in range(3):
+            sinks.emit(_pf(i))
+        sinks.finish_file()  # end of input: the file is complete, the viewer still up
+        assert [p.index for p in read_pose_npz(out)] == [0, 1, 2]
+        assert sinks.idle() and sinks.emit(_pf(3))
+        with connect(f"ws://127.0.0.1:{sinks.server.port}/ws", open_timeout=5) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+            assert json.loads(ws.recv(timeout=5))["index"] == 3  # the last state, to a late joiner
+    finally:
+        sinks.close()
+    assert sinks.written == 3 and len(read_pose_npz(out)) == 3  # frames written to the file
+
+
+def test_a_busy_port_leaves_the_output_file_alone(tmp_path):
+    from engines.errors import UserError
+
+    out = tmp_path / "keep.json"
+    out.write_text("an earlier take")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(UserError, match="already in use"):
+            LiveSinks(out=out, fps=30, serve=True, port=s.getsockname()[1])
+    assert out.read_text() == "an earlier take"
+
+
+def test_smoothing_is_off_for_files_unless_asked():
+    import argparse
+
+    from realtime.filters import PoseSmoother
+    from realtime.live import add_smoothing_arguments, smoother_from_args
+
+    def smoother(argv, default_on):
+        p = argparse.ArgumentParser()
+        add_smoothing_arguments(p, default_on=default_on)
+        return smoother_from_args(p.parse_args(argv))
+
+    assert isinstance(smoother([], True), PoseSmoother) and smoother(["--no-smooth"], True) is None
+    assert smoother([], False) is None and smoother(["--no-smooth"], False) is None
+    assert smoother(["--smooth"], False).config == smoother([], True).config
+    tuned = smoother(["--beta", "0.02"], False)  # a setting implies --smooth
+    assert tuned.config.beta == 0.02 and tuned.config.min_cutoff == smoother([], True).config.min_cutoff
+    assert smoother(["--beta", "0.02", "--no-smooth"], False) is None
+
+
+def test_paced_file_keeps_indices_and_timestamps():
+    from realtime.video_cmd import paced
+
+    frames = [Frame(i, i / 50, np.zeros((2, 2, 3), np.uint8)) for i in (0, 1, 2, 5, 6)]  # 3, 4 undecodable
+    t0 = time.perf_counter()
+    got = list(paced(iter(frames), fps=50))
+    dt = time.perf_counter() - t0
+    assert got == frames and 0.9 * 6 / 50 <= dt < 1.0  # frame 6 at 0.12 s: the gap is kept
+
+
+def test_deferred_interrupt_stops_between_frames():
+    import signal
+
+    from realtime.live import DeferredInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with DeferredInterrupt(message="") as ctrl_c:
+        signal.raise_signal(signal.SIGINT)
+        assert ctrl_c.requested  # the first Ctrl-C is a request
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # the second one interrupts
+    assert signal.getsignal(signal.SIGINT) is before

@@ -64,10 +64,17 @@ def test_invalid_frame_clears_skeleton(sink):
     assert after["any"] < 0.5 * before["any"] and after["blue"] < 0.5 * before["blue"], (before, after)
 
 
+def test_poll_keeps_the_last_frame(sink):
+    sink.update(_frame(0, None))
+    before = _ink(sink.capture())
+    assert sink.poll() and sink.poll()  # --hold: events handled, nothing new drawn
+    assert _ink(sink.capture()) == pytest.approx(before, rel=0.05, abs=1e-4)
+
+
 def test_close_is_idempotent(sink):
     sink.close()
     sink.close()
-    assert sink.update(_frame(0, None)) is False
+    assert sink.update(_frame(0, None)) is False and sink.poll() is False
 
 
 def test_visible_window_without_display_is_a_clear_error(monkeypatch):
