@@ -62,6 +62,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, trace_batch: int = 2) -
         "inputs": [t.to_json() for t in stage.inputs], "outputs": [t.to_json() for t in stage.outputs],
         **contract, "source_file": checkpoint.name, "source_sha256": file_sha256(checkpoint),
         "opset": OPSET, "exporter": f"torch {torch.__version__} dynamo", "precision": "fp32",
+        **(ck.get("artifact_meta") or {}),  # e.g. a refiner's companion generator
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:

@@ -1,6 +1,6 @@
 """The stage table: what each exportable model stage takes and returns.
 
-A checkpoint's `kind` ("lifter", later "generator", "refiner") names its stage. One
+A checkpoint's `kind` ("lifter", "generator", "refiner") names its stage. One
 `StageSpec` entry per stage says how to build the torch module from a checkpoint and the
 named inputs/outputs every runtime must honour. Export, the backends and the benchmark read
 only this table, so adding a stage is adding one entry (`register_stage`).
@@ -17,7 +17,7 @@ import numpy as np
 
 from engines.errors import UserError
 from engines.normalize import LIFT_INPUT_DIM
-from engines.skeleton import NUM_JOINTS
+from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,45 @@ def _lifter_example(batch: int, rng: np.random.Generator) -> dict[str, np.ndarra
     return {"features": features_2d(uv, np.array([1000.0, 1000.0]), np.array([500.0, 500.0]))}
 
 
+def _build_generator(ck: dict) -> Any:
+    from engines.generator import Generator, GeneratorConfig
+
+    cfg = dict(ck["model_config"])
+    cfg["widths"] = tuple(cfg["widths"])
+    model = Generator(GeneratorConfig(**cfg))
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
+def _build_refiner(ck: dict) -> Any:
+    from engines.refiner import Refiner, RefinerConfig
+
+    model = Refiner(RefinerConfig(**ck["model_config"]))
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
+def _generator_example(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A grey crop with noise and the standing template's joints filling it."""
+    from engines.crop import CROP_SIZE
+
+    pose = _STANDING_2D[None] + rng.normal(0, 0.03, (batch, NUM_JOINTS, 2))
+    joints = (pose * 120 + CROP_SIZE / 2).astype(np.float32)
+    image = np.clip(0.5 + 0.2 * rng.standard_normal((batch, 3, CROP_SIZE, CROP_SIZE)), 0, 1).astype(np.float32)
+    return {"image": image, "joints_crop": joints}
+
+
+def _refiner_example(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Lifter example features, the template as coarse 3D (mm), uniform-ish FBI."""
+    feats = _lifter_example(batch, rng)["features"]
+    coarse = np.concatenate([_STANDING_2D * 1000, np.zeros((NUM_JOINTS, 1))], 1)[None]
+    coarse = (coarse + rng.normal(0, 30, (batch, NUM_JOINTS, 3))).astype(np.float32)
+    coarse -= coarse[:, :1]
+    logits = rng.normal(0, 1, (batch, NUM_FBI_BONES, 3))
+    prob = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return {"features": feats, "coarse_mm": coarse, "fbi_prob": prob.astype(np.float32)}
+
+
 STAGES: dict[str, StageSpec] = {
     "lifter": StageSpec(
         name="lifter",
@@ -88,6 +127,23 @@ STAGES: dict[str, StageSpec] = {
         build=_build_lifter,
         example=_lifter_example,
         description="Martinez lifter: engines.normalize.features_2d -> root-relative joints (mm)",
+    ),
+    "generator": StageSpec(
+        name="generator",
+        inputs=(TensorSpec("image", (None, 3, 256, 256)), TensorSpec("joints_crop", (None, NUM_JOINTS, 2))),
+        outputs=(TensorSpec("coarse_mm", (None, NUM_JOINTS, 3)), TensorSpec("fbi_prob", (None, NUM_FBI_BONES, 3))),
+        build=_build_generator,
+        example=_generator_example,
+        description="engines.generator: 256 crop (RGB 0-1) + 2D joints (crop px) -> coarse 3D (mm), FBI",
+    ),
+    "refiner": StageSpec(
+        name="refiner",
+        inputs=(TensorSpec("features", (None, LIFT_INPUT_DIM)), TensorSpec("coarse_mm", (None, NUM_JOINTS, 3)),
+                TensorSpec("fbi_prob", (None, NUM_FBI_BONES, 3))),
+        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
+        build=_build_refiner,
+        example=_refiner_example,
+        description="engines.refiner: features_2d + coarse 3D + FBI -> root-relative joints (mm)",
     ),
 }
 

@@ -301,3 +301,41 @@ class FakeCudart(types.ModuleType):
 
     def cudaGetDeviceProperties(self, device: int):
         return (0, types.SimpleNamespace(name=self.gpu_name.encode(), major=9, minor=0))
+
+
+def _nontrivial_bn(model: nn.Module, g: torch.Generator) -> None:
+    for bn in (m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))):
+        bn.running_mean.uniform_(-0.2, 0.2, generator=g)
+        bn.running_var.uniform_(0.5, 1.5, generator=g)
+
+
+def make_generator_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A freshly initialised engines.generator.Generator (small widths) as a checkpoint."""
+    from engines.generator import Generator, GeneratorConfig
+
+    torch.manual_seed(seed)
+    cfg = GeneratorConfig(widths=(8, 16, 16, 32), head_hidden=32)
+    model = Generator(cfg).eval()
+    _nontrivial_bn(model, torch.Generator().manual_seed(seed))
+    torch.save({"model": model.state_dict(), "kind": "generator", "model_config": cfg.to_dict(),
+                "train_config": {}, "contract": contract_metadata()}, path)
+    return path
+
+
+def make_refiner_checkpoint(path: Path, seed: int = 0, generator: str = "generator") -> Path:
+    """A freshly initialised engines.refiner.Refiner at H36M-like output scale, naming its
+    generator (a model name or path) as train.train_refiner does."""
+    from engines.refiner import Refiner, RefinerConfig
+
+    torch.manual_seed(seed)
+    cfg = RefinerConfig(hidden=64)
+    model = Refiner(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    model.lifter.set_normalization(torch.zeros(cfg.in_dim), torch.rand(cfg.in_dim, generator=g) * 100 + 0.5,
+                                   torch.randn(NUM_JOINTS * 3, generator=g) * 300,
+                                   torch.rand(NUM_JOINTS * 3, generator=g) * 200 + 50)
+    _nontrivial_bn(model, g)
+    torch.save({"model": model.state_dict(), "kind": "refiner", "model_config": cfg.to_dict(),
+                "train_config": {}, "contract": contract_metadata(),
+                "artifact_meta": {"generator": generator, "input_kind": "mp"}}, path)
+    return path

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_fixtures import (TINY_IMAGE, FakeCudart, FakeTensorRT, make_image_checkpoint,  # noqa: E402
+from engine_fixtures import (TINY_IMAGE, FakeCudart, FakeTensorRT, make_generator_checkpoint,  # noqa: E402
+                             make_image_checkpoint, make_refiner_checkpoint,
                              make_lifter_checkpoint)
 
 from engines import artifact  # noqa: E402
@@ -38,6 +39,9 @@ from engines.stages import STAGES, register_stage  # noqa: E402
 register_stage(TINY_IMAGE)
 
 ORT_ATOL_MM = 5e-4
+# The generator and refiner sum over more terms (convolutions; 127 refiner inputs at scales up
+# to 100x) than the lifter: float32 summation order differs by up to ~1e-3 mm at 1 m outputs.
+ORT_ATOL_MM_BY_STAGE = {"generator": 2e-3, "refiner": 2e-3}
 ORT_RTOL = 0.0
 TRT_FP32_ATOL_MM = 1e-2
 TRT_FP16_ATOL_MM = 1.0
@@ -48,7 +52,10 @@ def exported(tmp_path_factory) -> dict[str, dict[str, Path]]:
     """stage -> {"pt": checkpoint, "onnx": its export next to it}; exported once (slow part)."""
     d = tmp_path_factory.mktemp("models")
     out = {}
-    for stage, make in (("lifter", make_lifter_checkpoint), (TINY_IMAGE.name, make_image_checkpoint)):
+    makers = (("lifter", make_lifter_checkpoint), (TINY_IMAGE.name, make_image_checkpoint),
+              ("generator", make_generator_checkpoint),
+              ("refiner", lambda p: make_refiner_checkpoint(p, generator=str(d / "generator.pt"))))
+    for stage, make in makers:
         pt = make(d / f"{stage}.pt")
         out[stage] = {"pt": pt, "onnx": export_onnx(pt, d / f"{stage}.onnx")}
     return out
@@ -65,7 +72,7 @@ def _inputs(stage: str, batch: int) -> dict[str, np.ndarray]:
 
 # ---- export + metadata ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("stage", ["lifter", TINY_IMAGE.name])
+@pytest.mark.parametrize("stage", ["lifter", TINY_IMAGE.name, "generator", "refiner"])
 def test_onnx_metadata_round_trip(exported, stage):
     import onnx
 
@@ -129,7 +136,7 @@ def test_onnx_with_other_contract_is_refused(exported, tmp_path):
 
 # ---- parity ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("stage", ["lifter", TINY_IMAGE.name])
+@pytest.mark.parametrize("stage", ["lifter", TINY_IMAGE.name, "generator", "refiner"])
 @pytest.mark.parametrize("batch", [1, 7, 64])
 def test_onnxruntime_matches_torch(exported, stage, batch):
     ref = TorchBackend(exported[stage]["pt"])
@@ -140,7 +147,8 @@ def test_onnxruntime_matches_torch(exported, stage, batch):
     for name, w in want.items():
         assert got[name].shape == w.shape == (batch, *STAGES[stage].outputs[[t.name for t in STAGES[stage].outputs].index(name)].shape[1:])
         assert got[name].dtype == np.float32
-        np.testing.assert_allclose(got[name], w, rtol=ORT_RTOL, atol=ORT_ATOL_MM, err_msg=f"{stage}/{name}")
+        np.testing.assert_allclose(got[name], w, rtol=ORT_RTOL, atol=ORT_ATOL_MM_BY_STAGE.get(stage, ORT_ATOL_MM),
+                                   err_msg=f"{stage}/{name}")
     if stage == "lifter":  # the tolerance is only meaningful at mm scale
         assert np.abs(want["joints_mm"]).max() > 100
 

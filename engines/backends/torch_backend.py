@@ -37,6 +37,7 @@ class TorchBackend:
         self.stage: StageSpec = stage_for(ck.get("kind"))
         self.model = self.stage.build(ck)
         self.metadata = {k: v for k, v in ck.items() if k != "model"}
+        self.metadata.update(ck.get("artifact_meta") or {})  # as engines.export records it
         self.metadata["stage"] = self.stage.name
         self._torch = torch
 
