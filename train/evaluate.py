@@ -2,6 +2,9 @@
 
     posestream eval --data ../shared/data/h36m/h36m_val.npz --input sh [--model base_sh] [--json out.json]
 
+With a folder for --data it evaluates images instead (train.eval_renders): a render set made
+by `posestream render` (Base vs Final, --input mp|sh|gt) or the annotated real frames.
+
 Prints, for Protocol 1 (MPJPE: root-aligned, mm) and Protocol 2 (P-MPJPE: after Procrustes
 alignment with scale), the per-action table over all four cameras: the 15 Human3.6M actions
 plus "Avg", the mean of the per-action errors (the paper's and Martinez et al.'s average).
@@ -120,8 +123,13 @@ def report_markdown(out: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="npz in the Human3.6M staged schema")
-    p.add_argument("--input", choices=("gt", "sh"), default="sh", help="2D input: projected ground truth or SH detections")
+    p.add_argument("--data", required=True,
+                   help="npz in the Human3.6M staged schema, a render folder (posestream render), "
+                        "or the annotated real-frames folder (../shared/data/media/frames)")
+    p.add_argument("--input", choices=("gt", "sh", "mp"), default="sh",
+                   help="2D input: projected ground truth, SH detections, or (render folders) MediaPipe")
+    p.add_argument("--compare", nargs="*", default=[], metavar="MODEL",
+                   help="render/real-frame folders: more models in the same table (e.g. the Base lifters)")
     p.add_argument("--model", default=None, help="shipped model name or checkpoint path (default: best for --input)")
     p.add_argument("--backend", default="torch", help="runtime backend (torch, onnxruntime, tensorrt, auto)")
     p.add_argument("--every", type=int, default=1, help="evaluate every n-th row")
@@ -131,8 +139,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.time()
-    out = evaluate(args.data, args.input, args.model, args.backend, args.every)
-    md = report_markdown(out)
+    data = Path(args.data)
+    if data.is_dir():
+        from train import eval_renders
+
+        if (data / "manifest.json").is_file():
+            out = eval_renders.evaluate_render_set(args.data, args.input, args.model or "final", args.compare)
+            md = eval_renders.render_markdown(out)
+        else:
+            out = eval_renders.evaluate_real_frames(args.data, args.model or "final", args.compare)
+            md = eval_renders.real_markdown(out)
+    else:
+        if args.input == "mp":
+            raise UserError("--input mp needs a render folder or the real-frames folder (MediaPipe runs on images)")
+        out = evaluate(args.data, args.input, args.model, args.backend, args.every)
+        md = report_markdown(out)
     print(md)
     print(f"\n({time.time() - t0:.1f}s)")
     if args.json:

@@ -1,0 +1,231 @@
+"""Image benchmarks for Base vs Final (`posestream eval` on a render set or on real frames).
+
+    posestream eval --data data_out/synth_s9 --input mp --model final --compare base_gt base_sh
+    posestream eval --data data_out/synth_s9 --input sh --model final_sh --compare base_sh
+    posestream eval --data ../shared/data/media/frames --model final --compare base_gt
+
+Render set (any folder made by `posestream render`, e.g. from an npz in the staged schema):
+  --input mp  MediaPipe's 2D on the render (only renders where it found the person; the
+              count is reported), --input sh  the stacked-hourglass 2D of the same Human3.6M
+              frame and camera, --input gt  the exact projection.
+  Base models (lifters) see that 2D; Final sees it plus the crop (its generator is
+  conditioned on the same 2D). Tables per action (Human3.6M renders) in the paper's layout,
+  Protocol 1 and 2, and the generator's FBI accuracy per bone.
+Real frames (the mmpose-layout folder in ../shared/data/media/frames): MediaPipe on each
+image, then as above with the dataset's own intrinsics; few frames, reported per frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.errors import UserError
+from engines.skeleton import FBI_BONES, JOINT_NAMES
+
+RENDER_INPUTS = ("mp", "sh", "gt")
+
+
+def bone_names() -> list[str]:
+    return [f"{JOINT_NAMES[a]}->{JOINT_NAMES[b]}" for a, b in FBI_BONES]
+
+
+def fbi_report(prob: np.ndarray, labels: np.ndarray) -> dict:
+    hit = prob.argmax(-1) == labels
+    return {"fbi_accuracy": float(hit.mean()),
+            "fbi_per_bone": {n: float(hit[:, i].mean()) for i, n in enumerate(bone_names())}}
+
+
+def _model_kind(model: str) -> tuple[str, object]:
+    from engines.backends.torch_backend import TorchBackend
+    from engines.checkpoint import resolve_model_path
+
+    be = TorchBackend(resolve_model_path(model))
+    return be.metadata["stage"], be
+
+
+def predict_render_set(model: str, rs, cond: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(N, 17, 3) predictions of a lifter or refiner on a render set with crop-px 2D `cond`;
+    also the FBI probabilities (N, 14, 3) for a refiner (None for a lifter) and the path."""
+    from engines.checkpoint import resolve_model_path
+    from engines.normalize import features_2d
+    from train.train_generator import generator_outputs
+    from train.train_refiner import load_generator
+
+    path = str(resolve_model_path(model))
+    stage, be = _model_kind(model)
+    feats = features_2d(rs.to_image_px(cond), rs.f, rs.c)
+    if stage == "lifter":
+        out = np.concatenate([be.run({"features": feats[i:i + 4096]})["joints_mm"] for i in range(0, len(feats), 4096)])
+        return out, None, path
+    if stage != "refiner":
+        raise UserError(f"{model} is a {stage} model: evaluate a lifter or a refiner")
+    G, _ = load_generator(str(resolve_model_path(be.metadata["generator"])))
+    coarse, prob = generator_outputs(G, rs, cond)
+    out = np.concatenate([be.run({"features": feats[i:i + 4096], "coarse_mm": coarse[i:i + 4096],
+                                  "fbi_prob": prob[i:i + 4096]})["joints_mm"] for i in range(0, len(feats), 4096)])
+    return out, prob, path
+
+
+def evaluate_render_set(data: str, input_kind: str, model: str, compare: list[str]) -> dict:
+    from train.evaluate import summarize
+    from train.metrics import mpjpe, p_mpjpe
+    from train.render_data import load_render_set
+
+    if input_kind not in RENDER_INPUTS:
+        raise UserError(f"--input for a render set must be one of {', '.join(RENDER_INPUTS)}")
+    rs = load_render_set(data)
+    cond = {"mp": rs.mp2d, "sh": rs.sh2d, "gt": rs.gt2d}[input_kind]
+    ok = np.isfinite(cond).all((1, 2))
+    if not ok.any():
+        raise UserError(f"no render in {data} has {input_kind} 2D")
+    rs, cond = rs.subset(np.flatnonzero(ok)), cond[ok]
+    names = rs.action_names or ("all",)
+    action = np.where(rs.action >= 0, rs.action, 0) if rs.action_names else np.zeros(len(rs), int)
+    out: dict = {"data": str(data), "input": input_kind, "samples": int(len(rs)),
+                 "samples_total": int(len(ok)), "models": {}}
+    for m in [model, *compare]:
+        pred, prob, path = predict_render_set(m, rs, cond)
+        res = summarize(mpjpe(pred, rs.joints_3d), p_mpjpe(pred, rs.joints_3d), action, names).to_json()
+        entry = {**res, "model": path, "input": input_kind}
+        if prob is not None:
+            entry.update(fbi_report(prob, rs.fbi))
+        out["models"][m] = entry
+    return out
+
+
+@dataclass(frozen=True)
+class RealFrame:
+    dataset: str
+    name: str
+    image: Path
+    joints_cam_mm: np.ndarray   # (17, 3) camera coords, mm
+    f: np.ndarray               # (2,) px
+    c: np.ndarray               # (2,) px
+
+
+FROM_3DHP = [14, 8, 9, 10, 11, 12, 13, 15, 1, 16, 0, 5, 6, 7, 2, 3, 4]  # ours <- MPI-INF-3DHP-17
+
+
+def load_real_frames(root: str | Path) -> list[RealFrame]:
+    """The annotated Human3.6M and MPI-INF-3DHP frames (mmpose test layout, see the media
+    README): 3D in camera coordinates (m -> mm) and each camera's f, c."""
+    import pickle
+
+    root = Path(root)
+    h = root / "h36m" / "test_h36m_body3d.npz"
+    if not h.is_file():
+        raise UserError(f"{root} is not the annotated-frames folder (no h36m/test_h36m_body3d.npz)")
+    out = []
+    cams = pickle.load(open(root / "h36m" / "cameras.pkl", "rb"))
+    z = np.load(h)
+    for name, S in zip(z["imgname"], z["S"]):
+        subj, cam = str(name).split("/")[0], str(name).split(".")[1].split("_")[0]
+        cp = cams[(subj, cam)]
+        out.append(RealFrame("h36m", Path(str(name)).stem, root / "h36m" / str(name), S[:, :3] * 1000.0,
+                             np.ravel(cp["f"]), np.ravel(cp["c"])))
+    tr = pickle.load(open(root / "mpi_inf_3dhp" / "cameras_train.pkl", "rb"))
+    te = pickle.load(open(root / "mpi_inf_3dhp" / "cameras_test.pkl", "rb"))
+    for split in ("train", "test"):
+        z = np.load(root / "mpi_inf_3dhp" / f"test_3dhp_{split}.npz")
+        for name, S in zip(z["imgname"], z["S"]):
+            stem = Path(str(name)).stem
+            key = "_".join(stem.split("_")[:3]) if split == "train" else stem.split("_")[0]
+            cp = (tr if split == "train" else te)[key]
+            out.append(RealFrame("3dhp", stem, root / "mpi_inf_3dhp" / str(name), S[FROM_3DHP, :3] * 1000.0,
+                                 np.ravel(cp["f"]), np.ravel(cp["c"])))
+    return out
+
+
+def evaluate_real_frames(root: str, model: str, compare: list[str]) -> dict:
+    """MediaPipe (IMAGE mode) on each frame, then every model; per-frame errors."""
+    import cv2
+
+    from engines.backends import open_backend
+    from engines.final import FinalModel
+    from engines.landmarks import landmarks_to_joints_2d
+    from engines.normalize import features_2d
+    from engines.skeleton import fbi_states, root_relative
+    from train.metrics import mpjpe, p_mpjpe
+    from train.synth.samples import MediaPipe2D
+
+    frames = load_real_frames(root)
+    mp = MediaPipe2D()
+    rows: list[dict] = []
+    opened: dict[str, object] = {}
+    try:
+        for m in [model, *compare]:
+            be = open_backend(m, "torch")
+            if be.metadata.get("stage") == "refiner":
+                be.close()
+                be = FinalModel.open(m, "torch")
+            opened[m] = be
+        for fr in frames:
+            rgb = cv2.cvtColor(cv2.imread(str(fr.image)), cv2.COLOR_BGR2RGB)
+            lm = mp.detect(rgb)
+            row: dict = {"dataset": fr.dataset, "frame": fr.name, "detected": lm is not None}
+            if lm is not None:
+                uv, _ = landmarks_to_joints_2d(lm[:, :2], lm[:, 2])
+                gt = root_relative(fr.joints_cam_mm)[None]
+                for m, be in opened.items():
+                    if isinstance(be, FinalModel):
+                        o = be.lift(rgb, uv, fr.f, fr.c)
+                        pred = o.joints_mm[None]
+                        hit = o.fbi_prob.argmax(-1) == fbi_states(fr.joints_cam_mm)
+                        row.setdefault("fbi_hits", hit.astype(int).tolist())
+                    else:
+                        pred = be.run({"features": features_2d(uv, fr.f, fr.c)[None]})["joints_mm"]
+                    row[m] = {"mpjpe_mm": float(mpjpe(pred, gt)[0]), "p_mpjpe_mm": float(p_mpjpe(pred, gt)[0])}
+            rows.append(row)
+    finally:
+        for be in opened.values():
+            be.close()
+        mp.close()
+    summary = {}
+    for m in opened:
+        for ds in ("h36m", "3dhp"):
+            r = [x[m] for x in rows if x["dataset"] == ds and m in x]
+            if r:
+                summary.setdefault(m, {})[ds] = {"mpjpe_mm": float(np.mean([v["mpjpe_mm"] for v in r])),
+                                                 "p_mpjpe_mm": float(np.mean([v["p_mpjpe_mm"] for v in r])),
+                                                 "frames": len(r)}
+    hits = np.array([x["fbi_hits"] for x in rows if "fbi_hits" in x])
+    fbi = {}
+    if len(hits):
+        fbi = {"fbi_accuracy": float(hits.mean()),
+               "fbi_per_bone": {n: float(hits[:, i].mean()) for i, n in enumerate(bone_names())}}
+    return {"data": str(root), "input": "mp", "frames": rows, "summary": summary, **fbi, "model": model}
+
+
+def render_markdown(out: dict) -> str:
+    from train.evaluate import _result, format_table
+
+    lines = [f"render set `{out['data']}`, 2D input `{out['input']}`: {out['samples']} of "
+             f"{out['samples_total']} renders have it"]
+    for m, e in out["models"].items():
+        lines += ["", format_table(f"{m} ({Path(e['model']).name})", _result(e))]
+    for m, e in out["models"].items():
+        if "fbi_accuracy" in e:
+            per = e["fbi_per_bone"]
+            lines += ["", f"FBI accuracy of {m}'s generator: {100 * e['fbi_accuracy']:.1f}%", "",
+                      "| bone | " + " | ".join(per) + " |", "|---" * (len(per) + 1) + "|",
+                      "| accuracy % | " + " | ".join(f"{100 * v:.1f}" for v in per.values()) + " |"]
+    return "\n".join(lines)
+
+
+def real_markdown(out: dict) -> str:
+    models = list(out["summary"])
+    lines = ["real annotated frames (MediaPipe 2D; few frames: indicative only)", "",
+             "| frame | " + " | ".join(f"{m} MPJPE / P-MPJPE" for m in models) + " |", "|---" * (len(models) + 1) + "|"]
+    for r in out["frames"]:
+        cells = [f"{r[m]['mpjpe_mm']:.1f} / {r[m]['p_mpjpe_mm']:.1f}" if m in r else "not detected" for m in models]
+        lines.append(f"| {r['dataset']} {r['frame']} | " + " | ".join(cells) + " |")
+    for ds in ("h36m", "3dhp"):
+        cells = [f"{out['summary'][m][ds]['mpjpe_mm']:.1f} / {out['summary'][m][ds]['p_mpjpe_mm']:.1f}"
+                 if ds in out["summary"].get(m, {}) else "-" for m in models]
+        lines.append(f"| **{ds} mean** | " + " | ".join(cells) + " |")
+    if "fbi_accuracy" in out:
+        lines += ["", f"FBI accuracy ({out['model']}): {100 * out['fbi_accuracy']:.1f}% over "
+                      f"{sum(1 for r in out['frames'] if 'fbi_hits' in r)} frames x 14 bones"]
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""Train the refiner (paper step 4) on the training renders, with the generator's outputs.
+
+    posestream train-refiner --generator models/generator.pt --input mp --loss weighted --out runs/final_mp
+    (resumes from OUT/last.pt; OUT/best.pt is the epoch with the lowest S9-render MPJPE)
+
+Per training render, the 2D input is the detector the refiner will serve:
+  --input mp  MediaPipe on the render (renders where it found nobody are left out)
+  --input sh  the stacked-hourglass detection of the Human3.6M frame (Human3.6M renders);
+              mocap renders have no SH, so they bring their MediaPipe 2D (a real detector's
+              errors) instead
+The same 2D conditions the generator, exactly as in the app. Every sample is also used
+mirrored (train.render_data.mirror_samples, the generator run on the mirrored crop).
+The generator's outputs on its own training renders are more accurate than on unseen ones;
+--coarse-noise-mm adds Gaussian noise to the coarse 3D during training so the refiner does not
+learn to over-trust it (the value used is recorded with the measured train/val gap).
+--no-coarse / --no-fbi train the ablations; with both, it is a 2D-only Base on the renders.
+Loss: the paper's weighted loss (train.losses, epoch 1 plain L0) or plain L2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.errors import UserError
+from train.train_generator import TRAIN_SETS, VAL_SET
+
+
+@dataclass(frozen=True)
+class RefinerTrainConfig:
+    generator: str = "models/generator.pt"
+    input_kind: str = "mp"
+    train_sets: tuple[str, ...] = TRAIN_SETS
+    val_set: str = VAL_SET
+    loss: str = "weighted"
+    use_coarse: bool = True
+    use_fbi: bool = True
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_decay: float = 0.85
+    coarse_noise_mm: float = 0.0
+    mirror: bool = True
+    seed: int = 0
+    threads: int = 2
+
+
+def input_2d(rs, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(crop-px 2D (N, 17, 2), usable mask (N,)) for --input kind."""
+    mp_ok = np.isfinite(rs.mp2d).all((1, 2))
+    if kind == "mp":
+        return rs.mp2d, mp_ok
+    if kind == "sh":
+        sh_ok = np.isfinite(rs.sh2d).all((1, 2))
+        return np.where(sh_ok[:, None, None], rs.sh2d, rs.mp2d), sh_ok | mp_ok
+    raise UserError(f"unknown --input {kind!r}: mp or sh")
+
+
+def refiner_inputs(G, rs, cond: np.ndarray, mirror: bool = False) -> dict[str, np.ndarray]:
+    """Everything the refiner sees for render set `rs` with crop-px 2D `cond`, optionally
+    mirrored: features (N, 37), coarse (N, 17, 3), fbi_prob (N, 14, 3), and the labels
+    joints_3d (N, 17, 3) and fbi (N, 14) to match."""
+    from engines.normalize import features_2d
+    from train.render_data import mirror_matrices, mirror_samples
+    from train.train_generator import generator_outputs
+
+    j3, fbi = rs.joints_3d, rs.fbi
+    if mirror:
+        cond, j3, _, fbi = mirror_samples(cond, j3, rs.root_cam, mirror_matrices(rs.box, rs.c, rs.f))
+        rs = type(rs)(**{**rs.__dict__, "images": rs.images[:, :, ::-1]})
+    coarse, prob = generator_outputs(G, rs, cond)
+    return {"features": features_2d(rs.to_image_px(cond), rs.f, rs.c), "coarse": coarse, "fbi_prob": prob,
+            "joints_3d": j3.astype(np.float32), "fbi": np.asarray(fbi)}
+
+
+def load_generator(path: str):
+    from engines.backends.torch_backend import load_checkpoint
+    from engines.stages import stage_for
+
+    ck = load_checkpoint(path)
+    if ck.get("kind") != "generator":
+        raise UserError(f"{path} is not a generator checkpoint")
+    return stage_for("generator").build(ck), ck
+
+
+def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
+    import torch
+
+    from engines.checkpoint import contract_metadata, file_sha256
+    from engines.models import apply_max_norm
+    from engines.refiner import Refiner, RefinerConfig
+    from train.losses import per_sample_l0, weighted_loss_terms
+    from train.metrics import mpjpe
+    from train.render_data import concat
+    from train.train_generator import check_no_s9, load_sets
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    G, gck = load_generator(cfg.generator)
+    sets = load_sets(cfg.train_sets, log)
+    check_no_s9(sets)
+    tr = concat([s for s, _ in sets])
+    cond, ok = input_2d(tr, cfg.input_kind)
+    tr, cond = tr.subset(np.flatnonzero(ok)), cond[ok]
+    va = load_sets([cfg.val_set], log)[0][0]
+    vcond, vok = input_2d(va, cfg.input_kind)
+    va, vcond = va.subset(np.flatnonzero(vok)), vcond[vok]
+    t0 = time.time()
+    parts = [refiner_inputs(G, tr, cond)] + ([refiner_inputs(G, tr, cond, mirror=True)] if cfg.mirror else [])
+    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    vdata = refiner_inputs(G, va, vcond)
+    gap = {"train_coarse_mpjpe_mm": float(mpjpe(parts[0]["coarse"], parts[0]["joints_3d"]).mean()),
+           "val_coarse_mpjpe_mm": float(mpjpe(vdata["coarse"], vdata["joints_3d"]).mean())}
+    log(f"{len(data['features'])} training inputs, {len(vdata['features'])} validation; generator outputs in "
+        f"{time.time() - t0:.0f}s; coarse MPJPE train {gap['train_coarse_mpjpe_mm']:.1f} mm vs "
+        f"val {gap['val_coarse_mpjpe_mm']:.1f} mm")
+
+    mcfg = RefinerConfig(use_coarse=cfg.use_coarse, use_fbi=cfg.use_fbi)
+    model = Refiner(mcfg)
+    T = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in data.items() if k != "fbi"}
+    X = model.inputs(T["features"], T["coarse"], T["fbi_prob"])
+    Y = T["joints_3d"].reshape(len(X), -1)
+    model.lifter.set_normalization(X.mean(0), X.std(0), Y.mean(0), Y.std(0))
+    Yn = (Y - model.lifter.out_mean) / model.lifter.out_std
+    V = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in vdata.items() if k != "fbi"}
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+    state = {"epoch": 0, "one_minus_a": None, "history": [], "best": math.inf, "train_seconds": 0.0}
+    last = out / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        if {**ck["train_config"], "epochs": 0} != {**asdict(cfg), "epochs": 0}:
+            raise UserError(f"{last} was written with a different config; use a new --out")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state = ck["state"]
+        torch.set_rng_state(ck["torch_rng"])
+        rng.bit_generator.state = ck["numpy_rng"]
+        log(f"resumed from {last} at epoch {state['epoch']}")
+
+    def validate() -> float:
+        model.eval()
+        with torch.no_grad():
+            pred = model(V["features"], V["coarse"], V["fbi_prob"]).numpy()
+        return float(mpjpe(pred, vdata["joints_3d"]).mean())
+
+    n = len(X)
+    while state["epoch"] < cfg.epochs:
+        t0 = time.time()
+        model.train()
+        perm = torch.from_numpy(rng.permutation(n))
+        l0_sum, seen = 0.0, 0
+        for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            coarse = T["coarse"][idx]
+            if cfg.coarse_noise_mm > 0:
+                coarse = coarse + cfg.coarse_noise_mm * torch.randn_like(coarse)
+                coarse = coarse - coarse[:, :1]
+            pred = model.lifter.forward_normalized(model.inputs(T["features"][idx], coarse, T["fbi_prob"][idx]))
+            l0 = per_sample_l0(pred, Yn[idx])
+            if cfg.loss == "weighted" and state["one_minus_a"] is not None:
+                loss = weighted_loss_terms(l0, state["one_minus_a"]).mean()
+            else:
+                loss = l0.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            apply_max_norm(model, mcfg.max_norm)
+            l0_sum += float(l0.detach().sum())
+            seen += len(idx)
+        sched.step()
+        epoch_l0 = l0_sum / max(seen, 1)
+        if cfg.loss == "weighted":
+            state["one_minus_a"] = epoch_l0  # as in train.train_lifter: mean L0 of this epoch's pass
+        val = validate()
+        dt = time.time() - t0
+        state["train_seconds"] += dt
+        state["epoch"] += 1
+        state["history"].append({"epoch": state["epoch"], "train_l0": epoch_l0, "val_mpjpe_mm": val, "seconds": dt})
+        log(f"epoch {state['epoch']}/{cfg.epochs} train L0 {epoch_l0:.4f} val MPJPE {val:.2f} mm ({dt:.0f}s)")
+        meta = {"kind": "refiner", "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
+                "contract": contract_metadata(), "input_kind": cfg.input_kind, "generator_gap": gap,
+                "generator_sha256": file_sha256(cfg.generator),
+                "artifact_meta": {"generator": Path(cfg.generator).stem, "input_kind": cfg.input_kind}}
+        if val < state["best"]:
+            state["best"] = val
+            torch.save({"model": model.state_dict(), **meta, "val_mpjpe_mm": val, "epoch": state["epoch"],
+                        "train_seconds": state["train_seconds"]}, out / "best.pt")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "state": state, "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state,
+                    "train_config": asdict(cfg)}, last)
+        (out / "history.json").write_text(json.dumps({"gap": gap, "history": state["history"]}, indent=1))
+    return state
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generator", default=RefinerTrainConfig.generator, help="generator checkpoint")
+    p.add_argument("--input", choices=("mp", "sh"), default="mp", help="2D input the refiner serves")
+    p.add_argument("--train", nargs="+", default=list(TRAIN_SETS), help="training render sets (never S9)")
+    p.add_argument("--val", default=VAL_SET, help="validation render set (S9)")
+    p.add_argument("--loss", choices=("weighted", "l2"), default="weighted")
+    p.add_argument("--no-coarse", action="store_true", help="ablation: no coarse-3D input")
+    p.add_argument("--no-fbi", action="store_true", help="ablation: no FBI input")
+    p.add_argument("--out", required=True, help="run directory (resumes from OUT/last.pt)")
+    for name, typ in (("epochs", int), ("lr", float), ("coarse-noise-mm", float), ("seed", int), ("threads", int)):
+        p.add_argument(f"--{name}", type=typ, default=getattr(RefinerTrainConfig, name.replace("-", "_")))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = RefinerTrainConfig(generator=args.generator, input_kind=args.input, train_sets=tuple(args.train),
+                             val_set=args.val, loss=args.loss, use_coarse=not args.no_coarse,
+                             use_fbi=not args.no_fbi, epochs=args.epochs, lr=args.lr,
+                             coarse_noise_mm=args.coarse_noise_mm, seed=args.seed, threads=args.threads)
+    train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
+    return 0
