@@ -162,6 +162,22 @@ def onnx_for_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = N
     return export_onnx(checkpoint, cached)
 
 
+def refresh_shipped_onnx(models_dir: str | Path | None = None, log=print) -> list[Path]:
+    """Export models/NAME.onnx for every models/NAME.pt that lacks one or whose ONNX came from
+    another checkpoint (set-up runs this, so the app's ONNX Runtime path never needs torch).
+    Returns the files written."""
+    from engines.checkpoint import MODELS_DIR, file_sha256
+
+    written = []
+    for pt in sorted(Path(models_dir or MODELS_DIR).glob("*.pt")):
+        out = pt.with_suffix(".onnx")
+        if out.is_file() and _matches(out, file_sha256(pt), "fp32"):
+            continue
+        log(f"exporting {out}")
+        written.append(export_onnx(pt, out))
+    return written
+
+
 # ---- format table -------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """Per-frame 3D pose estimation: MediaPipe 2D -> lifter -> metric root trajectory.
 
+The lifter is a Base lifter (2D only) or the Final model (engines.final: the 256 crop through
+the generator's depth and FBI branches, then the refiner); PoseFrame.fbi is filled by Final.
+
 `PoseEstimator.process(frame) -> PoseFrame` does everything for one frame; the two halves
 `detect(frame) -> Detected` and `lift(detected) -> PoseFrame` can run in different threads
 (realtime/pipeline.py). The lifter input is `engines.normalize.features_2d(uv, f, c)` with
 intrinsics from `realtime.trajectory.intrinsics_for` (calibration file, else a pinhole
 camera with --fov, default 60 degrees horizontal). With `trajectory=True` (default) the
-root-relative lifter output is placed in camera space (`TrajectoryStage`: joints_mm =
-pose + translation_mm); without it joints_mm stays root-relative and translation_mm NaN.
+TrajectoryStage fills translation_mm (the pelvis in camera space: camera-space joints are
+joints_mm + translation_mm); joints_mm is always root-relative, translation_mm NaN without it.
 Needs torch only when the torch backend is chosen.
 """
 from __future__ import annotations
@@ -34,17 +37,25 @@ class Detected:
     image_size: tuple[int, int]
     detection: Detection | None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, kept only when the lifter needs the crop
 
 
 def open_lifter(model: str, backend: str = "auto", threads: int | None = None):
     """The lifter on the requested runtime. Uses engines.backends.open_backend when present
-    (ONNX Runtime / TensorRT / torch), else the torch checkpoint."""
+    (ONNX Runtime / TensorRT / torch), else the torch checkpoint. A refiner (the Final model)
+    comes back as an engines.final.FinalModel, its generator opened on the same runtime."""
     try:
         from engines.backends import open_backend
     except ImportError:
         open_backend = None
     if open_backend is not None:
-        return open_backend(model, backend, threads=threads)
+        be = open_backend(model, backend, threads=threads)
+        if be.metadata.get("stage") != "refiner":
+            return be
+        be.close()
+        from engines.final import FinalModel
+
+        return FinalModel.open(model, backend, threads=threads)
     if backend not in ("auto", "torch"):
         raise UserError(f"backend {backend!r} is not available in this install (only torch)")
     from engines.backends.torch_backend import TorchBackend
@@ -65,6 +76,9 @@ class PoseEstimator:
         self.lifter = lifter if lifter is not None else open_lifter(model, backend, threads)
         self.detector = detector if detector is not None else PoseDetector(mode=detector_mode, num_poses=num_poses)
         self.trajectory = TrajectoryStage(fov_deg, calib) if trajectory else None
+        # The Final model needs the crop: detect() then keeps the frame's pixels for lift().
+        self.needs_image = callable(getattr(self.lifter, "lift", None))
+        self._intr: tuple[tuple[int, int], object] | None = None
 
     def __enter__(self) -> "PoseEstimator":
         return self
@@ -85,21 +99,35 @@ class PoseEstimator:
         t0 = time.perf_counter()
         det = self.detector.detect(frame.image, frame.timestamp_s)
         ms = (time.perf_counter() - t0) * 1000.0
-        return Detected(frame.index, frame.timestamp_s, (int(w), int(h)), det, {"detect": ms})
+        return Detected(frame.index, frame.timestamp_s, (int(w), int(h)), det, {"detect": ms},
+                        frame.image if self.needs_image and det is not None else None)
+
+    def _intrinsics(self, size: tuple[int, int]):
+        """Intrinsics for a frame size, computed once per size (--calib is read once)."""
+        if self._intr is None or self._intr[0] != size:
+            self._intr = (size, intrinsics_for(size, self.fov_deg, self.calib))
+        return self._intr[1]
 
     def lift(self, d: Detected) -> PoseFrame:
         if d.detection is None:
             return PoseFrame.empty(d.index, d.timestamp_s, d.image_size, d.timings_ms)
         t0 = time.perf_counter()
-        intr = intrinsics_for(d.image_size, self.fov_deg, self.calib)
+        intr = self._intrinsics(d.image_size)
         uv = d.detection.joints_2d_px
-        feats = features_2d(uv, intr.f, intr.c)[None]
-        joints = np.asarray(self.lifter.run({"features": feats})["joints_mm"], np.float32)
-        assert joints.shape == (1, NUM_JOINTS, 3), joints.shape
-        rel = joints[0] - joints[0, 0]
+        fbi = None
+        if self.needs_image:
+            if d.image is None:
+                raise UserError("the Final model needs the frame's pixels: detect() did not keep them")
+            out = self.lifter.lift(d.image, uv, intr.f, intr.c)
+            rel, fbi = out.joints_mm, out.fbi_prob
+        else:
+            feats = features_2d(uv, intr.f, intr.c)[None]
+            joints = np.asarray(self.lifter.run({"features": feats})["joints_mm"], np.float32)
+            assert joints.shape == (1, NUM_JOINTS, 3), joints.shape
+            rel = joints[0] - joints[0, 0]
         timings = dict(d.timings_ms, lift=(time.perf_counter() - t0) * 1000.0)
         pose = PoseFrame(d.index, d.timestamp_s, True, rel, np.full(3, np.nan, np.float32), uv,
-                         d.detection.confidence, d.image_size, None, timings)
+                         d.detection.confidence, d.image_size, fbi, timings)
         if self.trajectory is not None:
             pose = self.trajectory(pose)
         return pose

@@ -21,9 +21,10 @@ class PoseFrame:
     """The 3D result for one frame.
 
     valid:        False when no person was found (arrays then hold NaN).
-    joints_mm:    (17, 3) float32, camera space in millimetres (x right, y down, z forward),
-                  root-relative unless `translation_mm` is added by the trajectory stage.
-    translation_mm: (3,) float32 camera-space pelvis position (NaN if unknown).
+    joints_mm:    (17, 3) float32 millimetres, camera axes (x right, y down, z forward),
+                  always root-relative (pelvis = 0).
+    translation_mm: (3,) float32 camera-space pelvis position (NaN if unknown): the joints
+                  in camera space are joints_mm + translation_mm.
     joints_2d_px: (17, 2) float32 image pixels.
     confidence:   (17,) float32 in [0, 1] (detector visibility).
     fbi:          (14, 3) float32 FBI state probabilities (forward, backward, parallel), or None.

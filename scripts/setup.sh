@@ -53,12 +53,9 @@ fi
 if [ -f scripts/build_mediapipe_model.py ]; then
   .venv/bin/python scripts/build_mediapipe_model.py --if-missing
 fi
-for m in base_gt base_sh; do
-  if [ -f "models/$m.pt" ] && [ ! -f "models/$m.onnx" ]; then
-    log "exporting models/$m.onnx"
-    .venv/bin/posestream export --model "$m" --format onnx --out "models/$m.onnx"
-  fi
-done
+# ONNX of every shipped checkpoint (missing or exported from an older .pt), so the app's
+# ONNX Runtime path never needs torch at run time.
+.venv/bin/python -c "from engines.export import refresh_shipped_onnx; refresh_shipped_onnx(log=lambda s: print('[setup]', s))"
 
 # --- demo ------------------------------------------------------------------------------
 if ((DEMO)); then

@@ -101,12 +101,12 @@ def make_discriminator(hidden: int = 256):
     return KCSDiscriminator()
 
 
-def evaluate_coarse(model, va) -> dict:
+def evaluate_coarse(model, va, cond: np.ndarray) -> dict:
     from train.metrics import mpjpe
     from train.pose_validity import validity_report
     from train.train_generator import generator_outputs
 
-    coarse, prob = generator_outputs(model, va, va.mp2d)
+    coarse, prob = generator_outputs(model, va, cond)
     return {"coarse_mpjpe_mm": float(mpjpe(coarse, va.joints_3d).mean()),
             "fbi_acc": float((prob.argmax(-1) == va.fbi).mean()), **validity_report(coarse)}
 
@@ -118,7 +118,7 @@ def train(cfg: AdvConfig, out: Path, log=print) -> dict:
     from train import h36m
     from train.pose_validity import validity_report
     from train.render_data import concat
-    from train.train_generator import check_no_s9, load_sets, training_batch
+    from train.train_generator import check_no_s9, load_sets, training_batch, validation_view
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -133,8 +133,7 @@ def train(cfg: AdvConfig, out: Path, log=print) -> dict:
     sets = load_sets(cfg.train_sets, log)
     check_no_s9(sets)
     tr = concat([s for s, _ in sets])
-    va = load_sets([cfg.val_set], log)[0][0]
-    va = va.subset(np.flatnonzero(va.mp_found))
+    va, vcond = validation_view(load_sets([cfg.val_set], log)[0][0], log=log)
     real_path = cfg.h36m_train or str(h36m.default_data_dir() / "h36m" / "h36m_train.npz")
     real = h36m.load(real_path, "gt", every=cfg.h36m_every)
     if (real.subject == 9).any():
@@ -142,7 +141,7 @@ def train(cfg: AdvConfig, out: Path, log=print) -> dict:
     real_uv, real_3d = torch.from_numpy(real.uv), torch.from_numpy(real.joints_cam)
     log(f"{len(tr)} renders, {len(real_uv)} real Human3.6M poses, {len(va)} S9 validation renders")
 
-    report = {"config": asdict(cfg), "ground_truth": validity_report(va.joints_3d), "before": evaluate_coarse(G, va)}
+    report = {"config": asdict(cfg), "ground_truth": validity_report(va.joints_3d), "before": evaluate_coarse(G, va, vcond)}
     log(f"before: {report['before']}  (ground truth: {report['ground_truth']})")
     opt_g = torch.optim.Adam(G.depth.parameters(), lr=cfg.lr_g)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
@@ -172,11 +171,11 @@ def train(cfg: AdvConfig, out: Path, log=print) -> dict:
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
-            sums += [sup.item(), adv.item(), loss_d.item(), float(d_fake.mean())]
+            sums += [sup.item(), adv.item(), loss_d.item(), d_fake.mean().item()]
             if s % 100 == 0:
                 log(f"  epoch {epoch + 1} step {s}/{steps} L1 {sup.item():.1f} mm adv {adv.item():.3f} "
                     f"D {loss_d.item():.3f}")
-        val = evaluate_coarse(G, va)
+        val = evaluate_coarse(G, va, vcond)
         rec = {"epoch": epoch + 1, "l1_mm": sums[0] / steps, "adv": sums[1] / steps, "loss_d": sums[2] / steps, **val}
         history.append(rec)
         log(f"epoch {epoch + 1}/{cfg.epochs}: {val}")

@@ -110,11 +110,23 @@ def generator_outputs(model, rs, cond2d: np.ndarray, batch: int = 256) -> tuple[
     return np.concatenate(cs), np.concatenate(ps)
 
 
-def val_metrics(model, va) -> dict:
-    """Coarse MPJPE (mm) and FBI accuracy on the validation renders MediaPipe found (its 2D)."""
+def validation_view(va, every: int = 1, log=print):
+    """(renders, their crop-px 2D) to validate on: the renders MediaPipe found, with its 2D
+    (as in the app); a set rendered without MediaPipe falls back to the exact 2D."""
+    found = np.flatnonzero(va.mp_found)[::every]
+    if len(found):
+        sub = va.subset(found)
+        return sub, sub.mp2d
+    log("validation set has no MediaPipe 2D: validating on the exact 2D")
+    sub = va.subset(np.arange(0, len(va), every))
+    return sub, sub.gt2d
+
+
+def val_metrics(model, va, cond: np.ndarray) -> dict:
+    """Coarse MPJPE (mm) and FBI accuracy on validation renders with 2D `cond`."""
     from train.metrics import mpjpe
 
-    coarse, prob = generator_outputs(model, va, va.mp2d)
+    coarse, prob = generator_outputs(model, va, cond)
     return {"coarse_mpjpe_mm": float(mpjpe(coarse, va.joints_3d).mean()),
             "fbi_acc": float((prob.argmax(-1) == va.fbi).mean())}
 
@@ -139,9 +151,8 @@ def train(cfg: GenTrainConfig, out: Path, log=print) -> dict:
     sets = load_sets(cfg.train_sets, log)
     check_no_s9(sets)
     tr = concat([s for s, _ in sets])
-    va = load_sets([cfg.val_set], log)[0][0]
-    va = va.subset(np.flatnonzero(va.mp_found)[::cfg.val_every])
-    log(f"{len(tr)} training renders, {len(va)} validation renders (MediaPipe found)")
+    va, vcond = validation_view(load_sets([cfg.val_set], log)[0][0], cfg.val_every, log)
+    log(f"{len(tr)} training renders, {len(va)} validation renders")
 
     mcfg = GeneratorConfig(widths=tuple(cfg.widths), head_hidden=cfg.head_hidden, dropout=cfg.dropout)
     model = Generator(mcfg)
@@ -184,9 +195,9 @@ def train(cfg: GenTrainConfig, out: Path, log=print) -> dict:
             sums["coarse_l1_mm"] += l_c.item()
             sums["fbi_ce"] += l_f.item()
             if s % 50 == 0:
-                log(f"  epoch {state['epoch'] + 1} step {s}/{steps_per_epoch} coarse L1 {float(l_c):.1f} mm "
-                    f"FBI CE {float(l_f):.3f} ({(s + 1) * cfg.batch_size / (time.time() - t0):.0f} samples/s)")
-        val = val_metrics(model, va)
+                log(f"  epoch {state['epoch'] + 1} step {s}/{steps_per_epoch} coarse L1 {l_c.item():.1f} mm "
+                    f"FBI CE {l_f.item():.3f} ({(s + 1) * cfg.batch_size / (time.time() - t0):.0f} samples/s)")
+        val = val_metrics(model, va, vcond)
         dt = time.time() - t0
         state["train_seconds"] += dt
         state["epoch"] += 1

@@ -78,6 +78,15 @@ def refiner_inputs(G, rs, cond: np.ndarray, mirror: bool = False) -> dict[str, n
             "joints_3d": j3.astype(np.float32), "fbi": np.asarray(fbi)}
 
 
+def generator_reference(path: str) -> str:
+    """How a refiner names its generator: the shipped name for a file in models/ (so the
+    pair can be exported and moved together), else the absolute path."""
+    from engines.checkpoint import MODELS_DIR
+
+    p = Path(path).resolve()
+    return p.stem if p.parent == MODELS_DIR.resolve() else str(p)
+
+
 def load_generator(path: str):
     from engines.backends.torch_backend import load_checkpoint
     from engines.stages import stage_for
@@ -189,7 +198,7 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
         meta = {"kind": "refiner", "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
                 "contract": contract_metadata(), "input_kind": cfg.input_kind, "generator_gap": gap,
                 "generator_sha256": file_sha256(cfg.generator),
-                "artifact_meta": {"generator": Path(cfg.generator).stem, "input_kind": cfg.input_kind}}
+                "artifact_meta": {"generator": generator_reference(cfg.generator), "input_kind": cfg.input_kind}}
         if val < state["best"]:
             state["best"] = val
             torch.save({"model": model.state_dict(), **meta, "val_mpjpe_mm": val, "epoch": state["epoch"],
