@@ -48,6 +48,16 @@ def weighted_loss(pred: torch.Tensor, target: torch.Tensor, one_minus_a: float, 
     return weighted_loss_terms(per_sample_l0(pred, target), one_minus_a, eps).mean()
 
 
+def training_loss(l0: torch.Tensor, kind: str, one_minus_a: float | None) -> torch.Tensor:
+    """The batch loss of a training step from per-sample L0: "weighted" (once 1 - a is known,
+    i.e. after the warm-up epoch) or "l2"."""
+    if kind == "weighted" and one_minus_a is not None:
+        return weighted_loss_terms(l0, one_minus_a).mean()
+    if kind not in ("weighted", "l2"):
+        raise ValueError(f"unknown loss {kind!r}")
+    return l0.mean()
+
+
 def l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Plain Martinez L2 (batch mean of per-sample L0)."""
     return per_sample_l0(pred, target).mean()

@@ -20,12 +20,13 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engines.errors import UserError
+from train import run_state
 
 TRAIN_SETS = ("data_out/synth_bandai", "data_out/synth_h36m_train")
 VAL_SET = "data_out/synth_s9"
@@ -165,17 +166,8 @@ def train(cfg: GenTrainConfig, out: Path, log=print) -> dict:
                                                 pct_start=0.1)
     state = {"epoch": 0, "history": [], "best": math.inf, "train_seconds": 0.0}
     last = out / "last.pt"
-    if last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
-        if ck["train_config"] != asdict(cfg):
-            raise UserError(f"{last} was written with a different config; use a new --out")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        state = ck["state"]
-        torch.set_rng_state(ck["torch_rng"])
-        rng.bit_generator.state = ck["numpy_rng"]
-        log(f"resumed from {last} at epoch {state['epoch']}")
+    # no config change on resume: the one-cycle schedule is laid out for cfg.epochs
+    state = run_state.resume(last, asdict(cfg), model, opt, sched, rng, state, (), log)
 
     while state["epoch"] < cfg.epochs:
         t0 = time.time()
@@ -211,9 +203,7 @@ def train(cfg: GenTrainConfig, out: Path, log=print) -> dict:
         if val["coarse_mpjpe_mm"] < state["best"]:
             state["best"] = val["coarse_mpjpe_mm"]
             torch.save({"model": model.state_dict(), **meta}, out / "best.pt")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "state": state, "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state,
-                    "train_config": asdict(cfg)}, last)
+        run_state.save(last, asdict(cfg), model, opt, sched, rng, state)
         (out / "history.json").write_text(json.dumps(state["history"], indent=1))
     return state
 

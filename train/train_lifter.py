@@ -11,12 +11,13 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engines.errors import UserError
+from train import run_state
 
 TRAIN_SUBJECTS = (1, 5, 6, 7, 8)
 
@@ -65,7 +66,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     from engines.checkpoint import contract_metadata, file_sha256
     from engines.models import Lifter, LifterConfig, apply_max_norm
     from train import h36m
-    from train.losses import l2_loss, per_sample_l0, weighted_loss_terms
+    from train.losses import per_sample_l0, training_loss
     from train.metrics import mpjpe
 
     torch.set_num_threads(cfg.threads)
@@ -100,18 +101,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
 
     state = {"epoch": 0, "one_minus_a": None, "history": [], "best": math.inf, "train_seconds": 0.0}
     last = out / "last.pt"
-    if last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
-        # Only the epoch count may change on resume (to extend a run); anything else means a new run.
-        if {**ck["train_config"], "epochs": 0} != {**asdict(cfg), "epochs": 0}:
-            raise UserError(f"{last} was written with a different config; use a new --out")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        state = ck["state"]
-        torch.set_rng_state(ck["torch_rng"])
-        rng.bit_generator.state = ck["numpy_rng"]
-        log(f"resumed from {last} at epoch {state['epoch']}")
+    # Only the epoch count may change on resume (to extend a run); anything else means a new run.
+    state = run_state.resume(last, asdict(cfg), model, opt, sched, rng, state, ("epochs",), log)
 
     def validate() -> float:
         model.eval()
@@ -133,10 +124,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
                 xb = torch.from_numpy(_features(noisy.numpy(), f[idx.numpy()], c[idx.numpy()]))
             pred = model.forward_normalized(xb)
             l0 = per_sample_l0(pred, Yn[idx])
-            if cfg.loss == "weighted" and state["one_minus_a"] is not None:
-                loss = weighted_loss_terms(l0, state["one_minus_a"]).mean()
-            else:
-                loss = l0.mean()
+            loss = training_loss(l0, cfg.loss, state["one_minus_a"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -162,9 +150,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
             state["best"] = val
             torch.save({"model": model.state_dict(), **meta, "val_mpjpe_mm": val, "epoch": state["epoch"],
                         "train_seconds": state["train_seconds"]}, out / "best.pt")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "state": state, "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state,
-                    "train_config": asdict(cfg)}, last)
+        run_state.save(last, asdict(cfg), model, opt, sched, rng, state)
         (out / "history.json").write_text(json.dumps(state["history"], indent=1))
     return state
 

@@ -14,6 +14,10 @@ The generator's outputs on its own training renders are more accurate than on un
 --coarse-noise-mm adds Gaussian noise to the coarse 3D during training so the refiner does not
 learn to over-trust it (the value used is recorded with the measured train/val gap).
 --no-coarse / --no-fbi train the ablations; with both, it is a 2D-only Base on the renders.
+--h36m-mix NPZ mixes in Human3.6M train frames (2D-only: SH detections for --input sh, else
+the projected ground truth) with the image cues marked absent (coarse 3D zero, FBI uniform
+1/3, values no generator output takes), so the refiner keeps the 2D->3D prior of hundreds of
+thousands of poses and learns from the renders what the image cues add.
 Loss: the paper's weighted loss (train.losses, epoch 1 plain L0) or plain L2.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import UserError
+from train import run_state
 from train.train_generator import TRAIN_SETS, VAL_SET
 
 
@@ -46,6 +51,9 @@ class RefinerTrainConfig:
     lr_decay: float = 0.85
     coarse_noise_mm: float = 0.0
     mirror: bool = True
+    h36m_mix: str = ""              # Human3.6M train npz: 2D-only samples mixed in (see docstring)
+    h36m_every: int = 8
+    render_repeat: int = 1          # render samples appear this many times per epoch
     seed: int = 0
     threads: int = 2
 
@@ -63,8 +71,8 @@ def input_2d(rs, kind: str) -> tuple[np.ndarray, np.ndarray]:
 
 def refiner_inputs(G, rs, cond: np.ndarray, mirror: bool = False) -> dict[str, np.ndarray]:
     """Everything the refiner sees for render set `rs` with crop-px 2D `cond`, optionally
-    mirrored: features (N, 37), coarse (N, 17, 3), fbi_prob (N, 14, 3), and the labels
-    joints_3d (N, 17, 3) and fbi (N, 14) to match."""
+    mirrored: features (N, 37), coarse (N, 17, 3), fbi_prob (N, 14, 3), the labels
+    joints_3d (N, 17, 3) and fbi (N, 14) to match, and no_cues (N,) False."""
     from engines.normalize import features_2d
     from train.render_data import mirror_matrices, mirror_samples
     from train.train_generator import generator_outputs
@@ -75,7 +83,28 @@ def refiner_inputs(G, rs, cond: np.ndarray, mirror: bool = False) -> dict[str, n
         rs = type(rs)(**{**rs.__dict__, "images": rs.images[:, :, ::-1]})
     coarse, prob = generator_outputs(G, rs, cond)
     return {"features": features_2d(rs.to_image_px(cond), rs.f, rs.c), "coarse": coarse, "fbi_prob": prob,
-            "joints_3d": j3.astype(np.float32), "fbi": np.asarray(fbi)}
+            "joints_3d": j3.astype(np.float32), "fbi": np.asarray(fbi), "no_cues": np.zeros(len(j3), bool)}
+
+
+def h36m_without_cues(npz: str, kind: str, every: int, mirror: bool) -> dict[str, np.ndarray]:
+    """Human3.6M train frames as refiner samples with the image cues marked absent."""
+    from engines.normalize import features_2d
+    from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
+    from train import h36m
+    from train.train_lifter import TRAIN_SUBJECTS, _flip
+
+    s = h36m.load(npz, kind, every=every)
+    if set(np.unique(s.subject)) - set(TRAIN_SUBJECTS):
+        raise UserError(f"{npz} holds subjects other than the training ones {TRAIN_SUBJECTS}")
+    uv, f, c, j3 = s.uv, s.f, s.c, s.joints_cam
+    if mirror:
+        uv_f, j3_f = _flip(uv, c, j3)
+        uv, f, c, j3 = (np.concatenate([uv, uv_f]), np.concatenate([f, f]), np.concatenate([c, c]),
+                        np.concatenate([j3, j3_f]))
+    n = len(uv)
+    return {"features": features_2d(uv, f, c), "coarse": np.zeros((n, NUM_JOINTS, 3), np.float32),
+            "fbi_prob": np.full((n, NUM_FBI_BONES, 3), 1.0 / 3.0, np.float32), "joints_3d": j3.astype(np.float32),
+            "fbi": np.full((n, NUM_FBI_BONES), -1, np.int8), "no_cues": np.ones(n, bool)}
 
 
 def generator_reference(path: str) -> str:
@@ -103,7 +132,7 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
     from engines.checkpoint import contract_metadata, file_sha256
     from engines.models import apply_max_norm
     from engines.refiner import Refiner, RefinerConfig
-    from train.losses import per_sample_l0, weighted_loss_terms
+    from train.losses import per_sample_l0, training_loss
     from train.metrics import mpjpe
     from train.render_data import concat
     from train.train_generator import check_no_s9, load_sets
@@ -123,17 +152,25 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
     va, vcond = va.subset(np.flatnonzero(vok)), vcond[vok]
     t0 = time.time()
     parts = [refiner_inputs(G, tr, cond)] + ([refiner_inputs(G, tr, cond, mirror=True)] if cfg.mirror else [])
+    parts = parts * cfg.render_repeat
+    if cfg.h36m_mix:
+        parts.append(h36m_without_cues(cfg.h36m_mix, "sh" if cfg.input_kind == "sh" else "gt", cfg.h36m_every,
+                                       cfg.mirror))
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    has_cues = torch.from_numpy(~data["no_cues"]).float()
     vdata = refiner_inputs(G, va, vcond)
+    n_render = sum(len(p["features"]) for p in parts if not p["no_cues"].any())
     gap = {"train_coarse_mpjpe_mm": float(mpjpe(parts[0]["coarse"], parts[0]["joints_3d"]).mean()),
            "val_coarse_mpjpe_mm": float(mpjpe(vdata["coarse"], vdata["joints_3d"]).mean())}
-    log(f"{len(data['features'])} training inputs, {len(vdata['features'])} validation; generator outputs in "
+    log(f"{len(data['features'])} training inputs ({n_render} from renders), {len(vdata['features'])} validation; "
+        f"generator outputs in "
         f"{time.time() - t0:.0f}s; coarse MPJPE train {gap['train_coarse_mpjpe_mm']:.1f} mm vs "
         f"val {gap['val_coarse_mpjpe_mm']:.1f} mm")
 
     mcfg = RefinerConfig(use_coarse=cfg.use_coarse, use_fbi=cfg.use_fbi)
     model = Refiner(mcfg)
-    T = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in data.items() if k != "fbi"}
+    T = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in data.items()
+         if k not in ("fbi", "no_cues")}
     X = model.inputs(T["features"], T["coarse"], T["fbi_prob"])
     Y = T["joints_3d"].reshape(len(X), -1)
     model.lifter.set_normalization(X.mean(0), X.std(0), Y.mean(0), Y.std(0))
@@ -143,17 +180,7 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     state = {"epoch": 0, "one_minus_a": None, "history": [], "best": math.inf, "train_seconds": 0.0}
     last = out / "last.pt"
-    if last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
-        if {**ck["train_config"], "epochs": 0} != {**asdict(cfg), "epochs": 0}:
-            raise UserError(f"{last} was written with a different config; use a new --out")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        state = ck["state"]
-        torch.set_rng_state(ck["torch_rng"])
-        rng.bit_generator.state = ck["numpy_rng"]
-        log(f"resumed from {last} at epoch {state['epoch']}")
+    state = run_state.resume(last, asdict(cfg), model, opt, sched, rng, state, ("epochs",), log)
 
     def validate() -> float:
         model.eval()
@@ -170,15 +197,13 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
         for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             coarse = T["coarse"][idx]
-            if cfg.coarse_noise_mm > 0:
-                coarse = coarse + cfg.coarse_noise_mm * torch.randn_like(coarse)
+            if cfg.coarse_noise_mm > 0:  # only where there are cues: absent ones stay exactly zero
+                noise = cfg.coarse_noise_mm * torch.randn_like(coarse) * has_cues[idx, None, None]
+                coarse = coarse + noise
                 coarse = coarse - coarse[:, :1]
             pred = model.lifter.forward_normalized(model.inputs(T["features"][idx], coarse, T["fbi_prob"][idx]))
             l0 = per_sample_l0(pred, Yn[idx])
-            if cfg.loss == "weighted" and state["one_minus_a"] is not None:
-                loss = weighted_loss_terms(l0, state["one_minus_a"]).mean()
-            else:
-                loss = l0.mean()
+            loss = training_loss(l0, cfg.loss, state["one_minus_a"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -203,9 +228,7 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
             state["best"] = val
             torch.save({"model": model.state_dict(), **meta, "val_mpjpe_mm": val, "epoch": state["epoch"],
                         "train_seconds": state["train_seconds"]}, out / "best.pt")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "state": state, "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state,
-                    "train_config": asdict(cfg)}, last)
+        run_state.save(last, asdict(cfg), model, opt, sched, rng, state)
         (out / "history.json").write_text(json.dumps({"gap": gap, "history": state["history"]}, indent=1))
     return state
 
@@ -219,7 +242,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-coarse", action="store_true", help="ablation: no coarse-3D input")
     p.add_argument("--no-fbi", action="store_true", help="ablation: no FBI input")
     p.add_argument("--out", required=True, help="run directory (resumes from OUT/last.pt)")
-    for name, typ in (("epochs", int), ("lr", float), ("coarse-noise-mm", float), ("seed", int), ("threads", int)):
+    p.add_argument("--h36m-mix", default="", metavar="NPZ", help="mix in 2D-only Human3.6M train frames")
+    for name, typ in (("epochs", int), ("lr", float), ("coarse-noise-mm", float), ("seed", int), ("threads", int),
+                      ("h36m-every", int), ("render-repeat", int)):
         p.add_argument(f"--{name}", type=typ, default=getattr(RefinerTrainConfig, name.replace("-", "_")))
 
 
@@ -227,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = RefinerTrainConfig(generator=args.generator, input_kind=args.input, train_sets=tuple(args.train),
                              val_set=args.val, loss=args.loss, use_coarse=not args.no_coarse,
                              use_fbi=not args.no_fbi, epochs=args.epochs, lr=args.lr,
-                             coarse_noise_mm=args.coarse_noise_mm, seed=args.seed, threads=args.threads)
+                             coarse_noise_mm=args.coarse_noise_mm, seed=args.seed, threads=args.threads,
+                             h36m_mix=args.h36m_mix, h36m_every=args.h36m_every, render_repeat=args.render_repeat)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0
