@@ -14,6 +14,16 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 INPUT_NORMALIZATION = "engines.normalize.features_2d v1: (uv-c)/f, pelvis-centred, RMS-scaled, +pelvis xy, +log spread"
 
 
+# The app's default model: the paper's Final model (generator + refiner, MediaPipe 2D) when
+# shipped, else the 2D-only Base lifter trained on projected ground truth.
+FINAL_MODEL, BASE_MODEL = "final", "base_gt"
+
+
+def default_app_model() -> str:
+    """`final` if models/final.{pt,onnx} is present, else `base_gt`."""
+    return FINAL_MODEL if any((MODELS_DIR / f"{FINAL_MODEL}{s}").is_file() for s in (".pt", ".onnx")) else BASE_MODEL
+
+
 def contract_metadata() -> dict[str, Any]:
     """What every exported artifact records about the data contract."""
     return {

@@ -26,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
+from engines.checkpoint import default_app_model
 from engines.errors import UserError
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
@@ -34,7 +35,9 @@ BENCH_SIZE = (640, 480)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", nargs="?", default=str(DEFAULT_VIDEO), help="video to run on (default assets/demo.mp4)")
-    p.add_argument("--model", default="base_gt", help="lifter: shipped name or path (default base_gt)")
+    p.add_argument("--model", default=default_app_model(),
+                   help=f"shipped model name or .pt/.onnx/.engine path: the Final model (generator + refiner) "
+                        f"or a Base lifter (default {default_app_model()})")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default auto)")
     p.add_argument("--frames", type=int, default=150, help="frames per run (the clip is looped; default 150)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (default 3)")

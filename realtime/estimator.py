@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.checkpoint import BASE_MODEL
 from engines.errors import UserError
 from engines.normalize import features_2d
 from engines.skeleton import NUM_JOINTS
@@ -67,7 +68,7 @@ def open_lifter(model: str, backend: str = "auto", threads: int | None = None):
 class PoseEstimator:
     """MediaPipe + lifter for a stream of frames (one person). Close it when done."""
 
-    def __init__(self, model: str = "base_gt", backend: str = "auto", fov_deg: float | None = None,
+    def __init__(self, model: str = BASE_MODEL, backend: str = "auto", fov_deg: float | None = None,
                  calib: str | Path | None = None, detector_mode: str = "video", num_poses: int = 1,
                  trajectory: bool = True, threads: int | None = None,
                  detector: PoseDetector | None = None, lifter=None) -> None:

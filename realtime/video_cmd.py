@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from engines.checkpoint import default_app_model
 from engines.errors import UserError
 from realtime.frames import Frame, PoseFrame
 from realtime.live import DeferredInterrupt, LiveSinks, add_output_arguments, add_smoothing_arguments
@@ -42,7 +43,9 @@ HOLD_POLL_S = 0.05
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN", help="video file or folder of images")
     p.add_argument("--out", required=True, help="output file: .npz, .json, .csv or .bvh")
-    p.add_argument("--model", default="base_gt", help="lifter: shipped name or .pt/.onnx/.engine path (default base_gt)")
+    p.add_argument("--model", default=default_app_model(),
+                   help=f"shipped model name or .pt/.onnx/.engine path: the Final model (generator + refiner) "
+                        f"or a Base lifter (default {default_app_model()})")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default auto)")
     p.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees (default 60)")
     p.add_argument("--calib", default=None, help="camera calibration JSON {fx, fy, cx, cy[, width, height]}")

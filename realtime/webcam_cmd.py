@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from engines.checkpoint import default_app_model
 from engines.errors import UserError
 from realtime.live import add_output_arguments, add_smoothing_arguments
 
@@ -36,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop", action="store_true", help="replay a stand-in video file endlessly")
     parser.add_argument("--width", type=int, help="ask the webcam for this frame width")
     parser.add_argument("--height", type=int, help="ask the webcam for this frame height")
-    parser.add_argument("--model", default="base_gt", help="lifter: shipped name or .pt/.onnx/.engine path")
+    parser.add_argument("--model", default=default_app_model(),
+                        help=f"shipped model name or .pt/.onnx/.engine path: the Final model (generator + refiner) "
+                             f"or a Base lifter (default {default_app_model()})")
     parser.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch (default auto)")
     # One thread: a batch-1 lifter takes well under a millisecond, and extra intra-op threads
     # (ONNX Runtime spins them between calls) steal CPU from MediaPipe.

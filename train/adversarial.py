@@ -1,5 +1,6 @@
-"""Conditional adversarial fine-tuning of the generator's coarse-3D (depth) branch
-(paper step 3), with a kinematic-chain-space discriminator (Wandt & Rosenhahn 2019).
+"""Adversarial fine-tuning of the generator's coarse-3D branch (KCS discriminator).
+
+Paper step 3, with a conditional kinematic-chain-space discriminator (Wandt & Rosenhahn 2019).
 
     posestream train-adversarial --generator runs/generator/best.pt --out runs/generator_adv
 

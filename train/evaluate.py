@@ -1,4 +1,6 @@
-"""Evaluate a lifter on any npz in the Human3.6M staged schema (paper table layout).
+"""Evaluate Base/Final on an npz in the Human3.6M schema, a render set or real frames.
+
+Paper table layout on any npz in the Human3.6M staged schema:
 
     posestream eval --data ../shared/data/h36m/h36m_val.npz --input sh [--model base_sh] [--json out.json]
 

@@ -1,5 +1,7 @@
-"""Pre-train the multimodal generator (engines.generator: depth branch -> coarse 3D, FBI
-branch -> 14 bone states) on synthetic renders (train.synth), never on S9.
+"""Pre-train the multimodal generator (coarse 3D and FBI from the crop) on renders.
+
+engines.generator: depth branch -> coarse 3D, FBI branch -> 14 bone states; trained on
+synthetic renders (train.synth), never on S9.
 
     posestream train-generator --train data_out/synth_bandai data_out/synth_h36m_train \
         --val data_out/synth_s9 --out runs/generator

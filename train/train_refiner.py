@@ -1,4 +1,4 @@
-"""Train the refiner (paper step 4) on the training renders, with the generator's outputs.
+"""Train the refiner (2D + coarse 3D + FBI -> 3D) on renders, with the generator's outputs.
 
     posestream train-refiner --generator models/generator.pt --input mp --loss weighted --out runs/final_mp
     (resumes from OUT/last.pt; OUT/best.pt is the epoch with the lowest S9-render MPJPE)
