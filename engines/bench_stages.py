@@ -13,7 +13,8 @@ rounds, so background load (training on the same cores) hits all of them alike; 
 torch / ONNX Runtime ratio printed at the end comes from this one run. "Pipeline minus 2D" is
 the sum of the stage medians for a runtime (the 2D detector is timed by realtime/bench.py).
 
-When no model is given it uses models/base_gt.pt, else the newest runs/*/best.pt, else a
+When no model is given it times the Final model's stages (models/generator.pt and
+models/final.pt, the refiner) if shipped, else models/base_gt.pt, else the newest runs/*/best.pt, else a
 freshly initialised Lifter (latency does not depend on the weights; the table says so).
 """
 from __future__ import annotations
@@ -56,6 +57,8 @@ def default_models(tmp: Path) -> list[tuple[str, str]]:
     """[(label, model path or name)]: see the module docstring for the fallback order."""
     from engines.checkpoint import MODELS_DIR
 
+    if (MODELS_DIR / "final.pt").is_file() and (MODELS_DIR / "generator.pt").is_file():
+        return [("generator", "generator"), ("final (refiner)", "final")]  # the Final model's two stages
     if (MODELS_DIR / "base_gt.pt").is_file():
         return [("base_gt", "base_gt")]
     runs = sorted(Path(MODELS_DIR.parent, "runs").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)

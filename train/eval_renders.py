@@ -121,9 +121,10 @@ def load_real_frames(root: str | Path) -> list[RealFrame]:
     cams = pickle.load(open(root / "h36m" / "cameras.pkl", "rb"))
     z = np.load(h)
     for name, S in zip(z["imgname"], z["S"]):
-        subj, cam = str(name).split("/")[0], str(name).split(".")[1].split("_")[0]
+        stem = Path(str(name)).stem                       # e.g. S1_Directions_1.54138969_000001
+        subj, cam = str(name).split("/")[0], stem.split(".")[1].split("_")[0]
         cp = cams[(subj, cam)]
-        out.append(RealFrame("h36m", Path(str(name)).stem, root / "h36m" / str(name), S[:, :3] * 1000.0,
+        out.append(RealFrame("h36m", stem, root / "h36m" / str(name), S[:, :3] * 1000.0,
                              np.ravel(cp["f"]), np.ravel(cp["c"])))
     tr = pickle.load(open(root / "mpi_inf_3dhp" / "cameras_train.pkl", "rb"))
     te = pickle.load(open(root / "mpi_inf_3dhp" / "cameras_test.pkl", "rb"))
