@@ -135,6 +135,17 @@ def _flipped_bones():
     return [(FLIP_PERMUTATION[a], FLIP_PERMUTATION[b]) for a, b in BONES]
 
 
+def test_detector_error_model_scales_errors_to_the_pose():
+    from train.train_refiner import add_detector_error
+    bank = np.zeros((1, 17, 2), np.float32)
+    bank[0, 3] = (0.1, -0.05)  # right ankle: 10% of the box side right, 5% up
+    uv = np.stack([standing_pose()[:, :2] * s for s in (0.2, 0.4)])       # two sizes, px
+    out = add_detector_error(uv, bank, np.random.default_rng(0))
+    side = 1.25 * np.ptp(uv, axis=1).max(-1)
+    np.testing.assert_allclose(out[:, 3] - uv[:, 3], np.array([[0.1, -0.05]]) * side[:, None], rtol=1e-5)
+    np.testing.assert_array_equal(np.delete(out, 3, 1), np.delete(uv, 3, 1))
+
+
 def test_refiner_modalities():
     from engines.refiner import Refiner, RefinerConfig
     assert RefinerConfig().in_dim == 37 + 48 + 42
@@ -276,7 +287,8 @@ def test_training_chain_on_tiny_render_sets(tmp_path, capsys):
     # these renders have no MediaPipe 2D: the refiner and evaluation use the SH 2D of the frames
     ref = tmp_path / "ref"
     assert _cli(train_refiner, ["--generator", str(adv / "best.pt"), "--input", "sh", "--train", str(tr),
-                                "--val", str(va), "--out", str(ref), "--epochs", "2"]) == 0
+                                "--val", str(va), "--out", str(ref), "--epochs", "2",
+                                "--h36m-mix", str(h / "h36m_train.npz"), "--h36m-every", "3000"]) == 0
     ck = torch.load(ref / "best.pt", weights_only=False)
     assert ck["kind"] == "refiner" and ck["artifact_meta"]["input_kind"] == "sh"
     assert _cli(evaluate, ["--data", str(va), "--input", "sh", "--model", str(ref / "best.pt"),

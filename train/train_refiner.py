@@ -14,8 +14,9 @@ The generator's outputs on its own training renders are more accurate than on un
 --coarse-noise-mm adds Gaussian noise to the coarse 3D during training so the refiner does not
 learn to over-trust it (the value used is recorded with the measured train/val gap).
 --no-coarse / --no-fbi train the ablations; with both, it is a 2D-only Base on the renders.
---h36m-mix NPZ mixes in Human3.6M train frames (2D-only: SH detections for --input sh, else
-the projected ground truth) with the image cues marked absent (coarse 3D zero, FBI uniform
+--h36m-mix NPZ mixes in Human3.6M train frames (2D-only: SH detections for --input sh; for
+--input mp the projected ground truth plus real MediaPipe error vectors drawn from the
+training renders, scaled to each pose: a detector-error model) with the image cues marked absent (coarse 3D zero, FBI uniform
 1/3, values no generator output takes), so the refiner keeps the 2D->3D prior of hundreds of
 thousands of poses and learns from the renders what the image cues add.
 Loss: the paper's weighted loss (train.losses, epoch 1 plain L0) or plain L2.
@@ -69,6 +70,26 @@ def input_2d(rs, kind: str) -> tuple[np.ndarray, np.ndarray]:
     raise UserError(f"unknown --input {kind!r}: mp or sh")
 
 
+def cached_refiner_inputs(G, gen_path: str, rs, name: str, kind: str, cond: np.ndarray, mirror: bool,
+                          log=print) -> dict[str, np.ndarray]:
+    """refiner_inputs, cached in data_out/refiner_inputs/ keyed by the generator file's hash,
+    the render set, the 2D input and the mirror flag (the generator pass is the slow part)."""
+    from engines.checkpoint import file_sha256
+
+    key = f"{file_sha256(gen_path)[:16]}_{Path(name).name}_{kind}_{'m' if mirror else 'o'}_{len(rs)}.npz"
+    path = Path(name).parent / "refiner_inputs" / key
+    if path.is_file():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    out = refiner_inputs(G, rs, cond, mirror)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **out)
+    tmp.replace(path)
+    log(f"cached generator outputs in {path}")
+    return out
+
+
 def refiner_inputs(G, rs, cond: np.ndarray, mirror: bool = False) -> dict[str, np.ndarray]:
     """Everything the refiner sees for render set `rs` with crop-px 2D `cond`, optionally
     mirrored: features (N, 37), coarse (N, 17, 3), fbi_prob (N, 14, 3), the labels
@@ -86,8 +107,31 @@ def refiner_inputs(G, rs, cond: np.ndarray, mirror: bool = False) -> dict[str, n
             "joints_3d": j3.astype(np.float32), "fbi": np.asarray(fbi), "no_cues": np.zeros(len(j3), bool)}
 
 
-def h36m_without_cues(npz: str, kind: str, every: int, mirror: bool) -> dict[str, np.ndarray]:
-    """Human3.6M train frames as refiner samples with the image cues marked absent."""
+def detector_error_bank(rs) -> np.ndarray:
+    """(M, 17, 2) MediaPipe-minus-truth 2D errors on renders, in units of the crop box side
+    (so they scale to any person size), with their left-right mirror images."""
+    from engines.crop import CROP_SIZE
+    from engines.skeleton import FLIP_PERMUTATION
+
+    ok = np.isfinite(rs.mp2d).all((1, 2))
+    err = (rs.mp2d[ok] - rs.gt2d[ok]) / CROP_SIZE
+    mirrored = err[:, list(FLIP_PERMUTATION)] * np.array([-1.0, 1.0])
+    return np.concatenate([err, mirrored]).astype(np.float32)
+
+
+def add_detector_error(uv: np.ndarray, bank: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Simulate the detector on exact 2D (N, 17, 2) px: add a randomly drawn real error vector
+    from `bank`, scaled to each pose's crop box (engines.crop: margin x the larger extent)."""
+    from engines.crop import BOX_MARGIN
+
+    side = BOX_MARGIN * np.ptp(uv, axis=1).max(-1)                                    # (N,)
+    return uv + bank[rng.integers(0, len(bank), len(uv))] * side[:, None, None]
+
+
+def h36m_without_cues(npz: str, kind: str, every: int, mirror: bool, error_bank: np.ndarray | None = None,
+                      rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """Human3.6M train frames as refiner samples with the image cues marked absent. With an
+    `error_bank` (detector_error_bank) the exact 2D gets the detector's real errors."""
     from engines.normalize import features_2d
     from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
     from train import h36m
@@ -101,6 +145,8 @@ def h36m_without_cues(npz: str, kind: str, every: int, mirror: bool) -> dict[str
         uv_f, j3_f = _flip(uv, c, j3)
         uv, f, c, j3 = (np.concatenate([uv, uv_f]), np.concatenate([f, f]), np.concatenate([c, c]),
                         np.concatenate([j3, j3_f]))
+    if error_bank is not None:
+        uv = add_detector_error(uv, error_bank, rng or np.random.default_rng(0))
     n = len(uv)
     return {"features": features_2d(uv, f, c), "coarse": np.zeros((n, NUM_JOINTS, 3), np.float32),
             "fbi_prob": np.full((n, NUM_FBI_BONES, 3), 1.0 / 3.0, np.float32), "joints_3d": j3.astype(np.float32),
@@ -144,23 +190,29 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
     G, gck = load_generator(cfg.generator)
     sets = load_sets(cfg.train_sets, log)
     check_no_s9(sets)
-    tr = concat([s for s, _ in sets])
-    cond, ok = input_2d(tr, cfg.input_kind)
-    tr, cond = tr.subset(np.flatnonzero(ok)), cond[ok]
+    t0 = time.time()
+    parts, subsets = [], []
+    for rs_i, name in sets:
+        cond, ok = input_2d(rs_i, cfg.input_kind)
+        rs_i, cond = rs_i.subset(np.flatnonzero(ok)), cond[ok]
+        subsets.append(rs_i)
+        for m in (False, True) if cfg.mirror else (False,):
+            parts.append(cached_refiner_inputs(G, cfg.generator, rs_i, name, cfg.input_kind, cond, m, log))
+    tr = concat(subsets)
     va = load_sets([cfg.val_set], log)[0][0]
     vcond, vok = input_2d(va, cfg.input_kind)
     va, vcond = va.subset(np.flatnonzero(vok)), vcond[vok]
-    t0 = time.time()
-    parts = [refiner_inputs(G, tr, cond)] + ([refiner_inputs(G, tr, cond, mirror=True)] if cfg.mirror else [])
     parts = parts * cfg.render_repeat
-    if cfg.h36m_mix:
+    if cfg.h36m_mix:  # SH input: the real SH detections; MediaPipe: exact 2D + MediaPipe's errors on renders
+        bank = detector_error_bank(tr) if cfg.input_kind == "mp" else None
         parts.append(h36m_without_cues(cfg.h36m_mix, "sh" if cfg.input_kind == "sh" else "gt", cfg.h36m_every,
-                                       cfg.mirror))
+                                       cfg.mirror, bank, rng))
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     has_cues = torch.from_numpy(~data["no_cues"]).float()
-    vdata = refiner_inputs(G, va, vcond)
+    vdata = cached_refiner_inputs(G, cfg.generator, va, cfg.val_set, cfg.input_kind, vcond, False, log)
     n_render = sum(len(p["features"]) for p in parts if not p["no_cues"].any())
-    gap = {"train_coarse_mpjpe_mm": float(mpjpe(parts[0]["coarse"], parts[0]["joints_3d"]).mean()),
+    own = {k: np.concatenate([p[k] for p in parts if not p["no_cues"].any()]) for k in ("coarse", "joints_3d")}
+    gap = {"train_coarse_mpjpe_mm": float(mpjpe(own["coarse"], own["joints_3d"]).mean()),
            "val_coarse_mpjpe_mm": float(mpjpe(vdata["coarse"], vdata["joints_3d"]).mean())}
     log(f"{len(data['features'])} training inputs ({n_render} from renders), {len(vdata['features'])} validation; "
         f"generator outputs in "
