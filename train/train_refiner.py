@@ -14,6 +14,9 @@ The generator's outputs on its own training renders are more accurate than on un
 --coarse-noise-mm adds Gaussian noise to the coarse 3D during training so the refiner does not
 learn to over-trust it (the value used is recorded with the measured train/val gap).
 --no-coarse / --no-fbi train the ablations; with both, it is a 2D-only Base on the renders.
+--init-from base_gt|base_sh starts the refiner as exactly that Base lifter (init_from_lifter):
+the renders are too few to learn Human3.6M's pose prior from scratch, and then Final vs Base
+(fine-tuned alike without cues) isolates what the image cues add.
 --h36m-mix NPZ mixes in Human3.6M train frames (2D-only: SH detections for --input sh; for
 --input mp the projected ground truth plus real MediaPipe error vectors drawn from the
 training renders, scaled to each pose: a detector-error model) with the image cues marked absent (coarse 3D zero, FBI uniform
@@ -55,6 +58,7 @@ class RefinerTrainConfig:
     h36m_mix: str = ""              # Human3.6M train npz: 2D-only samples mixed in (see docstring)
     h36m_every: int = 8
     render_repeat: int = 1          # render samples appear this many times per epoch
+    init_from: str = ""             # a Base lifter checkpoint: start the refiner as exactly that model
     seed: int = 0
     threads: int = 2
 
@@ -153,6 +157,35 @@ def h36m_without_cues(npz: str, kind: str, every: int, mirror: bool, error_bank:
             "fbi": np.full((n, NUM_FBI_BONES), -1, np.int8), "no_cues": np.ones(n, bool)}
 
 
+def init_from_lifter(model, lifter_path: str) -> None:
+    """Make a Refiner compute exactly what a trained Base lifter computes: copy every layer and
+    the 2D features' and outputs' normalisation, and zero the first layer's weights on the
+    image-cue inputs. Fine-tuning then starts from Base's 2D->3D prior (hundreds of thousands
+    of Human3.6M poses) and only has to learn what the cues add, from the few renders."""
+    import torch
+
+    from engines.backends.torch_backend import load_checkpoint
+    from engines.checkpoint import resolve_model_path
+    from engines.normalize import LIFT_INPUT_DIM
+
+    ck = load_checkpoint(resolve_model_path(lifter_path))
+    if ck.get("kind") != "lifter":
+        raise UserError(f"--init-from needs a Base lifter checkpoint, {lifter_path} is {ck.get('kind')!r}")
+    src, dst = ck["model"], model.lifter.state_dict()
+    with torch.no_grad():
+        for k, v in src.items():
+            if k == "inp.0.weight":
+                dst[k].zero_()
+                dst[k][:, :LIFT_INPUT_DIM] = v
+            elif k in ("in_mean", "in_std"):
+                dst[k][:LIFT_INPUT_DIM] = v
+            else:
+                if dst[k].shape != v.shape:
+                    raise UserError(f"{lifter_path}: layer {k} is {tuple(v.shape)}, the refiner's {tuple(dst[k].shape)}")
+                dst[k].copy_(v)
+    model.lifter.load_state_dict(dst)
+
+
 def generator_reference(path: str) -> str:
     """How a refiner names its generator: the shipped name for a file in models/ (so the
     pair can be exported and moved together), else the absolute path."""
@@ -226,6 +259,9 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
     X = model.inputs(T["features"], T["coarse"], T["fbi_prob"])
     Y = T["joints_3d"].reshape(len(X), -1)
     model.lifter.set_normalization(X.mean(0), X.std(0), Y.mean(0), Y.std(0))
+    if cfg.init_from:
+        init_from_lifter(model, cfg.init_from)
+        log(f"refiner initialised from {cfg.init_from} (image-cue weights zero: starts as that Base)")
     Yn = (Y - model.lifter.out_mean) / model.lifter.out_std
     V = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in vdata.items() if k != "fbi"}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -295,6 +331,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fbi", action="store_true", help="ablation: no FBI input")
     p.add_argument("--out", required=True, help="run directory (resumes from OUT/last.pt)")
     p.add_argument("--h36m-mix", default="", metavar="NPZ", help="mix in 2D-only Human3.6M train frames")
+    p.add_argument("--init-from", default="", metavar="LIFTER",
+                   help="start as this Base lifter (e.g. base_gt, base_sh), image-cue weights zero")
     for name, typ in (("epochs", int), ("lr", float), ("coarse-noise-mm", float), ("seed", int), ("threads", int),
                       ("h36m-every", int), ("render-repeat", int)):
         p.add_argument(f"--{name}", type=typ, default=getattr(RefinerTrainConfig, name.replace("-", "_")))
@@ -305,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
                              val_set=args.val, loss=args.loss, use_coarse=not args.no_coarse,
                              use_fbi=not args.no_fbi, epochs=args.epochs, lr=args.lr,
                              coarse_noise_mm=args.coarse_noise_mm, seed=args.seed, threads=args.threads,
-                             h36m_mix=args.h36m_mix, h36m_every=args.h36m_every, render_repeat=args.render_repeat)
+                             h36m_mix=args.h36m_mix, h36m_every=args.h36m_every, render_repeat=args.render_repeat,
+                             init_from=args.init_from)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0
