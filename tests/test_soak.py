@@ -140,11 +140,17 @@ def soak(tmp_path: Path, seconds: float) -> None:
     from realtime.playback import RealtimePlayback
     from realtime.writers import read_pose_npz
 
-    lifter = make_lifter_checkpoint(tmp_path / "lifter.pt")
+    from engines.checkpoint import default_app_model
+
+    # The product's default (the Final model, generator + refiner) on its default runtime;
+    # a fresh lifter on torch if no model is shipped.
+    model, backend = default_app_model(), "auto"
+    if not (REPO / "models" / f"{model}.pt").is_file():
+        model, backend = str(make_lifter_checkpoint(tmp_path / "lifter.pt")), "torch"
     out = tmp_path / "soak.npz"
     tap = ImageTap()
     source = RealtimePlayback.from_video(DEMO, loop=True)
-    est = PoseEstimator(str(lifter), "torch", threads=1)
+    est = PoseEstimator(model, backend, threads=1)
     sinks = LiveSinks(out=out, fps=source.fps, serve=True, port=0, token=TOKEN, tap=tap)
     stop = threading.Event()
     logs = [ClientLog(k) for k in CLIENT_KINDS]

@@ -43,3 +43,49 @@ def save(last: Path, cfg: dict, model: Any, opt: Any, sched: Any, rng: np.random
                 "state": state, "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state,
                 "train_config": cfg}, tmp)
     tmp.replace(last)
+
+
+def lifter_epoch(lifter: Any, make_input: Callable[[Any], Any], targets: Any, batch_size: int, loss: str,
+                 state: dict, rng: np.random.Generator, opt: Any, max_norm: float) -> float:
+    """One epoch of a Martinez-style regressor (Base lifter or the refiner's inner lifter) on
+    z-scored targets (N, 51): `make_input(idx)` gives the batch's raw input rows. Applies
+    max-norm after every step. Returns the epoch's mean per-sample L0 and, for the weighted
+    loss, stores it as 1 - a for the next epoch (mean L0 over this epoch's full pass in
+    training mode, as the optimiser saw it)."""
+    import torch
+
+    from engines.models import apply_max_norm
+    from train.losses import per_sample_l0, training_loss
+
+    lifter.train()
+    perm = torch.from_numpy(rng.permutation(len(targets)))
+    l0_sum, seen = 0.0, 0
+    for i in range(0, len(targets) - batch_size + 1, batch_size):
+        idx = perm[i:i + batch_size]
+        l0 = per_sample_l0(lifter.forward_normalized(make_input(idx)), targets[idx])
+        opt.zero_grad(set_to_none=True)
+        training_loss(l0, loss, state["one_minus_a"]).backward()
+        opt.step()
+        apply_max_norm(lifter, max_norm)
+        l0_sum += float(l0.detach().sum())
+        seen += len(idx)
+    epoch_l0 = l0_sum / max(seen, 1)
+    if loss == "weighted":
+        state["one_minus_a"] = epoch_l0
+    return epoch_l0
+
+
+def end_epoch(out: Path, state: dict, epochs: int, epoch_l0: float, val: float, seconds: float, model: Any,
+              meta: dict, log: Callable[[str], None] = print) -> None:
+    """Book-keeping after an epoch: history, log line, and OUT/best.pt (weights + `meta`) when
+    the validation MPJPE improved."""
+    import torch
+
+    state["train_seconds"] += seconds
+    state["epoch"] += 1
+    state["history"].append({"epoch": state["epoch"], "train_l0": epoch_l0, "val_mpjpe_mm": val, "seconds": seconds})
+    log(f"epoch {state['epoch']}/{epochs} train L0 {epoch_l0:.4f} val MPJPE {val:.2f} mm ({seconds:.0f}s)")
+    if val < state["best"]:
+        state["best"] = val
+        torch.save({"model": model.state_dict(), **meta, "val_mpjpe_mm": val, "epoch": state["epoch"],
+                    "train_seconds": state["train_seconds"]}, out / "best.pt")

@@ -64,9 +64,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     import torch
 
     from engines.checkpoint import contract_metadata, file_sha256
-    from engines.models import Lifter, LifterConfig, apply_max_norm
+    from engines.models import Lifter, LifterConfig
     from train import h36m
-    from train.losses import per_sample_l0, training_loss
     from train.metrics import mpjpe
 
     torch.set_num_threads(cfg.threads)
@@ -110,46 +109,22 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
             pred = torch.cat([model(Xv[i:i + 8192]) for i in range(0, len(Xv), 8192)]).numpy()
         return float(mpjpe(pred, va.joints_cam).mean())
 
-    n = len(Xt)
+    def make_input(idx):
+        if uv_t is None:
+            return Xt[idx]
+        noisy = uv_t[idx] + cfg.noise_px * torch.randn_like(uv_t[idx])
+        return torch.from_numpy(_features(noisy.numpy(), f[idx.numpy()], c[idx.numpy()]))
+
     while state["epoch"] < cfg.epochs:
         t0 = time.time()
-        model.train()
-        perm = torch.from_numpy(rng.permutation(n))
-        l0_sum, seen = 0.0, 0
-        for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            xb = Xt[idx]
-            if uv_t is not None:
-                noisy = uv_t[idx] + cfg.noise_px * torch.randn_like(uv_t[idx])
-                xb = torch.from_numpy(_features(noisy.numpy(), f[idx.numpy()], c[idx.numpy()]))
-            pred = model.forward_normalized(xb)
-            l0 = per_sample_l0(pred, Yn[idx])
-            loss = training_loss(l0, cfg.loss, state["one_minus_a"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            apply_max_norm(model, cfg.max_norm)
-            l0_sum += float(l0.detach().sum())
-            seen += len(idx)
+        epoch_l0 = run_state.lifter_epoch(model, make_input, Yn, cfg.batch_size, cfg.loss, state, rng, opt,
+                                          cfg.max_norm)
         sched.step()
-        epoch_l0 = l0_sum / max(seen, 1)
-        if cfg.loss == "weighted":
-            # 1 - a = mean per-sample L0 over this epoch's full pass of the training set
-            # (training mode, as the optimiser sees it); used throughout the next epoch.
-            state["one_minus_a"] = epoch_l0
         val = validate()
-        dt = time.time() - t0
-        state["train_seconds"] += dt
-        state["epoch"] += 1
-        state["history"].append({"epoch": state["epoch"], "train_l0": epoch_l0, "val_mpjpe_mm": val, "seconds": dt})
-        log(f"epoch {state['epoch']}/{cfg.epochs} train L0 {epoch_l0:.4f} val MPJPE {val:.2f} mm ({dt:.0f}s)")
         meta = {"kind": "lifter", "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
                 "contract": contract_metadata(), "train_subjects": list(TRAIN_SUBJECTS),
-                "data_sha256": file_sha256(cfg.data) if state["epoch"] == 1 else None}
-        if val < state["best"]:
-            state["best"] = val
-            torch.save({"model": model.state_dict(), **meta, "val_mpjpe_mm": val, "epoch": state["epoch"],
-                        "train_seconds": state["train_seconds"]}, out / "best.pt")
+                "data_sha256": file_sha256(cfg.data) if state["epoch"] == 0 else None}
+        run_state.end_epoch(out, state, cfg.epochs, epoch_l0, val, time.time() - t0, model, meta, log)
         run_state.save(last, asdict(cfg), model, opt, sched, rng, state)
         (out / "history.json").write_text(json.dumps(state["history"], indent=1))
     return state

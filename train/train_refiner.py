@@ -209,9 +209,7 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
     import torch
 
     from engines.checkpoint import contract_metadata, file_sha256
-    from engines.models import apply_max_norm
     from engines.refiner import Refiner, RefinerConfig
-    from train.losses import per_sample_l0, training_loss
     from train.metrics import mpjpe
     from train.render_data import concat
     from train.train_generator import check_no_s9, load_sets
@@ -276,46 +274,24 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
             pred = model(V["features"], V["coarse"], V["fbi_prob"]).numpy()
         return float(mpjpe(pred, vdata["joints_3d"]).mean())
 
-    n = len(X)
+    def make_input(idx):
+        coarse = T["coarse"][idx]
+        if cfg.coarse_noise_mm > 0:  # only where there are cues: absent ones stay exactly zero
+            coarse = coarse + cfg.coarse_noise_mm * torch.randn_like(coarse) * has_cues[idx, None, None]
+            coarse = coarse - coarse[:, :1]
+        return model.inputs(T["features"][idx], coarse, T["fbi_prob"][idx])
+
     while state["epoch"] < cfg.epochs:
         t0 = time.time()
-        model.train()
-        perm = torch.from_numpy(rng.permutation(n))
-        l0_sum, seen = 0.0, 0
-        for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            coarse = T["coarse"][idx]
-            if cfg.coarse_noise_mm > 0:  # only where there are cues: absent ones stay exactly zero
-                noise = cfg.coarse_noise_mm * torch.randn_like(coarse) * has_cues[idx, None, None]
-                coarse = coarse + noise
-                coarse = coarse - coarse[:, :1]
-            pred = model.lifter.forward_normalized(model.inputs(T["features"][idx], coarse, T["fbi_prob"][idx]))
-            l0 = per_sample_l0(pred, Yn[idx])
-            loss = training_loss(l0, cfg.loss, state["one_minus_a"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            apply_max_norm(model, mcfg.max_norm)
-            l0_sum += float(l0.detach().sum())
-            seen += len(idx)
+        epoch_l0 = run_state.lifter_epoch(model.lifter, make_input, Yn, cfg.batch_size, cfg.loss, state, rng, opt,
+                                          mcfg.max_norm)
         sched.step()
-        epoch_l0 = l0_sum / max(seen, 1)
-        if cfg.loss == "weighted":
-            state["one_minus_a"] = epoch_l0  # as in train.train_lifter: mean L0 of this epoch's pass
         val = validate()
-        dt = time.time() - t0
-        state["train_seconds"] += dt
-        state["epoch"] += 1
-        state["history"].append({"epoch": state["epoch"], "train_l0": epoch_l0, "val_mpjpe_mm": val, "seconds": dt})
-        log(f"epoch {state['epoch']}/{cfg.epochs} train L0 {epoch_l0:.4f} val MPJPE {val:.2f} mm ({dt:.0f}s)")
         meta = {"kind": "refiner", "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
                 "contract": contract_metadata(), "input_kind": cfg.input_kind, "generator_gap": gap,
                 "generator_sha256": file_sha256(cfg.generator),
                 "artifact_meta": {"generator": generator_reference(cfg.generator), "input_kind": cfg.input_kind}}
-        if val < state["best"]:
-            state["best"] = val
-            torch.save({"model": model.state_dict(), **meta, "val_mpjpe_mm": val, "epoch": state["epoch"],
-                        "train_seconds": state["train_seconds"]}, out / "best.pt")
+        run_state.end_epoch(out, state, cfg.epochs, epoch_l0, val, time.time() - t0, model, meta, log)
         run_state.save(last, asdict(cfg), model, opt, sched, rng, state)
         (out / "history.json").write_text(json.dumps({"gap": gap, "history": state["history"]}, indent=1))
     return state
