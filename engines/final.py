@@ -41,6 +41,8 @@ def crop_input(image_rgb: np.ndarray, uv_px: np.ndarray) -> tuple[np.ndarray, np
     uv = np.asarray(uv_px, np.float64)
     if uv.shape != (NUM_JOINTS, 2):
         raise UserError(f"2D joints must be ({NUM_JOINTS}, 2) px, got {uv.shape}")
+    if not np.isfinite(uv).all():
+        raise UserError("2D joints must be finite (a missing joint cannot place the crop)")
     box = box_from_joints(uv)
     crop = crop_image(image_rgb, box)
     img = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], np.float32) / np.float32(255.0)

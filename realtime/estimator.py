@@ -110,7 +110,8 @@ class PoseEstimator:
         return self._intr[1]
 
     def lift(self, d: Detected) -> PoseFrame:
-        if d.detection is None:
+        if d.detection is None or not np.isfinite(d.detection.joints_2d_px).all():
+            # nobody, or a detection with unusable 2D: an empty frame in its place, never a crash
             return PoseFrame.empty(d.index, d.timestamp_s, d.image_size, d.timings_ms)
         t0 = time.perf_counter()
         intr = self._intrinsics(d.image_size)

@@ -224,6 +224,10 @@ def test_final_model_lift_and_errors(final_pair):
             m.lift(np.zeros((480, 640), np.uint8), uv, np.ones(2), np.ones(2))
         with pytest.raises(UserError, match="17, 2"):
             m.lift(np.zeros((480, 640, 3), np.uint8), uv[:5], np.ones(2), np.ones(2))
+        bad = uv.copy()
+        bad[4] = np.nan
+        with pytest.raises(UserError, match="finite"):
+            m.lift(np.zeros((480, 640, 3), np.uint8), bad, np.ones(2), np.ones(2))
     with pytest.raises(UserError, match="not a refiner"):
         FinalModel.open(str(final_pair[0]), "torch")
 
@@ -246,8 +250,11 @@ def test_estimator_runs_final_and_fills_fbi(final_pair):
     lifter = open_lifter(str(final_pair[1]), "torch")
     with PoseEstimator(detector=OnePerson(), lifter=lifter) as est:
         pf = est.process(Frame(0, 0.0, np.zeros((480, 640, 3), np.uint8)))
-    assert pf.valid and pf.fbi is not None and pf.fbi.shape == (14, 3)
-    assert np.isfinite(pf.joints_mm).all() and np.allclose(pf.joints_mm[0], 0)
+        assert pf.valid and pf.fbi is not None and pf.fbi.shape == (14, 3)
+        assert np.isfinite(pf.joints_mm).all() and np.allclose(pf.joints_mm[0], 0)
+        uv[2] = np.nan  # a broken detection: an empty frame, not a crash
+        pf = est.process(Frame(1, 0.1, np.zeros((480, 640, 3), np.uint8)))
+        assert not pf.valid and pf.index == 1
 
 
 needs_renders = pytest.mark.skipif(
