@@ -5,7 +5,8 @@
 #     bash scripts/gpu_check.sh [MODEL]          # MODEL defaults to base_gt
 # Steps: GPU name -> install tensorrt/cuda-python/polygraphy if missing -> export ONNX and
 # build FP32 + FP16 engines -> polygraphy TensorRT-vs-ONNX-Runtime comparison -> pytest -m gpu
-# (skips are failures here) -> stage benchmark incl. TensorRT. Results go to $OUT (or
+# (skips are failures here) -> stage benchmark incl. TensorRT -> the same for the Final model's
+# generator and refiner. Results go to $OUT (or
 # build/gpu_check). Exit code != 0 on the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,5 +52,14 @@ POSESTREAM_REQUIRE_GPU=1 "$PY" -m pytest -m gpu -rA -p no:cacheprovider tests/te
 
 step "stage benchmark (torch CPU, ONNX Runtime, TensorRT)"
 "$PY" -m engines.bench_stages --model "$MODEL" --threads "$(nproc)" --seconds 20 | tee "$OUT/bench.md"
+
+step "Final model (generator + refiner): engines and stage benchmark"
+if [ -f models/final.pt ] && [ -f models/generator.pt ]; then
+    for m in generator final; do
+        "$PY" -m realtime.cli export --model "$m" --format onnx --out "$OUT/$m.onnx"
+        "$PY" -m realtime.cli export --model "$OUT/$m.onnx" --format tensorrt --batch 64 --out "$OUT/${m}_fp32.engine"
+    done
+    "$PY" -m engines.bench_stages --model generator --model final --threads "$(nproc)" --seconds 20 | tee "$OUT/bench_final.md"
+fi
 
 step "done: results in $OUT"
