@@ -62,20 +62,25 @@ class FinalModel:
              generator: str | None = None) -> "FinalModel":
         from engines.backends import open_backend
 
-        refiner = open_backend(model, backend, threads=threads)
-        if refiner.metadata.get("stage") != "refiner":
-            refiner.close()
-            raise UserError(f"{model} is a {refiner.metadata.get('stage')!r} model, not a refiner")
-        gen_name = generator or refiner.metadata.get("generator")
-        if not gen_name:
-            refiner.close()
-            raise UserError(f"{model} does not name its generator; pass one explicitly")
+        return cls.from_refiner(open_backend(model, backend, threads=threads), backend, threads, generator)
+
+    @classmethod
+    def from_refiner(cls, refiner: Any, backend: str = "auto", threads: int | None = None,
+                     generator: str | None = None) -> "FinalModel":
+        """Wrap an already opened refiner backend (it is not loaded twice) and open the
+        generator it names on `backend`. The refiner is closed if anything fails."""
+        from engines.backends import open_backend
+
         try:
-            gen = open_backend(str(gen_name), backend, threads=threads)
+            if refiner.metadata.get("stage") != "refiner":
+                raise UserError(f"the model is a {refiner.metadata.get('stage')!r} model, not a refiner")
+            gen_name = generator or refiner.metadata.get("generator")
+            if not gen_name:
+                raise UserError("the refiner does not name its generator; pass one explicitly")
+            return cls(open_backend(str(gen_name), backend, threads=threads), refiner)
         except Exception:
             refiner.close()
             raise
-        return cls(gen, refiner)
 
     def __enter__(self) -> "FinalModel":
         return self

@@ -53,10 +53,9 @@ def open_lifter(model: str, backend: str = "auto", threads: int | None = None):
         be = open_backend(model, backend, threads=threads)
         if be.metadata.get("stage") != "refiner":
             return be
-        be.close()
         from engines.final import FinalModel
 
-        return FinalModel.open(model, backend, threads=threads)
+        return FinalModel.from_refiner(be, backend, threads)
     if backend not in ("auto", "torch"):
         raise UserError(f"backend {backend!r} is not available in this install (only torch)")
     from engines.backends.torch_backend import TorchBackend

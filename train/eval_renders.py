@@ -162,10 +162,7 @@ def evaluate_real_frames(root: str, model: str, compare: list[str]) -> dict:
     try:
         for m in [model, *compare]:
             be = open_backend(m, "torch")
-            if be.metadata.get("stage") == "refiner":
-                be.close()
-                be = FinalModel.open(m, "torch")
-            opened[m] = be
+            opened[m] = FinalModel.from_refiner(be, "torch") if be.metadata.get("stage") == "refiner" else be
         for fr in frames:
             rgb = cv2.cvtColor(cv2.imread(str(fr.image)), cv2.COLOR_BGR2RGB)
             lm = mp.detect(rgb)
