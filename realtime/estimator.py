@@ -71,14 +71,15 @@ class PoseEstimator:
                  calib: str | Path | None = None, detector_mode: str = "video", num_poses: int = 1,
                  trajectory: bool = True, threads: int | None = None,
                  detector: PoseDetector | None = None, lifter=None) -> None:
-        self.fov_deg, self.calib = fov_deg, calib
         intrinsics_for((640, 480), fov_deg, calib)  # bad --fov / --calib fail now, not on frame 1
         self.lifter = lifter if lifter is not None else open_lifter(model, backend, threads)
         self.detector = detector if detector is not None else PoseDetector(mode=detector_mode, num_poses=num_poses)
         self.trajectory = TrajectoryStage(fov_deg, calib) if trajectory else None
+        # The camera model, resolved once per frame size (TrajectoryStage.intrinsics caches it):
+        # the trajectory stage's own when there is one, so both use the same intrinsics.
+        self._camera = self.trajectory or TrajectoryStage(fov_deg, calib)
         # The Final model needs the crop: detect() then keeps the frame's pixels for lift().
         self.needs_image = callable(getattr(self.lifter, "lift", None))
-        self._intr: tuple[tuple[int, int], object] | None = None
 
     def __enter__(self) -> "PoseEstimator":
         return self
@@ -102,18 +103,12 @@ class PoseEstimator:
         return Detected(frame.index, frame.timestamp_s, (int(w), int(h)), det, {"detect": ms},
                         frame.image if self.needs_image and det is not None else None)
 
-    def _intrinsics(self, size: tuple[int, int]):
-        """Intrinsics for a frame size, computed once per size (--calib is read once)."""
-        if self._intr is None or self._intr[0] != size:
-            self._intr = (size, intrinsics_for(size, self.fov_deg, self.calib))
-        return self._intr[1]
-
     def lift(self, d: Detected) -> PoseFrame:
         if d.detection is None or not np.isfinite(d.detection.joints_2d_px).all():
             # nobody, or a detection with unusable 2D: an empty frame in its place, never a crash
             return PoseFrame.empty(d.index, d.timestamp_s, d.image_size, d.timings_ms)
         t0 = time.perf_counter()
-        intr = self._intrinsics(d.image_size)
+        intr = self._camera.intrinsics(d.image_size)
         uv = d.detection.joints_2d_px
         fbi = None
         if self.needs_image:
