@@ -115,21 +115,17 @@ def evaluate_coarse(model, va, cond: np.ndarray) -> dict:
 def train(cfg: AdvConfig, out: Path, log=print) -> dict:
     import torch
 
-    from engines.generator import Generator, GeneratorConfig, coarse_from_depth
+    from engines.generator import coarse_from_depth
     from train import h36m
     from train.pose_validity import validity_report
     from train.render_data import concat
-    from train.train_generator import check_no_s9, load_sets, training_batch, validation_view
+    from train.train_generator import check_no_s9, load_generator, load_sets, training_batch, validation_view
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    ck = torch.load(cfg.generator, map_location="cpu", weights_only=False)
-    if ck.get("kind") != "generator":
-        raise UserError(f"{cfg.generator} is not a generator checkpoint")
-    G = Generator(GeneratorConfig(**ck["model_config"]))
-    G.load_state_dict(ck["model"])
+    G, ck = load_generator(cfg.generator)
     D = make_discriminator(cfg.hidden)
     sets = load_sets(cfg.train_sets, log)
     check_no_s9(sets)

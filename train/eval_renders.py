@@ -37,34 +37,26 @@ def fbi_report(prob: np.ndarray, labels: np.ndarray) -> dict:
             "fbi_per_bone": {n: float(hit[:, i].mean()) for i, n in enumerate(bone_names())}}
 
 
-def _model_kind(model: str) -> tuple[str, object]:
-    from engines.backends.torch_backend import TorchBackend
-    from engines.checkpoint import resolve_model_path
-
-    be = TorchBackend(resolve_model_path(model))
-    return be.metadata["stage"], be
-
-
 def predict_render_set(model: str, rs, cond: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
     """(N, 17, 3) predictions of a lifter or refiner on a render set with crop-px 2D `cond`;
     also the FBI probabilities (N, 14, 3) for a refiner (None for a lifter) and the path."""
+    from engines.backends.torch_backend import TorchBackend
     from engines.checkpoint import resolve_model_path
     from engines.normalize import features_2d
-    from train.train_generator import generator_outputs
-    from train.train_refiner import load_generator
+    from train.evaluate import run_in_chunks
+    from train.train_generator import generator_outputs, load_generator
 
     path = str(resolve_model_path(model))
-    stage, be = _model_kind(model)
+    be = TorchBackend(path)
+    stage = be.metadata["stage"]
     feats = features_2d(rs.to_image_px(cond), rs.f, rs.c)
     if stage == "lifter":
-        out = np.concatenate([be.run({"features": feats[i:i + 4096]})["joints_mm"] for i in range(0, len(feats), 4096)])
-        return out, None, path
+        return run_in_chunks(be, {"features": feats}), None, path
     if stage != "refiner":
         raise UserError(f"{model} is a {stage} model: evaluate a lifter or a refiner")
     G, _ = load_generator(str(resolve_model_path(be.metadata["generator"])))
     coarse, prob = generator_outputs(G, rs, cond)
-    out = np.concatenate([be.run({"features": feats[i:i + 4096], "coarse_mm": coarse[i:i + 4096],
-                                  "fbi_prob": prob[i:i + 4096]})["joints_mm"] for i in range(0, len(feats), 4096)])
+    out = run_in_chunks(be, {"features": feats, "coarse_mm": coarse, "fbi_prob": prob})
     uses_fbi = be.metadata.get("model_config", {}).get("use_fbi", True)  # an ablation may not
     return out, prob if uses_fbi else None, path
 

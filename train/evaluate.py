@@ -68,6 +68,13 @@ def format_table(title: str, res: EvalResult) -> str:
     return "\n".join([head, sep, r1, r2])
 
 
+def run_in_chunks(be, inputs: dict[str, np.ndarray], chunk: int = 4096) -> np.ndarray:
+    """A backend's joints_mm over inputs with a long batch axis, `chunk` rows per call."""
+    n = len(next(iter(inputs.values())))
+    return np.concatenate([be.run({k: v[i:i + chunk] for k, v in inputs.items()})["joints_mm"]
+                           for i in range(0, n, chunk)])
+
+
 def predict(model: str, features: np.ndarray, backend: str = "torch") -> tuple[np.ndarray, str]:
     """Run the lifter over (M, 37) features in chunks -> ((M, 17, 3) mm, resolved model path)."""
     from engines.checkpoint import resolve_model_path
@@ -80,10 +87,10 @@ def predict(model: str, features: np.ndarray, backend: str = "torch") -> tuple[n
         from engines.backends.torch_backend import TorchBackend
         be = TorchBackend(path)
     try:
-        out = [be.run({"features": features[i:i + 4096]})["joints_mm"] for i in range(0, len(features), 4096)]
+        out = run_in_chunks(be, {"features": features})
     finally:
         be.close()
-    return np.concatenate(out), str(path)
+    return out, str(path)
 
 
 def evaluate(data: str, input_kind: str, model: str | None = None, backend: str = "torch",

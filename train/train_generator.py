@@ -134,6 +134,17 @@ def val_metrics(model, va, cond: np.ndarray) -> dict:
             "fbi_acc": float((prob.argmax(-1) == va.fbi).mean())}
 
 
+def load_generator(path: str):
+    """(eval-mode Generator, its checkpoint dict) from a generator checkpoint, or UserError."""
+    from engines.backends.torch_backend import load_checkpoint
+    from engines.stages import stage_for
+
+    ck = load_checkpoint(path)
+    if ck.get("kind") != "generator":
+        raise UserError(f"{path} is not a generator checkpoint")
+    return stage_for("generator").build(ck), ck
+
+
 def load_sets(names, log=print) -> list:
     from train.render_data import load_render_set
     return [(load_render_set(n, log=log), n) for n in names]

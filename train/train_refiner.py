@@ -195,16 +195,6 @@ def generator_reference(path: str) -> str:
     return p.stem if p.parent == MODELS_DIR.resolve() else str(p)
 
 
-def load_generator(path: str):
-    from engines.backends.torch_backend import load_checkpoint
-    from engines.stages import stage_for
-
-    ck = load_checkpoint(path)
-    if ck.get("kind") != "generator":
-        raise UserError(f"{path} is not a generator checkpoint")
-    return stage_for("generator").build(ck), ck
-
-
 def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
     import torch
 
@@ -212,13 +202,13 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
     from engines.refiner import Refiner, RefinerConfig
     from train.metrics import mpjpe
     from train.render_data import concat
-    from train.train_generator import check_no_s9, load_sets
+    from train.train_generator import check_no_s9, load_generator, load_sets
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    G, gck = load_generator(cfg.generator)
+    G, _ = load_generator(cfg.generator)
     sets = load_sets(cfg.train_sets, log)
     check_no_s9(sets)
     t0 = time.time()
