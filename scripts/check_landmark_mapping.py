@@ -28,22 +28,14 @@ from engines.landmarks import DEFAULT_PARAMS, MappingParams, landmarks_to_joints
 from engines.skeleton import JOINT_NAMES  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "media" / "frames"
-# our joint i <- MPI-INF-3DHP-17 index
-FROM_3DHP = [14, 8, 9, 10, 11, 12, 13, 15, 1, 16, 0, 5, 6, 7, 2, 3, 4]
 
 
 def load_samples(data: Path) -> list[tuple[str, str, Path, np.ndarray, np.ndarray]]:
-    """(dataset, name, image path, gt (17, 2) px in our order, valid (17,) bool)."""
-    out = []
-    h = np.load(data / "h36m" / "test_h36m_body3d.npz")
-    for name, part in zip(h["imgname"], h["part"]):
-        out.append(("h36m", Path(str(name)).stem, data / "h36m" / str(name), part[:, :2], part[:, 2] > 0))
-    for split in ("train", "test"):
-        m = np.load(data / "mpi_inf_3dhp" / f"test_3dhp_{split}.npz")
-        for name, part in zip(m["imgname"], m["part"]):
-            p = part[FROM_3DHP]
-            out.append(("3dhp", Path(str(name)).stem, data / "mpi_inf_3dhp" / str(name), p[:, :2], p[:, 2] > 0))
-    return out
+    """(dataset, name, image path, gt (17, 2) px in our order, valid (17,) bool), read by
+    train.eval_renders.load_real_frames (one reader of these annotations)."""
+    from train.eval_renders import load_real_frames
+
+    return [(f.dataset, f.name, f.image, f.joints_2d_px, f.valid_2d) for f in load_real_frames(data)]
 
 
 def detect_all(samples: list) -> list[tuple[np.ndarray, np.ndarray] | None]:

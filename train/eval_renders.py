@@ -99,6 +99,8 @@ class RealFrame:
     joints_cam_mm: np.ndarray   # (17, 3) camera coords, mm
     f: np.ndarray               # (2,) px
     c: np.ndarray               # (2,) px
+    joints_2d_px: np.ndarray    # (17, 2) annotated image px
+    valid_2d: np.ndarray        # (17,) bool, the annotation's flag
 
 
 FROM_3DHP = [14, 8, 9, 10, 11, 12, 13, 15, 1, 16, 0, 5, 6, 7, 2, 3, 4]  # ours <- MPI-INF-3DHP-17
@@ -106,7 +108,8 @@ FROM_3DHP = [14, 8, 9, 10, 11, 12, 13, 15, 1, 16, 0, 5, 6, 7, 2, 3, 4]  # ours <
 
 def load_real_frames(root: str | Path) -> list[RealFrame]:
     """The annotated Human3.6M and MPI-INF-3DHP frames (mmpose test layout, see the media
-    README): 3D in camera coordinates (m -> mm) and each camera's f, c."""
+    README) in our joint order: 3D in camera coordinates (m -> mm), each camera's f, c, and
+    the annotated 2D with its flags."""
     import pickle
 
     root = Path(root)
@@ -116,22 +119,23 @@ def load_real_frames(root: str | Path) -> list[RealFrame]:
     out = []
     cams = pickle.load(open(root / "h36m" / "cameras.pkl", "rb"))
     z = np.load(h)
-    for name, S in zip(z["imgname"], z["S"]):
+    for name, S, part in zip(z["imgname"], z["S"], z["part"]):
         stem = Path(str(name)).stem                       # e.g. S1_Directions_1.54138969_000001
         subj, cam = str(name).split("/")[0], stem.split(".")[1].split("_")[0]
         cp = cams[(subj, cam)]
         out.append(RealFrame("h36m", stem, root / "h36m" / str(name), S[:, :3] * 1000.0,
-                             np.ravel(cp["f"]), np.ravel(cp["c"])))
+                             np.ravel(cp["f"]), np.ravel(cp["c"]), part[:, :2], part[:, 2] > 0))
     tr = pickle.load(open(root / "mpi_inf_3dhp" / "cameras_train.pkl", "rb"))
     te = pickle.load(open(root / "mpi_inf_3dhp" / "cameras_test.pkl", "rb"))
     for split in ("train", "test"):
         z = np.load(root / "mpi_inf_3dhp" / f"test_3dhp_{split}.npz")
-        for name, S in zip(z["imgname"], z["S"]):
+        for name, S, part in zip(z["imgname"], z["S"], z["part"]):
             stem = Path(str(name)).stem
             key = "_".join(stem.split("_")[:3]) if split == "train" else stem.split("_")[0]
             cp = (tr if split == "train" else te)[key]
+            p2 = part[FROM_3DHP]
             out.append(RealFrame("3dhp", stem, root / "mpi_inf_3dhp" / str(name), S[FROM_3DHP, :3] * 1000.0,
-                                 np.ravel(cp["f"]), np.ravel(cp["c"])))
+                                 np.ravel(cp["f"]), np.ravel(cp["c"]), p2[:, :2], p2[:, 2] > 0))
     return out
 
 
