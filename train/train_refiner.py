@@ -111,14 +111,15 @@ def refiner_inputs(G, rs, cond: np.ndarray, mirror: bool = False) -> dict[str, n
             "joints_3d": j3.astype(np.float32), "fbi": np.asarray(fbi), "no_cues": np.zeros(len(j3), bool)}
 
 
-def detector_error_bank(rs) -> np.ndarray:
-    """(M, 17, 2) MediaPipe-minus-truth 2D errors on renders, in units of the crop box side
+def detector_error_bank(sets: list) -> np.ndarray:
+    """(M, 17, 2) MediaPipe-minus-truth 2D errors on render sets, in units of the crop box side
     (so they scale to any person size), with their left-right mirror images."""
     from engines.crop import CROP_SIZE
     from engines.skeleton import FLIP_PERMUTATION
 
-    ok = np.isfinite(rs.mp2d).all((1, 2))
-    err = (rs.mp2d[ok] - rs.gt2d[ok]) / CROP_SIZE
+    mp, gt = np.concatenate([s.mp2d for s in sets]), np.concatenate([s.gt2d for s in sets])
+    ok = np.isfinite(mp).all((1, 2))
+    err = (mp[ok] - gt[ok]) / CROP_SIZE
     mirrored = err[:, list(FLIP_PERMUTATION)] * np.array([-1.0, 1.0])
     return np.concatenate([err, mirrored]).astype(np.float32)
 
@@ -201,7 +202,6 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
     from engines.checkpoint import contract_metadata, file_sha256
     from engines.refiner import Refiner, RefinerConfig
     from train.metrics import mpjpe
-    from train.render_data import concat
     from train.train_generator import check_no_s9, load_generator, load_sets
 
     torch.set_num_threads(cfg.threads)
@@ -219,20 +219,19 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
         subsets.append(rs_i)
         for m in (False, True) if cfg.mirror else (False,):
             parts.append(cached_refiner_inputs(G, cfg.generator, rs_i, name, cfg.input_kind, cond, m, log))
-    tr = concat(subsets)
     va = load_sets([cfg.val_set], log)[0][0]
     vcond, vok = input_2d(va, cfg.input_kind)
     va, vcond = va.subset(np.flatnonzero(vok)), vcond[vok]
     parts = parts * cfg.render_repeat
     if cfg.h36m_mix:  # SH input: the real SH detections; MediaPipe: exact 2D + MediaPipe's errors on renders
-        bank = detector_error_bank(tr) if cfg.input_kind == "mp" else None
+        bank = detector_error_bank(subsets) if cfg.input_kind == "mp" else None
         parts.append(h36m_without_cues(cfg.h36m_mix, "sh" if cfg.input_kind == "sh" else "gt", cfg.h36m_every,
                                        cfg.mirror, bank, rng))
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     has_cues = torch.from_numpy(~data["no_cues"]).float()
     vdata = cached_refiner_inputs(G, cfg.generator, va, cfg.val_set, cfg.input_kind, vcond, False, log)
-    n_render = sum(len(p["features"]) for p in parts if not p["no_cues"].any())
     own = {k: np.concatenate([p[k] for p in parts if not p["no_cues"].any()]) for k in ("coarse", "joints_3d")}
+    n_render = len(own["coarse"])
     gap = {"train_coarse_mpjpe_mm": float(mpjpe(own["coarse"], own["joints_3d"]).mean()),
            "val_coarse_mpjpe_mm": float(mpjpe(vdata["coarse"], vdata["joints_3d"]).mean())}
     log(f"{len(data['features'])} training inputs ({n_render} from renders), {len(vdata['features'])} validation; "
@@ -251,7 +250,8 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
         init_from_lifter(model, cfg.init_from)
         log(f"refiner initialised from {cfg.init_from} (image-cue weights zero: starts as that Base)")
     Yn = (Y - model.lifter.out_mean) / model.lifter.out_std
-    V = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in vdata.items() if k != "fbi"}
+    V = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in vdata.items()
+         if k not in ("fbi", "no_cues")}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     state = {"epoch": 0, "one_minus_a": None, "history": [], "best": math.inf, "train_seconds": 0.0}
