@@ -31,8 +31,8 @@ def bone_names() -> list[str]:
     return [f"{JOINT_NAMES[a]}->{JOINT_NAMES[b]}" for a, b in FBI_BONES]
 
 
-def fbi_report(prob: np.ndarray, labels: np.ndarray) -> dict:
-    hit = prob.argmax(-1) == labels
+def fbi_report(hit: np.ndarray) -> dict:
+    """(N, 14) bool, FBI state right per sample and bone -> overall and per-bone accuracy."""
     return {"fbi_accuracy": float(hit.mean()),
             "fbi_per_bone": {n: float(hit[:, i].mean()) for i, n in enumerate(bone_names())}}
 
@@ -86,7 +86,7 @@ def evaluate_render_set(data: str, input_kind: str, model: str, compare: list[st
                  # the rule applied to the 3D output (dz / |bone| needs no root): every model has this
                  "fbi_from_3d_accuracy": float((fbi_states(pred) == rs.fbi).mean())}
         if prob is not None:
-            entry.update(fbi_report(prob, rs.fbi))
+            entry.update(fbi_report(prob.argmax(-1) == rs.fbi))
         out["models"][m] = entry
     return out
 
@@ -191,8 +191,7 @@ def evaluate_real_frames(root: str, model: str, compare: list[str]) -> dict:
     hits = np.array([x["fbi_hits"] for x in rows if "fbi_hits" in x])
     fbi = {}
     if len(hits):
-        fbi = {"fbi_accuracy": float(hits.mean()),
-               "fbi_per_bone": {n: float(hits[:, i].mean()) for i, n in enumerate(bone_names())}}
+        fbi = fbi_report(hits)
     return {"data": str(root), "input": "mp", "frames": rows, "summary": summary, **fbi, "model": model}
 
 
