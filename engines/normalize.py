@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.skeleton import NUM_JOINTS, ROOT
+from engines.skeleton import FLIP_PERMUTATION, NUM_JOINTS, ROOT
 
 LIFT_INPUT_DIM = NUM_JOINTS * 2 + 3
 
@@ -33,3 +33,16 @@ def features_2d(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
     rel = rel / spread[..., None, None]
     out = np.concatenate([rel.reshape(*rel.shape[:-2], NUM_JOINTS * 2), root, np.log(spread)[..., None]], axis=-1)
     return out.astype(np.float32)
+
+
+def features_flip() -> tuple[np.ndarray, np.ndarray]:
+    """The horizontal mirror (about the principal point) in feature space:
+    features_2d(mirrored uv)[..., i] == sign[i] * features_2d(uv)[..., index[i]].
+    Returns index (37,) int64 and sign (37,) float32. Left/right joints swap, x coordinates
+    (joints and pelvis) change sign; the spread is unchanged."""
+    index = np.concatenate([np.stack([2 * np.asarray(FLIP_PERMUTATION), 2 * np.asarray(FLIP_PERMUTATION) + 1], 1).ravel(),
+                            [2 * NUM_JOINTS, 2 * NUM_JOINTS + 1, 2 * NUM_JOINTS + 2]]).astype(np.int64)
+    sign = np.ones(LIFT_INPUT_DIM, np.float32)
+    sign[0:2 * NUM_JOINTS:2] = -1.0
+    sign[2 * NUM_JOINTS] = -1.0
+    return index, sign

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from engines.generator import NUM_FBI_STATES
 from engines.models import Lifter, LifterConfig
-from engines.normalize import LIFT_INPUT_DIM
-from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
+from engines.normalize import LIFT_INPUT_DIM, features_flip
+from engines.skeleton import FBI_FLIP_PERMUTATION, FLIP_PERMUTATION, NUM_FBI_BONES, NUM_JOINTS
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class RefinerConfig:
     num_blocks: int = 2
     dropout: float = 0.5
     max_norm: float = 1.0
+    flip_tta: bool = False          # average with the mirrored input (engines.models docstring)
 
     @property
     def in_dim(self) -> int:
@@ -44,12 +46,31 @@ class RefinerConfig:
         return asdict(self)
 
 
+def refiner_input_flip(cfg: RefinerConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The horizontal mirror over the concatenated input (Refiner.inputs): the 2D features as
+    engines.normalize.features_flip; coarse 3D (joints 1..16) swaps left/right and negates x;
+    the FBI probabilities swap left/right bones (a mirror keeps every bone's state)."""
+    index, sign = features_flip()
+    parts_i, parts_s, off = [index], [sign], LIFT_INPUT_DIM
+    if cfg.use_coarse:
+        perm = np.asarray(FLIP_PERMUTATION[1:]) - 1   # the root is not an input; the others keep order
+        parts_i.append(off + np.stack([3 * perm + k for k in range(3)], 1).ravel())
+        parts_s.append(np.tile(np.array([-1.0, 1.0, 1.0], np.float32), NUM_JOINTS - 1))
+        off += (NUM_JOINTS - 1) * 3
+    if cfg.use_fbi:
+        bones = np.asarray(FBI_FLIP_PERMUTATION)
+        parts_i.append(off + np.stack([NUM_FBI_STATES * bones + k for k in range(NUM_FBI_STATES)], 1).ravel())
+        parts_s.append(np.ones(NUM_FBI_BONES * NUM_FBI_STATES, np.float32))
+    return np.concatenate(parts_i).astype(np.int64), np.concatenate(parts_s).astype(np.float32)
+
+
 class Refiner(nn.Module):
     def __init__(self, cfg: RefinerConfig = RefinerConfig()) -> None:
         super().__init__()
         self.cfg = cfg
         self.lifter = Lifter(LifterConfig(in_dim=cfg.in_dim, hidden=cfg.hidden, num_blocks=cfg.num_blocks,
-                                          dropout=cfg.dropout, max_norm=cfg.max_norm))
+                                          dropout=cfg.dropout, max_norm=cfg.max_norm, flip_tta=cfg.flip_tta),
+                             input_flip=refiner_input_flip(cfg) if cfg.flip_tta else None)
 
     def inputs(self, features: torch.Tensor, coarse_mm: torch.Tensor, fbi_prob: torch.Tensor) -> torch.Tensor:
         """The concatenated (B, in_dim) input vector."""

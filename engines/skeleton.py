@@ -53,6 +53,10 @@ FBI_BONES: tuple[tuple[int, int], ...] = (
     (8, 14), (14, 15), (15, 16),  # right clavicle, upper arm, forearm
 )
 NUM_FBI_BONES = len(FBI_BONES)
+# FBI bone index permutation under a horizontal mirror (left and right bones swap; a mirror
+# keeps z, so the states themselves do not change).
+FBI_FLIP_PERMUTATION: tuple[int, ...] = tuple(
+    FBI_BONES.index((FLIP_PERMUTATION[a], FLIP_PERMUTATION[b])) for a, b in FBI_BONES)
 FBI_BONE_NAMES: tuple[str, ...] = tuple(f"{JOINT_NAMES[a]}->{JOINT_NAMES[b]}" for a, b in FBI_BONES)
 
 FORWARD, BACKWARD, PARALLEL = 0, 1, 2

@@ -42,6 +42,7 @@ class TrainConfig:
     dropout: float = 0.5
     max_norm: float = 1.0
     val_every: int = 10             # frame subsampling of the validation file
+    flip_tta: bool = True           # the model averages with the mirrored input at test time
 
 
 def _features(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -88,7 +89,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     log(f"loaded {len(X)} training samples, {len(Xv)} validation samples in {time.time() - t_load:.1f}s")
 
     mcfg = LifterConfig(in_dim=X.shape[1], hidden=cfg.hidden, num_blocks=cfg.num_blocks,
-                        dropout=cfg.dropout, max_norm=cfg.max_norm)
+                        dropout=cfg.dropout, max_norm=cfg.max_norm, flip_tta=cfg.flip_tta)
     model = Lifter(mcfg)
     model.set_normalization(torch.from_numpy(X.mean(0)), torch.from_numpy(X.std(0)),
                             torch.from_numpy(Y.mean(0)), torch.from_numpy(Y.std(0)))
@@ -142,12 +143,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       ("noise-px", float), ("seed", int), ("threads", int), ("hidden", int)):
         p.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_")))
     p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--no-flip-tta", action="store_true", help="no test-time averaging with the mirrored input")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=args.data, val_data=args.val_data, input_kind=args.input, loss=args.loss,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
                       every=args.every, flip=not args.no_flip, noise_px=args.noise_px, seed=args.seed,
-                      threads=args.threads, hidden=args.hidden)
+                      threads=args.threads, hidden=args.hidden, flip_tta=not args.no_flip_tta)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0

@@ -175,6 +175,8 @@ def init_from_lifter(model, lifter_path: str) -> None:
     src, dst = ck["model"], model.lifter.state_dict()
     with torch.no_grad():
         for k, v in src.items():
+            if k.startswith("flip_"):     # the refiner's own mirror covers its wider input
+                continue
             if k == "inp.0.weight":
                 dst[k].zero_()
                 dst[k][:, :LIFT_INPUT_DIM] = v
