@@ -61,6 +61,7 @@ class RefinerTrainConfig:
     init_from: str = ""             # a Base lifter checkpoint: start the refiner as exactly that model
     seed: int = 0
     threads: int = 2
+    flip_tta: bool = True           # the refiner averages with the mirrored input at test time
 
 
 def input_2d(rs, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -241,7 +242,7 @@ def train(cfg: RefinerTrainConfig, out: Path, log=print) -> dict:
         f"{time.time() - t0:.0f}s; coarse MPJPE train {gap['train_coarse_mpjpe_mm']:.1f} mm vs "
         f"val {gap['val_coarse_mpjpe_mm']:.1f} mm")
 
-    mcfg = RefinerConfig(use_coarse=cfg.use_coarse, use_fbi=cfg.use_fbi)
+    mcfg = RefinerConfig(use_coarse=cfg.use_coarse, use_fbi=cfg.use_fbi, flip_tta=cfg.flip_tta)
     model = Refiner(mcfg)
     T = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in data.items()
          if k not in ("fbi", "no_cues")}
@@ -304,6 +305,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, typ in (("epochs", int), ("lr", float), ("coarse-noise-mm", float), ("seed", int), ("threads", int),
                       ("h36m-every", int), ("render-repeat", int)):
         p.add_argument(f"--{name}", type=typ, default=getattr(RefinerTrainConfig, name.replace("-", "_")))
+    p.add_argument("--no-flip-tta", action="store_true", help="no test-time averaging with the mirrored input")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -312,6 +314,6 @@ def run(args: argparse.Namespace) -> int:
                              use_fbi=not args.no_fbi, epochs=args.epochs, lr=args.lr,
                              coarse_noise_mm=args.coarse_noise_mm, seed=args.seed, threads=args.threads,
                              h36m_mix=args.h36m_mix, h36m_every=args.h36m_every, render_repeat=args.render_repeat,
-                             init_from=args.init_from)
+                             init_from=args.init_from, flip_tta=not args.no_flip_tta)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0
