@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.normalize import LIFT_INPUT_DIM, features_flip
+from engines.normalize import LIFT_INPUT_DIM, features_flip, mirror_map
 from engines.skeleton import FLIP_PERMUTATION, NUM_JOINTS
 
 
@@ -76,8 +76,7 @@ class Lifter(nn.Module):
             assert np.shape(index) == (cfg.in_dim,) and np.shape(sign) == (cfg.in_dim,)
             self.register_buffer("flip_in_index", torch.as_tensor(np.asarray(index), dtype=torch.long))
             self.register_buffer("flip_in_sign", torch.as_tensor(np.asarray(sign), dtype=torch.float32))
-            out_index = np.stack([3 * np.asarray(FLIP_PERMUTATION) + k for k in range(3)], 1).ravel()
-            out_sign = np.tile(np.array([-1.0, 1.0, 1.0], np.float32), NUM_JOINTS)
+            out_index, out_sign = mirror_map(FLIP_PERMUTATION, (-1.0, 1.0, 1.0))
             self.register_buffer("flip_out_index", torch.as_tensor(out_index, dtype=torch.long))
             self.register_buffer("flip_out_sign", torch.as_tensor(out_sign))
 
@@ -101,7 +100,7 @@ class Lifter(nn.Module):
             return self.denormalize(self.forward_normalized(x))
         n = x.shape[0]
         both = torch.cat([x, x.index_select(1, self.flip_in_index) * self.flip_in_sign], 0)
-        y = self.forward_normalized(both) * self.out_std + self.out_mean
+        y = self.denormalize(self.forward_normalized(both)).flatten(1)
         mirrored = y[n:].index_select(1, self.flip_out_index) * self.flip_out_sign
         return (0.5 * (y[:n] + mirrored)).reshape(-1, NUM_JOINTS, 3)
 

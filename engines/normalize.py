@@ -35,14 +35,21 @@ def features_2d(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def mirror_map(perm, signs) -> tuple[np.ndarray, np.ndarray]:
+    """Index/sign pair of a mirror over a flattened (len(perm), len(signs)) block: item i takes
+    item perm[i]'s values, coordinate k multiplied by signs[k]. Returns index int64 and sign
+    float32, both of length len(perm) * len(signs)."""
+    perm, signs = np.asarray(perm), np.asarray(signs, np.float32)
+    index = (len(signs) * perm[:, None] + np.arange(len(signs))[None]).ravel().astype(np.int64)
+    return index, np.tile(signs, len(perm))
+
+
 def features_flip() -> tuple[np.ndarray, np.ndarray]:
     """The horizontal mirror (about the principal point) in feature space:
     features_2d(mirrored uv)[..., i] == sign[i] * features_2d(uv)[..., index[i]].
     Returns index (37,) int64 and sign (37,) float32. Left/right joints swap, x coordinates
     (joints and pelvis) change sign; the spread is unchanged."""
-    index = np.concatenate([np.stack([2 * np.asarray(FLIP_PERMUTATION), 2 * np.asarray(FLIP_PERMUTATION) + 1], 1).ravel(),
-                            [2 * NUM_JOINTS, 2 * NUM_JOINTS + 1, 2 * NUM_JOINTS + 2]]).astype(np.int64)
-    sign = np.ones(LIFT_INPUT_DIM, np.float32)
-    sign[0:2 * NUM_JOINTS:2] = -1.0
-    sign[2 * NUM_JOINTS] = -1.0
-    return index, sign
+    index, sign = mirror_map(FLIP_PERMUTATION, (-1.0, 1.0))
+    tail = 2 * NUM_JOINTS + np.arange(3)            # pelvis x, pelvis y, log spread
+    return (np.concatenate([index, tail]).astype(np.int64),
+            np.concatenate([sign, np.array([-1.0, 1.0, 1.0], np.float32)]))

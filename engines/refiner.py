@@ -23,7 +23,7 @@ from torch import nn
 
 from engines.generator import NUM_FBI_STATES
 from engines.models import Lifter, LifterConfig
-from engines.normalize import LIFT_INPUT_DIM, features_flip
+from engines.normalize import LIFT_INPUT_DIM, features_flip, mirror_map
 from engines.skeleton import FBI_FLIP_PERMUTATION, FLIP_PERMUTATION, NUM_FBI_BONES, NUM_JOINTS
 
 
@@ -50,18 +50,14 @@ def refiner_input_flip(cfg: RefinerConfig) -> tuple[np.ndarray, np.ndarray]:
     """The horizontal mirror over the concatenated input (Refiner.inputs): the 2D features as
     engines.normalize.features_flip; coarse 3D (joints 1..16) swaps left/right and negates x;
     the FBI probabilities swap left/right bones (a mirror keeps every bone's state)."""
-    index, sign = features_flip()
-    parts_i, parts_s, off = [index], [sign], LIFT_INPUT_DIM
-    if cfg.use_coarse:
-        perm = np.asarray(FLIP_PERMUTATION[1:]) - 1   # the root is not an input; the others keep order
-        parts_i.append(off + np.stack([3 * perm + k for k in range(3)], 1).ravel())
-        parts_s.append(np.tile(np.array([-1.0, 1.0, 1.0], np.float32), NUM_JOINTS - 1))
-        off += (NUM_JOINTS - 1) * 3
+    parts = [features_flip()]
+    if cfg.use_coarse:  # the root is not an input; the other joints keep their order
+        parts.append(mirror_map(np.asarray(FLIP_PERMUTATION[1:]) - 1, (-1.0, 1.0, 1.0)))
     if cfg.use_fbi:
-        bones = np.asarray(FBI_FLIP_PERMUTATION)
-        parts_i.append(off + np.stack([NUM_FBI_STATES * bones + k for k in range(NUM_FBI_STATES)], 1).ravel())
-        parts_s.append(np.ones(NUM_FBI_BONES * NUM_FBI_STATES, np.float32))
-    return np.concatenate(parts_i).astype(np.int64), np.concatenate(parts_s).astype(np.float32)
+        parts.append(mirror_map(FBI_FLIP_PERMUTATION, (1.0,) * NUM_FBI_STATES))
+    offsets = np.cumsum([0] + [len(i) for i, _ in parts[:-1]])
+    return (np.concatenate([i + off for (i, _), off in zip(parts, offsets)]).astype(np.int64),
+            np.concatenate([s for _, s in parts]).astype(np.float32))
 
 
 class Refiner(nn.Module):
