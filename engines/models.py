@@ -34,6 +34,8 @@ class LifterConfig:
     dropout: float = 0.5
     max_norm: float = 1.0
     flip_tta: bool = False
+    window: int = 1                 # frames per input (TemporalLifter; 1 = the single-frame Lifter)
+    causal: bool = False            # TemporalLifter: the reference frame is the window's last, not centre
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,6 +105,24 @@ class Lifter(nn.Module):
         y = self.denormalize(self.forward_normalized(both)).flatten(1)
         mirrored = y[n:].index_select(1, self.flip_out_index) * self.flip_out_sign
         return (0.5 * (y[:n] + mirrored)).reshape(-1, NUM_JOINTS, 3)
+
+
+class TemporalLifter(Lifter):
+    """features (B, window, 37), frames engines.temporal.SPACING_MS apart -> root-relative 3D
+    joints (B, 17, 3), mm, of the reference frame (engines.temporal). The same Martinez network
+    on the flattened window: a fully connected layer over a short window is as cheap as a
+    dilated convolution and keeps the single-frame recipe (max-norm, BatchNorm, flip averaging
+    with the per-frame mirror)."""
+
+    def __init__(self, cfg: LifterConfig) -> None:
+        from engines.temporal import window_flip
+
+        assert cfg.in_dim == cfg.window * LIFT_INPUT_DIM, (cfg.in_dim, cfg.window)
+        super().__init__(cfg, window_flip(cfg.window) if cfg.flip_tta else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 3 and x.shape[1:] == (self.cfg.window, LIFT_INPUT_DIM), tuple(x.shape)
+        return super().forward(x.flatten(1))
 
 
 @torch.no_grad()

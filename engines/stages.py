@@ -18,6 +18,7 @@ import numpy as np
 from engines.errors import UserError
 from engines.normalize import LIFT_INPUT_DIM
 from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
+from engines.temporal import WINDOW as TEMPORAL_WINDOW
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,29 @@ def _lifter_example(batch: int, rng: np.random.Generator) -> dict[str, np.ndarra
     return {"features": features_2d(uv, np.array([1000.0, 1000.0]), np.array([500.0, 500.0]))}
 
 
+def _build_temporal_lifter(ck: dict) -> Any:
+    from engines.models import LifterConfig, TemporalLifter
+    from engines.temporal import WINDOW
+
+    cfg = LifterConfig(**ck["model_config"])
+    if cfg.window != WINDOW:  # the stage's input shape is static, like the generator's crop
+        raise UserError(f"temporal lifter has a {cfg.window}-frame window; this build runs {WINDOW}-frame ones")
+    model = TemporalLifter(cfg)
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
+def _temporal_example(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A lifter example pose drifting a little from frame to frame."""
+    from engines.normalize import features_2d
+    from engines.temporal import WINDOW
+
+    pose = _STANDING_2D[None] + rng.normal(0, 0.05, (batch, NUM_JOINTS, 2))
+    drift = np.cumsum(rng.normal(0, 0.01, (batch, WINDOW, NUM_JOINTS, 2)), axis=1)
+    uv = (pose[:, None] + drift) * rng.uniform(150, 400, (batch, 1, 1, 1)) + rng.uniform(300, 700, (batch, 1, 1, 2))
+    return {"features": features_2d(uv, np.array([1000.0, 1000.0]), np.array([500.0, 500.0]))}
+
+
 def _build_generator(ck: dict) -> Any:
     from engines.generator import Generator, GeneratorConfig
 
@@ -127,6 +151,14 @@ STAGES: dict[str, StageSpec] = {
         build=_build_lifter,
         example=_lifter_example,
         description="Martinez lifter: engines.normalize.features_2d -> root-relative joints (mm)",
+    ),
+    "temporal_lifter": StageSpec(
+        name="temporal_lifter",
+        inputs=(TensorSpec("features", (None, TEMPORAL_WINDOW, LIFT_INPUT_DIM)),),
+        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
+        build=_build_temporal_lifter,
+        example=_temporal_example,
+        description="engines.temporal: a window of features_2d frames -> root-relative joints (mm) of one frame",
     ),
     "generator": StageSpec(
         name="generator",

@@ -75,8 +75,8 @@ def run_in_chunks(be, inputs: dict[str, np.ndarray], chunk: int = 4096) -> np.nd
                            for i in range(0, n, chunk)])
 
 
-def predict(model: str, features: np.ndarray, backend: str = "torch") -> tuple[np.ndarray, str]:
-    """Run the lifter over (M, 37) features in chunks -> ((M, 17, 3) mm, resolved model path)."""
+def open_model(model: str, backend: str = "torch"):
+    """(backend, resolved .pt path) for a shipped name or checkpoint path."""
     from engines.checkpoint import resolve_model_path
 
     path = resolve_model_path(model)
@@ -86,11 +86,44 @@ def predict(model: str, features: np.ndarray, backend: str = "torch") -> tuple[n
     except ImportError:
         from engines.backends.torch_backend import TorchBackend
         be = TorchBackend(path)
+    return be, str(path)
+
+
+def predict(model: str, features: np.ndarray, backend: str = "torch") -> tuple[np.ndarray, str]:
+    """Run a single-frame lifter over (M, 37) features in chunks -> ((M, 17, 3) mm, resolved model path)."""
+    be, path = open_model(model, backend)
     try:
         out = run_in_chunks(be, {"features": features})
     finally:
         be.close()
-    return out, str(path)
+    return out, path
+
+
+def is_temporal(be) -> bool:
+    """Whether the opened lifter takes windows of frames (stage input (B, window, 37))."""
+    from engines.stages import stage_for
+
+    return len(stage_for(be.metadata.get("stage")).inputs[0].shape) == 3
+
+
+def temporal_inputs(be, s, data: str, every: int):
+    """A temporal lifter's input for every `every`-th sample of s, which holds all rows of
+    `data`: windows built on each sequence and camera at the model's frame spacing.
+    Returns ((M', window, 37) features, the M' samples)."""
+    from engines.normalize import features_2d
+    from engines.temporal import row_stride, windowed_features
+    from train import h36m
+
+    feats = features_2d(s.uv, s.f, s.c)
+
+    meta = be.metadata
+    if "window" not in meta:
+        raise UserError(f"{meta.get('source_file', 'model')}: a temporal lifter without its window metadata")
+    stride = row_stride(h36m.row_spacing_ms(data), float(meta["spacing_ms"]))
+    win = windowed_features(feats, s.seq.astype(np.int64) * 4 + s.camera, stride, int(meta["window"]),
+                            bool(meta["causal"]))
+    keep = np.arange(0, len(s), every)
+    return win[keep], s.subset(keep)
 
 
 def evaluate(data: str, input_kind: str, model: str | None = None, backend: str = "torch",
@@ -101,9 +134,16 @@ def evaluate(data: str, input_kind: str, model: str | None = None, backend: str 
     from train.metrics import mpjpe, p_mpjpe
 
     model = model or DEFAULT_MODEL[input_kind]
-    s = h36m.load(data, input_kind, every=every)
-    feats = features_2d(s.uv, s.f, s.c)
-    pred, path = predict(model, feats, backend)
+    be, path = open_model(model, backend)
+    try:
+        if is_temporal(be):
+            feats, s = temporal_inputs(be, h36m.load(data, input_kind), data, every)
+        else:
+            s = h36m.load(data, input_kind, every=every)
+            feats = features_2d(s.uv, s.f, s.c)
+        pred = run_in_chunks(be, {"features": feats})
+    finally:
+        be.close()
     e1 = mpjpe(pred, s.joints_cam)
     e2 = p_mpjpe(pred, s.joints_cam)
     res = summarize(e1, e2, s.action, s.action_names)

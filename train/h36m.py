@@ -127,6 +127,22 @@ def row_sequence(d: dict[str, np.ndarray]) -> np.ndarray:
     return seq
 
 
+def row_spacing_ms(path: str | Path) -> float:
+    """Time between consecutive rows of a sequence, ms: 20 ms (50 Hz) times the file's
+    frame_step, or the median step of its 50 Hz `frame` indices within sequences."""
+    with np.load(path, allow_pickle=False) as z:
+        if "frame_step" in z.files:
+            return 20.0 * float(z["frame_step"])
+        if "frame" in z.files and "seq_start" in z.files:
+            steps = np.diff(z["frame"].astype(np.int64))
+            inside = np.ones(len(steps), bool)
+            inside[np.asarray(z["seq_start"])[1:] - 1] = False
+            steps = steps[inside & (steps > 0)]
+            if len(steps):
+                return 20.0 * float(np.median(steps))
+    raise UserError(f"{path}: neither frame_step nor frame indices say how far apart the rows are")
+
+
 def load(path: str | Path, input_kind: str = "gt", cameras: tuple[int, ...] = (0, 1, 2, 3),
          every: int = 1) -> H36MSet:
     """Load an npz in the staged schema as per-camera samples (see H36MSet).

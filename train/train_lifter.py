@@ -43,6 +43,8 @@ class TrainConfig:
     max_norm: float = 1.0
     val_every: int = 10             # frame subsampling of the validation file
     flip_tta: bool = True           # the model averages with the mirrored input at test time
+    window: int = 1                 # > 1: a TemporalLifter over this many frames (engines.temporal)
+    causal: bool = False            # TemporalLifter: predict the window's last frame, not its centre
 
 
 def _features(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -61,11 +63,26 @@ def _flip(uv: np.ndarray, c: np.ndarray, j3: np.ndarray) -> tuple[np.ndarray, np
     return uv2, j2
 
 
+def train_strides(row_ms: float) -> tuple[int, ...]:
+    """Row strides whose spacings bracket engines.temporal.SPACING_MS: (2, 3) for 40 ms rows."""
+    from engines.temporal import SPACING_MS
+
+    x = SPACING_MS / row_ms
+    return tuple(sorted({max(1, math.floor(x)), max(1, math.ceil(x))}))
+
+
+def temporal_metadata(mcfg) -> dict:
+    """The window contract of a temporal lifter, stored with the checkpoint and its exports."""
+    from engines.temporal import SPACING_MS
+
+    return {"window": mcfg.window, "causal": mcfg.causal, "spacing_ms": SPACING_MS}
+
+
 def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     import torch
 
     from engines.checkpoint import contract_metadata, file_sha256
-    from engines.models import Lifter, LifterConfig
+    from engines.models import Lifter, LifterConfig, TemporalLifter
     from train import h36m
     from train.metrics import mpjpe
 
@@ -74,28 +91,51 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     rng = np.random.default_rng(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     t_load = time.time()
-    tr = h36m.load(cfg.data, cfg.input_kind, every=cfg.every)
+    temporal = cfg.window > 1
+    # A temporal run needs every row to build windows; `every` then thins the window centres.
+    tr = h36m.load(cfg.data, cfg.input_kind, every=1 if temporal else cfg.every)
     if set(np.unique(tr.subject)) - set(TRAIN_SUBJECTS):
         raise UserError(f"training data contains subjects {sorted(set(np.unique(tr.subject)))}; only {TRAIN_SUBJECTS} allowed")
     uv, f, c, j3 = tr.uv, tr.f, tr.c, tr.joints_cam
+    keys = tr.seq.astype(np.int64) * 4 + tr.camera   # contiguous runs: one sequence seen by one camera
     if cfg.flip:
         uv_f, j3_f = _flip(uv, c, j3)
         uv, f, c, j3 = (np.concatenate([uv, uv_f]), np.concatenate([f, f]),
                         np.concatenate([c, c]), np.concatenate([j3, j3_f]))
+        keys = np.concatenate([keys, keys + keys.max() + 1])
     X = _features(uv, f, c)
     Y = j3.reshape(len(j3), -1).astype(np.float32)
-    va = h36m.load(cfg.val_data, cfg.input_kind, every=cfg.val_every)
-    Xv = torch.from_numpy(_features(va.uv, va.f, va.c))
-    log(f"loaded {len(X)} training samples, {len(Xv)} validation samples in {time.time() - t_load:.1f}s")
+    va = h36m.load(cfg.val_data, cfg.input_kind, every=1 if temporal else cfg.val_every)
+    Xv_np = _features(va.uv, va.f, va.c)
+    if temporal:
+        from engines.temporal import group_bounds, row_stride, window_indices, window_offsets, windowed_features
 
-    mcfg = LifterConfig(in_dim=X.shape[1], hidden=cfg.hidden, num_blocks=cfg.num_blocks,
-                        dropout=cfg.dropout, max_norm=cfg.max_norm, flip_tta=cfg.flip_tta)
-    model = Lifter(mcfg)
-    model.set_normalization(torch.from_numpy(X.mean(0)), torch.from_numpy(X.std(0)),
+        vstride = row_stride(h36m.row_spacing_ms(cfg.val_data))
+        keep = np.arange(0, len(va), cfg.val_every)
+        Xv_np = windowed_features(Xv_np, va.seq.astype(np.int64) * 4 + va.camera, vstride, cfg.window,
+                                  cfg.causal)[keep]
+        va = va.subset(keep)
+        strides = train_strides(h36m.row_spacing_ms(cfg.data))
+        run_first, run_last = group_bounds(keys)
+        offsets = window_offsets(cfg.window, cfg.causal)
+        centers = np.arange(0, len(X), cfg.every)
+        log(f"temporal: {cfg.window} frames, {'causal' if cfg.causal else 'centred'}, training row strides "
+            f"{strides}, validation stride {vstride}")
+    else:
+        centers = np.arange(len(X))
+    Xv = torch.from_numpy(Xv_np)
+    log(f"loaded {len(centers)} training samples, {len(Xv)} validation samples in {time.time() - t_load:.1f}s")
+
+    mcfg = LifterConfig(in_dim=cfg.window * X.shape[1], hidden=cfg.hidden, num_blocks=cfg.num_blocks,
+                        dropout=cfg.dropout, max_norm=cfg.max_norm, flip_tta=cfg.flip_tta,
+                        window=cfg.window, causal=cfg.causal)
+    model = TemporalLifter(mcfg) if temporal else Lifter(mcfg)
+    model.set_normalization(torch.from_numpy(np.tile(X.mean(0), cfg.window)),
+                            torch.from_numpy(np.tile(X.std(0), cfg.window)),
                             torch.from_numpy(Y.mean(0)), torch.from_numpy(Y.std(0)))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
-    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y[centers])
     Yn = (Yt - model.out_mean) / model.out_std
     uv_t = torch.from_numpy(uv.astype(np.float32)) if cfg.noise_px > 0 else None
 
@@ -111,6 +151,10 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
         return float(mpjpe(pred, va.joints_cam).mean())
 
     def make_input(idx):
+        if temporal:  # each window at a random one of the strides: frame spacings around SPACING_MS
+            step = rng.choice(strides, len(idx))
+            win = window_indices(run_first, run_last, centers[idx.numpy()], offsets, step)
+            return Xt[torch.from_numpy(win)].flatten(1)
         if uv_t is None:
             return Xt[idx]
         noisy = uv_t[idx] + cfg.noise_px * torch.randn_like(uv_t[idx])
@@ -122,9 +166,11 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
                                           cfg.max_norm)
         sched.step()
         val = validate()
-        meta = {"kind": "lifter", "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
+        meta = {"kind": "temporal_lifter" if temporal else "lifter", "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
                 "contract": contract_metadata(), "train_subjects": list(TRAIN_SUBJECTS),
                 "data_sha256": file_sha256(cfg.data) if state["epoch"] == 0 else None}
+        if temporal:  # what a runtime needs to build the windows; exported with the model
+            meta["artifact_meta"] = temporal_metadata(mcfg)
         run_state.end_epoch(out, state, cfg.epochs, epoch_l0, val, time.time() - t0, model, meta, log)
         run_state.save(last, asdict(cfg), model, opt, sched, rng, state)
         (out / "history.json").write_text(json.dumps(state["history"], indent=1))
@@ -140,9 +186,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", choices=("weighted", "l2"), default="weighted")
     p.add_argument("--out", required=True, help="run directory (resumes from OUT/last.pt)")
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("lr-decay", float), ("every", int),
-                      ("noise-px", float), ("seed", int), ("threads", int), ("hidden", int)):
+                      ("noise-px", float), ("seed", int), ("threads", int), ("hidden", int), ("window", int)):
         p.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_")))
     p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--causal", action="store_true", help="temporal lifter: predict the last frame of the window")
     p.add_argument("--no-flip-tta", action="store_true", help="no test-time averaging with the mirrored input")
 
 
@@ -150,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=args.data, val_data=args.val_data, input_kind=args.input, loss=args.loss,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
                       every=args.every, flip=not args.no_flip, noise_px=args.noise_px, seed=args.seed,
-                      threads=args.threads, hidden=args.hidden, flip_tta=not args.no_flip_tta)
+                      threads=args.threads, hidden=args.hidden, flip_tta=not args.no_flip_tta,
+                      window=args.window, causal=args.causal)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0
