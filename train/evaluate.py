@@ -89,16 +89,6 @@ def open_model(model: str, backend: str = "torch"):
     return be, str(path)
 
 
-def predict(model: str, features: np.ndarray, backend: str = "torch") -> tuple[np.ndarray, str]:
-    """Run a single-frame lifter over (M, 37) features in chunks -> ((M, 17, 3) mm, resolved model path)."""
-    be, path = open_model(model, backend)
-    try:
-        out = run_in_chunks(be, {"features": features})
-    finally:
-        be.close()
-    return out, path
-
-
 def is_temporal(be) -> bool:
     """Whether the opened lifter takes windows of frames (stage input (B, window, 37))."""
     from engines.stages import stage_for
