@@ -12,7 +12,10 @@ alignment with scale), the per-action table over all four cameras: the 15 Human3
 plus "Avg", the mean of the per-action errors (the paper's and Martinez et al.'s average).
 It does this over all sequences, and again without the sequences whose ground truth is
 known to be misaligned (MISALIGNED_SEQUENCES, from the data README) when the file has them.
-The default model is the best shipped one for the chosen input: base_gt for gt, base_sh for sh.
+The default model is the best shipped one for the chosen input: base_gt for gt, temporal_sh for
+sh (a 9-frame temporal lifter, engines/temporal.py; `--model base_sh` gives the single-frame Base).
+A temporal lifter gets windows built from all rows of each sequence and camera at its own frame
+spacing, so the file's row spacing must allow it (frame_step or the 50 Hz frame indices).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import numpy as np
 from engines.errors import UserError
 
 MISALIGNED_SEQUENCES = ("S9/Greeting", "S9/SittingDown 1", "S9/Waiting 1")
-DEFAULT_MODEL = {"gt": "base_gt", "sh": "base_sh"}
+DEFAULT_MODEL = {"gt": "base_gt", "sh": "temporal_sh"}
 
 
 @dataclass(frozen=True)
