@@ -139,3 +139,10 @@ def test_tiny_temporal_training_and_eval(tmp_path, h36m_train, h36m_val):
     assert len(d["per_action"]) == 15 and 0 < d["mpjpe_mm"] < 1000
     # Every 20th sample of all rows and cameras (the windows use all rows).
     assert d["frames"] == len(range(0, 14724 * 4, 20))
+    # A file whose rows no whole stride brings near 100 ms: one line, exit 2.
+    z = np.load(h36m_val)
+    np.savez(tmp_path / "slow.npz", **{**{k: z[k] for k in z.files}, "frame_step": np.int32(15)})
+    r = subprocess.run([sys.executable, "-m", "realtime.cli", "eval", "--data", str(tmp_path / "slow.npz"),
+                        "--input", "sh", "--model", str(tmp_path / "run" / "best.pt")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "cannot be windowed" in r.stderr and "Traceback" not in r.stderr
