@@ -83,11 +83,11 @@ def _lifter_example(batch: int, rng: np.random.Generator) -> dict[str, np.ndarra
 
 def _build_temporal_lifter(ck: dict) -> Any:
     from engines.models import LifterConfig, TemporalLifter
-    from engines.temporal import WINDOW
 
     cfg = LifterConfig(**ck["model_config"])
-    if cfg.window != WINDOW:  # the stage's input shape is static, like the generator's crop
-        raise UserError(f"temporal lifter has a {cfg.window}-frame window; this build runs {WINDOW}-frame ones")
+    if cfg.window != TEMPORAL_WINDOW:  # the stage's input shape is static, like the generator's crop
+        raise UserError(f"temporal lifter has a {cfg.window}-frame window; this build runs "
+                        f"{TEMPORAL_WINDOW}-frame ones")
     model = TemporalLifter(cfg)
     model.load_state_dict(ck["model"])
     return model.eval()
@@ -96,10 +96,9 @@ def _build_temporal_lifter(ck: dict) -> Any:
 def _temporal_example(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A lifter example pose drifting a little from frame to frame."""
     from engines.normalize import features_2d
-    from engines.temporal import WINDOW
 
     pose = _STANDING_2D[None] + rng.normal(0, 0.05, (batch, NUM_JOINTS, 2))
-    drift = np.cumsum(rng.normal(0, 0.01, (batch, WINDOW, NUM_JOINTS, 2)), axis=1)
+    drift = np.cumsum(rng.normal(0, 0.01, (batch, TEMPORAL_WINDOW, NUM_JOINTS, 2)), axis=1)
     uv = (pose[:, None] + drift) * rng.uniform(150, 400, (batch, 1, 1, 1)) + rng.uniform(300, 700, (batch, 1, 1, 2))
     return {"features": features_2d(uv, np.array([1000.0, 1000.0]), np.array([500.0, 500.0]))}
 

@@ -101,22 +101,14 @@ def is_temporal(be) -> bool:
 
 def temporal_inputs(be, s, data: str, every: int):
     """A temporal lifter's input for every `every`-th sample of s, which holds all rows of
-    `data`: windows built on each sequence and camera at the model's frame spacing.
+    `data`, at the window the model's metadata records (train.h36m.windowed).
     Returns ((M', window, 37) features, the M' samples)."""
-    from engines.normalize import features_2d
-    from engines.temporal import row_stride, windowed_features
     from train import h36m
-
-    feats = features_2d(s.uv, s.f, s.c)
 
     meta = be.metadata
     if "window" not in meta:
         raise UserError(f"{meta.get('source_file', 'model')}: a temporal lifter without its window metadata")
-    stride = row_stride(h36m.row_spacing_ms(data), float(meta["spacing_ms"]))
-    win = windowed_features(feats, s.seq.astype(np.int64) * 4 + s.camera, stride, int(meta["window"]),
-                            bool(meta["causal"]))
-    keep = np.arange(0, len(s), every)
-    return win[keep], s.subset(keep)
+    return h36m.windowed(s, data, int(meta["window"]), bool(meta["causal"]), float(meta["spacing_ms"]), every)
 
 
 def evaluate(data: str, input_kind: str, model: str | None = None, backend: str = "torch",

@@ -63,6 +63,11 @@ class H36MSet:
     def __len__(self) -> int:
         return len(self.joints_cam)
 
+    def run_keys(self) -> np.ndarray:
+        """(M,) int64, one value per contiguous run of samples: one sequence seen by one camera
+        (what engines.temporal windows must not cross)."""
+        return self.seq.astype(np.int64) * 4 + self.camera
+
     def subset(self, mask: np.ndarray) -> "H36MSet":
         return H36MSet(self.joints_cam[mask], self.root_cam[mask], self.uv[mask], self.f[mask], self.c[mask],
                        self.action[mask], self.seq[mask], self.camera[mask], self.subject[mask],
@@ -141,6 +146,20 @@ def row_spacing_ms(path: str | Path) -> float:
             if len(steps):
                 return 20.0 * float(np.median(steps))
     raise UserError(f"{path}: neither frame_step nor frame indices say how far apart the rows are")
+
+
+def windowed(s: H36MSet, path: str | Path, window: int, causal: bool, spacing_ms: float,
+             every: int = 1) -> tuple[np.ndarray, H36MSet]:
+    """Temporal-lifter input for every `every`-th sample of s, which holds all rows of `path`:
+    windows of features_2d built on each run at the row stride closest to spacing_ms
+    (engines.temporal). Returns ((M', window, 37) float32, the M' samples)."""
+    from engines.normalize import features_2d
+    from engines.temporal import row_stride, windowed_features
+
+    stride = row_stride(row_spacing_ms(path), spacing_ms)
+    win = windowed_features(features_2d(s.uv, s.f, s.c), s.run_keys(), stride, window, causal)
+    keep = np.arange(0, len(s), every)
+    return win[keep], s.subset(keep)
 
 
 def load(path: str | Path, input_kind: str = "gt", cameras: tuple[int, ...] = (0, 1, 2, 3),

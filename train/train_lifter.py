@@ -97,7 +97,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     if set(np.unique(tr.subject)) - set(TRAIN_SUBJECTS):
         raise UserError(f"training data contains subjects {sorted(set(np.unique(tr.subject)))}; only {TRAIN_SUBJECTS} allowed")
     uv, f, c, j3 = tr.uv, tr.f, tr.c, tr.joints_cam
-    keys = tr.seq.astype(np.int64) * 4 + tr.camera   # contiguous runs: one sequence seen by one camera
+    keys = tr.run_keys()   # contiguous runs: one sequence seen by one camera
     if cfg.flip:
         uv_f, j3_f = _flip(uv, c, j3)
         uv, f, c, j3 = (np.concatenate([uv, uv_f]), np.concatenate([f, f]),
@@ -106,22 +106,18 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     X = _features(uv, f, c)
     Y = j3.reshape(len(j3), -1).astype(np.float32)
     va = h36m.load(cfg.val_data, cfg.input_kind, every=1 if temporal else cfg.val_every)
-    Xv_np = _features(va.uv, va.f, va.c)
     if temporal:
-        from engines.temporal import group_bounds, row_stride, window_indices, window_offsets, windowed_features
+        from engines.temporal import SPACING_MS, group_bounds, window_indices, window_offsets
 
-        vstride = row_stride(h36m.row_spacing_ms(cfg.val_data))
-        keep = np.arange(0, len(va), cfg.val_every)
-        Xv_np = windowed_features(Xv_np, va.seq.astype(np.int64) * 4 + va.camera, vstride, cfg.window,
-                                  cfg.causal)[keep]
-        va = va.subset(keep)
+        Xv_np, va = h36m.windowed(va, cfg.val_data, cfg.window, cfg.causal, SPACING_MS, cfg.val_every)
         strides = train_strides(h36m.row_spacing_ms(cfg.data))
         run_first, run_last = group_bounds(keys)
         offsets = window_offsets(cfg.window, cfg.causal)
         centers = np.arange(0, len(X), cfg.every)
         log(f"temporal: {cfg.window} frames, {'causal' if cfg.causal else 'centred'}, training row strides "
-            f"{strides}, validation stride {vstride}")
+            f"{strides}")
     else:
+        Xv_np = _features(va.uv, va.f, va.c)
         centers = np.arange(len(X))
     Xv = torch.from_numpy(Xv_np)
     log(f"loaded {len(centers)} training samples, {len(Xv)} validation samples in {time.time() - t_load:.1f}s")
