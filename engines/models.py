@@ -36,6 +36,7 @@ class LifterConfig:
     flip_tta: bool = False
     window: int = 1                 # frames per input (TemporalLifter; 1 = the single-frame Lifter)
     causal: bool = False            # TemporalLifter: the reference frame is the window's last, not centre
+    conv: bool = False              # TemporalConvLifter: strided temporal convolution, window 3**(num_blocks+1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,10 +63,7 @@ class Lifter(nn.Module):
         engines.normalize.features_flip() when in_dim is the plain 2D feature width."""
         super().__init__()
         self.cfg = cfg
-        self.inp = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden), nn.BatchNorm1d(cfg.hidden),
-                                 nn.ReLU(inplace=True), nn.Dropout(cfg.dropout))
-        self.blocks = nn.Sequential(*[_ResidualBlock(cfg.hidden, cfg.dropout) for _ in range(cfg.num_blocks)])
-        self.out = nn.Linear(cfg.hidden, NUM_JOINTS * 3)
+        self.inp, self.blocks, self.out = self._body(cfg)
         self.register_buffer("in_mean", torch.zeros(cfg.in_dim))
         self.register_buffer("in_std", torch.ones(cfg.in_dim))
         self.register_buffer("out_mean", torch.zeros(NUM_JOINTS * 3))
@@ -81,6 +79,14 @@ class Lifter(nn.Module):
             out_index, out_sign = mirror_map(FLIP_PERMUTATION, (-1.0, 1.0, 1.0))
             self.register_buffer("flip_out_index", torch.as_tensor(out_index, dtype=torch.long))
             self.register_buffer("flip_out_sign", torch.as_tensor(out_sign))
+
+    @staticmethod
+    def _body(cfg: LifterConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """(input layer, residual blocks, output layer) of the Martinez network."""
+        inp = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden), nn.BatchNorm1d(cfg.hidden),
+                            nn.ReLU(inplace=True), nn.Dropout(cfg.dropout))
+        blocks = nn.Sequential(*[_ResidualBlock(cfg.hidden, cfg.dropout) for _ in range(cfg.num_blocks)])
+        return inp, blocks, nn.Linear(cfg.hidden, NUM_JOINTS * 3)
 
     def set_normalization(self, in_mean: torch.Tensor, in_std: torch.Tensor,
                           out_mean: torch.Tensor, out_std: torch.Tensor) -> None:
@@ -123,6 +129,67 @@ class TemporalLifter(Lifter):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 3 and x.shape[1:] == (self.cfg.window, LIFT_INPUT_DIM), tuple(x.shape)
         return super().forward(x.flatten(1))
+
+
+class _FrameGroups(nn.Module):
+    """(B, L, C) -> (B, L/3, width): each group of 3 consecutive frames through Linear, BatchNorm,
+    ReLU, Dropout. A temporal convolution with kernel 3 and stride 3, written as a Linear so that
+    max-norm applies to it and the exported graph is plain MatMuls."""
+
+    def __init__(self, channels: int, width: int, dropout: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * channels, width)
+        self.bn = nn.BatchNorm1d(width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length, channels = x.shape[1], x.shape[2]
+        h = self.linear(x.reshape(-1, length // 3, 3 * channels))
+        width = h.shape[2]
+        return self.drop(torch.relu(self.bn(h.reshape(-1, width)))).reshape(-1, length // 3, width)
+
+
+class _TemporalBlock(nn.Module):
+    """VideoPose3D's residual block in its single-output form: a kernel-3 stride-3 temporal
+    convolution then a 1x1 one; the skip path keeps the reference frame of each group of 3
+    (the middle one, or the last when causal)."""
+
+    def __init__(self, width: int, dropout: float, causal: bool) -> None:
+        super().__init__()
+        self.groups = _FrameGroups(width, width, dropout)
+        self.mix = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+                                 nn.Dropout(dropout))
+        self.ref = 2 if causal else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.groups(x)
+        length, width = h.shape[1], h.shape[2]
+        return x[:, self.ref::3] + self.mix(h.reshape(-1, width)).reshape(-1, length, width)
+
+
+class TemporalConvLifter(TemporalLifter):
+    """features (B, window, 37) -> root-relative 3D joints (B, 17, 3), mm, of the reference
+    frame: a dilated temporal convolution network (Pavllo et al. 2019, VideoPose3D) in the form
+    it takes when it predicts one frame: every layer groups 3 consecutive frames (kernel 3,
+    stride 3), so a window of 3**(num_blocks + 1) frames reduces to one. Unlike the flattened
+    TemporalLifter, its weights are shared over time, which is what lets the window grow to
+    seconds without the input layer growing with it. hidden is the channel width."""
+
+    def __init__(self, cfg: LifterConfig) -> None:
+        if cfg.window != 3 ** (cfg.num_blocks + 1):
+            raise ValueError(f"a temporal convolution over {cfg.num_blocks} blocks needs a window of "
+                             f"{3 ** (cfg.num_blocks + 1)} frames, got {cfg.window}")
+        super().__init__(cfg)
+
+    @staticmethod
+    def _body(cfg: LifterConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
+        blocks = nn.Sequential(*[_TemporalBlock(cfg.hidden, cfg.dropout, cfg.causal) for _ in range(cfg.num_blocks)])
+        return _FrameGroups(LIFT_INPUT_DIM, cfg.hidden, cfg.dropout), blocks, nn.Linear(cfg.hidden, NUM_JOINTS * 3)
+
+    def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, window*37) raw flattened windows -> (B, 51) z-scored outputs."""
+        h = ((x - self.in_mean) / self.in_std).reshape(-1, self.cfg.window, LIFT_INPUT_DIM)
+        return self.out(self.blocks(self.inp(h)).reshape(-1, self.cfg.hidden))
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ fixed 256x256 crop). All tensors are float32.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from engines.errors import UserError
 from engines.normalize import LIFT_INPUT_DIM
 from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
+from engines.temporal import CONV_WINDOW
 from engines.temporal import WINDOW as TEMPORAL_WINDOW
 
 
@@ -81,24 +83,30 @@ def _lifter_example(batch: int, rng: np.random.Generator) -> dict[str, np.ndarra
     return {"features": features_2d(uv, np.array([1000.0, 1000.0]), np.array([500.0, 500.0]))}
 
 
-def _build_temporal_lifter(ck: dict) -> Any:
-    from engines.models import LifterConfig, TemporalLifter
+def _temporal_builder(window: int, conv: bool) -> Callable[[dict], Any]:
+    """The build function of a temporal stage: its input shape is static, like the generator's
+    crop, so a checkpoint with another window is refused."""
 
-    cfg = LifterConfig(**ck["model_config"])
-    if cfg.window != TEMPORAL_WINDOW:  # the stage's input shape is static, like the generator's crop
-        raise UserError(f"temporal lifter has a {cfg.window}-frame window; this build runs "
-                        f"{TEMPORAL_WINDOW}-frame ones")
-    model = TemporalLifter(cfg)
-    model.load_state_dict(ck["model"])
-    return model.eval()
+    def build(ck: dict) -> Any:
+        from engines.models import LifterConfig, TemporalConvLifter, TemporalLifter
+
+        cfg = LifterConfig(**ck["model_config"])
+        if cfg.window != window or cfg.conv != conv:
+            raise UserError(f"temporal lifter has a {cfg.window}-frame window{' (convolution)' * cfg.conv}; "
+                            f"this stage runs {window}-frame {'convolutions' if conv else 'ones'}")
+        model = (TemporalConvLifter if conv else TemporalLifter)(cfg)
+        model.load_state_dict(ck["model"])
+        return model.eval()
+
+    return build
 
 
-def _temporal_example(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _temporal_example(batch: int, rng: np.random.Generator, window: int = TEMPORAL_WINDOW) -> dict[str, np.ndarray]:
     """A lifter example pose drifting a little from frame to frame."""
     from engines.normalize import features_2d
 
     pose = _STANDING_2D[None] + rng.normal(0, 0.05, (batch, NUM_JOINTS, 2))
-    drift = np.cumsum(rng.normal(0, 0.01, (batch, TEMPORAL_WINDOW, NUM_JOINTS, 2)), axis=1)
+    drift = np.cumsum(rng.normal(0, 0.01, (batch, window, NUM_JOINTS, 2)), axis=1)
     uv = (pose[:, None] + drift) * rng.uniform(150, 400, (batch, 1, 1, 1)) + rng.uniform(300, 700, (batch, 1, 1, 2))
     return {"features": features_2d(uv, np.array([1000.0, 1000.0]), np.array([500.0, 500.0]))}
 
@@ -155,9 +163,17 @@ STAGES: dict[str, StageSpec] = {
         name="temporal_lifter",
         inputs=(TensorSpec("features", (None, TEMPORAL_WINDOW, LIFT_INPUT_DIM)),),
         outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
-        build=_build_temporal_lifter,
+        build=_temporal_builder(TEMPORAL_WINDOW, conv=False),
         example=_temporal_example,
         description="engines.temporal: a window of features_2d frames -> root-relative joints (mm) of one frame",
+    ),
+    "temporal_conv": StageSpec(
+        name="temporal_conv",
+        inputs=(TensorSpec("features", (None, CONV_WINDOW, LIFT_INPUT_DIM)),),
+        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
+        build=_temporal_builder(CONV_WINDOW, conv=True),
+        example=partial(_temporal_example, window=CONV_WINDOW),
+        description="engines.temporal: the temporal convolution over a longer window -> joints (mm) of one frame",
     ),
     "generator": StageSpec(
         name="generator",

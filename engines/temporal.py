@@ -1,7 +1,9 @@
 """Temporal lifting contract: a window of 2D frames -> the 3D pose of one frame in it.
 
-The temporal lifter (engines.models.TemporalLifter, stage "temporal_lifter") takes WINDOW
-frames of engines.normalize.features_2d spaced SPACING_MS apart, shape (B, WINDOW, 37), and
+The temporal lifters take a window of engines.normalize.features_2d frames spaced SPACING_MS
+apart: WINDOW frames, shape (B, WINDOW, 37), for the flattened Martinez network
+(engines.models.TemporalLifter, stage "temporal_lifter"), CONV_WINDOW frames for the temporal
+convolution (engines.models.TemporalConvLifter, stage "temporal_conv"). Each
 returns the root-relative 3D joints (B, 17, 3), mm, of the window's reference frame: the
 centre frame, or the last frame when the model is causal (LifterConfig.causal; a live stream
 can only use a causal model, an offline file either). Windows never cross a sequence: at the
@@ -20,7 +22,8 @@ import numpy as np
 from engines.errors import UserError
 from engines.normalize import LIFT_INPUT_DIM, features_flip
 
-WINDOW = 9             # frames per window (0.8 s at SPACING_MS)
+WINDOW = 9             # frames per window of the flattened TemporalLifter (0.8 s at SPACING_MS)
+CONV_WINDOW = 27       # frames per window of the TemporalConvLifter (2.6 s; 3**(blocks+1), blocks = 2)
 SPACING_MS = 100.0     # time between consecutive frames of a window
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from train.losses import EPS, EXP_CAP, l2_loss, per_sample_l0, weighted_loss, weighted_loss_terms
+from train.losses import (EPS, EXP_CAP, l2_loss, per_sample_l0, per_sample_mpjpe, training_loss, weighted_loss,
+                          weighted_loss_terms)
 from train.metrics import mpjpe, p_mpjpe, procrustes_align
 
 
@@ -53,3 +54,20 @@ def test_mpjpe_and_procrustes():
     assert np.allclose(p_mpjpe(moved, gt), 0, atol=1e-6)
     noisy = gt + rng.normal(size=gt.shape) * 10
     assert (p_mpjpe(noisy, gt) <= mpjpe(noisy, gt) + 1e-9).all()
+
+
+def test_mpjpe_loss_is_the_evaluation_metric_in_millimetres():
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.randn(51, generator=g) * 300, torch.rand(51, generator=g) * 200 + 50
+    pred, tgt = torch.randn(6, 51, generator=g), torch.randn(6, 51, generator=g)
+    # Root-relative poses (pelvis at 0), as the training targets are: then no alignment is needed.
+    pelvis = slice(0, 3)
+    pred[:, pelvis], tgt[:, pelvis] = -mean[pelvis] / std[pelvis], -mean[pelvis] / std[pelvis]
+    mm = per_sample_mpjpe(pred, tgt, std)
+    want = mpjpe((pred * std + mean).reshape(6, 17, 3).numpy(), (tgt * std + mean).reshape(6, 17, 3).numpy())
+    np.testing.assert_allclose(mm.numpy(), want, rtol=1e-5)
+    l0 = per_sample_l0(pred, tgt)
+    assert torch.isclose(training_loss(l0, "mpjpe", None, mm), mm.mean())
+    assert torch.isclose(training_loss(l0, "l2", None), l0.mean())
+    with pytest.raises(ValueError, match="unknown loss"):
+        training_loss(l0, "huber", None)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from engines.errors import UserError
-from engines.models import LifterConfig, TemporalLifter
+from engines.models import LifterConfig, TemporalConvLifter, TemporalLifter
 from engines.normalize import LIFT_INPUT_DIM, features_2d
 from engines.skeleton import FLIP_PERMUTATION, flip_horizontal
-from engines.temporal import (WINDOW, group_bounds, row_stride, window_flip, window_indices, window_offsets,
+from engines.temporal import (CONV_WINDOW, WINDOW, group_bounds, row_stride, window_flip, window_indices, window_offsets,
                               windowed_features)
 
 
@@ -72,20 +72,24 @@ def test_window_mirror_is_the_per_frame_feature_mirror():
     np.testing.assert_allclose(features_2d(mirrored, f, c).reshape(6, -1), sign * x[:, index], atol=1e-6)
 
 
-def _temporal_model(window: int, flip_tta: bool, hidden: int = 64) -> TemporalLifter:
+def _temporal_model(window: int, flip_tta: bool, hidden: int = 64, conv: bool = False,
+                    causal: bool = False) -> TemporalLifter:
     torch.manual_seed(0)
-    cfg = LifterConfig(in_dim=window * LIFT_INPUT_DIM, hidden=hidden, window=window, flip_tta=flip_tta)
-    m = TemporalLifter(cfg)
+    blocks = round(np.log(window) / np.log(3)) - 1 if conv else 2
+    cfg = LifterConfig(in_dim=window * LIFT_INPUT_DIM, hidden=hidden, window=window, flip_tta=flip_tta,
+                       conv=conv, num_blocks=blocks, causal=causal)
+    m = (TemporalConvLifter if conv else TemporalLifter)(cfg)
     g = torch.Generator().manual_seed(1)
     m.set_normalization(torch.randn(cfg.in_dim, generator=g) * 0.1, torch.rand(cfg.in_dim, generator=g) + 0.5,
                         torch.randn(51, generator=g) * 300, torch.rand(51, generator=g) * 200 + 50)
     return m.eval()
 
 
-def test_temporal_lifter_shapes_and_flip_equivariance():
-    m = _temporal_model(5, flip_tta=True)
+@pytest.mark.parametrize("window,conv", [(5, False), (9, True), (27, True)])
+def test_temporal_lifter_shapes_and_flip_equivariance(window, conv):
+    m = _temporal_model(window, flip_tta=True, conv=conv)
     rng = np.random.default_rng(2)
-    uv = rng.uniform(150, 850, (4, 5, 17, 2))
+    uv = rng.uniform(150, 850, (4, window, 17, 2))
     f, c = np.array([1000.0, 1000.0]), np.array([500.0, 500.0])
     mirrored = uv[..., list(FLIP_PERMUTATION), :].copy()
     mirrored[..., 0] = 2 * c[0] - mirrored[..., 0]
@@ -95,41 +99,103 @@ def test_temporal_lifter_shapes_and_flip_equivariance():
     assert y.shape == (4, 17, 3)
     np.testing.assert_allclose(ym, flip_horizontal(y), atol=1e-3)
     with pytest.raises(AssertionError):
-        m(torch.zeros(4, 5 * LIFT_INPUT_DIM))  # a flat input is refused, not misread
+        m(torch.zeros(4, window * LIFT_INPUT_DIM))  # a flat input is refused, not misread
 
 
-def test_temporal_checkpoint_exports_and_matches_onnx(tmp_path):
+def _dilated_reference(m: TemporalConvLifter, x: torch.Tensor) -> torch.Tensor:
+    """VideoPose3D's form of the same network: Conv1d with dilations 1, 3, 9, ... over a whole
+    sequence x (T, 37) -> (T - window + 1, 51) z-scored outputs, one per valid frame."""
+    def conv(linear: torch.nn.Linear, h: torch.Tensor, dilation: int) -> torch.Tensor:
+        width, cin = linear.out_features, linear.in_features // 3
+        w = linear.weight.reshape(width, 3, cin).permute(0, 2, 1)   # Linear rows are (frame, channel)
+        return torch.nn.functional.conv1d(h, w, linear.bias, dilation=dilation)
+
+    def norm_relu(bn: torch.nn.BatchNorm1d, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(bn(h))  # eval-mode BatchNorm1d takes (N, C, L) as well
+
+    ref = 2 if m.cfg.causal else 1
+    h = ((x - m.in_mean[:LIFT_INPUT_DIM]) / m.in_std[:LIFT_INPUT_DIM]).T[None]   # per-frame z-score
+    h = norm_relu(m.inp.bn, conv(m.inp.linear, h, 1))
+    for k, block in enumerate(m.blocks):
+        d = 3 ** (k + 1)
+        g = norm_relu(block.groups.bn, conv(block.groups.linear, h, d))
+        lin, bn = block.mix[0], block.mix[1]
+        g = norm_relu(bn, torch.nn.functional.conv1d(g, lin.weight[:, :, None], lin.bias))
+        h = h[:, :, ref * d:h.shape[2] - (2 - ref) * d] + g
+    return torch.nn.functional.conv1d(h, m.out.weight[:, :, None], m.out.bias)[0].T
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_temporal_convolution_is_the_dilated_network_on_each_window(causal):
+    """The strided single-output form equals VideoPose3D's dilated convolutions: the window
+    ending (causal) or centred at each frame of a sequence gives that frame's output."""
+    m = _temporal_model(27, flip_tta=False, conv=True, causal=causal)
+    m.in_mean.copy_(m.in_mean[:LIFT_INPUT_DIM].repeat(27))   # the trained model's per-frame tiling
+    m.in_std.copy_(m.in_std[:LIFT_INPUT_DIM].repeat(27))
+    for mod in m.modules():   # non-trivial running statistics
+        if isinstance(mod, torch.nn.BatchNorm1d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+    seq = torch.randn(40, LIFT_INPUT_DIM)
+    with torch.no_grad():
+        want = _dilated_reference(m, seq)                      # (14, 51)
+        windows = torch.stack([seq[t:t + 27] for t in range(40 - 26)])
+        got = m.forward_normalized(windows.flatten(1))
+    assert want.shape == got.shape == (14, 51)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4)
+
+
+def test_temporal_convolution_needs_a_power_of_three_window():
+    from train.train_lifter import conv_blocks
+
+    assert conv_blocks(27) == 2 and conv_blocks(81) == 3
+    with pytest.raises(UserError, match="power of 3"):
+        conv_blocks(25)
+    with pytest.raises(ValueError, match="window of 27"):
+        TemporalConvLifter(LifterConfig(in_dim=9 * LIFT_INPUT_DIM, window=9, num_blocks=2, conv=True))
+
+
+@pytest.mark.parametrize("stage", ["temporal_lifter", "temporal_conv"])
+def test_temporal_checkpoint_exports_and_matches_onnx(tmp_path, stage):
     from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
     from engines.backends.torch_backend import TorchBackend
     from engines.checkpoint import contract_metadata
     from engines.export import export_onnx
     from engines.stages import STAGES
 
-    m = _temporal_model(WINDOW, flip_tta=True, hidden=128)
+    window = CONV_WINDOW if stage == "temporal_conv" else WINDOW
+    m = _temporal_model(window, flip_tta=True, hidden=128, conv=stage == "temporal_conv")
     pt = tmp_path / "t.pt"
-    meta = {"window": WINDOW, "causal": False, "spacing_ms": 100.0}
-    torch.save({"model": m.state_dict(), "kind": "temporal_lifter", "model_config": m.cfg.to_dict(),
+    meta = {"window": window, "causal": False, "spacing_ms": 100.0}
+    torch.save({"model": m.state_dict(), "kind": stage, "model_config": m.cfg.to_dict(),
                 "contract": contract_metadata(), "artifact_meta": meta}, pt)
-    x = STAGES["temporal_lifter"].example_inputs(5, seed=3)
-    assert x["features"].shape == (5, WINDOW, LIFT_INPUT_DIM)
+    x = STAGES[stage].example_inputs(5, seed=3)
+    assert x["features"].shape == (5, window, LIFT_INPUT_DIM)
     want = TorchBackend(pt).run(x)["joints_mm"]
     be = OnnxRuntimeBackend(export_onnx(pt, tmp_path / "t.onnx"), threads=1)
     np.testing.assert_allclose(be.run(x)["joints_mm"], want, atol=2e-3)
-    assert be.metadata["window"] == WINDOW and be.metadata["causal"] is False
+    assert be.metadata["window"] == window and be.metadata["causal"] is False
+    # The other temporal stage's build refuses this checkpoint (its input shape is static).
+    other = STAGES["temporal_lifter" if stage == "temporal_conv" else "temporal_conv"]
+    with pytest.raises(UserError, match="this stage runs"):
+        other.build(torch.load(pt, weights_only=False))
     with pytest.raises(UserError, match="must have shape"):
         be.run({"features": x["features"][:, :3]})
 
 
-def test_tiny_temporal_training_and_eval(tmp_path, h36m_train, h36m_val):
+@pytest.mark.parametrize("conv", [False, True])
+def test_tiny_temporal_training_and_eval(tmp_path, h36m_train, h36m_val, conv):
     from train.train_lifter import TrainConfig, train
 
+    window, kind = (CONV_WINDOW, "temporal_conv") if conv else (WINDOW, "temporal_lifter")
     cfg = TrainConfig(data=str(h36m_train), val_data=str(h36m_val), input_kind="sh", every=400, epochs=2,
-                      batch_size=64, hidden=128, val_every=100, threads=1, dropout=0.0, lr=3e-3, window=WINDOW)
+                      batch_size=64, hidden=128, val_every=100, threads=1, dropout=0.0, lr=3e-3, window=window,
+                      conv=conv, loss="mpjpe" if conv else "l2")
     state = train(cfg, tmp_path / "run", log=lambda s: None)
     assert state["history"][-1]["train_l0"] < state["history"][0]["train_l0"]
     ck = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
-    assert ck["kind"] == "temporal_lifter" and ck["model_config"]["window"] == WINDOW
-    assert ck["artifact_meta"] == {"window": WINDOW, "causal": False, "spacing_ms": 100.0}
+    assert ck["kind"] == kind and ck["model_config"]["window"] == window
+    assert ck["artifact_meta"] == {"window": window, "causal": False, "spacing_ms": 100.0}
     out = tmp_path / "e.json"
     r = subprocess.run([sys.executable, "-m", "realtime.cli", "eval", "--data", str(h36m_val), "--input", "sh",
                         "--model", str(tmp_path / "run" / "best.pt"), "--every", "20", "--json", str(out)],

@@ -55,16 +55,18 @@ def lifter_epoch(lifter: Any, make_input: Callable[[Any], Any], targets: Any, ba
     import torch
 
     from engines.models import apply_max_norm
-    from train.losses import per_sample_l0, training_loss
+    from train.losses import per_sample_l0, per_sample_mpjpe, training_loss
 
     lifter.train()
     perm = torch.from_numpy(rng.permutation(len(targets)))
     l0_sum, seen = 0.0, 0
     for i in range(0, len(targets) - batch_size + 1, batch_size):
         idx = perm[i:i + batch_size]
-        l0 = per_sample_l0(lifter.forward_normalized(make_input(idx)), targets[idx])
+        pred = lifter.forward_normalized(make_input(idx))
+        l0 = per_sample_l0(pred, targets[idx])
+        mm = per_sample_mpjpe(pred, targets[idx], lifter.out_std) if loss == "mpjpe" else None
         opt.zero_grad(set_to_none=True)
-        training_loss(l0, loss, state["one_minus_a"]).backward()
+        training_loss(l0, loss, state["one_minus_a"], mm).backward()
         opt.step()
         apply_max_norm(lifter, max_norm)
         l0_sum += float(l0.detach().sum())

@@ -27,7 +27,7 @@ class TrainConfig:
     data: str = ""
     val_data: str = ""
     input_kind: str = "gt"          # 2D input: "gt" projected, "sh" stacked hourglass
-    loss: str = "weighted"          # "weighted" (paper) or "l2"
+    loss: str = "weighted"          # "weighted" (paper), "l2" (Martinez) or "mpjpe" (VideoPose3D)
     epochs: int = 12                # epoch 1 is plain L0 (warm-up) for both losses
     batch_size: int = 256
     lr: float = 1e-3
@@ -45,6 +45,7 @@ class TrainConfig:
     flip_tta: bool = True           # the model averages with the mirrored input at test time
     window: int = 1                 # > 1: a TemporalLifter over this many frames (engines.temporal)
     causal: bool = False            # TemporalLifter: predict the window's last frame, not its centre
+    conv: bool = False              # temporal: a TemporalConvLifter (window 3**k), hidden = channels
 
 
 def _features(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -71,6 +72,14 @@ def train_strides(row_ms: float) -> tuple[int, ...]:
     return tuple(sorted({max(1, math.floor(x)), max(1, math.ceil(x))}))
 
 
+def conv_blocks(window: int) -> int:
+    """Residual blocks of a TemporalConvLifter over `window` frames (3**(blocks+1) = window)."""
+    blocks = round(math.log(window, 3)) - 1
+    if window < 9 or 3 ** (blocks + 1) != window:
+        raise UserError(f"--conv needs a window of 9, 27, 81, ... frames (a power of 3), got {window}")
+    return blocks
+
+
 def temporal_metadata(mcfg) -> dict:
     """The window contract of a temporal lifter, stored with the checkpoint and its exports."""
     from engines.temporal import SPACING_MS
@@ -82,7 +91,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     import torch
 
     from engines.checkpoint import contract_metadata, file_sha256
-    from engines.models import Lifter, LifterConfig, TemporalLifter
+    from engines.models import Lifter, LifterConfig, TemporalConvLifter, TemporalLifter
     from train import h36m
     from train.metrics import mpjpe
 
@@ -106,6 +115,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     X = _features(uv, f, c)
     Y = j3.reshape(len(j3), -1).astype(np.float32)
     va = h36m.load(cfg.val_data, cfg.input_kind, every=1 if temporal else cfg.val_every)
+    if cfg.conv and not temporal:
+        raise UserError("--conv needs --window 9, 27, 81, ...")
     if temporal:
         from engines.temporal import SPACING_MS, group_bounds, window_indices, window_offsets
 
@@ -122,10 +133,11 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     Xv = torch.from_numpy(Xv_np)
     log(f"loaded {len(centers)} training samples, {len(Xv)} validation samples in {time.time() - t_load:.1f}s")
 
-    mcfg = LifterConfig(in_dim=cfg.window * X.shape[1], hidden=cfg.hidden, num_blocks=cfg.num_blocks,
+    mcfg = LifterConfig(in_dim=cfg.window * X.shape[1], hidden=cfg.hidden,
+                        num_blocks=conv_blocks(cfg.window) if cfg.conv else cfg.num_blocks,
                         dropout=cfg.dropout, max_norm=cfg.max_norm, flip_tta=cfg.flip_tta,
-                        window=cfg.window, causal=cfg.causal)
-    model = TemporalLifter(mcfg) if temporal else Lifter(mcfg)
+                        window=cfg.window, causal=cfg.causal, conv=cfg.conv)
+    model = (TemporalConvLifter if cfg.conv else TemporalLifter if temporal else Lifter)(mcfg)
     model.set_normalization(torch.from_numpy(np.tile(X.mean(0), cfg.window)),
                             torch.from_numpy(np.tile(X.std(0), cfg.window)),
                             torch.from_numpy(Y.mean(0)), torch.from_numpy(Y.std(0)))
@@ -162,7 +174,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
                                           cfg.max_norm)
         sched.step()
         val = validate()
-        meta = {"kind": "temporal_lifter" if temporal else "lifter", "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
+        meta = {"kind": "temporal_conv" if cfg.conv else "temporal_lifter" if temporal else "lifter", "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
                 "contract": contract_metadata(), "train_subjects": list(TRAIN_SUBJECTS),
                 "data_sha256": file_sha256(cfg.data) if state["epoch"] == 0 else None}
         if temporal:  # what a runtime needs to build the windows; exported with the model
@@ -175,17 +187,21 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from train.h36m import default_data_dir
+    from train.losses import LOSSES
     d = default_data_dir() / "h36m"
     p.add_argument("--data", default=str(d / "h36m_train.npz"), help="training npz (staged schema)")
     p.add_argument("--val-data", default=str(d / "h36m_val.npz"), help="validation npz (S9)")
     p.add_argument("--input", choices=("gt", "sh"), default="gt")
-    p.add_argument("--loss", choices=("weighted", "l2"), default="weighted")
+    p.add_argument("--loss", choices=LOSSES, default="weighted")
     p.add_argument("--out", required=True, help="run directory (resumes from OUT/last.pt)")
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("lr-decay", float), ("every", int),
-                      ("noise-px", float), ("seed", int), ("threads", int), ("hidden", int), ("window", int)):
+                      ("noise-px", float), ("seed", int), ("threads", int), ("hidden", int), ("window", int),
+                      ("dropout", float)):
         p.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_")))
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--causal", action="store_true", help="temporal lifter: predict the last frame of the window")
+    p.add_argument("--conv", action="store_true",
+                   help="temporal lifter as a strided temporal convolution (VideoPose3D); --hidden = channels")
     p.add_argument("--no-flip-tta", action="store_true", help="no test-time averaging with the mirrored input")
 
 
@@ -194,6 +210,6 @@ def run(args: argparse.Namespace) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
                       every=args.every, flip=not args.no_flip, noise_px=args.noise_px, seed=args.seed,
                       threads=args.threads, hidden=args.hidden, flip_tta=not args.no_flip_tta,
-                      window=args.window, causal=args.causal)
+                      window=args.window, causal=args.causal, conv=args.conv, dropout=args.dropout)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0
