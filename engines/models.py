@@ -192,6 +192,35 @@ class TemporalConvLifter(TemporalLifter):
         return self.out(self.blocks(self.inp(h)).reshape(-1, self.cfg.hidden))
 
 
+def temporal_lifter(cfg: LifterConfig) -> TemporalLifter:
+    """The temporal lifter a config describes: TemporalConvLifter when cfg.conv, else TemporalLifter."""
+    return (TemporalConvLifter if cfg.conv else TemporalLifter)(cfg)
+
+
+class TemporalEnsemble(nn.Module):
+    """features (B, window, 37) -> the mean of its members' root-relative joints (B, 17, 3), mm.
+    Members are temporal lifters with the same reference frame (all centred or all causal) and
+    windows no longer than `window`; each sees the part of the window it was trained on, the
+    centre frames (the last ones when causal). Averaging networks of different kinds (flattened
+    Martinez, temporal convolutions of different spans) cancels part of their errors."""
+
+    def __init__(self, member_configs: list[LifterConfig], window: int) -> None:
+        super().__init__()
+        causal = {c.causal for c in member_configs}
+        if not member_configs or len(causal) != 1:
+            raise ValueError("an ensemble needs members that are all centred or all causal")
+        if any(c.window > window or (c.window - window) % 2 for c in member_configs):
+            raise ValueError(f"member windows {[c.window for c in member_configs]} do not fit a {window}-frame window")
+        self.window, self.causal = window, causal.pop()
+        self.members = nn.ModuleList(temporal_lifter(c) for c in member_configs)
+        self.spans = [((window - c.window) if self.causal else (window - c.window) // 2, c.window)
+                      for c in member_configs]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 3 and x.shape[1:] == (self.window, LIFT_INPUT_DIM), tuple(x.shape)
+        return torch.stack([m(x[:, lo:lo + w]) for m, (lo, w) in zip(self.members, self.spans)]).mean(0)
+
+
 @torch.no_grad()
 def apply_max_norm(model: nn.Module, max_norm: float) -> None:
     """Clamp the L2 norm of every Linear layer's incoming weight vectors (rows) to max_norm."""

@@ -19,7 +19,7 @@ import numpy as np
 from engines.errors import UserError
 from engines.normalize import LIFT_INPUT_DIM
 from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
-from engines.temporal import CONV_WINDOW
+from engines.temporal import CONV_WINDOW, ENSEMBLE_WINDOW
 from engines.temporal import WINDOW as TEMPORAL_WINDOW
 
 
@@ -88,17 +88,28 @@ def _temporal_builder(window: int, conv: bool) -> Callable[[dict], Any]:
     crop, so a checkpoint with another window is refused."""
 
     def build(ck: dict) -> Any:
-        from engines.models import LifterConfig, TemporalConvLifter, TemporalLifter
+        from engines.models import LifterConfig, temporal_lifter
 
         cfg = LifterConfig(**ck["model_config"])
         if cfg.window != window or cfg.conv != conv:
             raise UserError(f"temporal lifter has a {cfg.window}-frame window{' (convolution)' * cfg.conv}; "
                             f"this stage runs {window}-frame {'convolutions' if conv else 'ones'}")
-        model = (TemporalConvLifter if conv else TemporalLifter)(cfg)
+        model = temporal_lifter(cfg)
         model.load_state_dict(ck["model"])
         return model.eval()
 
     return build
+
+
+def _build_temporal_ensemble(ck: dict) -> Any:
+    from engines.models import LifterConfig, TemporalEnsemble
+
+    cfg = ck["model_config"]
+    if cfg["window"] != ENSEMBLE_WINDOW:
+        raise UserError(f"temporal ensemble has a {cfg['window']}-frame window; this stage runs {ENSEMBLE_WINDOW}")
+    model = TemporalEnsemble([LifterConfig(**m) for m in cfg["members"]], cfg["window"])
+    model.load_state_dict(ck["model"])
+    return model.eval()
 
 
 def _temporal_example(batch: int, rng: np.random.Generator, window: int = TEMPORAL_WINDOW) -> dict[str, np.ndarray]:
@@ -174,6 +185,14 @@ STAGES: dict[str, StageSpec] = {
         build=_temporal_builder(CONV_WINDOW, conv=True),
         example=partial(_temporal_example, window=CONV_WINDOW),
         description="engines.temporal: the temporal convolution over a longer window -> joints (mm) of one frame",
+    ),
+    "temporal_ensemble": StageSpec(
+        name="temporal_ensemble",
+        inputs=(TensorSpec("features", (None, ENSEMBLE_WINDOW, LIFT_INPUT_DIM)),),
+        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
+        build=_build_temporal_ensemble,
+        example=partial(_temporal_example, window=ENSEMBLE_WINDOW),
+        description="engines.temporal: the mean of temporal lifters, each on the centre of one window",
     ),
     "generator": StageSpec(
         name="generator",

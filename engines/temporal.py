@@ -3,7 +3,8 @@
 The temporal lifters take a window of engines.normalize.features_2d frames spaced SPACING_MS
 apart: WINDOW frames, shape (B, WINDOW, 37), for the flattened Martinez network
 (engines.models.TemporalLifter, stage "temporal_lifter"), CONV_WINDOW frames for the temporal
-convolution (engines.models.TemporalConvLifter, stage "temporal_conv"). Each
+convolution (engines.models.TemporalConvLifter, stage "temporal_conv"), ENSEMBLE_WINDOW frames
+for an average of such models (engines.models.TemporalEnsemble, stage "temporal_ensemble"). Each
 returns the root-relative 3D joints (B, 17, 3), mm, of the window's reference frame: the
 centre frame, or the last frame when the model is causal (LifterConfig.causal; a live stream
 can only use a causal model, an offline file either). Windows never cross a sequence: at the
@@ -24,6 +25,7 @@ from engines.normalize import LIFT_INPUT_DIM, features_flip
 
 WINDOW = 9             # frames per window of the flattened TemporalLifter (0.8 s at SPACING_MS)
 CONV_WINDOW = 27       # frames per window of the TemporalConvLifter (2.6 s; 3**(blocks+1), blocks = 2)
+ENSEMBLE_WINDOW = CONV_WINDOW  # frames per window of a TemporalEnsemble: its longest member's
 SPACING_MS = 100.0     # time between consecutive frames of a window
 
 

@@ -212,3 +212,54 @@ def test_tiny_temporal_training_and_eval(tmp_path, h36m_train, h36m_val, conv):
                         "--input", "sh", "--model", str(tmp_path / "run" / "best.pt")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "cannot be windowed" in r.stderr and "Traceback" not in r.stderr
+
+
+def _save_member(m: TemporalLifter, path, causal: bool = False):
+    from engines.checkpoint import contract_metadata
+
+    kind = "temporal_conv" if m.cfg.conv else "temporal_lifter"
+    torch.save({"model": m.state_dict(), "kind": kind, "model_config": m.cfg.to_dict(), "epoch": 3,
+                "contract": contract_metadata(),
+                "artifact_meta": {"window": m.cfg.window, "causal": causal, "spacing_ms": 100.0}}, path)
+    return path
+
+
+def test_ensemble_averages_its_members_on_the_centre_of_the_window(tmp_path):
+    from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from engines.backends.torch_backend import TorchBackend
+    from engines.export import export_onnx
+    from engines.stages import STAGES
+    from engines.temporal import ENSEMBLE_WINDOW
+    from train.ensemble import build
+
+    a = _temporal_model(WINDOW, flip_tta=True)
+    b = _temporal_model(CONV_WINDOW, flip_tta=True, conv=True)
+    out = tmp_path / "ens.pt"
+    build([_save_member(a, tmp_path / "a.pt"), _save_member(b, tmp_path / "b.pt")], out)
+    x = STAGES["temporal_ensemble"].example_inputs(4, seed=5)["features"]
+    assert x.shape == (4, ENSEMBLE_WINDOW, LIFT_INPUT_DIM)
+    mid = ENSEMBLE_WINDOW // 2
+    with torch.no_grad():
+        want = 0.5 * (a(torch.from_numpy(x[:, mid - WINDOW // 2:mid + WINDOW // 2 + 1]))
+                      + b(torch.from_numpy(x[:, mid - CONV_WINDOW // 2:mid + CONV_WINDOW // 2 + 1]))).numpy()
+    be = TorchBackend(out)
+    got = be.run({"features": x})["joints_mm"]
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    assert be.metadata["window"] == ENSEMBLE_WINDOW and [m["source_file"] for m in be.metadata["members"]] == \
+        ["a.pt", "b.pt"]
+    ort = OnnxRuntimeBackend(export_onnx(out, tmp_path / "ens.onnx"), threads=1)
+    np.testing.assert_allclose(ort.run({"features": x})["joints_mm"], want, atol=2e-3)
+
+
+def test_ensemble_refuses_members_that_do_not_agree(tmp_path):
+    from train.ensemble import build
+
+    a = _save_member(_temporal_model(WINDOW, flip_tta=False), tmp_path / "a.pt")
+    c = _save_member(_temporal_model(WINDOW, flip_tta=False, causal=True), tmp_path / "c.pt", causal=True)
+    with pytest.raises(UserError, match="causality"):
+        build([a, c], tmp_path / "x.pt")
+    with pytest.raises(UserError, match="at least two"):
+        build([a], tmp_path / "x.pt")
+    torch.save({"model": {}, "kind": "lifter"}, tmp_path / "l.pt")
+    with pytest.raises(UserError, match="not a temporal lifter"):
+        build([a, tmp_path / "l.pt"], tmp_path / "x.pt")

@@ -1,0 +1,69 @@
+"""Average trained temporal lifters into one model: `posestream ensemble`.
+
+    posestream ensemble --member runs/a/best.pt --member runs/b/best.pt --out models/NAME.pt
+
+Members are temporal-lifter checkpoints (train-lifter --window N [--conv]) trained under this
+code's contract, all centred or all causal, at the same frame spacing. The result is one
+checkpoint of stage "temporal_ensemble" (engines.models.TemporalEnsemble) over
+engines.temporal.ENSEMBLE_WINDOW frames: it evaluates, exports and benchmarks like any stage,
+and records where each member came from.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from engines.errors import UserError
+
+
+def build(members: list[Path], out: Path) -> dict:
+    """Write the ensemble checkpoint of `members` to `out`; returns it."""
+    import torch
+
+    from engines.backends.torch_backend import load_checkpoint
+    from engines.checkpoint import contract_metadata, file_sha256
+    from engines.models import LifterConfig, TemporalEnsemble
+    from engines.temporal import ENSEMBLE_WINDOW
+
+    if len(members) < 2:
+        raise UserError("an ensemble needs at least two --member checkpoints")
+    cks = [load_checkpoint(p) for p in members]
+    for p, ck in zip(members, cks):
+        if ck.get("kind") not in ("temporal_lifter", "temporal_conv"):
+            raise UserError(f"{p} is a {ck.get('kind')!r} checkpoint, not a temporal lifter")
+        if ck.get("contract") != contract_metadata():
+            raise UserError(f"{p} was trained under another contract than this code's")
+    metas = [ck["artifact_meta"] for ck in cks]
+    if len({(m["causal"], m["spacing_ms"]) for m in metas}) != 1:
+        raise UserError("members differ in causality or frame spacing: "
+                        + ", ".join(f"{p.name} ({m['causal']}, {m['spacing_ms']} ms)" for p, m in zip(members, metas)))
+    configs = [LifterConfig(**ck["model_config"]) for ck in cks]
+    try:
+        model = TemporalEnsemble(configs, ENSEMBLE_WINDOW)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    for m, ck in zip(model.members, cks):
+        m.load_state_dict(ck["model"])
+    ck = {"kind": "temporal_ensemble", "model": model.state_dict(),
+          "model_config": {"window": ENSEMBLE_WINDOW, "causal": metas[0]["causal"],
+                           "members": [c.to_dict() for c in configs]},
+          "contract": contract_metadata(),
+          "artifact_meta": {"window": ENSEMBLE_WINDOW, "causal": metas[0]["causal"],
+                            "spacing_ms": metas[0]["spacing_ms"]},
+          "members": [{"source_file": p.name, "source_sha256": file_sha256(p), "epoch": c.get("epoch"),
+                       "val_mpjpe_mm": c.get("val_mpjpe_mm"), "train_config": c.get("train_config"),
+                       "train_seconds": c.get("train_seconds")} for p, c in zip(members, cks)]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ck, out)
+    return ck
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--member", action="append", type=Path, required=True, help="temporal lifter checkpoint (repeat)")
+    p.add_argument("--out", type=Path, required=True, help="ensemble checkpoint to write (.pt)")
+
+
+def run(args: argparse.Namespace) -> int:
+    ck = build(args.member, args.out)
+    print(f"wrote {args.out}: {len(ck['members'])} members over {ck['model_config']['window']} frames")
+    return 0
