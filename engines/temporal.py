@@ -25,7 +25,7 @@ from engines.normalize import LIFT_INPUT_DIM, features_flip
 
 WINDOW = 9             # frames per window of the flattened TemporalLifter (0.8 s at SPACING_MS)
 CONV_WINDOW = 27       # frames per window of the TemporalConvLifter (2.6 s; 3**(blocks+1), blocks = 2)
-ENSEMBLE_WINDOW = CONV_WINDOW  # frames per window of a TemporalEnsemble: its longest member's
+ENSEMBLE_WINDOW = 81   # frames per window of a TemporalEnsemble (8 s): its longest member, a conv over 81
 SPACING_MS = 100.0     # time between consecutive frames of a window
 
 
