@@ -91,7 +91,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     import torch
 
     from engines.checkpoint import contract_metadata, file_sha256
-    from engines.models import Lifter, LifterConfig, TemporalConvLifter, TemporalLifter
+    from engines.models import Lifter, LifterConfig, temporal_lifter
     from train import h36m
     from train.metrics import mpjpe
 
@@ -101,6 +101,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t_load = time.time()
     temporal = cfg.window > 1
+    # Refuse a bad --conv window before the minute of loading (conv_blocks also refuses window 1).
+    num_blocks = conv_blocks(cfg.window) if cfg.conv else cfg.num_blocks
     # A temporal run needs every row to build windows; `every` then thins the window centres.
     tr = h36m.load(cfg.data, cfg.input_kind, every=1 if temporal else cfg.every)
     if set(np.unique(tr.subject)) - set(TRAIN_SUBJECTS):
@@ -115,8 +117,6 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     X = _features(uv, f, c)
     Y = j3.reshape(len(j3), -1).astype(np.float32)
     va = h36m.load(cfg.val_data, cfg.input_kind, every=1 if temporal else cfg.val_every)
-    if cfg.conv and not temporal:
-        raise UserError("--conv needs --window 9, 27, 81, ...")
     if temporal:
         from engines.temporal import SPACING_MS, group_bounds, window_indices, window_offsets
 
@@ -134,10 +134,10 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     log(f"loaded {len(centers)} training samples, {len(Xv)} validation samples in {time.time() - t_load:.1f}s")
 
     mcfg = LifterConfig(in_dim=cfg.window * X.shape[1], hidden=cfg.hidden,
-                        num_blocks=conv_blocks(cfg.window) if cfg.conv else cfg.num_blocks,
+                        num_blocks=num_blocks,
                         dropout=cfg.dropout, max_norm=cfg.max_norm, flip_tta=cfg.flip_tta,
                         window=cfg.window, causal=cfg.causal, conv=cfg.conv)
-    model = (TemporalConvLifter if cfg.conv else TemporalLifter if temporal else Lifter)(mcfg)
+    model = temporal_lifter(mcfg) if temporal else Lifter(mcfg)
     model.set_normalization(torch.from_numpy(np.tile(X.mean(0), cfg.window)),
                             torch.from_numpy(np.tile(X.std(0), cfg.window)),
                             torch.from_numpy(Y.mean(0)), torch.from_numpy(Y.std(0)))
