@@ -34,8 +34,9 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "posestream"
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, trace_batch: int = 2) -> Path:
-    """Export a posestream checkpoint (.pt) to ONNX at `out`, atomically (temp dir + replace).
+def export_onnx(checkpoint: str | Path, out: str | Path, trace_batch: int = 2, stage: str | None = None) -> Path:
+    """Export a posestream checkpoint (.pt) to ONNX at `out`, atomically (temp dir + replace),
+    as its own stage or `stage` (its sequence form, engines.stages.resolve_stage).
     Returns `out`. Needs torch, onnx, onnxscript."""
     import onnx
     import torch
@@ -43,11 +44,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path, trace_batch: int = 2) -
     from engines import artifact
     from engines.backends.torch_backend import load_checkpoint
     from engines.checkpoint import contract_metadata, file_sha256
-    from engines.stages import stage_for
+    from engines.stages import resolve_stage
 
     checkpoint, out = Path(checkpoint), Path(out)
     ck = load_checkpoint(checkpoint)
-    stage = stage_for(ck.get("kind"))
+    stage = resolve_stage(ck.get("kind"), stage)
     contract = contract_metadata()
     if ck.get("contract") is not None and ck["contract"] != contract:
         diff = sorted(k for k in contract if ck["contract"].get(k) != contract[k])
@@ -115,66 +116,76 @@ def quantize_onnx_int8(src: str | Path, out: str | Path) -> Path:
     return out
 
 
-def _matches(path: Path, sha: str, precision: str) -> bool:
-    """`path` is a readable posestream ONNX exported from checkpoint `sha` at `precision`."""
+def _matches(path: Path, sha: str, precision: str, stage: str | None = None) -> bool:
+    """`path` is a readable posestream ONNX exported from checkpoint `sha` at `precision`
+    (and as `stage`, when given)."""
     from engines import artifact
 
     try:
         meta = artifact.read_onnx_metadata(path)
     except UserError:
         return False
-    return meta["source_sha256"] == sha and meta.get("precision", "fp32") == precision
+    return (meta["source_sha256"] == sha and meta.get("precision", "fp32") == precision
+            and stage in (None, meta.get("stage")))
 
 
 ONNX_PRECISIONS = {"fp32": ("", "fp32"), "int8": (".int8", "int8-dynamic")}  # name -> (file infix, metadata)
 
 
 def onnx_for_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = None,
-                        precision: str = "fp32") -> Path:
-    """The ONNX for a .pt: a sibling NAME.onnx (NAME.int8.onnx for precision "int8")
-    exported from exactly this checkpoint (sha256 and precision match), else a cached export,
-    made now if missing. Stale siblings are ignored, corrupt cache entries re-exported."""
+                        precision: str = "fp32", stage: str | None = None) -> Path:
+    """The ONNX for a .pt: a sibling NAME.onnx (NAME.int8.onnx for precision "int8",
+    NAME.STAGE.onnx for another stage, the checkpoint's sequence form) exported from exactly
+    this checkpoint (sha256, precision and stage match), else a cached export, made now if
+    missing. Stale siblings are ignored, corrupt cache entries re-exported."""
     from engines.checkpoint import file_sha256
 
     if precision not in ONNX_PRECISIONS:
         raise UserError(f"ONNX precision must be one of {', '.join(ONNX_PRECISIONS)}, got {precision!r}")
     infix, meta_precision = ONNX_PRECISIONS[precision]
+    infix = f".{stage}{infix}" if stage else infix
     checkpoint = Path(checkpoint)
     sha = file_sha256(checkpoint)
     sibling = checkpoint.with_name(f"{checkpoint.stem}{infix}.onnx")
     if sibling.is_file():
-        if _matches(sibling, sha, meta_precision):
+        if _matches(sibling, sha, meta_precision, stage):
             return sibling
         print(f"posestream: {sibling} was not exported from {checkpoint.name}; using a fresh export",
               file=sys.stderr)
     root = Path(cache_dir) if cache_dir else cache_root() / "onnx"
     cached = root / sha[:16] / f"{checkpoint.stem}{infix}.onnx"
-    if cached.is_file() and _matches(cached, sha, meta_precision):
+    if cached.is_file() and _matches(cached, sha, meta_precision, stage):
         return cached
     if precision == "int8":
-        return quantize_onnx_int8(onnx_for_checkpoint(checkpoint, cache_dir), cached)
+        return quantize_onnx_int8(onnx_for_checkpoint(checkpoint, cache_dir, stage=stage), cached)
     try:
         import torch  # noqa: F401
     except ImportError:
         raise UserError(f"no ONNX export of {checkpoint} yet and torch is not installed to make one; "
                         f"run `posestream export --model {checkpoint} --format onnx` where torch is") from None
     print(f"posestream: exporting {checkpoint.name} to ONNX (first use) -> {cached}", file=sys.stderr)
-    return export_onnx(checkpoint, cached)
+    return export_onnx(checkpoint, cached, stage=stage)
 
 
 def refresh_shipped_onnx(models_dir: str | Path | None = None, log=print) -> list[Path]:
     """Export models/NAME.onnx for every models/NAME.pt that lacks one or whose ONNX came from
-    another checkpoint (set-up runs this, so the app's ONNX Runtime path never needs torch).
+    another checkpoint, and NAME.STAGE.onnx for a temporal model's sequence form (set-up runs
+    this, so neither the app's ONNX Runtime path nor a first evaluation waits for torch).
     Returns the files written."""
+    from engines.backends.torch_backend import load_checkpoint
     from engines.checkpoint import MODELS_DIR, file_sha256
+    from engines.stages import stage_for
 
     written = []
     for pt in sorted(Path(models_dir or MODELS_DIR).glob("*.pt")):
-        out = pt.with_suffix(".onnx")
-        if out.is_file() and _matches(out, file_sha256(pt), "fp32"):
-            continue
-        log(f"exporting {out}")
-        written.append(export_onnx(pt, out))
+        sha = file_sha256(pt)
+        sequence = stage_for(load_checkpoint(pt).get("kind")).sequence
+        for stage in (None, sequence) if sequence else (None,):
+            out = pt.with_name(f"{pt.stem}.{stage}.onnx" if stage else f"{pt.stem}.onnx")
+            if out.is_file() and _matches(out, sha, "fp32", stage):
+                continue
+            log(f"exporting {out}")
+            written.append(export_onnx(pt, out, stage=stage))
     return written
 
 

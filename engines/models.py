@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from engines.normalize import LIFT_INPUT_DIM, features_flip, mirror_map
 from engines.skeleton import FLIP_PERMUTATION, NUM_JOINTS
@@ -130,6 +131,20 @@ class TemporalLifter(Lifter):
         assert x.ndim == 3 and x.shape[1:] == (self.cfg.window, LIFT_INPUT_DIM), tuple(x.shape)
         return super().forward(x.flatten(1))
 
+    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """features (B, T, 37) of consecutive frames, T >= window -> joints (B, T - window + 1,
+        17, 3), mm: output t is forward() on frames t .. t + window - 1, so it belongs to frame
+        t + window // 2 (centred) or t + window - 1 (causal). Here every window is cut out and
+        lifted; TemporalConvLifter shares the work between overlapping windows."""
+        assert x.ndim == 3 and x.shape[2] == LIFT_INPUT_DIM and x.shape[1] >= self.cfg.window, tuple(x.shape)
+        batch, n = x.shape[0], x.shape[1] - self.cfg.window + 1
+        windows = x.unfold(1, self.cfg.window, 1).transpose(2, 3)   # (B, n, window, 37)
+        return self.forward(windows.reshape(-1, self.cfg.window, LIFT_INPUT_DIM)).reshape(batch, n, NUM_JOINTS, 3)
+
+    def check_sequence_form(self) -> None:
+        """ValueError when forward_sequence would not equal forward on each window (never here:
+        this form cuts the windows out)."""
+
 
 class _FrameGroups(nn.Module):
     """(B, L, C) -> (B, L/3, width): each group of 3 consecutive frames through Linear, BatchNorm,
@@ -148,6 +163,13 @@ class _FrameGroups(nn.Module):
         width = h.shape[2]
         return self.drop(torch.relu(self.bn(h.reshape(-1, width)))).reshape(-1, length // 3, width)
 
+    def dilated(self, h: torch.Tensor, dilation: int) -> torch.Tensor:
+        """The same layer as a dilated convolution over a sequence (eval mode):
+        (B, C, T) -> (B, width, T - 2 * dilation)."""
+        width, channels = self.linear.out_features, self.linear.in_features // 3
+        weight = self.linear.weight.reshape(width, 3, channels).permute(0, 2, 1)  # rows are (frame, channel)
+        return torch.relu(self.bn(F.conv1d(h, weight, self.linear.bias, dilation=dilation)))
+
 
 class _TemporalBlock(nn.Module):
     """VideoPose3D's residual block in its single-output form: a kernel-3 stride-3 temporal
@@ -165,6 +187,13 @@ class _TemporalBlock(nn.Module):
         h = self.groups(x)
         length, width = h.shape[1], h.shape[2]
         return x[:, self.ref::3] + self.mix(h.reshape(-1, width)).reshape(-1, length, width)
+
+    def dilated(self, h: torch.Tensor, dilation: int) -> torch.Tensor:
+        """The block over a sequence (eval mode): (B, width, T) -> (B, width, T - 2 * dilation)."""
+        g = self.groups.dilated(h, dilation)
+        linear, bn = self.mix[0], self.mix[1]
+        g = torch.relu(bn(F.conv1d(g, linear.weight[:, :, None], linear.bias)))
+        return h[:, :, self.ref * dilation:h.shape[2] - (2 - self.ref) * dilation] + g
 
 
 class TemporalConvLifter(TemporalLifter):
@@ -190,6 +219,35 @@ class TemporalConvLifter(TemporalLifter):
         """(B, window*37) raw flattened windows -> (B, 51) z-scored outputs."""
         h = ((x - self.in_mean) / self.in_std).reshape(-1, self.cfg.window, LIFT_INPUT_DIM)
         return self.out(self.blocks(self.inp(h)).reshape(-1, self.cfg.hidden))
+
+    def check_sequence_form(self) -> None:
+        """The sequence form z-scores every frame alike, which is what training does (the
+        statistics of one frame tiled over the window); ValueError for any other input
+        normalisation, under which forward_sequence would not equal forward."""
+        for buf in (self.in_mean, self.in_std):
+            if not torch.equal(buf, buf[:LIFT_INPUT_DIM].repeat(self.cfg.window)):
+                raise ValueError("input statistics differ between the frames of the window: "
+                                 "this model has no sequence form")
+
+    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """As TemporalLifter.forward_sequence, computed as VideoPose3D runs it: a dilated
+        convolution (dilations 1, 3, 9, ...) over the whole sequence, each layer once per
+        frame instead of once per window that contains the frame (eval mode only; see
+        check_sequence_form)."""
+        assert x.ndim == 3 and x.shape[2] == LIFT_INPUT_DIM and x.shape[1] >= self.cfg.window, tuple(x.shape)
+        batch = x.shape[0]
+        if self.cfg.flip_tta:
+            mirror = x.index_select(2, self.flip_in_index[:LIFT_INPUT_DIM]) * self.flip_in_sign[:LIFT_INPUT_DIM]
+            x = torch.cat([x, mirror], 0)
+        h = ((x - self.in_mean[:LIFT_INPUT_DIM]) / self.in_std[:LIFT_INPUT_DIM]).transpose(1, 2)
+        h = self.inp.dilated(h, 1)
+        for k, block in enumerate(self.blocks):
+            h = block.dilated(h, 3 ** (k + 1))
+        y = F.conv1d(h, self.out.weight[:, :, None], self.out.bias).transpose(1, 2)   # (B', n, 51)
+        y = y * self.out_std + self.out_mean
+        if self.cfg.flip_tta:
+            y = 0.5 * (y[:batch] + y[batch:].index_select(2, self.flip_out_index) * self.flip_out_sign)
+        return y.reshape(batch, -1, NUM_JOINTS, 3)
 
 
 def temporal_lifter(cfg: LifterConfig) -> TemporalLifter:
@@ -219,6 +277,34 @@ class TemporalEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 3 and x.shape[1:] == (self.window, LIFT_INPUT_DIM), tuple(x.shape)
         return torch.stack([m(x[:, lo:lo + w]) for m, (lo, w) in zip(self.members, self.spans)]).mean(0)
+
+    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """features (B, T, 37), T >= window -> (B, T - window + 1, 17, 3): output t is forward()
+        on frames t .. t + window - 1 (see TemporalLifter.forward_sequence). Each member runs
+        over the frames its part of those windows covers."""
+        assert x.ndim == 3 and x.shape[2] == LIFT_INPUT_DIM and x.shape[1] >= self.window, tuple(x.shape)
+        n = x.shape[1]
+        return torch.stack([m.forward_sequence(x[:, lo:n - (self.window - lo - w)])
+                            for m, (lo, w) in zip(self.members, self.spans)]).mean(0)
+
+    def check_sequence_form(self) -> None:
+        """ValueError when a member has no sequence form (TemporalConvLifter.check_sequence_form)."""
+        for m in self.members:
+            m.check_sequence_form()
+
+
+class SequenceForm(nn.Module):
+    """A temporal lifter or ensemble run over a stretch of a sequence: forward is its
+    forward_sequence, features (B, T, 37) -> joints (B, T - window + 1, 17, 3), mm. This is
+    the module the *_sequence stages export (engines.stages), for batch evaluation."""
+
+    def __init__(self, model: TemporalLifter | TemporalEnsemble) -> None:
+        super().__init__()
+        model.check_sequence_form()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_sequence(x)
 
 
 @torch.no_grad()

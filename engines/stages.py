@@ -7,6 +7,10 @@ only this table, so adding a stage is adding one entry (`register_stage`).
 
 Shapes use None for the dynamic batch axis; every other axis is static (image stages take a
 fixed 256x256 crop). All tensors are float32.
+
+A temporal stage names a second stage, its `sequence` form, which runs the same checkpoint over
+a stretch of a sequence (engines.models.SequenceForm) for batch evaluation; backends open it
+with open_backend(..., stage=NAME) (resolve_stage).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import numpy as np
 from engines.errors import UserError
 from engines.normalize import LIFT_INPUT_DIM
 from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
-from engines.temporal import CONV_WINDOW, ENSEMBLE_WINDOW
+from engines.temporal import CONV_WINDOW, ENSEMBLE_WINDOW, SEQUENCE_CHUNK
 from engines.temporal import WINDOW as TEMPORAL_WINDOW
 
 
@@ -49,6 +53,7 @@ class StageSpec:
     # only meaningful on realistic inputs: random lifter features hit the near-zero input
     # std of the pelvis entries and give outputs of 1e8 mm.
     example: Callable[[int, np.random.Generator], dict[str, np.ndarray]] | None = None
+    sequence: str | None = None  # the stage running this stage's checkpoints over a stretch of frames
 
     def example_inputs(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
         """Fixed pseudo-random inputs (for export tracing, parity tests and benchmarks)."""
@@ -161,6 +166,63 @@ def _refiner_example(batch: int, rng: np.random.Generator) -> dict[str, np.ndarr
     return {"features": feats, "coarse_mm": coarse, "fbi_prob": prob.astype(np.float32)}
 
 
+def _sequence_builder(build: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    def build_sequence(ck: dict) -> Any:
+        from engines.models import SequenceForm
+
+        try:
+            return SequenceForm(build(ck)).eval()
+        except ValueError as exc:
+            raise UserError(f"{ck.get('kind')} checkpoint: {exc}") from None
+
+    return build_sequence
+
+
+def _with_sequence_form(spec: StageSpec, window: int) -> tuple[StageSpec, StageSpec]:
+    """(spec naming its sequence stage, that stage): SEQUENCE_CHUNK + window - 1 frames ->
+    SEQUENCE_CHUNK outputs (engines.temporal.sequence_chunks builds the input)."""
+    from dataclasses import replace
+
+    length = SEQUENCE_CHUNK + window - 1
+    seq = StageSpec(
+        name=f"{spec.name}_sequence",
+        inputs=(TensorSpec("features", (None, length, LIFT_INPUT_DIM)),),
+        outputs=(TensorSpec("joints_mm", (None, SEQUENCE_CHUNK, NUM_JOINTS, 3)),),
+        build=_sequence_builder(spec.build),
+        example=partial(_temporal_example, window=length),
+        description=f"{spec.name} over {length} consecutive frames -> joints (mm) of the {SEQUENCE_CHUNK} "
+                    f"frames with whole windows",
+    )
+    return replace(spec, sequence=seq.name), seq
+
+
+_TEMPORAL_STAGES = [_with_sequence_form(spec, window) for spec, window in (
+    (StageSpec(
+        name="temporal_lifter",
+        inputs=(TensorSpec("features", (None, TEMPORAL_WINDOW, LIFT_INPUT_DIM)),),
+        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
+        build=_temporal_builder(TEMPORAL_WINDOW, conv=False),
+        example=_temporal_example,
+        description="engines.temporal: a window of features_2d frames -> root-relative joints (mm) of one frame",
+    ), TEMPORAL_WINDOW),
+    (StageSpec(
+        name="temporal_conv",
+        inputs=(TensorSpec("features", (None, CONV_WINDOW, LIFT_INPUT_DIM)),),
+        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
+        build=_temporal_builder(CONV_WINDOW, conv=True),
+        example=partial(_temporal_example, window=CONV_WINDOW),
+        description="engines.temporal: the temporal convolution over a longer window -> joints (mm) of one frame",
+    ), CONV_WINDOW),
+    (StageSpec(
+        name="temporal_ensemble",
+        inputs=(TensorSpec("features", (None, ENSEMBLE_WINDOW, LIFT_INPUT_DIM)),),
+        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
+        build=_build_temporal_ensemble,
+        example=partial(_temporal_example, window=ENSEMBLE_WINDOW),
+        description="engines.temporal: the mean of temporal lifters, each on the centre of one window",
+    ), ENSEMBLE_WINDOW),
+)]
+
 STAGES: dict[str, StageSpec] = {
     "lifter": StageSpec(
         name="lifter",
@@ -170,30 +232,7 @@ STAGES: dict[str, StageSpec] = {
         example=_lifter_example,
         description="Martinez lifter: engines.normalize.features_2d -> root-relative joints (mm)",
     ),
-    "temporal_lifter": StageSpec(
-        name="temporal_lifter",
-        inputs=(TensorSpec("features", (None, TEMPORAL_WINDOW, LIFT_INPUT_DIM)),),
-        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
-        build=_temporal_builder(TEMPORAL_WINDOW, conv=False),
-        example=_temporal_example,
-        description="engines.temporal: a window of features_2d frames -> root-relative joints (mm) of one frame",
-    ),
-    "temporal_conv": StageSpec(
-        name="temporal_conv",
-        inputs=(TensorSpec("features", (None, CONV_WINDOW, LIFT_INPUT_DIM)),),
-        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
-        build=_temporal_builder(CONV_WINDOW, conv=True),
-        example=partial(_temporal_example, window=CONV_WINDOW),
-        description="engines.temporal: the temporal convolution over a longer window -> joints (mm) of one frame",
-    ),
-    "temporal_ensemble": StageSpec(
-        name="temporal_ensemble",
-        inputs=(TensorSpec("features", (None, ENSEMBLE_WINDOW, LIFT_INPUT_DIM)),),
-        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
-        build=_build_temporal_ensemble,
-        example=partial(_temporal_example, window=ENSEMBLE_WINDOW),
-        description="engines.temporal: the mean of temporal lifters, each on the centre of one window",
-    ),
+    **{spec.name: spec for pair in _TEMPORAL_STAGES for spec in pair},
     "generator": StageSpec(
         name="generator",
         inputs=(TensorSpec("image", (None, 3, 256, 256)), TensorSpec("joints_crop", (None, NUM_JOINTS, 2))),
@@ -223,6 +262,18 @@ def stage_for(kind: str | None) -> StageSpec:
     if kind not in STAGES:
         raise UserError(f"unknown model stage {kind!r}: known stages are {', '.join(sorted(STAGES))}")
     return STAGES[kind]
+
+
+def resolve_stage(kind: str | None, stage: str | None = None) -> StageSpec:
+    """The stage to run a checkpoint of `kind` as: its own, or (stage given) that stage when it
+    is the kind's sequence form; UserError otherwise."""
+    spec = stage_for(kind)
+    if stage is None or stage == spec.name:
+        return spec
+    if stage != spec.sequence:
+        raise UserError(f"a {spec.name} checkpoint runs as stage {spec.name}"
+                        f"{' or ' + spec.sequence if spec.sequence else ''}, not {stage}")
+    return stage_for(stage)
 
 
 def check_inputs(specs: tuple[TensorSpec, ...], inputs: dict[str, np.ndarray],

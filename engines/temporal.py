@@ -14,6 +14,10 @@ Why a fixed spacing in milliseconds, not in frames: the 2D sequences come at dif
 (Human3.6M train 25 Hz, S9 validation 10 Hz, cameras 30 Hz), and the motion a window sees must
 mean the same thing at every rate. Training takes row strides 2 and 3 of the 25 Hz file (80 and
 120 ms) so that the 100 ms of the 10 Hz validation file lies inside what it has seen.
+Batch evaluation runs the same models in sequence form (engines.models.SequenceForm, stages
+"*_sequence"): a stretch of SEQUENCE_CHUNK + window - 1 frames in, SEQUENCE_CHUNK outputs out,
+the temporal convolution computing each layer once per frame rather than once per window;
+sequence_chunks cuts the runs into such stretches with the same edge padding.
 Numpy only: the realtime app and the evaluation build windows without torch.
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ WINDOW = 9             # frames per window of the flattened TemporalLifter (0.8 
 CONV_WINDOW = 27       # frames per window of the TemporalConvLifter (2.6 s; 3**(blocks+1), blocks = 2)
 ENSEMBLE_WINDOW = 81   # frames per window of a TemporalEnsemble (8 s): its longest member, a conv over 81
 SPACING_MS = 100.0     # time between consecutive frames of a window
+SEQUENCE_CHUNK = 128   # output frames per call of a *_sequence stage (batch evaluation)
 
 
 def window_offsets(window: int = WINDOW, causal: bool = False) -> np.ndarray:
@@ -94,3 +99,31 @@ def windowed_features(features: np.ndarray, keys: np.ndarray, stride: int = 1, w
     first, last = group_bounds(keys)
     idx = window_indices(first, last, np.arange(len(features)), window_offsets(window, causal), stride)
     return np.ascontiguousarray(features[idx], np.float32)
+
+
+def sequence_chunks(features: np.ndarray, keys: np.ndarray, stride: int, window: int, causal: bool,
+                    chunk: int = SEQUENCE_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """The input of a sequence stage for every sample: per-frame features (M, 37) in sequence
+    order and run keys (M,) as for windowed_features -> (chunks (N, chunk + window - 1, 37)
+    float32, slot (M,) int64). Output row slot[i] of the stage's outputs, flattened to
+    (N * chunk, ...), is what the model gives on windowed_features(...)[i].
+
+    Each run is split into its `stride` interleaved phases (rows stride apart, the frames one
+    window step apart); each phase is padded with the run's first/last row, exactly where
+    window_indices clamps, and cut into stretches whose outputs tile it."""
+    assert features.ndim == 2 and features.shape[1] == LIFT_INPUT_DIM, features.shape
+    assert keys.shape == (len(features),), (keys.shape, features.shape)
+    before = -int(window_offsets(window, causal)[0])          # frames a window reaches back
+    first, last = group_bounds(keys)
+    rows, slot, made = [], np.empty(len(features), np.int64), 0
+    span = np.arange(chunk + window - 1)
+    for a in np.unique(first):
+        b = int(last[a])
+        for phase in range(min(stride, b - a + 1)):
+            frames = np.arange(a + phase, b + 1, stride)
+            count = -(-len(frames) // chunk)
+            padded = np.clip(frames[0] + stride * (np.arange(count * chunk + window - 1) - before), a, b)
+            rows.append(padded[np.arange(count)[:, None] * chunk + span[None]])
+            slot[frames] = made + np.arange(len(frames))
+            made += count * chunk
+    return np.ascontiguousarray(features[np.concatenate(rows)], np.float32), slot

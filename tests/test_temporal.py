@@ -1,5 +1,6 @@
 """Temporal lifter: window building (edges, causality, strides), the per-frame mirror, the
-model's flip averaging, ONNX parity, a tiny training run and the eval CLI on windows."""
+model's flip averaging, the sequence form (dilated convolutions, stretches of frames), ONNX
+parity, a tiny training run and the eval CLI on windows."""
 from __future__ import annotations
 
 import json
@@ -102,47 +103,59 @@ def test_temporal_lifter_shapes_and_flip_equivariance(window, conv):
         m(torch.zeros(4, window * LIFT_INPUT_DIM))  # a flat input is refused, not misread
 
 
-def _dilated_reference(m: TemporalConvLifter, x: torch.Tensor) -> torch.Tensor:
-    """VideoPose3D's form of the same network: Conv1d with dilations 1, 3, 9, ... over a whole
-    sequence x (T, 37) -> (T - window + 1, 51) z-scored outputs, one per valid frame."""
-    def conv(linear: torch.nn.Linear, h: torch.Tensor, dilation: int) -> torch.Tensor:
-        width, cin = linear.out_features, linear.in_features // 3
-        w = linear.weight.reshape(width, 3, cin).permute(0, 2, 1)   # Linear rows are (frame, channel)
-        return torch.nn.functional.conv1d(h, w, linear.bias, dilation=dilation)
-
-    def norm_relu(bn: torch.nn.BatchNorm1d, h: torch.Tensor) -> torch.Tensor:
-        return torch.relu(bn(h))  # eval-mode BatchNorm1d takes (N, C, L) as well
-
-    ref = 2 if m.cfg.causal else 1
-    h = ((x - m.in_mean[:LIFT_INPUT_DIM]) / m.in_std[:LIFT_INPUT_DIM]).T[None]   # per-frame z-score
-    h = norm_relu(m.inp.bn, conv(m.inp.linear, h, 1))
-    for k, block in enumerate(m.blocks):
-        d = 3 ** (k + 1)
-        g = norm_relu(block.groups.bn, conv(block.groups.linear, h, d))
-        lin, bn = block.mix[0], block.mix[1]
-        g = norm_relu(bn, torch.nn.functional.conv1d(g, lin.weight[:, :, None], lin.bias))
-        h = h[:, :, ref * d:h.shape[2] - (2 - ref) * d] + g
-    return torch.nn.functional.conv1d(h, m.out.weight[:, :, None], m.out.bias)[0].T
-
-
-@pytest.mark.parametrize("causal", [False, True])
-def test_temporal_convolution_is_the_dilated_network_on_each_window(causal):
-    """The strided single-output form equals VideoPose3D's dilated convolutions: the window
-    ending (causal) or centred at each frame of a sequence gives that frame's output."""
-    m = _temporal_model(27, flip_tta=False, conv=True, causal=causal)
-    m.in_mean.copy_(m.in_mean[:LIFT_INPUT_DIM].repeat(27))   # the trained model's per-frame tiling
-    m.in_std.copy_(m.in_std[:LIFT_INPUT_DIM].repeat(27))
-    for mod in m.modules():   # non-trivial running statistics
+def _as_trained(m: TemporalLifter) -> TemporalLifter:
+    """m with the per-frame input statistics tiled over the window (what training does) and
+    non-trivial BatchNorm running statistics."""
+    w = m.cfg.window
+    m.in_mean.copy_(m.in_mean[:LIFT_INPUT_DIM].repeat(w))
+    m.in_std.copy_(m.in_std[:LIFT_INPUT_DIM].repeat(w))
+    g = torch.Generator().manual_seed(4)
+    for mod in m.modules():
         if isinstance(mod, torch.nn.BatchNorm1d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 2.0)
-    seq = torch.randn(40, LIFT_INPUT_DIM)
+            mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) * 0.4 - 0.2)
+            mod.running_var.copy_(torch.rand(mod.num_features, generator=g) * 1.5 + 0.5)
+    return m
+
+
+@pytest.mark.parametrize("window,conv,causal,flip", [(27, True, False, True), (27, True, True, False),
+                                                     (81, True, True, True), (9, False, False, True)])
+def test_sequence_form_is_the_model_on_each_window(window, conv, causal, flip):
+    """forward_sequence over T frames gives forward() on each of the T - window + 1 windows: for
+    the temporal convolution this is VideoPose3D's dilated form (dilations 1, 3, 9, 27), which
+    computes each layer once per frame instead of once per window."""
+    m = _as_trained(_temporal_model(window, flip_tta=flip, conv=conv, causal=causal))
+    seq = torch.randn(2, window + 13, LIFT_INPUT_DIM)
     with torch.no_grad():
-        want = _dilated_reference(m, seq)                      # (14, 51)
-        windows = torch.stack([seq[t:t + 27] for t in range(40 - 26)])
-        got = m.forward_normalized(windows.flatten(1))
-    assert want.shape == got.shape == (14, 51)
-    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4)
+        got = m.forward_sequence(seq)
+        want = torch.stack([m(seq[:, t:t + window]) for t in range(14)], 1)
+    assert got.shape == want.shape == (2, 14, 17, 3)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-3)
+
+
+def test_sequence_form_refuses_per_position_input_statistics():
+    from engines.models import SequenceForm
+
+    m = _temporal_model(CONV_WINDOW, flip_tta=False, conv=True)   # statistics differ along the window
+    with pytest.raises(ValueError, match="no sequence form"):
+        SequenceForm(m)
+    SequenceForm(_as_trained(m))
+    SequenceForm(_temporal_model(WINDOW, flip_tta=False))           # the flattened lifter cuts windows out
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("window,causal", [(9, False), (27, True), (81, False)])
+def test_sequence_chunks_give_every_window(stride, window, causal):
+    """Each sample's slot among the stretches' outputs sees exactly its window (edge padding,
+    strides, runs of 1 frame, runs shorter than the window)."""
+    from engines.temporal import sequence_chunks
+
+    keys = np.repeat([3, 1, 7, 2], [50, 5, 1, 300])
+    feats = np.random.default_rng(0).standard_normal((len(keys), LIFT_INPUT_DIM)).astype(np.float32)
+    chunks, slot = sequence_chunks(feats, keys, stride, window, causal, chunk=16)
+    assert chunks.shape[1:] == (16 + window - 1, LIFT_INPUT_DIM) and slot.shape == (len(keys),)
+    outputs = np.stack([chunks[:, t:t + window] for t in range(16)], 1).reshape(-1, window, LIFT_INPUT_DIM)
+    np.testing.assert_array_equal(outputs[slot], windowed_features(feats, keys, stride, window, causal))
+    assert len(np.unique(slot)) == len(keys)
 
 
 def test_temporal_convolution_needs_a_power_of_three_window():
@@ -183,6 +196,41 @@ def test_temporal_checkpoint_exports_and_matches_onnx(tmp_path, stage):
         be.run({"features": x["features"][:, :3]})
 
 
+@pytest.mark.parametrize("stage", ["temporal_lifter", "temporal_conv"])
+def test_sequence_stage_exports_and_matches_the_windowed_stage(tmp_path, stage):
+    from engines.backends import open_backend
+    from engines.checkpoint import contract_metadata
+    from engines.stages import STAGES, resolve_stage
+    from engines.temporal import SEQUENCE_CHUNK
+
+    window = CONV_WINDOW if stage == "temporal_conv" else WINDOW
+    m = _as_trained(_temporal_model(window, flip_tta=True, hidden=128, conv=stage == "temporal_conv"))
+    pt = tmp_path / "t.pt"
+    torch.save({"model": m.state_dict(), "kind": stage, "model_config": m.cfg.to_dict(),
+                "contract": contract_metadata(),
+                "artifact_meta": {"window": window, "causal": False, "spacing_ms": 100.0}}, pt)
+    seq = STAGES[f"{stage}_sequence"]
+    assert STAGES[stage].sequence == seq.name
+    x = seq.example_inputs(2, seed=3)["features"]
+    assert x.shape == (2, SEQUENCE_CHUNK + window - 1, LIFT_INPUT_DIM)
+    windowed = open_backend(str(pt), "torch")
+    want = np.stack([windowed.run({"features": x[:, t:t + window]})["joints_mm"] for t in range(SEQUENCE_CHUNK)], 1)
+    for backend in ("torch", "onnxruntime"):
+        be = open_backend(str(pt), backend, stage=seq.name, onnx_cache_dir=tmp_path / "cache")
+        assert be.metadata["stage"] == seq.name and be.metadata["window"] == window
+        np.testing.assert_allclose(be.run({"features": x})["joints_mm"], want, atol=2e-3)
+    assert len(list((tmp_path / "cache").rglob(f"t.{seq.name}.onnx"))) == 1
+    # A stage that is not this kind's, or an export of the windowed stage asked to be the sequence one.
+    with pytest.raises(UserError, match="runs as stage"):
+        resolve_stage("lifter", seq.name)
+    with pytest.raises(UserError, match="runs as stage"):
+        open_backend(str(pt), "torch", stage="temporal_ensemble_sequence")
+    from engines.export import export_onnx
+    onnx = export_onnx(pt, tmp_path / "plain.onnx")
+    with pytest.raises(UserError, match=f"not {seq.name}"):
+        open_backend(str(onnx), "onnxruntime", stage=seq.name)
+
+
 @pytest.mark.parametrize("conv", [False, True])
 def test_tiny_temporal_training_and_eval(tmp_path, h36m_train, h36m_val, conv):
     from train.train_lifter import TrainConfig, train
@@ -205,6 +253,16 @@ def test_tiny_temporal_training_and_eval(tmp_path, h36m_train, h36m_val, conv):
     assert len(d["per_action"]) == 15 and 0 < d["mpjpe_mm"] < 1000
     # Every 20th sample of all rows and cameras (the windows use all rows).
     assert d["frames"] == len(range(0, 14724 * 4, 20))
+    # eval runs the sequence form: the table is the one of the model on each sample's window.
+    from engines.backends.torch_backend import TorchBackend
+    from train import h36m
+    from train.evaluate import run_in_chunks, summarize
+    from train.metrics import mpjpe, p_mpjpe
+
+    x, s = h36m.windowed(h36m.load(h36m_val, "sh"), h36m_val, window, False, 100.0, every=20)
+    pred = run_in_chunks(TorchBackend(tmp_path / "run" / "best.pt"), {"features": x})
+    want = summarize(mpjpe(pred, s.joints_cam), p_mpjpe(pred, s.joints_cam), s.action, s.action_names)
+    assert abs(want.mpjpe_mm - d["mpjpe_mm"]) < 1e-3 and abs(want.p_mpjpe_mm - d["p_mpjpe_mm"]) < 1e-3
     # A file whose rows no whole stride brings near 100 ms: one line, exit 2.
     z = np.load(h36m_val)
     np.savez(tmp_path / "slow.npz", **{**{k: z[k] for k in z.files}, "frame_step": np.int32(15)})
@@ -233,7 +291,7 @@ def test_ensemble_averages_its_members_on_the_centre_of_the_window(tmp_path):
     from train.ensemble import build
 
     a = _temporal_model(WINDOW, flip_tta=True)
-    b = _temporal_model(CONV_WINDOW, flip_tta=True, conv=True)
+    b = _as_trained(_temporal_model(CONV_WINDOW, flip_tta=True, conv=True))
     out = tmp_path / "ens.pt"
     build([_save_member(a, tmp_path / "a.pt"), _save_member(b, tmp_path / "b.pt")], out)
     x = STAGES["temporal_ensemble"].example_inputs(4, seed=5)["features"]
@@ -249,6 +307,12 @@ def test_ensemble_averages_its_members_on_the_centre_of_the_window(tmp_path):
         ["a.pt", "b.pt"]
     ort = OnnxRuntimeBackend(export_onnx(out, tmp_path / "ens.onnx"), threads=1)
     np.testing.assert_allclose(ort.run({"features": x})["joints_mm"], want, atol=2e-3)
+    # Its sequence form: each member over its part of every window of the stretch.
+    stretch = STAGES["temporal_ensemble_sequence"].example_inputs(1, seed=6)["features"]
+    n = stretch.shape[1] - ENSEMBLE_WINDOW + 1
+    want = np.concatenate([be.run({"features": stretch[:, t:t + ENSEMBLE_WINDOW]})["joints_mm"] for t in range(n)])
+    seq = OnnxRuntimeBackend(export_onnx(out, tmp_path / "seq.onnx", stage="temporal_ensemble_sequence"), threads=1)
+    np.testing.assert_allclose(seq.run({"features": stretch})["joints_mm"][0], want, atol=2e-3)
 
 
 def test_ensemble_refuses_members_that_do_not_agree(tmp_path):

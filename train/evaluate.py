@@ -17,8 +17,10 @@ temporal_ensemble_sh for sh (two temporal convolutions over 27 and 81 frames, av
 engines/temporal.py; `--model temporal_conv_sh` is the 27-frame one alone, `--model base_sh` the
 single-frame Base). The default backend is `auto`: ONNX Runtime on a CPU, which runs the
 ensemble in about 21 s on S9 here against 40 s for torch (`--backend torch`, same table).
-A temporal lifter gets windows built from all rows of each sequence and camera at its own frame
-spacing, so the file's row spacing must allow it (frame_step or the 50 Hz frame indices).
+A temporal lifter sees all rows of each sequence and camera at its own frame spacing, so the
+file's row spacing must allow it (frame_step or the 50 Hz frame indices); it runs in its
+sequence form (engines.models.SequenceForm: stretches of frames in, one output per frame),
+which gives the per-window result with each layer computed once per frame.
 """
 from __future__ import annotations
 
@@ -81,55 +83,61 @@ def run_in_chunks(be, inputs: dict[str, np.ndarray], chunk: int = 4096) -> np.nd
                            for i in range(0, n, chunk)])
 
 
-def open_model(model: str, backend: str = "torch"):
-    """(backend, resolved .pt path) for a shipped name or checkpoint path."""
+def open_model(model: str, backend: str = "torch", stage: str | None = None):
+    """(backend, resolved .pt path) for a shipped name or checkpoint path; stage: run it as its
+    sequence form (engines.stages.resolve_stage)."""
     from engines.checkpoint import resolve_model_path
 
     path = resolve_model_path(model)
     try:
         from engines.backends import open_backend  # ONNX Runtime / TensorRT when available
-        be = open_backend(str(path), backend)
+        be = open_backend(str(path), backend, stage=stage)
     except ImportError:
         from engines.backends.torch_backend import TorchBackend
-        be = TorchBackend(path)
+        be = TorchBackend(path, stage=stage)
     return be, str(path)
 
 
-def is_temporal(be) -> bool:
-    """Whether the opened lifter takes windows of frames (stage input (B, window, 37))."""
+def sequence_predictions(be, s, data: str, every: int):
+    """A temporal lifter opened as its sequence stage, over every `every`-th sample of s, which
+    holds all rows of `data`: each run is fed as stretches of frames at the model's spacing
+    (engines.temporal.sequence_chunks), which gives what the model gives on each sample's
+    window (train.h36m.windowed) at a fraction of the work. Returns ((M', 17, 3) mm, the M'
+    samples)."""
+    from engines.skeleton import NUM_JOINTS
     from engines.stages import stage_for
-
-    return len(stage_for(be.metadata.get("stage")).inputs[0].shape) == 3
-
-
-def temporal_inputs(be, s, data: str, every: int):
-    """A temporal lifter's input for every `every`-th sample of s, which holds all rows of
-    `data`, at the window the model's metadata records (train.h36m.windowed).
-    Returns ((M', window, 37) features, the M' samples)."""
     from train import h36m
 
     meta = be.metadata
     if "window" not in meta:
         raise UserError(f"{meta.get('source_file', 'model')}: a temporal lifter without its window metadata")
-    return h36m.windowed(s, data, int(meta["window"]), bool(meta["causal"]), float(meta["spacing_ms"]), every)
+    chunk = stage_for(meta["stage"]).outputs[0].shape[1]
+    chunks, slot = h36m.sequence_input(s, data, int(meta["window"]), bool(meta["causal"]),
+                                       float(meta["spacing_ms"]), chunk)
+    pred = run_in_chunks(be, {"features": chunks}, chunk=64).reshape(-1, NUM_JOINTS, 3)
+    keep = np.arange(0, len(s), every)
+    return pred[slot[keep]], s.subset(keep)
 
 
 def evaluate(data: str, input_kind: str, model: str | None = None, backend: str = "auto",
              every: int = 1) -> dict:
     """Evaluate; returns the JSON-ready dict (see module docstring)."""
     from engines.normalize import features_2d
+    from engines.stages import stage_for
     from train import h36m
     from train.metrics import mpjpe, p_mpjpe
 
     model = model or DEFAULT_MODEL[input_kind]
     be, path = open_model(model, backend)
     try:
-        if is_temporal(be):
-            feats, s = temporal_inputs(be, h36m.load(data, input_kind), data, every)
+        sequence = stage_for(be.metadata.get("stage")).sequence
+        if sequence:  # a temporal lifter: evaluate it in sequence form
+            be.close()
+            be, path = open_model(model, backend, stage=sequence)
+            pred, s = sequence_predictions(be, h36m.load(data, input_kind), data, every)
         else:
             s = h36m.load(data, input_kind, every=every)
-            feats = features_2d(s.uv, s.f, s.c)
-        pred = run_in_chunks(be, {"features": feats})
+            pred = run_in_chunks(be, {"features": features_2d(s.uv, s.f, s.c)})
     finally:
         be.close()
     e1 = mpjpe(pred, s.joints_cam)

@@ -162,6 +162,19 @@ def windowed(s: H36MSet, path: str | Path, window: int, causal: bool, spacing_ms
     return win[keep], s.subset(keep)
 
 
+def sequence_input(s: H36MSet, path: str | Path, window: int, causal: bool, spacing_ms: float,
+                   chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """A sequence stage's input for all samples of s, which holds all rows of `path`: stretches
+    of chunk + window - 1 frames at the row stride closest to spacing_ms, and each sample's row
+    among the stretches' outputs (engines.temporal.sequence_chunks, the same edge padding as
+    windowed). Returns ((N, chunk + window - 1, 37) float32, slot (M,) int64)."""
+    from engines.normalize import features_2d
+    from engines.temporal import row_stride, sequence_chunks
+
+    stride = row_stride(row_spacing_ms(path), spacing_ms)
+    return sequence_chunks(features_2d(s.uv, s.f, s.c), s.run_keys(), stride, window, causal, chunk)
+
+
 def load(path: str | Path, input_kind: str = "gt", cameras: tuple[int, ...] = (0, 1, 2, 3),
          every: int = 1) -> H36MSet:
     """Load an npz in the staged schema as per-camera samples (see H36MSet).

@@ -56,7 +56,8 @@ def _find_model_files(model: str) -> dict[str, Path]:
         return {p.suffix: p}
     found = {s: MODELS_DIR / f"{model}{s}" for s in MODEL_SUFFIXES if (MODELS_DIR / f"{model}{s}").is_file()}
     if not found:
-        shipped = sorted({q.stem for s in MODEL_SUFFIXES for q in MODELS_DIR.glob(f"*{s}")})
+        # derived files (NAME.int8.onnx, NAME.STAGE.onnx) are forms of NAME, not models
+        shipped = sorted({q.stem for s in MODEL_SUFFIXES for q in MODELS_DIR.glob(f"*{s}") if "." not in q.stem})
         raise UserError(f"unknown model {model!r}: not a file, and not one of the shipped models "
                         f"({', '.join(shipped) or 'none found in ' + str(MODELS_DIR)})")
     return found
@@ -67,7 +68,7 @@ def _open_torch(files: dict[str, Path], **kw: Any) -> Backend:
         raise UserError(f"the torch backend needs the .pt checkpoint; have {', '.join(map(str, files.values()))}")
     from engines.backends.torch_backend import TorchBackend
 
-    return TorchBackend(files[".pt"], threads=kw.get("threads"))
+    return TorchBackend(files[".pt"], threads=kw.get("threads"), stage=kw.get("stage"))
 
 
 def _open_onnxruntime(files: dict[str, Path], **kw: Any) -> Backend:
@@ -79,7 +80,7 @@ def _open_onnxruntime(files: dict[str, Path], **kw: Any) -> Backend:
     if ".pt" in files:  # prefer an ONNX proven to come from this exact checkpoint
         from engines.export import onnx_for_checkpoint
 
-        onnx_path = onnx_for_checkpoint(files[".pt"], kw.get("onnx_cache_dir"), precision)
+        onnx_path = onnx_for_checkpoint(files[".pt"], kw.get("onnx_cache_dir"), precision, kw.get("stage"))
     elif ".onnx" in files:
         onnx_path = files[".onnx"]
     else:
@@ -130,7 +131,18 @@ def open_backend(model: str, backend: str = "auto", **kw: Any) -> Backend:
     "onnxruntime", "torch"). Keyword options: threads (CPU intra-op threads), providers
     (onnxruntime), onnx_cache_dir, engine_cache_dir, max_batch (tensorrt), precision
     (tensorrt: fp32/fp16/int8, default fp16, fp32 on TensorRT >= 11; onnxruntime from a .pt: "int8" = the dynamically
-    quantised ONNX, anything else FP32; torch: ignored)."""
+    quantised ONNX, anything else FP32; torch: ignored), stage (run a .pt as its sequence
+    form, engines.stages.resolve_stage; an .onnx/.engine must already be that stage)."""
+    be = _open_any(model, backend, **kw)
+    stage = kw.get("stage")
+    if stage and be.metadata.get("stage") != stage:
+        got = be.metadata.get("stage")
+        be.close()
+        raise UserError(f"{model} is a {got} model, not {stage}; give its .pt checkpoint to run it as {stage}")
+    return be
+
+
+def _open_any(model: str, backend: str, **kw: Any) -> Backend:
     files = _find_model_files(str(model))
     name = ALIASES.get(backend, backend)
     if name == "auto":

@@ -225,7 +225,7 @@ def load_engine_file(path: Path) -> tuple[Any, dict]:
 
 def open_tensorrt(files: dict[str, Path], precision: str | None = None, max_batch: int = 64,
                   engine_cache_dir: str | Path | None = None, onnx_cache_dir: str | Path | None = None,
-                  **_: Any) -> "TensorRTBackend":
+                  stage: str | None = None, **_: Any) -> "TensorRTBackend":
     """engines.backends.open_backend's loader: a .engine as given, else the cached engine for
     the .onnx (or the .pt's ONNX export)."""
     if ".engine" in files:
@@ -234,7 +234,7 @@ def open_tensorrt(files: dict[str, Path], precision: str | None = None, max_batc
     if ".pt" in files:
         from engines.export import onnx_for_checkpoint
 
-        onnx_path = onnx_for_checkpoint(files[".pt"], onnx_cache_dir)
+        onnx_path = onnx_for_checkpoint(files[".pt"], onnx_cache_dir, stage=stage)
     else:
         onnx_path = files[".onnx"]
     plan = BuildPlan.for_onnx(onnx_path, precision=precision or default_precision(), max_batch=max_batch)

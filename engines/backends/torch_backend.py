@@ -1,6 +1,7 @@
 """Reference backend: the PyTorch checkpoint itself (CPU). Needs torch.
 
-Any stage in `engines.stages.STAGES` loads here: the checkpoint's `kind` picks the spec.
+Any stage in `engines.stages.STAGES` loads here: the checkpoint's `kind` picks the spec (or
+the `stage` asked for, when it is that kind's sequence form).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import UserError
-from engines.stages import StageSpec, check_inputs, stage_for
+from engines.stages import StageSpec, check_inputs, resolve_stage
 
 
 def load_checkpoint(checkpoint: str | Path) -> dict:
@@ -28,13 +29,14 @@ def load_checkpoint(checkpoint: str | Path) -> dict:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, checkpoint: str | Path, threads: int | None = None) -> None:
+    def __init__(self, checkpoint: str | Path, threads: int | None = None, stage: str | None = None) -> None:
+        """stage: run the checkpoint as its sequence form (engines.stages.resolve_stage)."""
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         ck = load_checkpoint(checkpoint)
-        self.stage: StageSpec = stage_for(ck.get("kind"))
+        self.stage: StageSpec = resolve_stage(ck.get("kind"), stage)
         self.model = self.stage.build(ck)
         self.metadata = {k: v for k, v in ck.items() if k != "model"}
         self.metadata.update(ck.get("artifact_meta") or {})  # as engines.export records it
