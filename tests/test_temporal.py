@@ -263,6 +263,11 @@ def test_tiny_temporal_training_and_eval(tmp_path, h36m_train, h36m_val, conv):
     pred = run_in_chunks(TorchBackend(tmp_path / "run" / "best.pt"), {"features": x})
     want = summarize(mpjpe(pred, s.joints_cam), p_mpjpe(pred, s.joints_cam), s.action, s.action_names)
     assert abs(want.mpjpe_mm - d["mpjpe_mm"]) < 1e-3 and abs(want.p_mpjpe_mm - d["p_mpjpe_mm"]) < 1e-3
+    if conv:  # the speed benchmark of the two paths agrees on every sample of the file
+        from train.bench_eval import bench
+
+        r = bench(str(h36m_val), "sh", str(tmp_path / "run" / "best.pt"), "onnxruntime", rounds=1)
+        assert r["frames"] == 14724 * 4 and r["max_abs_diff_mm"] < 1e-2 and r["speedup"] > 0
     # A file whose rows no whole stride brings near 100 ms: one line, exit 2.
     z = np.load(h36m_val)
     np.savez(tmp_path / "slow.npz", **{**{k: z[k] for k in z.files}, "frame_step": np.int32(15)})
