@@ -66,3 +66,16 @@ def test_eval_cli_json_and_errors(tmp_path, h36m_train, h36m_val):
     np.savez(tmp_path / "bad.npz", foo=np.zeros(3))
     r = _posestream("eval", "--data", str(tmp_path / "bad.npz"))
     assert r.returncode == 2 and "missing keys" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("input_kind,target_mm", [("gt", 45.0), ("sh", 65.0)])
+def test_shipped_default_models_meet_the_s9_targets(h36m_val, input_kind, target_mm):
+    """Issue #3's targets, on the full S9 file with the default model for each input (base_gt;
+    temporal_ensemble_sh in sequence form): MPJPE averaged over the 15 actions, all 4 cameras."""
+    from train.evaluate import DEFAULT_MODEL, evaluate
+
+    d = evaluate(str(h36m_val), input_kind)
+    assert d["model"].endswith(f"{DEFAULT_MODEL[input_kind]}.pt")
+    assert d["frames"] == 14724 * 4 and len(d["per_action"]) == 15
+    assert d["mpjpe_mm"] <= target_mm, d["mpjpe_mm"]
+    assert d["p_mpjpe_mm"] < d["mpjpe_mm"]

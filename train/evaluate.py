@@ -15,8 +15,8 @@ known to be misaligned (MISALIGNED_SEQUENCES, from the data README) when the fil
 The default model is the best shipped one for the chosen input: base_gt for gt,
 temporal_ensemble_sh for sh (two temporal convolutions over 27 and 81 frames, averaged;
 engines/temporal.py; `--model temporal_conv_sh` is the 27-frame one alone, `--model base_sh` the
-single-frame Base). The default backend is `auto`: ONNX Runtime on a CPU, which runs the
-ensemble in about 21 s on S9 here against 40 s for torch (`--backend torch`, same table).
+single-frame Base). The default backend is `auto`: ONNX Runtime on a CPU, which evaluates the
+ensemble on S9 in about 6 s here against 10 s for torch (`--backend torch`, same table).
 A temporal lifter sees all rows of each sequence and camera at its own frame spacing, so the
 file's row spacing must allow it (frame_step or the 50 Hz frame indices); it runs in its
 sequence form (engines.models.SequenceForm: stretches of frames in, one output per frame),
