@@ -79,6 +79,8 @@ class Detection:
                   y down, z away from the camera).
     box:          square crop box around the joints (engines.crop, 256x256 crop).
     landmarks_px: (33, 2) float32 raw MediaPipe landmarks, pixels; visibility (33,).
+    landmarks_world_mm: (33, 3) float32 MediaPipe's world landmarks in mm (hip-centred,
+                  x right, y down, z away from the camera).
     """
 
     joints_2d_px: np.ndarray
@@ -87,6 +89,7 @@ class Detection:
     box: CropBox
     landmarks_px: np.ndarray
     visibility: np.ndarray
+    landmarks_world_mm: np.ndarray | None = None
 
 
 def select_person(boxes: list[CropBox], image_size: tuple[int, int], previous: CropBox | None = None,
@@ -211,4 +214,4 @@ class PoseDetector:
         except ValueError:
             return None
         return Detection(joints, conf, world_landmarks_to_joints_mm(world), box,
-                         px.astype(np.float32), vis.astype(np.float32))
+                         px.astype(np.float32), vis.astype(np.float32), (world * 1000.0).astype(np.float32))

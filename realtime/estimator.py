@@ -122,8 +122,10 @@ class PoseEstimator:
             assert joints.shape == (1, NUM_JOINTS, 3), joints.shape
             rel = joints[0] - joints[0, 0]
         timings = dict(d.timings_ms, lift=(time.perf_counter() - t0) * 1000.0)
+        det = d.detection
         pose = PoseFrame(d.index, d.timestamp_s, True, rel, np.full(3, np.nan, np.float32), uv,
-                         d.detection.confidence, d.image_size, fbi, timings)
+                         det.confidence, d.image_size, fbi, timings, landmarks_px=det.landmarks_px,
+                         landmarks_world_mm=det.landmarks_world_mm, landmarks_visibility=det.visibility)
         if self.trajectory is not None:
             pose = self.trajectory(pose)
         return pose

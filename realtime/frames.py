@@ -30,6 +30,13 @@ class PoseFrame:
     fbi:          (14, 3) float32 FBI state probabilities (forward, backward, parallel), or None.
     timings_ms:   per-stage durations, e.g. {"detect": 28.1, "lift": 0.3}.
     image_size:   (width, height) of the source frame.
+    track_id:     identity of the person across frames (0 in single-person use).
+    landmarks_px: (33, 2) float32 MediaPipe's raw landmarks in image pixels, or None.
+    landmarks_world_mm: (33, 3) float32 MediaPipe's world landmarks, millimetres, hip-centred,
+                  camera axes (x right, y down, z forward), or None.
+    landmarks_visibility: (33,) float32 MediaPipe visibility in [0, 1], or None.
+    The landmarks keep what the 17 joints drop (heels, toes, hands, face) for the outputs
+    that want them.
     """
 
     index: int
@@ -42,6 +49,10 @@ class PoseFrame:
     image_size: tuple[int, int]
     fbi: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    track_id: int = 0
+    landmarks_px: np.ndarray | None = None
+    landmarks_world_mm: np.ndarray | None = None
+    landmarks_visibility: np.ndarray | None = None
 
     @staticmethod
     def empty(index: int, timestamp_s: float, image_size: tuple[int, int],
