@@ -352,21 +352,41 @@ class TokenBucket:
         return False
 
 
+class Slot:
+    """One connection's place under a `ConnectionLimiter`. `release()` gives it back exactly
+    once, whichever path the connection ends by (later calls do nothing): the I/O layer calls
+    it when the transport is lost, and may call it earlier (a refused upgrade)."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: "ConnectionLimiter") -> None:
+        self._limiter: ConnectionLimiter | None = limiter
+
+    @property
+    def held(self) -> bool:
+        return self._limiter is not None
+
+    def release(self) -> bool:
+        """Give the place back; True the first time, False after."""
+        limiter, self._limiter = self._limiter, None
+        if limiter is None:
+            return False
+        limiter.active -= 1
+        return True
+
+
 @dataclass
 class ConnectionLimiter:
-    """Counts open connections; `try_acquire` fails beyond `max_connections`."""
+    """Counts open connections; `try_acquire` returns a `Slot`, or None beyond `max_connections`."""
 
     max_connections: int
     active: int = 0
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self) -> Slot | None:
         if self.active >= self.max_connections:
-            return False
+            return None
         self.active += 1
-        return True
-
-    def release(self) -> None:
-        self.active = max(0, self.active - 1)
+        return Slot(self)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import mimetypes
 import threading
@@ -30,8 +31,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from engines.errors import UserError
 from realtime.frames import PoseFrame
-from realtime.protocol import (CLOSE_GOING_AWAY, ClientSession, ConnectionLimiter, Limits, Throttle, encode_frame,
-                               encode_hello, encode_thumb, host_allowed, origin_allowed, stats_message)
+from realtime.protocol import (CLOSE_GOING_AWAY, ClientSession, ConnectionLimiter, Limits, Slot, Throttle,
+                               encode_frame, encode_hello, encode_thumb, host_allowed, origin_allowed, stats_message)
 
 log = logging.getLogger("posestream.server")
 # websockets' own messages: it logs every static file as "connection rejected (200 OK)" at INFO,
@@ -68,6 +69,28 @@ def resolve_static(static_dir: Path, url_path: str) -> Path | None:
     if not target.is_relative_to(root) or not target.is_file() or target.suffix not in STATIC_TYPES:
         return None
     return target
+
+
+@functools.cache
+def _connection_class() -> type:
+    """websockets' server connection, with the viewer slot tied to the TCP connection's
+    lifetime: taken in `process_request`, given back in `connection_lost`, which asyncio calls
+    exactly once per accepted connection whatever ends it (a normal close, a reset, a client
+    that closes right after the upgrade so that websockets never runs the handler, an opening
+    handshake that times out). Imported lazily: websockets is needed only to serve."""
+    from websockets.asyncio.server import ServerConnection
+
+    class ViewerConnection(ServerConnection):
+        slot: Slot | None = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                if self.slot is not None:
+                    self.slot.release()
+
+    return ViewerConnection
 
 
 @dataclass(eq=False)
@@ -238,7 +261,7 @@ class PoseServer:
                          max_size=self.limits.max_inbound_bytes, max_queue=4, compression=None,
                          ping_interval=20, ping_timeout=20, close_timeout=2, open_timeout=10,
                          process_response=self._process_response, write_limit=64 * 1024,
-                         logger=ws_log) as server:
+                         logger=ws_log, create_connection=_connection_class()) as server:
             self.port = server.sockets[0].getsockname()[1]
             stats_task = asyncio.create_task(self._stats_loop())
             self._ready.set()
@@ -282,11 +305,12 @@ class PoseServer:
             if not origin_allowed(origin, host, self.allowed_origins):
                 log.warning("websocket refused: cross-site Origin %r", origin)
                 return connection.respond(HTTPStatus.FORBIDDEN, "cross-site websocket refused\n")
-            if not self._conn_limit.try_acquire():
+            slot = self._conn_limit.try_acquire()
+            if slot is None:
                 self.rejected_connections += 1
                 log.warning("connection refused: %d clients already (limit)", self.limits.max_clients)
                 return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many viewers\n")
-            connection.posestream_slot = True  # released in _handler (or below if the upgrade fails)
+            connection.slot = slot  # released when the connection is lost (or below if the upgrade fails)
             return None
         target = resolve_static(self.static_dir, parts.path)
         if target is None:
@@ -301,10 +325,9 @@ class PoseServer:
         return Response(HTTPStatus.OK.value, "OK", headers, body)
 
     def _process_response(self, connection: Any, request: Any, response: Any) -> None:
-        """Give the connection slot back when a /ws handshake did not upgrade."""
-        if getattr(connection, "posestream_slot", False) and response.status_code != 101:
-            connection.posestream_slot = False
-            self._conn_limit.release()
+        """Give the connection slot back at once when a /ws handshake did not upgrade."""
+        if connection.slot is not None and response.status_code != 101:
+            connection.slot.release()
         return None
 
     async def _handler(self, conn: Any) -> None:
@@ -347,9 +370,6 @@ class PoseServer:
             if auth_timer is not None:
                 auth_timer.cancel()
             self._clients.discard(client)
-            if getattr(conn, "posestream_slot", False):
-                conn.posestream_slot = False
-                self._conn_limit.release()
             sent_close = getattr(conn.protocol, "close_sent", None)
             log.info("client %s left (close received %s, sent %s; frames sent %d, dropped %d)", peer,
                      conn.close_code, sent_close.code if sent_close is not None else None, client.sent, client.dropped)

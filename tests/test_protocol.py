@@ -120,9 +120,11 @@ def test_token_bucket_burst_then_rate():
 
 def test_connection_limiter_and_throttle():
     c = ConnectionLimiter(2)
-    assert c.try_acquire() and c.try_acquire() and not c.try_acquire()
-    c.release()
-    assert c.try_acquire()
+    a, b = c.try_acquire(), c.try_acquire()
+    assert a is not None and b is not None and c.try_acquire() is None and c.active == 2
+    assert a.release() and not a.release() and not a.held   # exactly once, whatever calls it
+    assert c.active == 1
+    assert c.try_acquire() is not None and c.active == 2
     t = Throttle(5)
     admitted = sum(t.allow(i / 30) for i in range(300))  # 30 offers/s for 10 s
     assert 48 <= admitted <= 51, admitted

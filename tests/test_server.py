@@ -397,3 +397,37 @@ def test_stalled_client_is_dropped_and_its_slot_freed():
                 assert recv_type(ws, "hello")
         finally:
             slow.close()
+
+
+def _upgrade_request(query: str = "") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET /ws{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("how", ["after-101", "before-101", "reset"])
+def test_instant_close_upgrades_leak_no_slot(how):
+    """Regression (#22): a client that completes the upgrade and closes at once kept its slot
+    forever (websockets aborts such a connection before the handler runs), so 40 of them locked
+    every later viewer out with HTTP 503. The slot is tied to the TCP connection's lifetime."""
+    with PoseServer(port=0) as server:
+        for _ in range(40):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.sendall(_upgrade_request())
+            if how == "after-101":
+                resp = b""
+                while b"\r\n\r\n" not in resp:
+                    resp += s.recv(1)
+                assert resp.startswith(b"HTTP/1.1 101"), resp
+            elif how == "reset":   # RST instead of FIN
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()
+        time.sleep(0.5)   # let the server take (and, fixed, give back) the 40 slots
+        wait_for(lambda: server._conn_limit.active == 0 and server.stats()["clients"] == 0, timeout=10)
+        server.publish(frame(9))
+        with connect(ws_url(server), open_timeout=5) as ws:
+            assert recv_type(ws, "hello")
+            assert recv_type(ws, "frame")["index"] == 9
+        wait_for(lambda: server._conn_limit.active == 0)
+        # Only while more than 32 of the 40 were still open at once may some have been refused.
+        assert server.stats()["rejected_connections"] <= 40 - server.limits.max_clients
