@@ -127,7 +127,7 @@ def _from_list(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
         return out
     except ProtocolError:
         raise
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(ERR_BAD_MESSAGE, f"{name}: {exc}") from None
 
 
@@ -214,10 +214,37 @@ def message_to_frame(msg: dict[str, Any]) -> PoseFrame:
     )
 
 
+MAX_INT_DIGITS = 18  # integers in messages fit an int64; longer digit strings are refused unparsed
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ProtocolError(ERR_BAD_MESSAGE, f"integer of {len(text)} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(ERR_BAD_MESSAGE, f"number out of range: {text[:20]}")
+    return value
+
+
+def _parse_constant(name: str) -> float:
+    raise ProtocolError(ERR_BAD_MESSAGE, f"{name} is not a JSON number (unknown values are null)")
+
+
 def decode_json(text: str | bytes) -> dict[str, Any]:
-    """Parse one JSON object that carries `"v": 1` and a string `type`. Raises ProtocolError."""
+    """Parse one JSON object that carries `"v": 1` and a string `type`. Raises ProtocolError,
+    and only ProtocolError, for any input: numbers must be finite (no NaN/Infinity, no
+    overflowing exponent) and integers at most MAX_INT_DIGITS digits, so no later float() or
+    int64 conversion can overflow; nesting beyond the interpreter's recursion limit is refused."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+    except ProtocolError:
+        raise
+    except RecursionError:
+        raise ProtocolError(ERR_BAD_MESSAGE, "invalid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ERR_BAD_MESSAGE, f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -255,6 +282,18 @@ def decode_thumb(data: bytes) -> tuple[int, bytes]:
     return index, bytes(data[_THUMB_HEADER.size:])
 
 
+def check_hello(msg: dict[str, Any]) -> dict[str, Any]:
+    """`msg` if it is a hello a replay can use (the skeleton of this server, a `source` object);
+    raises ProtocolError otherwise."""
+    names = msg.get("joint_names", list(JOINT_NAMES))
+    if names != list(JOINT_NAMES):
+        raise ProtocolError(ERR_BAD_MESSAGE, f"hello: joint_names must be the {NUM_JOINTS} joints of "
+                                             f"engines.skeleton, got {str(names)[:80]}")
+    if not isinstance(msg.get("source", {}), dict):
+        raise ProtocolError(ERR_BAD_MESSAGE, f"hello: source must be an object, got {type(msg['source']).__name__}")
+    return msg
+
+
 def parse_recording(lines: Iterable[str]) -> tuple[dict[str, Any] | None, list[PoseFrame]]:
     """Read the viewer's recording (JSON Lines: a `recording` header, the `hello`, then `frame`
     messages as received). Returns (hello or None, frames). Other message types are skipped.
@@ -270,7 +309,7 @@ def parse_recording(lines: Iterable[str]) -> tuple[dict[str, Any] | None, list[P
             if obj["type"] == "frame":
                 frames.append(message_to_frame(obj))
             elif obj["type"] == "hello":
-                hello = obj
+                hello = check_hello(obj)
             elif obj["type"] == "recording" and obj.get("format") != RECORDING_FORMAT:
                 raise ProtocolError(ERR_BAD_MESSAGE, f"unknown recording format {obj.get('format')!r}")
         except ProtocolError as exc:

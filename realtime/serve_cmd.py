@@ -46,13 +46,13 @@ def load_frames(path: Path) -> tuple[list[PoseFrame], float | None]:
         raise UserError(f"file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        from realtime.writers import read_pose_npz
+        from realtime.writers import NPZ_READ_ERRORS, read_pose_npz
         frames = read_pose_npz(path)
         fps = None
         try:
             with np.load(path, allow_pickle=False) as d:
                 fps = float(d["fps"]) if "fps" in d else None
-        except (OSError, ValueError):
+        except (*NPZ_READ_ERRORS, TypeError):  # an unusable fps is as good as none: timestamps or 30 fps
             fps = None
         fps = fps if fps is not None and math.isfinite(fps) and fps > 0 else None
     elif suffix in (".jsonl", ".ndjson", ".json"):
@@ -62,8 +62,9 @@ def load_frames(path: Path) -> tuple[list[PoseFrame], float | None]:
                 hello, frames = parse_recording(fh)
         except (ProtocolError, UnicodeDecodeError) as exc:
             raise UserError(f"{path} is not a posestream viewer recording: {exc}") from None
-        src_fps = (hello or {}).get("source", {}).get("fps")
-        fps = float(src_fps) if isinstance(src_fps, (int, float)) and src_fps > 0 else None
+        src_fps = (hello or {}).get("source", {}).get("fps")   # parse_recording checked source is an object
+        fps = float(src_fps) if isinstance(src_fps, (int, float)) and not isinstance(src_fps, bool) and src_fps > 0 \
+            else None
     else:
         raise UserError(f"unsupported file type {path.suffix!r}: expected .npz or .jsonl")
     if not frames:

@@ -36,6 +36,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Protocol
 
@@ -134,21 +136,46 @@ def recover_npz(path: str | Path) -> Path:
     return path
 
 
+# What read_pose_npz needs, per frame: name -> (shape after the frame axis, accepted dtype kinds).
+# `valid` comes first: its length is the number of frames T.
+_NPZ_FIELDS = {"valid": ((), "b"), "joints_mm": ((NUM_JOINTS, 3), "fiu"), "translation_mm": ((3,), "fiu"),
+               "joints_2d_px": ((NUM_JOINTS, 2), "fiu"), "confidence": ((NUM_JOINTS,), "fiu"),
+               "fbi": ((NUM_FBI_BONES, 3), "fiu"), "index": ((), "iu"), "timestamps_s": ((), "fiu"),
+               "image_size": ((2,), "iu")}
+# What a damaged archive raises while it is opened or one of its members is read.
+NPZ_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
 def read_pose_npz(path: str | Path) -> list[PoseFrame]:
-    """Read a file written by NpzWriter back into PoseFrames (in file order)."""
+    """Read a file written by NpzWriter back into PoseFrames (in file order). Anything else (not
+    a zip archive, truncated, another format, a missing array, an array of the wrong shape or
+    type, e.g. 5 joints instead of 17) is a UserError naming what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pose file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not a posestream pose file: not an .npz archive (empty, truncated or another format)")
     try:
-        d = np.load(path, allow_pickle=False)
-        if str(d.get("format", "")) != NPZ_FORMAT:
-            raise UserError(f"{path} is not a posestream pose file (format {NPZ_FORMAT!r} expected)")
-        J, T, UV, C, F = (d[k] for k in ("joints_mm", "translation_mm", "joints_2d_px", "confidence", "fbi"))
-        valid, idx, ts, size = d["valid"], d["index"], d["timestamps_s"], d["image_size"]
-    except (OSError, ValueError, KeyError) as exc:
+        with np.load(path, allow_pickle=False) as d:
+            if "format" not in d.files or str(d["format"]) != NPZ_FORMAT:
+                raise UserError(f"{path} is not a posestream pose file (format {NPZ_FORMAT!r} expected)")
+            missing = [k for k in _NPZ_FIELDS if k not in d.files]
+            if missing:
+                raise UserError(f"{path} is not a complete posestream pose file: no {', '.join(missing)}")
+            a = {k: d[k] for k in _NPZ_FIELDS}
+    except NPZ_READ_ERRORS as exc:
         raise UserError(f"cannot read pose file {path}: {exc}") from None
+    n = a["valid"].shape[0] if a["valid"].ndim == 1 else -1
+    for name, (shape, kinds) in _NPZ_FIELDS.items():
+        if a[name].shape != (n, *shape) or a[name].dtype.kind not in kinds:
+            want = "(T, " + ", ".join(map(str, shape)) + ")" if shape else "(T,)"
+            kind = "bool" if kinds == "b" else "integers" if kinds == "iu" else "numbers"
+            raise UserError(f"{path}: {name} has shape {a[name].shape} ({a[name].dtype}), expected {want} of {kind}"
+                            + (f" with T = {n} (the length of valid)" if name != "valid" else ""))
+    J, T, UV, C, F = (a[k] for k in ("joints_mm", "translation_mm", "joints_2d_px", "confidence", "fbi"))
+    valid, idx, ts, size = a["valid"], a["index"], a["timestamps_s"], a["image_size"]
     out = []
-    for i in range(len(valid)):
+    for i in range(n):
         fbi = None if np.isnan(F[i]).all() else F[i]
         out.append(PoseFrame(int(idx[i]), float(ts[i]), bool(valid[i]), J[i], T[i], UV[i], C[i],
                              (int(size[i, 0]), int(size[i, 1])), fbi))

@@ -221,3 +221,42 @@ def test_origin_allowed():
     assert not origin_allowed("http://127.0.0.1:9999", "127.0.0.1:8765")             # another local app
     assert not origin_allowed("null", "127.0.0.1:8765") and not origin_allowed("file://", "127.0.0.1:8765")
     assert origin_allowed("http://dash.lan:9000", "127.0.0.1:8765", ("http://dash.lan:9000",))
+
+
+@pytest.mark.parametrize("text", [
+    '{"v":1,"type":"ping","t":' + "9" * 4000 + "}",             # OverflowError in float() before #22
+    "[" * 2000 + "]" * 2000,                                     # RecursionError before #22
+    '{"v":1,"type":"ping","t":' + '{"a":' * 2000 + "1" + "}" * 2000 + "}",
+    '{"v":1,"type":"ping","t":1e400}', '{"v":1,"type":"ping","t":-1e400}',
+    '{"v":1,"type":"ping","t":NaN}', '{"v":1,"type":"ping","t":Infinity}',
+    '{"v":1,"type":"ping","t":' + "9" * 5000 + "}",              # beyond int()'s own digit limit
+])
+def test_messages_under_the_size_limit_cannot_escape_the_parser(text):
+    """Regression (#22): these raised OverflowError / RecursionError out of the session (the
+    server logged "unexpected error" and closed 1000); now each is a bad_message violation."""
+    with pytest.raises(ProtocolError) as exc:
+        decode_json(text)
+    assert exc.value.code == "bad_message"
+    s = ClientSession(Limits(max_inbound_bytes=64 * 1024), token=None, query_token=None, now=0)
+    r = s.on_message(text, now=0.0)
+    assert r.close is None and json.loads(r.send[0])["code"] == "bad_message" and s.violations == 1
+    assert json.loads(s.on_message(msg("ping", t=1), now=0.1).send[0])["type"] == "pong"   # still served
+
+
+def test_numbers_within_bounds_still_parse():
+    assert decode_json('{"v":1,"type":"ping","t":' + "9" * 18 + "}")["t"] == int("9" * 18)
+    assert decode_json('{"v":1,"type":"ping","t":-1.5e300}')["t"] == -1.5e300
+    obj = json.loads(encode_frame(make_frame()))
+    assert message_to_frame(decode_json(json.dumps(obj))).index == 3
+    with pytest.raises(ProtocolError):     # a dict built in Python, not parsed: still no OverflowError
+        message_to_frame({**obj, "joints_mm": [[10 ** 400, 0, 0]] + obj["joints_mm"][1:]})
+
+
+def test_recording_hello_is_checked():
+    from realtime.protocol import encode_hello
+    head = json.dumps({"v": 1, "type": "recording", "format": RECORDING_FORMAT})
+    hello = json.loads(encode_hello(source={"kind": "webcam", "fps": 25}))
+    assert parse_recording([head, json.dumps(hello)])[0]["source"]["fps"] == 25
+    for bad in ({**hello, "source": "webcam"}, {**hello, "joint_names": ["a", "b"]}):
+        with pytest.raises(ProtocolError, match="line 2: hello"):
+            parse_recording([head, json.dumps(bad)])

@@ -50,7 +50,7 @@ def test_load_npz_and_jsonl(tmp_path):
 
 @pytest.mark.parametrize("content,suffix,match", [
     (None, ".npz", "not found"), ("garbage\n", ".jsonl", "not a posestream viewer recording"),
-    ("", ".jsonl", "no frames"), ("x", ".txt", "unsupported file type"), ("junk", ".npz", "cannot read"),
+    ("", ".jsonl", "no frames"), ("x", ".txt", "unsupported file type"), ("junk", ".npz", "not an .npz archive"),
 ])
 def test_load_errors_are_user_errors(tmp_path, content, suffix, match):
     p = tmp_path / f"f{suffix}"
@@ -110,3 +110,88 @@ def test_replay_streams_at_the_file_rate(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _rewrite_npz(src: Path, dst: Path, **changes) -> Path:
+    with np.load(src, allow_pickle=False) as d:
+        arrays = {k: d[k] for k in d.files}
+    arrays.update(changes)
+    np.savez(dst, **arrays)
+    return dst
+
+
+def _bad_npz(tmp_path: Path, case: str) -> Path:
+    good = tmp_path / "good.npz"
+    write_npz(good, 10)
+    bad = tmp_path / f"{case}.npz"
+    if case == "empty":
+        bad.write_bytes(b"")
+    elif case == "truncated":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif case == "text":
+        bad.write_text("joints,valid\n1,2\n")
+    elif case == "crc":   # a complete archive whose data was damaged
+        data = bytearray(good.read_bytes())
+        data[len(data) // 3: len(data) // 3 + 64] = bytes(64)
+        bad.write_bytes(bytes(data))
+    elif case == "valid-longer":
+        _rewrite_npz(good, bad, valid=np.ones(25, bool))
+    elif case == "valid-2d":
+        _rewrite_npz(good, bad, valid=np.ones((10, 2), bool))
+    elif case == "five-joints":
+        _rewrite_npz(good, bad, joints_mm=np.zeros((10, 5, 3), np.float32))
+    elif case == "strings":
+        _rewrite_npz(good, bad, timestamps_s=np.array(["a"] * 10))
+    elif case == "no-joints":
+        with np.load(good) as d:
+            np.savez(bad, **{k: d[k] for k in d.files if k != "joints_mm"})
+    return bad
+
+
+def _deep_jsonl(tmp_path: Path, case: str) -> Path:
+    p = tmp_path / f"{case}.jsonl"
+    head = [json.dumps({"v": 1, "type": "recording", "format": RECORDING_FORMAT})]
+    frame = json.loads(encode_frame(synthetic_clip(1)[0]))
+    if case == "deep":
+        lines = head + ["[" * 5000 + "]" * 5000]
+    elif case == "deep-object":
+        lines = head + ['{"v":1,"type":"frame","x":' + '{"a":' * 5000 + "1" + "}" * 5000 + "}"]
+    elif case == "huge-number":
+        lines = head + [encode_frame(synthetic_clip(1)[0]).replace('"index":0', '"index":' + "1" + "0" * 400)]
+    elif case == "huge-int":
+        text = json.dumps({**frame, "joints_mm": [[10 ** 400, 0, 0]] + frame["joints_mm"][1:]})
+        lines = head + [text]
+    elif case == "huge-float":
+        lines = head + [json.dumps(frame).replace('"timestamp_s": 0.0', '"timestamp_s": 1e400')]
+    elif case == "source-string":
+        hello = json.loads(encode_hello(source={"kind": "webcam"}))
+        lines = head + [json.dumps({**hello, "source": "webcam"}), json.dumps(frame)]
+    elif case == "nan":
+        lines = head + [json.dumps({**frame, "timestamp_s": float("nan")})]
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated", "text", "crc", "valid-longer", "valid-2d", "five-joints", "strings",
+                                  "no-joints"])
+def test_serve_bad_npz_is_one_line_exit_2(tmp_path, capsys, case):
+    """Regression (#22): each of these gave a traceback (EOFError, BadZipFile, IndexError), a
+    misleading allow_pickle hint, or (T, 5, 3) joints served as if they were 17."""
+    bad = _bad_npz(tmp_path, case)
+    assert main(["serve", str(bad), "--port", "0", "--duration", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("posestream serve: error: ") and err.count("\n") == 1, err
+    assert "pickle" not in err and "Traceback" not in err
+    if case in ("valid-longer", "valid-2d", "five-joints"):
+        assert "shape" in err, err
+
+
+@pytest.mark.parametrize("case", ["deep", "deep-object", "huge-number", "huge-int", "huge-float", "source-string", "nan"])
+def test_serve_bad_jsonl_is_one_line_exit_2(tmp_path, capsys, case):
+    """Regression (#22): nesting 5,000 deep (RecursionError), 10**400 (OverflowError) and a
+    hello whose source is a string (AttributeError) gave tracebacks."""
+    bad = _deep_jsonl(tmp_path, case)
+    assert main(["serve", str(bad), "--port", "0", "--duration", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("posestream serve: error: ") and err.count("\n") == 1, err
+    assert "line 2" in err, err

@@ -431,3 +431,18 @@ def test_instant_close_upgrades_leak_no_slot(how):
         wait_for(lambda: server._conn_limit.active == 0)
         # Only while more than 32 of the 40 were still open at once may some have been refused.
         assert server.stats()["rejected_connections"] <= 40 - server.limits.max_clients
+
+
+def test_parser_escapes_are_bad_messages_not_unexpected_errors(server, caplog):
+    """Regression (#22): a 4,000-digit number or JSON nested 2,000 deep (both under the size
+    limit) escaped the parser: "unexpected error" with a traceback, then a close with 1000."""
+    caplog.set_level(logging.INFO, logger="posestream.server")
+    with connect(ws_url(server)) as ws:
+        recv_type(ws, "hello")
+        for text in ('{"v":1,"type":"ping","t":' + "9" * 4000 + "}", "[" * 2000 + "]" * 2000):
+            assert len(text) < server.limits.max_inbound_bytes
+            ws.send(text)
+            assert recv_type(ws, "error")["code"] == "bad_message"
+        ws.send(json.dumps({"v": 1, "type": "ping", "t": 5}))
+        assert recv_type(ws, "pong")["t"] == 5            # the connection stays open
+    assert not any(r.exc_info or "unexpected" in r.getMessage() for r in caplog.records)
