@@ -80,12 +80,76 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """Decoded metadata_props of an ONNX file (weights are not loaded)."""
-    import onnx
+# ModelProto field numbers (onnx.proto3): metadata_props is a repeated StringStringEntryProto
+# (key = 1, value = 2). Protobuf wire types: 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32.
+_ONNX_METADATA_FIELD = 14
 
+
+def _varint(fh: Any) -> int | None:
+    """One protobuf varint from a binary file, or None at the end of the file."""
+    value = shift = 0
+    while True:
+        b = fh.read(1)
+        if not b:
+            if shift:
+                raise ValueError("truncated varint")
+            return None
+        value |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _string_pair(entry: bytes) -> tuple[str, str]:
+    """StringStringEntryProto bytes -> (key, value)."""
+    import io
+
+    fields = {1: "", 2: ""}
+    fh = io.BytesIO(entry)
+    while (tag := _varint(fh)) is not None:
+        field, wire = tag >> 3, tag & 7
+        if wire != 2:
+            raise ValueError("unexpected wire type in a metadata entry")
+        n = _varint(fh)
+        if n is None:
+            raise ValueError("truncated metadata entry")
+        fields[field] = fh.read(n).decode("utf-8")
+    return fields[1], fields[2]
+
+
+def onnx_metadata_props(path: str | Path) -> dict[str, str]:
+    """The raw metadata_props of an ONNX file, read by walking the top-level protobuf fields
+    and seeking past the graph: no onnx package needed (the runtime install has none), and
+    the weights are never read, so listing the shipped models stays fast."""
+    props: dict[str, str] = {}
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        while (tag := _varint(fh)) is not None:
+            field, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _varint(fh)
+            elif wire in (1, 5):
+                fh.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+            elif wire == 2:
+                n = _varint(fh)
+                if n is None or fh.tell() + n > size:
+                    raise ValueError("truncated field")
+                if field == _ONNX_METADATA_FIELD:
+                    key, value = _string_pair(fh.read(n))
+                    props[key] = value
+                else:
+                    fh.seek(n, os.SEEK_CUR)
+            else:
+                raise ValueError(f"unsupported wire type {wire}")
+    return props
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """Decoded metadata_props of an ONNX file (weights are not loaded; no onnx package)."""
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
+        props = onnx_metadata_props(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read ONNX file {path}: {exc}") from None
-    return decode({p.key: p.value for p in model.metadata_props}, str(path))
+    return decode(props, str(path))

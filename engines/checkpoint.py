@@ -5,12 +5,26 @@ separated from what it means. Loading needs torch; the app reads exported ONNX i
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
 from engines.skeleton import FBI_RULE_VERSION, FBI_THRESHOLD, JOINT_NAMES
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+def _models_dir() -> Path:
+    """Where the shipped models are: $POSESTREAM_MODELS when set; in an installed wheel the
+    package data `posestream/models` (next to this package in site-packages); in a checkout,
+    or an editable install of one, the repository's models/ folder."""
+    if os.environ.get("POSESTREAM_MODELS"):
+        return Path(os.environ["POSESTREAM_MODELS"]).expanduser().resolve()
+    root = Path(__file__).resolve().parents[1]
+    installed = root / "posestream" / "models"
+    return installed if installed.is_dir() else root / "models"
+
+
+MODELS_DIR = _models_dir()
 INPUT_NORMALIZATION = "engines.normalize.features_2d v1: (uv-c)/f, pelvis-centred, RMS-scaled, +pelvis xy, +log spread"
 
 

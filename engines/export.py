@@ -15,13 +15,16 @@ Formats are one table, EXPORT_FORMATS: name -> (exporter, file suffix, needs a G
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from engines.errors import UserError
 
@@ -32,6 +35,24 @@ def cache_root() -> Path:
     """Where derived artifacts live: $POSESTREAM_CACHE or ~/.cache/posestream."""
     env = os.environ.get("POSESTREAM_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "posestream"
+
+
+@contextlib.contextmanager
+def _exporter_quiet() -> Iterator[None]:
+    """The torch exporter's warnings (missing torchvision ops, deprecations) are noise to a
+    user: hidden unless this module logs at INFO (`posestream -v`)."""
+    if logging.getLogger(__name__).isEnabledFor(logging.INFO):
+        yield
+        return
+    torch_onnx = logging.getLogger("torch.onnx")
+    level = torch_onnx.level
+    torch_onnx.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_onnx.setLevel(level)
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, trace_batch: int = 2, stage: str | None = None) -> Path:
@@ -68,9 +89,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, trace_batch: int = 2, s
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         raw = Path(tmp) / "raw.onnx"
-        torch.onnx.export(model, example, str(raw), dynamo=True, opset_version=OPSET, verbose=False,
-                          input_names=[t.name for t in stage.inputs],
-                          output_names=[t.name for t in stage.outputs], dynamic_shapes=dynamic)
+        with _exporter_quiet():
+            torch.onnx.export(model, example, str(raw), dynamo=True, opset_version=OPSET, verbose=False,
+                              input_names=[t.name for t in stage.inputs],
+                              output_names=[t.name for t in stage.outputs], dynamic_shapes=dynamic)
         proto = onnx.load(str(raw))
         del proto.metadata_props[:]
         for k, v in artifact.encode(meta).items():

@@ -1,62 +1,209 @@
-"""The `posestream` command line: a thin `main(argv)`.
+"""The `posestream` command line: a thin `main(argv)` over the commands' modules.
 
 Each subcommand lives in a module that exposes `add_arguments(parser)` and `run(args) -> int`
-and keeps heavy imports (torch, mediapipe) inside `run`, so `posestream --help` is instant.
-The application's own commands are listed here; training commands (eval, train, render)
-live in the `train` package, which `realtime` must not import, so they are found through
-the `posestream.commands` entry-point group declared in pyproject.toml.
+and keeps heavy imports (mediapipe, onnxruntime, torch) inside `run`. Only the command being
+run is imported (its parser is built from its module); `posestream --help` imports none, so
+it is instant and never loads torch.
+
+The tables below are the one place the application's commands are listed, in help order:
+APP_COMMANDS are what users run, TOOL_COMMANDS the benchmarks and the exporter. Training
+commands (eval, train-*, render, ensemble) live in the `train` package, which `realtime`
+must not import, so they are found through the `posestream.commands` entry-point group
+declared in pyproject.toml and listed in their own group.
+
+Global options: --version, -v/--verbose (INFO logs, and MediaPipe's and the exporters' own
+log lines; -vv: DEBUG and tracebacks), -q/--quiet (errors only). Exit status: 0 done,
+1 runtime failure, 2 usage error (bad option, missing or unusable input), 130 Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import logging
+import os
 import sys
-from importlib.metadata import entry_points
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 from engines.errors import UserError
 
-# name -> (module, one-line help). Modules are imported only when listed or run.
+# name -> (module, one-line help). Modules are imported only when run.
 APP_COMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("engines.export", "export a model to ONNX or a TensorRT engine"),
-    "video": ("realtime.video_cmd", "3D pose over a whole video, written to .npz/.json/.csv/.bvh"),
-    "bench": ("realtime.bench", "frame rate of MediaPipe alone vs MediaPipe + lifter + writing"),
+    "video": ("realtime.video_cmd", "3D pose over a whole video or image folder, written to .npz/.json/.csv/.bvh"),
+    "webcam": ("realtime.webcam_cmd", "live 3D pose from a webcam (or a video as one): viewer, Open3D, file, OSC"),
     "serve": ("realtime.serve_cmd", "replay a pose file (.npz or viewer .jsonl) to browser viewers"),
-    "bench-live": ("realtime.bench_live", "live pipeline throughput vs MediaPipe alone, capture-to-output latency"),
-    "webcam": ("realtime.webcam_cmd", "live 3D pose from a webcam (or a video as one): viewer, Open3D, file"),
 }
+TOOL_COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("realtime.bench", "frame rate of MediaPipe alone vs MediaPipe + lifter + writing"),
+    "bench-live": ("realtime.bench_live", "live pipeline throughput vs MediaPipe alone, capture-to-output latency"),
+    "export": ("engines.export", "export a model to ONNX or a TensorRT engine"),
+}
+ENTRY_POINT_GROUP = "posestream.commands"
+GROUPS = ("commands", "benchmarks and tools", "training and evaluation (needs the [train] extra)")
+# Modules the training extra brings; a training command run without them gets a one-line hint.
+TRAIN_EXTRA_MODULES = ("torch", "onnx", "onnxscript", "numba")
+EPILOG = ("`posestream COMMAND -h` shows a command's options.\n"
+          "Exit status: 0 done, 1 failed, 2 usage error, 130 interrupted (Ctrl-C).")
 
 
-def _command_modules() -> dict[str, ModuleType]:
-    mods: dict[str, ModuleType] = {}
-    for name, (modname, _help) in APP_COMMANDS.items():
-        mods[name] = importlib.import_module(modname)
-    for ep in entry_points(group="posestream.commands"):
-        try:
-            mods.setdefault(ep.name, ep.load())
-        except ImportError as exc:  # a broken optional install must not break the others
-            print(f"posestream: command {ep.name!r} unavailable: {exc}", file=sys.stderr)
-    return mods
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its group (index into GROUPS), how to load its module, and its help line
+    (a callable, so a training command's docstring is read only when help is shown)."""
+
+    name: str
+    group: int
+    load: Callable[[], ModuleType]
+    help: Callable[[], str]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posestream", description="Live monocular 3D human pose.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, mod in sorted(_command_modules().items()):
-        doc = (mod.__doc__ or "").strip().splitlines()
-        p = sub.add_parser(name, help=doc[0] if doc else name, description=mod.__doc__,
+def _static(name: str, group: int, module: str, help_line: str) -> Command:
+    return Command(name, group, lambda: importlib.import_module(module), lambda: help_line)
+
+
+def _docstring_line(module: str) -> str:
+    """The first docstring line of `module`, read from its source without importing it or its
+    package (a training module imports torch)."""
+    top, *rest = module.split(".")
+    try:
+        spec = find_spec(top)
+        if spec is None:
+            return ""
+        if rest:
+            base = Path(next(iter(spec.submodule_search_locations or [])), *rest[:-1])
+            source = next(p for p in (base / f"{rest[-1]}.py", base / rest[-1] / "__init__.py") if p.is_file())
+        else:
+            source = Path(spec.origin or "")
+        with open(source, encoding="utf-8") as fh:
+            doc = ast.get_docstring(ast.parse(fh.read()))
+    except (ImportError, OSError, SyntaxError, ValueError, StopIteration):
+        return ""
+    return (doc or "").strip().splitlines()[0] if doc else ""
+
+
+def commands() -> dict[str, Command]:
+    """Every command, in help order: the tables above, then the entry-point group."""
+    from importlib.metadata import entry_points
+
+    found = {name: _static(name, 0, mod, h) for name, (mod, h) in APP_COMMANDS.items()}
+    found.update({name: _static(name, 1, mod, h) for name, (mod, h) in TOOL_COMMANDS.items()})
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name not in found:
+            found[ep.name] = Command(ep.name, 2, ep.load, lambda m=ep.module: _docstring_line(m))
+    return found
+
+
+def _listing(cmds: dict[str, Command]) -> str:
+    width = max(len(n) for n in cmds) + 2
+    blocks = []
+    for g, title in enumerate(GROUPS):
+        lines = [f"  {c.name:<{width}}{c.help()}" for c in cmds.values() if c.group == g]
+        if lines:
+            blocks.append(f"{title}:\n" + "\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _verbosity(parser: argparse.ArgumentParser, on_subcommand: bool) -> None:
+    # On a subcommand the defaults are suppressed, so `posestream -v video ...` and
+    # `posestream video ... -v` both work without one overriding the other.
+    kw = {"default": argparse.SUPPRESS} if on_subcommand else {}
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="count", help="more output: INFO logs and MediaPipe's and the "
+                   "exporters' own log lines (-vv: DEBUG, tracebacks)", **({"default": 0} | kw))
+    g.add_argument("-q", "--quiet", action="store_true", help="errors only on stderr (no progress bar, status line or warnings)",
+                   **({"default": False} | kw))
+
+
+class _VersionAction(argparse.Action):
+    """--version, reading the version only when asked (importing the package costs time)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from posestream._version import __version__
+
+        print(f"posestream {__version__}")
+        parser.exit()
+
+
+def _command_in(argv: list[str], cmds: dict[str, Command]) -> str | None:
+    """The subcommand named in argv: the first argument that is not an option (the global
+    options take no values)."""
+    for a in argv:
+        if a == "--":
+            return None
+        if not a.startswith("-"):
+            return a if a in cmds else None
+    return None
+
+
+def build_parser(cmds: dict[str, Command] | None = None, populate: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the `populate` command gets its options (its module is imported)."""
+    cmds = commands() if cmds is None else cmds
+    parser = argparse.ArgumentParser(
+        prog="posestream", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        usage="posestream [-h] [--version] [-v | -q] COMMAND ...",
+        description="Live monocular 3D human pose from a webcam or a video file.\n\n"
+                    + (_listing(cmds) if populate is None else ""))
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version and exit")
+    _verbosity(parser, on_subcommand=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
+    for name, cmd in cmds.items():
+        if name != populate:
+            sub.add_parser(name)
+            continue
+        mod = cmd.load()
+        p = sub.add_parser(name, prog=f"posestream {name}", description=mod.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
+        _verbosity(p, on_subcommand=True)
         p.set_defaults(_run=mod.run)
     return parser
 
 
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """Log level for our loggers, and whether the native libraries may print: MediaPipe /
+    LiteRT / absl write to fd 2 directly (realtime.detector silences them unless
+    POSESTREAM_MEDIAPIPE_LOGS is set); the ONNX exporter's warnings show at INFO only
+    (engines.export)."""
+    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="posestream: %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    if verbose:
+        os.environ["POSESTREAM_MEDIAPIPE_LOGS"] = "1"
+    else:
+        os.environ.setdefault("GLOG_minloglevel", "2")  # glog/absl: errors only
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> str | None:
+    top = (exc.name or "").split(".")[0]
+    if top in TRAIN_EXTRA_MODULES:
+        return f"this command needs {top}, from the training extra: pip install 'posestream[train]'"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmds = commands()
+    name = _command_in(argv, cmds)
+    try:
+        parser = build_parser(cmds, name)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2, already printed)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except ModuleNotFoundError as exc:  # a training command without the [train] extra
+        hint = _missing_extra(exc)
+        if hint is None:
+            raise
+        print(f"posestream {name}: error: {hint}", file=sys.stderr)
+        return 1
     if not getattr(args, "_run", None):
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return 2
+    configure_logging(args.verbose, args.quiet)
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
@@ -65,6 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        hint = _missing_extra(exc)
+        print(f"posestream {args.command}: error: {hint or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a runtime failure: one line (the traceback with -vv)
+        logging.getLogger("posestream").debug("traceback", exc_info=exc)
+        print(f"posestream {args.command}: error: {type(exc).__name__}: {exc}"
+              + ("" if args.verbose > 1 else " (-vv shows the traceback)"), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

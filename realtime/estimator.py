@@ -41,17 +41,41 @@ class Detected:
     image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, kept only when the lifter needs the crop
 
 
+# The model stages PoseEstimator lifts with: a Base lifter (2D only), or the Final model's
+# refiner (its generator runs on the person crop). Other shipped models (the generator alone,
+# the temporal lifters, evaluation-only forms) are refused by name, with this list.
+LIFT_STAGES = frozenset({"lifter", "refiner"})
+
+
+def runnable_models() -> list[str]:
+    """The shipped models `posestream video` / `webcam` and the API can run."""
+    from engines.backends import shipped_models
+
+    return sorted(name for name, meta in shipped_models().items() if meta.get("stage") in LIFT_STAGES)
+
+
 def open_lifter(model: str, backend: str = "auto", threads: int | None = None):
     """The lifter on the requested runtime. Uses engines.backends.open_backend when present
     (ONNX Runtime / TensorRT / torch), else the torch checkpoint. A refiner (the Final model)
-    comes back as an engines.final.FinalModel, its generator opened on the same runtime."""
+    comes back as an engines.final.FinalModel, its generator opened on the same runtime.
+    UserError, listing the runnable models, for a model of a stage it cannot lift with."""
     try:
         from engines.backends import open_backend
     except ImportError:
         open_backend = None
     if open_backend is not None:
+        from engines.backends import shipped_models
+
+        if not Path(model).suffix and str(model) not in shipped_models():
+            raise UserError(f"unknown model {model!r}: not a file, and not a shipped model; this command runs "
+                            f"{', '.join(runnable_models()) or 'none shipped'} (or a .onnx/.pt/.engine of those)")
         be = open_backend(model, backend, threads=threads)
-        if be.metadata.get("stage") != "refiner":
+        stage = be.metadata.get("stage")
+        if stage not in LIFT_STAGES:
+            be.close()
+            raise UserError(f"{model} is a {stage} model, which this command cannot run; use one of: "
+                            f"{', '.join(runnable_models()) or 'none shipped'} (or a .onnx/.pt/.engine of those)")
+        if stage != "refiner":
             return be
         from engines.final import FinalModel
 

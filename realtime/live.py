@@ -4,6 +4,8 @@
     add_output_arguments(parser)   --out, --serve/--host/--port/--token, --open3d, --osc
     add_smoothing_arguments(parser) --min-cutoff, --beta, --d-cutoff, --bones-window, --no-smooth
                                    (default_on=False: off unless --smooth or a setting is given)
+    add_model_arguments(parser)    --model, --backend, --threads, --fov, --calib (realtime.api.Options)
+    options_from_args(args)        -> realtime.api.Options
     pipeline_steps(estimator, smoother, tap) -> the Stage list for `realtime.pipeline.Pipeline`
     LiveSinks(...)                 every output of the caller's loop: file, viewer server, Open3D, OSC
     ImageTap                       keeps recent frames' images for viewer thumbnails
@@ -62,20 +64,53 @@ def add_smoothing_arguments(parser: argparse.ArgumentParser, default_on: bool = 
                    help="raw per-frame output (no filtering)" + ("" if default_on else "; the default here"))
 
 
-def smoother_from_args(args: argparse.Namespace) -> PoseSmoother | None:
-    """The smoother the options ask for, or None (--no-smooth; or, where smoothing is off by
-    default, neither --smooth nor a setting given)."""
-    from engines.errors import UserError
-
+def smoothing_options(args: argparse.Namespace) -> tuple[bool, SmootherConfig]:
+    """(on, settings) from the smoothing options: off with --no-smooth, or, where smoothing
+    is off by default, when neither --smooth nor a setting is given."""
     values = (args.min_cutoff, args.beta, args.d_cutoff, args.bones_window)
-    if args.no_smooth or (not getattr(args, "smooth", True) and all(v is None for v in values)):
-        return None
+    off = args.no_smooth or (not getattr(args, "smooth", True) and all(v is None for v in values))
     defaults = (DEFAULT_MIN_CUTOFF, DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_BONES_WINDOW)
     min_cutoff, beta, d_cutoff, bones_window = (d if v is None else v for v, d in zip(values, defaults))
-    try:
-        return PoseSmoother(SmootherConfig(min_cutoff, beta, d_cutoff, bones_window=bones_window))
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return not off, SmootherConfig(min_cutoff, beta, d_cutoff, bones_window=bones_window)
+
+
+def smoother_from_args(args: argparse.Namespace) -> PoseSmoother | None:
+    """The smoother the options ask for, or None (smoothing off)."""
+    from realtime.api import Options
+
+    on, config = smoothing_options(args)
+    return Options(smooth=on, smoothing=config).smoother(live=on)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, live: bool) -> None:
+    """--model, --backend, --threads, --fov, --calib: the realtime.api.Options fields, with
+    their defaults (the commands and the Python API share them)."""
+    from realtime.api import Options, default_model
+
+    parser.add_argument("--model", default=Options.model,
+                        help=f"shipped model name or .onnx/.pt/.engine path (default {default_model(live)}); "
+                             f"a model of another kind is refused with the list of those this command runs")
+    parser.add_argument("--backend", default=Options.backend,
+                        help=f"auto, onnxruntime, tensorrt or torch (default {Options.backend}: TensorRT if usable, "
+                             f"else ONNX Runtime)")
+    # One thread: a batch-1 lifter takes well under a millisecond, and extra intra-op
+    # threads (ONNX Runtime spins them between calls) steal CPU from MediaPipe.
+    parser.add_argument("--threads", type=int, default=Options.threads,
+                        help=f"CPU threads for the lifter runtime (default {Options.threads})")
+    parser.add_argument("--fov", type=float, default=Options.fov,
+                        help="horizontal field of view in degrees (default 60)")
+    parser.add_argument("--calib", metavar="FILE", default=Options.calib,
+                        help='camera intrinsics JSON {"fx", "fy", "cx", "cy"} (pixels); overrides --fov')
+
+
+def options_from_args(args: argparse.Namespace) -> Any:
+    """The realtime.api.Options a command's arguments ask for."""
+    from realtime.api import Options
+
+    on, config = smoothing_options(args)
+    return Options(model=args.model, backend=args.backend, fov=args.fov, calib=args.calib, threads=args.threads,
+                   num_poses=getattr(args, "num_poses", Options.num_poses),
+                   image_mode=getattr(args, "image_mode", Options.image_mode), smooth=on, smoothing=config)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = True) -> None:

@@ -26,14 +26,13 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from engines.checkpoint import default_app_model
 from engines.errors import UserError
-from realtime.frames import Frame, PoseFrame
-from realtime.live import DeferredInterrupt, LiveSinks, add_output_arguments, add_smoothing_arguments
+from realtime.api import DEFAULT_FPS, QUEUE_SIZE, Options, PoseStream
+from realtime.live import (DeferredInterrupt, LiveSinks, add_model_arguments, add_output_arguments,
+                           add_smoothing_arguments)
 
-QUEUE_SIZE = 4  # pipeline queues between threads (file mode: back-pressure, nothing dropped)
 # Frames whose images the thumbnail tap keeps: detection can run ahead of the caller by the
 # queue after it, the lift thread and the output queue.
 TAP_KEEP = 3 * QUEUE_SIZE + 4
@@ -43,21 +42,13 @@ HOLD_POLL_S = 0.05
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN", help="video file or folder of images")
     p.add_argument("--out", required=True, help="output file: .npz, .json, .csv or .bvh")
-    p.add_argument("--model", default=default_app_model(),
-                   help=f"shipped model name or .pt/.onnx/.engine path: the Final model (generator + refiner) "
-                        f"or a Base lifter (default {default_app_model()})")
-    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default auto)")
-    p.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees (default 60)")
-    p.add_argument("--calib", default=None, help="camera calibration JSON {fx, fy, cx, cy[, width, height]}")
-    p.add_argument("--num-poses", type=int, default=1,
+    add_model_arguments(p, live=False)
+    p.add_argument("--num-poses", type=int, default=Options.num_poses,
                    help="people MediaPipe may find; the largest/most central one is tracked (default 1)")
     p.add_argument("--image-mode", action="store_true",
                    help="run MediaPipe's person detector on every frame (IMAGE mode) instead of tracking")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate of an image folder (default 30)")
+    p.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frame rate of an image folder (default {DEFAULT_FPS:g})")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    # One thread: a batch-1 lifter takes well under a millisecond, and extra intra-op
-    # threads (ONNX Runtime spins them between calls) steal CPU from MediaPipe.
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for the lifter runtime (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_smoothing_arguments(p, default_on=False)
     add_output_arguments(p, include_out=False)
@@ -70,72 +61,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "window) until Ctrl-C; the output file is complete by then")
 
 
-def paced(frames: Iterable[Frame], fps: float) -> Iterator[Frame]:
-    """`frames` released at their own timestamps on the wall clock (--realtime). A slower
-    consumer only delays them: nothing is dropped, and the schedule restarts after a stall."""
-    from realtime.playback import Pacer
-
-    pacer = Pacer(late_s=1.0 / fps)
-    for frame in frames:
-        pacer.wait(frame.timestamp_s)
-        yield frame
-
-
-def inline(frames: Iterable[Frame], steps: list[Any]) -> Iterator[PoseFrame]:
-    """The pipeline's stages applied in this thread, frame after frame (no live output)."""
-    from realtime.pipeline import Stage
-
-    stages = [stage for group in steps for stage in ((group,) if isinstance(group, Stage) else group)]
-    for frame in frames:
-        out: Any = frame
-        for stage in stages:
-            out = stage.fn(out)
-        yield out
-
-
-def every_frame(poses: Iterable[PoseFrame], source: Any) -> Iterator[PoseFrame]:
-    """One PoseFrame per source frame, in order: frames the decoder skipped come out empty
-    in their place (and undecodable frames at the end after the last pose)."""
-    size = getattr(source, "size", (0, 0))
-    n = 0
-    for pose in poses:
-        while n < pose.index:
-            yield PoseFrame.empty(n, n / source.fps, size)
-            n += 1
-        size = pose.image_size
-        yield pose
-        n += 1
-    for i in source.skipped:  # trailing undecodable frames
-        if i >= n:
-            yield PoseFrame.empty(i, i / source.fps, size)
-            n += 1
-
-
 def run(args: argparse.Namespace) -> int:
-    from realtime.estimator import PoseEstimator
-    from realtime.live import ImageTap, pipeline_steps, smoother_from_args
-    from realtime.sources import open_source
+    from realtime.api import Estimator
+    from realtime.live import ImageTap, options_from_args
     from realtime.writers import WRITERS
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
     if not any(args.out.lower().endswith(ext) for ext in WRITERS):
         raise UserError(f"unsupported output {args.out!r}: use one of {', '.join(WRITERS)}")
     if args.hold and not (args.serve or args.open3d):
         raise UserError("--hold keeps the viewer open after the end of the file: it needs --serve or --open3d")
-    smoother = smoother_from_args(args)
-    source = open_source(args.input, max_frames=args.max_frames, fps=args.fps)
-    with source, PoseEstimator(args.model, args.backend, args.fov, args.calib,
-                               detector_mode="image" if args.image_mode else "video",
-                               num_poses=args.num_poses, threads=args.threads) as est:
-        tap = ImageTap(keep=TAP_KEEP) if args.serve else None
-        sinks = LiveSinks.from_args(args, source.fps, tap, {"kind": "video", "file": Path(args.input).name,
-                                                            "frames": getattr(source, "frame_count", None),
-                                                            "fps": source.fps, "realtime": bool(args.realtime)})
+    tap = ImageTap(keep=TAP_KEEP) if args.serve else None
+    # Live outputs: detection and lifting overlap in threads (file mode: every frame, in
+    # order), the sinks fed from this thread as `posestream webcam` does.
+    live_outputs = bool(args.serve or args.open3d or args.osc)
+    poses = Estimator.from_options(options_from_args(args)).stream(
+        args.input, live=False, realtime=args.realtime, max_frames=args.max_frames, fps=args.fps,
+        overlap=live_outputs, tap=tap)
+    with poses:
+        sinks = LiveSinks.from_args(args, poses.fps, tap, {"kind": "video", "file": Path(args.input).name,
+                                                           "frames": poses.frame_count,
+                                                           "fps": poses.fps, "realtime": bool(args.realtime)})
         try:
             with DeferredInterrupt() as ctrl_c:
-                stopped_by = _process(args, source, est, sinks, pipeline_steps(est, smoother, tap), ctrl_c)
+                stopped_by = _process(args, poses, sinks, ctrl_c)
                 if stopped_by is None and args.hold:
                     held = f"serving the last frame at {sinks.url}" if sinks.url else "showing the last frame"
                     print(f"end of file: {held}; Ctrl-C to stop", file=sys.stderr, flush=True)
@@ -147,30 +97,23 @@ def run(args: argparse.Namespace) -> int:
     return {None: 0, "window closed": 0, "Ctrl-C": 130}.get(stopped_by, 1)
 
 
-def _process(args: argparse.Namespace, source: Any, est: Any, sinks: LiveSinks, steps: list[Any],
-             ctrl_c: DeferredInterrupt) -> str | None:
-    """Every frame of `source` through `steps` into `sinks`; the output file is finalised on
-    the way out. Returns None at the end of the file, else why it stopped: "Ctrl-C",
-    "window closed" or "error" (a failed stage, reported here)."""
+def _process(args: argparse.Namespace, poses: PoseStream, sinks: LiveSinks, ctrl_c: DeferredInterrupt) -> str | None:
+    """Every pose of `poses` into `sinks`; the output file is finalised on the way out.
+    Returns None at the end of the file, else why it stopped: "Ctrl-C", "window closed" or
+    "error" (a failed stage, reported here)."""
     from tqdm import tqdm
 
-    from realtime.pipeline import Pipeline, StageError
+    from realtime.pipeline import StageError
 
-    frames: Iterable[Frame] = paced(source, source.fps) if args.realtime else source
-    # Live outputs: detection and lifting in threads, in file mode (every frame, in order),
-    # the sinks fed from this thread as `posestream webcam` does. Otherwise all in this thread.
-    live = bool(args.serve or args.open3d or args.osc)
-    pipeline = Pipeline(frames, steps, live=False, queue_size=QUEUE_SIZE) if live else None
-    poses = pipeline if pipeline is not None else inline(frames, steps)
     if sinks.url:
         print(f"viewer: {sinks.url}", file=sys.stderr, flush=True)
     n_written = n_valid = 0
     stopped_by = failure = None
     t0 = time.perf_counter()
-    bar = tqdm(total=getattr(source, "frame_count", None), unit="frame", disable=args.no_progress,
+    bar = tqdm(total=poses.frame_count, unit="frame", disable=args.no_progress or getattr(args, "quiet", False),
                dynamic_ncols=True)
     try:
-        for pose in every_frame(poses, source):
+        for pose in poses:
             alive = sinks.emit(pose)
             n_written += 1
             n_valid += int(pose.valid)
@@ -182,14 +125,13 @@ def _process(args: argparse.Namespace, source: Any, est: Any, sinks: LiveSinks, 
         logging.getLogger(__name__).debug("pipeline failure", exc_info=exc)
         failure, stopped_by = exc, "error"
     finally:
-        if pipeline is not None:
-            pipeline.close()
+        poses.close()
         bar.close()
         sinks.finish_file()
     dt = time.perf_counter() - t0
     print(f"{'stopped (' + stopped_by + '): ' if stopped_by else ''}"
-          f"wrote {args.out}: {n_written} frames ({n_valid} with a person, {len(source.skipped)} undecodable) "
-          f"in {dt:.1f} s = {n_written / max(dt, 1e-9):.1f} frames/s, lifter on {est.backend_name}", flush=True)
+          f"wrote {args.out}: {n_written} frames ({n_valid} with a person, {len(poses.skipped)} undecodable) "
+          f"in {dt:.1f} s = {n_written / max(dt, 1e-9):.1f} frames/s, lifter on {poses.backend_name}", flush=True)
     if failure is not None:
         print(f"posestream video: error: {failure}", file=sys.stderr)
     return stopped_by

@@ -11,7 +11,8 @@ Examples:
     posestream webcam --serve
     posestream webcam --camera /dev/video2 --open3d --out take1.npz
     posestream webcam --camera assets/demo.mp4 --loop --serve     (a video as a stand-in camera)
-Stop with Ctrl-C (the output file is finalised), or by closing the Open3D window.
+With no output option it serves the browser viewer and prints its URL.
+Stop with Ctrl-C (the output file is finalised; exit status 130), or by closing the Open3D window.
 """
 from __future__ import annotations
 
@@ -21,9 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from engines.checkpoint import default_app_model
 from engines.errors import UserError
-from realtime.live import add_output_arguments, add_smoothing_arguments
+from realtime.live import add_model_arguments, add_output_arguments, add_smoothing_arguments
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop", action="store_true", help="replay a stand-in video file endlessly")
     parser.add_argument("--width", type=int, help="ask the webcam for this frame width")
     parser.add_argument("--height", type=int, help="ask the webcam for this frame height")
-    parser.add_argument("--model", default=default_app_model(),
-                        help=f"shipped model name or .pt/.onnx/.engine path: the Final model (generator + refiner) "
-                             f"or a Base lifter (default {default_app_model()})")
-    parser.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch (default auto)")
-    # One thread: a batch-1 lifter takes well under a millisecond, and extra intra-op threads
-    # (ONNX Runtime spins them between calls) steal CPU from MediaPipe.
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the lifter runtime (default 1)")
-    parser.add_argument("--fov", type=float, help="horizontal field of view in degrees (default 60)")
-    parser.add_argument("--calib", metavar="FILE", help='camera intrinsics JSON {"fx", "fy", "cx", "cy"} (pixels)')
+    add_model_arguments(parser, live=True)
     parser.add_argument("--max-frames", type=int, help="stop after this many camera frames")
-    parser.add_argument("--quiet", action="store_true", help="no live status line")
     parser.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
                         help="give up when no pose came out for S seconds (camera unplugged; default 10)")
     add_smoothing_arguments(parser)
@@ -98,34 +89,35 @@ class StatusLine:
 
 
 def run(args: argparse.Namespace) -> int:
-    from realtime.estimator import PoseEstimator
-    from realtime.live import ImageTap, LiveSinks, pipeline_steps, smoother_from_args
-    from realtime.pipeline import Pipeline, StageError
-    from realtime.trajectory import TrajectoryStage
+    from realtime.api import Estimator
+    from realtime.live import ImageTap, LiveSinks, options_from_args
+    from realtime.pipeline import StageError
 
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError("--max-frames must be >= 1")
-    TrajectoryStage(args.fov, args.calib).intrinsics((640, 480))  # bad --fov/--calib: fail before opening anything
-    smoother = smoother_from_args(args)
+    estimator = Estimator.from_options(options_from_args(args))  # bad --fov/--calib: fail before opening anything
+    estimator.options.smoother(live=True)  # bad smoothing settings too
+    if not any(getattr(args, k, None) for k in ("out", "serve", "open3d", "osc")):
+        args.serve = True  # no output asked for: show the poses in the browser viewer
+        print("no output option given: serving the browser viewer (--out FILE saves the poses, "
+              "--open3d opens a window)", file=sys.stderr)
     source = open_camera(args.camera, args.loop, args.max_frames, args.width, args.height)
     tap = ImageTap()
-    sinks = estimator = None
+    sinks = poses = None
     try:
         sinks = LiveSinks.from_args(args, source.fps, tap, {"kind": "webcam", "camera": args.camera,
                                                             "fps": source.fps})
-        estimator = PoseEstimator(args.model, args.backend, fov_deg=args.fov, calib=args.calib, threads=args.threads)
+        poses = estimator.stream(source, live=True, tap=tap, stall_timeout_s=args.stall_timeout)
         if sinks.url:
             print(f"viewer: {sinks.url}", file=sys.stderr)
-        pipeline = Pipeline(source, pipeline_steps(estimator, smoother, tap), live=True,
-                            stall_timeout_s=args.stall_timeout)
-        status = StatusLine(not args.quiet)
+        status = StatusLine(not getattr(args, "quiet", False))  # -q (posestream's global option): no status line
         stopped_by = "end of input"
         try:
-            for pf in pipeline:
+            for pf in poses:
                 if not sinks.emit(pf):
                     stopped_by = "window closed"
                     break
-                status.update(pipeline.stats.status_line())
+                status.update(poses.stats.status_line())
         except KeyboardInterrupt:
             stopped_by = "Ctrl-C"
         except StageError as exc:
@@ -134,14 +126,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"posestream webcam: error: {exc}", file=sys.stderr)
             return 1
         finally:
-            pipeline.close()
+            poses.close()
             status.end()
-        st = pipeline.stats
+        st = poses.stats
         print(f"stopped ({stopped_by}): {st.processed} frames in {st.elapsed_s:.1f} s ({st.fps:.1f} fps), "
               f"{st.dropped} dropped, latency p50 {st.latency_ms_p50:.1f} ms p95 {st.latency_ms_p95:.1f} ms"
               + (f"; wrote {sinks.written} frames to {args.out}" if args.out else ""), file=sys.stderr)
-        return 0
+        return 130 if stopped_by == "Ctrl-C" else 0
     finally:
-        for obj in (sinks, estimator, source):
+        for obj in (sinks, poses, source):
             if obj is not None:
                 obj.close()

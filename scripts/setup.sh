@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-command set-up for a fresh Debian machine, idempotent:
-#   Debian packages -> .venv with pinned Python packages -> npm packages for the viewer ->
+#   Debian packages -> .venv with the Python packages (runtime + train/viz/test extras, at the
+#   versions in constraints.txt) -> npm packages for the viewer ->
 #   model files (offline MediaPipe bundle, ONNX exports) -> the demo (unless --no-demo).
 # Usage: bash scripts/setup.sh [--no-demo]
 set -euo pipefail
@@ -32,11 +33,12 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import engines, realtime, train, torch, mediapipe, onnxruntime, websockets, open3d, playwright" 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.posestream-installed ]; then
-  log "installing Python packages (pinned; torch==2.13.0 CPU)"
+if ! .venv/bin/python -c "import posestream, engines, realtime, train, torch, mediapipe, onnxruntime, websockets, open3d, playwright" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.posestream-installed ] || [ setup.py -nt .venv/.posestream-installed ] \
+   || [ constraints.txt -nt .venv/.posestream-installed ]; then
+  log "installing Python packages (constraints.txt; torch==2.13.0 CPU)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test,viz]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[train,viz,test]"
   touch .venv/.posestream-installed
 fi
 

@@ -88,7 +88,9 @@ def make_jpeg(f: PoseFrame) -> bytes:
     return buf.tobytes()
 
 
-def test_scene_matches_stream_and_screenshot(page):
+def test_scene_matches_stream_and_screenshot(page, tmp_path):
+    """...and the screenshot goes to tmp_path (tests never write tracked files); to refresh
+    docs/viewer.png: POSESTREAM_SCREENSHOT_DIR=docs pytest tests/test_browser.py -k screenshot"""
     import cv2
 
     clip = synthetic_clip(40)
@@ -118,8 +120,9 @@ def test_scene_matches_stream_and_screenshot(page):
             let lit = 0; for (let i = 0; i < d.length; i += 4) lit += d[i] + d[i + 1] + d[i + 2] > 60; return lit; })()""")
         assert pip > 1000, pip
         png = page.screenshot()
-        (REPO / "docs").mkdir(exist_ok=True)
-        (REPO / "docs" / "viewer.png").write_bytes(png)
+        shots = Path(os.environ.get("POSESTREAM_SCREENSHOT_DIR") or tmp_path)
+        shots.mkdir(parents=True, exist_ok=True)
+        (shots / "viewer.png").write_bytes(png)
         img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
         b, g, r = (img[..., k].astype(int) for k in range(3))
         red = int(((r > 180) & (g < 110) & (b < 110)).sum())     # right side (#ef4444)

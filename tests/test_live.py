@@ -156,7 +156,7 @@ def test_smoothing_is_off_for_files_unless_asked():
 
 
 def test_paced_file_keeps_indices_and_timestamps():
-    from realtime.video_cmd import paced
+    from realtime.api import paced
 
     frames = [Frame(i, i / 50, np.zeros((2, 2, 3), np.uint8)) for i in (0, 1, 2, 5, 6)]  # 3, 4 undecodable
     t0 = time.perf_counter()

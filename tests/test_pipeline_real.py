@@ -149,7 +149,7 @@ def test_webcam_command_missing_camera_is_one_line_error():
 
 
 def test_webcam_command_ctrl_c_finalises_the_output(lifter_pt, tmp_path):
-    """SIGINT (Ctrl-C) mid-stream: clean stop, exit code 0, the .npz finalised with every
+    """SIGINT (Ctrl-C) mid-stream: clean stop, exit code 130, the .npz finalised with every
     processed frame."""
     import signal
     import time
@@ -172,7 +172,7 @@ def test_webcam_command_ctrl_c_finalises_the_output(lifter_pt, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == 130, err[-2000:]
     line = [ln for ln in err.splitlines() if ln.startswith("stopped (Ctrl-C)")]
     assert line, err[-2000:]
     n = int(line[0].split(": ")[1].split(" frames")[0])

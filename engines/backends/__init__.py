@@ -63,6 +63,27 @@ def _find_model_files(model: str) -> dict[str, Path]:
     return found
 
 
+def shipped_models() -> dict[str, dict[str, Any]]:
+    """Shipped model name -> its artifact metadata (stage, inputs, outputs, ...), read from
+    the model's ONNX export without loading it; {} for a model with only a .pt or .engine (or
+    an unreadable .onnx). Derived files (NAME.int8.onnx, NAME.STAGE.onnx) are forms of NAME,
+    not models."""
+    from engines import artifact
+    from engines.checkpoint import MODELS_DIR
+
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(q for s in MODEL_SUFFIXES for q in MODELS_DIR.glob(f"*{s}")):
+        if "." in path.stem or path.stem in found and found[path.stem]:
+            continue
+        found[path.stem] = {}
+        if path.suffix == ".onnx":
+            try:
+                found[path.stem] = artifact.read_onnx_metadata(path)
+            except UserError:
+                pass
+    return dict(sorted(found.items()))
+
+
 def _open_torch(files: dict[str, Path], **kw: Any) -> Backend:
     if ".pt" not in files:
         raise UserError(f"the torch backend needs the .pt checkpoint; have {', '.join(map(str, files.values()))}")

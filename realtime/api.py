@@ -1,0 +1,382 @@
+"""The Python API behind `posestream.Estimator` and `posestream.write` (docs/api.md).
+
+One object holds the settings (the `Options` dataclass, as MediaPipe Tasks' options) and runs
+them on anything that gives images (as ultralytics' one model object):
+
+    est = Estimator(model=None, backend="auto", fov=None, calib=None)   # None: the defaults
+    pose = est.process(image_rgb, timestamp_s)    # one frame now: a PoseFrame
+    for pose in est.stream("clip.mp4"): ...       # a video, image folder, camera index or
+                                                  # iterator of (image, timestamp) pairs
+    write(poses, "clip.bvh")                      # .npz / .json / .csv / .bvh
+
+`posestream video` and `posestream webcam` are thin layers over `Estimator.stream`: the
+options' defaults are the commands' defaults, and a stream gives the poses the command
+writes (files: one per source frame, in order, frames without a person or undecodable ones
+as empty poses; live sources: the newest frame wins and frames the pipeline cannot keep up
+with are dropped). The work is done by the pieces the commands use: realtime.sources
+(inputs), realtime.estimator.PoseEstimator (MediaPipe 2D -> lifter -> root trajectory),
+realtime.pipeline (threads), realtime.filters (smoothing), realtime.writers (files).
+Never needs torch (the shipped models run on ONNX Runtime).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from engines.errors import UserError
+from realtime.filters import PoseSmoother, SmootherConfig
+from realtime.frames import Frame, PoseFrame
+
+QUEUE_SIZE = 4  # file mode, threads overlapping: queues between them (back-pressure, nothing dropped)
+DEFAULT_FPS = 30.0  # frame rate assumed for image folders and iterators of images
+
+
+def default_model(live: bool = False) -> str:
+    """The shipped model used when none is named, for a file (live=False) or a live source.
+    The one place the commands and the API take it from."""
+    from engines.checkpoint import default_app_model
+
+    return default_app_model()
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything that shapes the poses. The commands' defaults are these fields' defaults.
+
+    model:      shipped model name or .onnx/.pt/.engine path; None = `default_model(live)`.
+    backend:    "auto" (TensorRT if usable, else ONNX Runtime, else torch), "onnxruntime",
+                "tensorrt" or "torch".
+    fov:        horizontal field of view of the camera in degrees; None = 60.
+    calib:      camera intrinsics JSON {"fx", "fy", "cx", "cy"} in pixels (overrides fov).
+    threads:    CPU threads for the lifter runtime (a batch-1 lifter needs one; more steal
+                CPU from MediaPipe).
+    num_poses:  people MediaPipe looks for; one is kept and tracked (realtime.detector).
+    image_mode: run MediaPipe's person detector on every frame instead of tracking.
+    smooth:     One Euro + bone-length smoothing: None = on for live sources, off for files
+                (files are for accuracy); True/False force it.
+    smoothing:  the filter's settings when it is on.
+    """
+
+    model: str | None = None
+    backend: str = "auto"
+    fov: float | None = None
+    calib: str | Path | None = None
+    threads: int = 1
+    num_poses: int = 1
+    image_mode: bool = False
+    smooth: bool | None = None
+    smoothing: SmootherConfig = field(default_factory=SmootherConfig)
+
+    def __post_init__(self) -> None:
+        """Bad settings fail here, before any camera, file or model is opened."""
+        from realtime.trajectory import intrinsics_for
+
+        if self.threads < 0 or self.num_poses < 1:
+            raise UserError(f"threads must be >= 0 and num_poses >= 1, got {self.threads} and {self.num_poses}")
+        intrinsics_for((640, 480), self.fov, self.calib)  # bad fov / unreadable calib file
+
+    def smoother(self, live: bool) -> PoseSmoother | None:
+        on = live if self.smooth is None else self.smooth
+        if not on:
+            return None
+        try:
+            return PoseSmoother(self.smoothing)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+
+def as_rgb_image(image: Any) -> np.ndarray:
+    """`image` checked as an (H, W, 3) uint8 RGB array (C-contiguous); ValueError otherwise."""
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {a.dtype} {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+class PairSource:
+    """Frames from an iterable of (image, timestamp_s) pairs (or of `Frame`s): the API's
+    "bring your own images" source. Images are (H, W, 3) uint8 RGB; timestamps in seconds."""
+
+    def __init__(self, items: Iterable[Any], fps: float = DEFAULT_FPS) -> None:
+        self.items = items
+        self.fps = float(fps)
+        self.skipped: list[int] = []
+        self.frame_count = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, item in enumerate(self.items):
+            if isinstance(item, Frame):
+                yield item
+                continue
+            try:
+                image, t = item
+            except (TypeError, ValueError):
+                raise ValueError(f"item {i}: expected an (image, timestamp_s) pair, got {type(item).__name__}") from None
+            yield Frame(i, float(t), as_rgb_image(image))
+
+    def __enter__(self) -> "PairSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        close = getattr(self.items, "close", None)
+        if callable(close):
+            close()
+
+
+def _is_camera(source: Any) -> bool:
+    return isinstance(source, int) or (isinstance(source, str) and (source.isdigit() or source.startswith("/dev/video")))
+
+
+def open_input(source: Any, live: bool, max_frames: int | None = None, fps: float = DEFAULT_FPS) -> Any:
+    """A frame source for `stream`: a camera index or /dev/video path (webcam), a folder
+    (its images), a video file (decoded in full, or played in real time as a camera when
+    live), an already opened source (anything iterable with an `fps`, e.g. from
+    realtime.sources), or an iterable of (image, timestamp_s) pairs."""
+    from realtime.sources import WebcamSource, open_source
+
+    if _is_camera(source):
+        device = int(source) if isinstance(source, int) or str(source).isdigit() else str(source)
+        return WebcamSource(device, max_frames=max_frames)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if live and path.is_file():
+            from realtime.playback import RealtimePlayback
+
+            return RealtimePlayback.from_video(path, max_frames=max_frames)
+        return open_source(str(path), max_frames=max_frames, fps=fps)
+    if hasattr(source, "fps") and hasattr(source, "__iter__"):
+        return source
+    if hasattr(source, "__iter__"):
+        return PairSource(source, fps)
+    raise TypeError(f"cannot stream from {type(source).__name__}: give a path, a camera index, "
+                    f"or an iterable of (image, timestamp_s) pairs")
+
+
+def every_frame(poses: Iterable[PoseFrame], source: Any) -> Iterator[PoseFrame]:
+    """One PoseFrame per source frame, in order: frames the decoder skipped come out empty
+    in their place (and undecodable frames at the end after the last pose)."""
+    size = getattr(source, "size", (0, 0))
+    fps = getattr(source, "fps", DEFAULT_FPS)
+    n = 0
+    for pose in poses:
+        while n < pose.index:
+            yield PoseFrame.empty(n, n / fps, size)
+            n += 1
+        size = pose.image_size
+        yield pose
+        n += 1
+    for i in getattr(source, "skipped", ()):  # trailing undecodable frames
+        if i >= n:
+            yield PoseFrame.empty(i, i / fps, size)
+            n += 1
+
+
+def paced(frames: Iterable[Frame], fps: float) -> Iterator[Frame]:
+    """`frames` released at their own timestamps on the wall clock. A slower consumer only
+    delays them: nothing is dropped, and the schedule restarts after a stall."""
+    from realtime.playback import Pacer
+
+    pacer = Pacer(late_s=1.0 / fps)
+    for frame in frames:
+        pacer.wait(frame.timestamp_s)
+        yield frame
+
+
+def inline(frames: Iterable[Frame], steps: list[Any]) -> Iterator[PoseFrame]:
+    """The pipeline's stages applied in this thread, frame after frame."""
+    from realtime.pipeline import Stage
+
+    stages = [stage for group in steps for stage in ((group,) if isinstance(group, Stage) else group)]
+    for frame in frames:
+        out: Any = frame
+        for stage in stages:
+            out = stage.fn(out)
+        yield out
+
+
+class PoseStream:
+    """The poses of one source, from `Estimator.stream`: iterate it (once) for PoseFrames;
+    use it as a context manager, or call `close()`, to release the source, the threads and
+    the models early. Attributes: `fps` (the source's frame rate), `frame_count` (None when
+    unknown), `skipped` (frame indices the decoder could not read: they come out as empty
+    poses), `live`, `backend_name` (the lifter's runtime), `stats` (a
+    realtime.pipeline.PipelineStats: frames processed and dropped, latency) when threads run."""
+
+    def __init__(self, source: Any, estimator: Any, smoother: PoseSmoother | None, *, live: bool,
+                 realtime: bool = False, overlap: bool = False, tap: Any = None,
+                 stall_timeout_s: float | None = None) -> None:
+        from realtime.live import pipeline_steps
+        from realtime.pipeline import Pipeline
+
+        self.source = source
+        self.estimator = estimator
+        self.live = live
+        self.fps = float(getattr(source, "fps", DEFAULT_FPS))
+        self.frame_count: int | None = getattr(source, "frame_count", None)
+        self.backend_name = str(getattr(estimator, "backend_name", "?"))
+        steps = pipeline_steps(estimator, smoother, tap)
+        frames: Iterable[Frame] = paced(source, self.fps) if realtime and not live else source
+        self.pipeline = (Pipeline(frames, steps, live=live, queue_size=QUEUE_SIZE, stall_timeout_s=stall_timeout_s)
+                         if live or overlap else None)
+        poses = self.pipeline if self.pipeline is not None else inline(frames, steps)
+        self._poses = poses if live else every_frame(poses, source)
+        self._closed = False
+
+    @property
+    def skipped(self) -> list[int]:
+        return list(getattr(self.source, "skipped", ()))
+
+    @property
+    def stats(self) -> Any:
+        return self.pipeline.stats if self.pipeline is not None else None
+
+    def __iter__(self) -> Iterator[PoseFrame]:
+        try:
+            yield from self._poses
+        finally:
+            self.close()
+
+    def __enter__(self) -> "PoseStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.pipeline is not None:
+                self.pipeline.close()
+            close = getattr(self._poses, "close", None)
+            if callable(close):
+                close()
+        finally:
+            try:
+                self.estimator.close()
+            finally:
+                close = getattr(self.source, "close", None)
+                if callable(close):
+                    close()
+
+
+class Estimator:
+    """3D human pose from images: MediaPipe 2D, then a lifter (ONNX Runtime / TensorRT).
+
+        est = Estimator()                         # or Estimator(model="base_gt", fov=70)
+        pose = est.process(image_rgb, 0.033)      # -> PoseFrame
+        for pose in est.stream("clip.mp4"): ...
+
+    Arguments are the fields of `Options` (model, backend, fov, calib first). `process` keeps
+    one MediaPipe tracker across calls (timestamps must increase, as from a camera); each
+    `stream` gets its own. Close the estimator (or use it as a context manager) when done.
+    Bad settings (unknown model, bad fov or calib file) raise engines.errors.UserError when
+    the models are opened: at the first `process`, or when `stream` is called.
+    """
+
+    def __init__(self, model: str | None = None, backend: str = "auto", fov: float | None = None,
+                 calib: str | Path | None = None, **options: Any) -> None:
+        self.options = Options(model, backend, fov, calib, **options)
+        self._frame_estimator: Any = None
+        self._frame_smoother: PoseSmoother | None = None
+        self._next_index = 0
+
+    @classmethod
+    def from_options(cls, options: Options) -> "Estimator":
+        return cls(**{f.name: getattr(options, f.name) for f in fields(options)})
+
+    def _open(self, live: bool) -> Any:
+        from realtime.estimator import PoseEstimator
+
+        o = self.options
+        return PoseEstimator(o.model or default_model(live), o.backend, o.fov, o.calib,
+                             detector_mode="image" if o.image_mode else "video", num_poses=o.num_poses,
+                             threads=o.threads)
+
+    def process(self, image_rgb: np.ndarray, timestamp_s: float) -> PoseFrame:
+        """The pose in one image (H, W, 3) uint8 RGB, taken at `timestamp_s` seconds. Calls
+        form a stream (MediaPipe tracks the person from the previous call), so timestamps
+        must increase; the result is final at once (live semantics: smoothing as `live`)."""
+        image = as_rgb_image(image_rgb)
+        if self._frame_estimator is None:
+            self._frame_estimator = self._open(live=True)
+            self._frame_smoother = self.options.smoother(live=True)
+        pose = self._frame_estimator.process(Frame(self._next_index, float(timestamp_s), image))
+        self._next_index += 1
+        return self._frame_smoother(pose) if self._frame_smoother is not None else pose
+
+    def stream(self, source: Any, live: bool | None = None, *, realtime: bool = False, max_frames: int | None = None,
+               fps: float = DEFAULT_FPS, overlap: bool = False, tap: Any = None,
+               stall_timeout_s: float | None = None) -> PoseStream:
+        """The poses of `source`, as `posestream video` (files) or `posestream webcam` (live).
+
+        source:     a video file, an image folder, a camera index (0, 1, ...) or /dev/videoN,
+                    an opened realtime.sources source, or an iterable of (image, timestamp_s).
+        live:       None = True for cameras, else False. Live: the newest frame wins (frames
+                    are dropped when processing falls behind) and a video file plays in real
+                    time as a camera. Not live: every frame, in order.
+        realtime:   (files) release frames at their own frame rate, still none dropped.
+        max_frames: stop after this many source frames.
+        fps:        frame rate of an image folder or an iterable of images.
+        overlap:    (files) detect and lift in separate threads (the CLI does while it also
+                    serves a viewer); the poses are the same.
+        tap:        a realtime.live.ImageTap that keeps recent frames' images (thumbnails).
+        stall_timeout_s: (live) give up when no pose came out for this long.
+        The source and the models are opened now (bad input raises here); the stream
+        closes them when it ends."""
+        if max_frames is not None and max_frames < 1:
+            raise UserError("max_frames must be at least 1")
+        live = _is_camera(source) if live is None else bool(live)
+        smoother = self.options.smoother(live)
+        src = open_input(source, live, max_frames, fps)
+        try:
+            estimator = self._open(live)
+        except BaseException:
+            close = getattr(src, "close", None)
+            if callable(close):
+                close()
+            raise
+        return PoseStream(src, estimator, smoother, live=live, realtime=realtime, overlap=overlap, tap=tap,
+                          stall_timeout_s=stall_timeout_s)
+
+    def close(self) -> None:
+        if self._frame_estimator is not None:
+            self._frame_estimator.close()
+            self._frame_estimator = None
+
+    def __enter__(self) -> "Estimator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write(frames: Iterable[PoseFrame], path: str | Path, fps: float = DEFAULT_FPS) -> Path:
+    """Write poses to `path`; the format follows the extension (.npz, .json, .csv, .bvh, as
+    realtime.writers). `fps` is the frame rate recorded in the file (BVH frame time). The
+    file is finalised even if `frames` raises part-way (every pose written so far is kept).
+    Returns the path."""
+    from realtime.writers import open_writer
+
+    path = Path(path)
+    writer = open_writer(path, fps)
+    try:
+        for pose in frames:
+            writer.write(pose)
+    finally:
+        writer.close()
+    return path
+
+
+def read(path: str | Path) -> list[PoseFrame]:
+    """The poses of a .npz written by posestream (realtime.writers.read_pose_npz)."""
+    from realtime.writers import read_pose_npz
+
+    return read_pose_npz(path)
