@@ -5,11 +5,11 @@ and keeps heavy imports (mediapipe, onnxruntime, torch) inside `run`. Only the c
 run is imported (its parser is built from its module); `posestream --help` imports none, so
 it is instant and never loads torch.
 
-The tables below are the one place the application's commands are listed, in help order:
-APP_COMMANDS are what users run, TOOL_COMMANDS the benchmarks and the exporter. Training
-commands (eval, train-*, render, ensemble) live in the `train` package, which `realtime`
-must not import, so they are found through the `posestream.commands` entry-point group
-declared in pyproject.toml and listed in their own group.
+The tables below are the one place the commands are listed, in help order: APP_COMMANDS are
+what users run, TOOL_COMMANDS the benchmarks and the exporter, TRAINING_COMMANDS training and
+evaluation. The training commands live in the `train` package, which the application never
+imports: this table names them as strings, and `train` is imported only to run one of them
+(their help lines are read from the modules' docstrings without importing them).
 
 Global options: --version, -v/--verbose (INFO logs, and MediaPipe's and the exporters' own
 log lines; -vv: DEBUG and tracebacks), -q/--quiet (errors only). Exit status: 0 done,
@@ -40,9 +40,20 @@ APP_COMMANDS: dict[str, tuple[str, str]] = {
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("realtime.bench", "frame rate of MediaPipe alone vs MediaPipe + lifter + writing"),
     "bench-live": ("realtime.bench_live", "live pipeline throughput vs MediaPipe alone, capture-to-output latency"),
+    "bench-startup": ("realtime.bench_startup", "start-up time and memory of `video` vs MediaPipe alone (processes)"),
     "export": ("engines.export", "export a model to ONNX or a TensorRT engine"),
 }
-ENTRY_POINT_GROUP = "posestream.commands"
+# name -> module; the help line is the module docstring's first line.
+TRAINING_COMMANDS: dict[str, str] = {
+    "train": "train.recipe_cmd",
+    "eval": "train.evaluate",
+    "train-lifter": "train.train_lifter",
+    "train-generator": "train.train_generator",
+    "train-adversarial": "train.adversarial",
+    "train-refiner": "train.train_refiner",
+    "ensemble": "train.ensemble",
+    "render": "train.render_cmd",
+}
 GROUPS = ("commands", "benchmarks and tools", "training and evaluation (needs the [train] extra)")
 # Modules the training extra brings; a training command run without them gets a one-line hint.
 TRAIN_EXTRA_MODULES = ("torch", "onnx", "onnxscript", "numba")
@@ -86,14 +97,11 @@ def _docstring_line(module: str) -> str:
 
 
 def commands() -> dict[str, Command]:
-    """Every command, in help order: the tables above, then the entry-point group."""
-    from importlib.metadata import entry_points
-
+    """Every command, in help order."""
     found = {name: _static(name, 0, mod, h) for name, (mod, h) in APP_COMMANDS.items()}
     found.update({name: _static(name, 1, mod, h) for name, (mod, h) in TOOL_COMMANDS.items()})
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if ep.name not in found:
-            found[ep.name] = Command(ep.name, 2, ep.load, lambda m=ep.module: _docstring_line(m))
+    for name, mod in TRAINING_COMMANDS.items():
+        found[name] = Command(name, 2, lambda m=mod: importlib.import_module(m), lambda m=mod: _docstring_line(m))
     return found
 
 

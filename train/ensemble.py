@@ -1,4 +1,4 @@
-"""Average trained temporal lifters into one model: `posestream ensemble`.
+"""Average trained temporal lifters into one model (`posestream ensemble`).
 
     posestream ensemble --member runs/a/best.pt --member runs/b/best.pt --out models/NAME.pt
 

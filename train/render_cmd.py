@@ -1,4 +1,4 @@
-"""posestream render: synthetic people (MakeHuman body) rendered into labelled 256x256 crops.
+"""Synthetic people (MakeHuman body) rendered into labelled 256x256 crops (`posestream render`).
 
     posestream render --data ../shared/data/h36m/h36m_val.npz --out data_out/synth_s9 --every 5
     posestream render --bvh ../shared/data/bandai/dataset-2/data --out data_out/synth_bandai --count 20000
