@@ -43,7 +43,7 @@ def predict_render_set(model: str, rs, cond: np.ndarray) -> tuple[np.ndarray, np
     from engines.backends.torch_backend import TorchBackend
     from engines.checkpoint import resolve_model_path
     from engines.normalize import features_2d
-    from train.evaluate import run_in_chunks
+    from train.eval_common import run_in_chunks
     from train.train_generator import generator_outputs, load_generator
 
     path = str(resolve_model_path(model))
@@ -63,7 +63,7 @@ def predict_render_set(model: str, rs, cond: np.ndarray) -> tuple[np.ndarray, np
 
 def evaluate_render_set(data: str, input_kind: str, model: str, compare: list[str]) -> dict:
     from engines.skeleton import fbi_states
-    from train.evaluate import summarize
+    from train.eval_common import summarize
     from train.metrics import mpjpe, p_mpjpe
     from train.render_data import load_render_set
 
@@ -196,12 +196,12 @@ def evaluate_real_frames(root: str, model: str, compare: list[str]) -> dict:
 
 
 def render_markdown(out: dict) -> str:
-    from train.evaluate import _result, format_table
+    from train.eval_common import format_table, result_from_json
 
     lines = [f"render set `{out['data']}`, 2D input `{out['input']}`: {out['samples']} of "
              f"{out['samples_total']} renders have it"]
     for m, e in out["models"].items():
-        lines += ["", format_table(f"{m} ({Path(e['model']).name})", _result(e))]
+        lines += ["", format_table(f"{m} ({Path(e['model']).name})", result_from_json(e))]
     lines += ["", "FBI states implied by each model's 3D output (engines.skeleton rule), accuracy: " +
               ", ".join(f"{m} {100 * e['fbi_from_3d_accuracy']:.1f}%" for m, e in out["models"].items())]
     for m, e in out["models"].items():

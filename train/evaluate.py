@@ -15,8 +15,8 @@ known to be misaligned (MISALIGNED_SEQUENCES, from the data README) when the fil
 The default model is the best shipped one for the chosen input: base_gt for gt,
 temporal_ensemble_sh for sh (two temporal convolutions over 27 and 81 frames, averaged;
 engines/temporal.py; `--model temporal_conv_sh` is the 27-frame one alone, `--model base_sh` the
-single-frame Base). The default backend is `auto`: ONNX Runtime on a CPU, which evaluates the
-ensemble on S9 in about 6 s here against 10 s for torch (`--backend torch`, same table).
+single-frame Base). The default backend is `auto`: ONNX Runtime on a CPU, faster than torch
+(`--backend torch`) for the same table (timings in docs/results.md).
 A temporal lifter sees all rows of each sequence and camera at its own frame spacing, so the
 file's row spacing must allow it (frame_step or the 50 Hz frame indices); it runs in its
 sequence form (engines.models.SequenceForm: stretches of frames in, one output per frame),
@@ -27,60 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engines.errors import UserError
+from train.eval_common import EvalResult, format_table, result_from_json, run_in_chunks, summarize  # noqa: F401
 
 MISALIGNED_SEQUENCES = ("S9/Greeting", "S9/SittingDown 1", "S9/Waiting 1")
 DEFAULT_MODEL = {"gt": "base_gt", "sh": "temporal_ensemble_sh"}
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Per-action and average errors in mm. per_action maps action -> (mpjpe, p_mpjpe, frames)."""
-
-    mpjpe_mm: float
-    p_mpjpe_mm: float
-    per_action: dict[str, tuple[float, float, int]]
-    frames: int
-
-    def to_json(self) -> dict:
-        return {"mpjpe_mm": self.mpjpe_mm, "p_mpjpe_mm": self.p_mpjpe_mm, "frames": self.frames,
-                "per_action": {a: {"mpjpe_mm": m, "p_mpjpe_mm": p, "frames": n}
-                               for a, (m, p, n) in self.per_action.items()}}
-
-
-def summarize(err1: np.ndarray, err2: np.ndarray, action: np.ndarray, action_names: tuple[str, ...]) -> EvalResult:
-    """Per-sample errors (M,) and action indices (M,) -> per-action table and its average."""
-    per: dict[str, tuple[float, float, int]] = {}
-    for i, name in enumerate(action_names):
-        m = action == i
-        if m.any():
-            per[name] = (float(err1[m].mean()), float(err2[m].mean()), int(m.sum()))
-    if not per:
-        raise UserError("no samples to evaluate")
-    return EvalResult(float(np.mean([v[0] for v in per.values()])), float(np.mean([v[1] for v in per.values()])),
-                      per, int(len(err1)))
-
-
-def format_table(title: str, res: EvalResult) -> str:
-    """Markdown table: rows Protocol 1 / Protocol 2, columns the actions + Avg (paper layout)."""
-    names = list(res.per_action)
-    head = "| " + title + " | " + " | ".join(names) + " | Avg |"
-    sep = "|---" * (len(names) + 2) + "|"
-    r1 = "| Protocol 1 (MPJPE) | " + " | ".join(f"{res.per_action[n][0]:.1f}" for n in names) + f" | {res.mpjpe_mm:.1f} |"
-    r2 = "| Protocol 2 (P-MPJPE) | " + " | ".join(f"{res.per_action[n][1]:.1f}" for n in names) + f" | {res.p_mpjpe_mm:.1f} |"
-    return "\n".join([head, sep, r1, r2])
-
-
-def run_in_chunks(be, inputs: dict[str, np.ndarray], chunk: int = 4096) -> np.ndarray:
-    """A backend's joints_mm over inputs with a long batch axis, `chunk` rows per call."""
-    n = len(next(iter(inputs.values())))
-    return np.concatenate([be.run({k: v[i:i + chunk] for k, v in inputs.items()})["joints_mm"]
-                           for i in range(0, n, chunk)])
 
 
 def open_model(model: str, backend: str = "torch", stage: str | None = None):
@@ -152,18 +107,12 @@ def evaluate(data: str, input_kind: str, model: str | None = None, backend: str 
     return out
 
 
-def _result(d: dict) -> EvalResult:
-    return EvalResult(d["mpjpe_mm"], d["p_mpjpe_mm"],
-                      {a: (v["mpjpe_mm"], v["p_mpjpe_mm"], v["frames"]) for a, v in d["per_action"].items()},
-                      d["frames"])
-
-
 def report_markdown(out: dict) -> str:
     lines = [f"model `{Path(out['model']).name}`, input `{out['input']}`, data `{Path(out['data']).name}`, "
-             f"{out['frames']} samples (frames x cameras)", "", format_table("all sequences", _result(out))]
+             f"{out['frames']} samples (frames x cameras)", "", format_table("all sequences", result_from_json(out))]
     if "excluding_misaligned" in out:
         ex = out["excluding_misaligned"]
-        lines += ["", format_table("without " + ", ".join(ex["excluded_sequences"]), _result(ex))]
+        lines += ["", format_table("without " + ", ".join(ex["excluded_sequences"]), result_from_json(ex))]
     return "\n".join(lines)
 
 
