@@ -10,7 +10,7 @@ Max-norm (||w_row|| <= max_norm) is applied after each optimiser step by `apply_
 
 Flip averaging (LifterConfig.flip_tta): forward() also lifts the horizontally mirrored input
 and averages the two predictions after mirroring the second back (test-time augmentation, as
-in VideoPose3D). It costs a batch of two and gains 0.6-0.7 mm on S9. The input mirror is an
+in VideoPose3D). It costs a batch of two (its gain on S9: docs/results.md). The input mirror is an
 index/sign pair over the input vector, kept as buffers so that it is saved, loaded and exported
 with the weights; training uses forward_normalized, which never mirrors.
 """

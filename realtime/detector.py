@@ -1,17 +1,17 @@
 """MediaPipe Pose Landmarker (Tasks API) -> 17-joint 2D detections.
 
 Modes: VIDEO (default; files and webcams: tracks from the previous frame and skips the person
-detector, ~28 ms/frame on this CPU, needs strictly increasing timestamps, which
+detector, so it is the faster, needs strictly increasing timestamps, which
 `PoseDetector.detect` enforces) and IMAGE (independent stills; runs the detector every call).
 
 With num_poses > 1 the detector keeps one person: on the first frame (or after the person
 was lost for HOLD_FRAMES frames) the largest, most central one; afterwards only the one
 nearest the previous detection, within MAX_JUMP box sides, so the track does not jump to a
-passer-by; frames where the tracked person is missing return None. Caveat, measured on
-mmaction2_demo_skeleton.mp4 (2 people): in VIDEO mode MediaPipe often returns only the
+passer-by; frames where the tracked person is missing return None. Caveat (docs/2d_stage.md
+has the two-person clip it was seen on): in VIDEO mode MediaPipe often returns only the
 person it is tracking, and that can swap to the other one; the gate then reports "no
-person" instead of the wrong one. IMAGE mode (detector on every frame, ~50 ms instead of
-~28 ms) returned both people and kept the same one on all 72 frames.
+person" instead of the wrong one. IMAGE mode (the person detector on every frame, slower)
+returns both people, and the gate keeps the same one.
 With num_poses = 1 no gate is applied (there is no other candidate to prefer).
 
 Pixel convention: MediaPipe returns coordinates normalised to the image extent; we convert

@@ -7,7 +7,7 @@ when the trajectory stage placed the person in the scene. Mouse drags orbit as u
 
 OpenGL contexts belong to the thread that made them: create, update and close the sink from
 one thread (the CLI does it in the main thread, which consumes the pipeline's output).
-`update()` does one non-blocking poll + render (~5 ms for this scene with Mesa llvmpipe);
+`update()` does one non-blocking poll + render (its cost under Xvfb and EGL: docs/realtime.md);
 it returns False once the user closed the window.
 
 With visible=False (tests, screenshots) and no display, Open3D renders offscreen through

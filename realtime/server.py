@@ -209,7 +209,7 @@ class PoseServer:
 
     def publish(self, frame: PoseFrame, jpeg: bytes | None = None) -> None:
         """Hand the newest frame (and optionally a JPEG of the 2D overlay) to every viewer.
-        Thread-safe, never blocks on the network: encodes (~0.1 ms) and overwrites a 1-slot
+        Thread-safe, never blocks on the network: encodes the frame and overwrites a 1-slot
         mailbox. Thumbnails beyond `Limits.thumb_max_fps` or `max_thumb_bytes` are dropped."""
         text = encode_frame(frame, pub_ms=time.time() * 1000.0)
         if jpeg is not None and len(jpeg) > self.limits.max_thumb_bytes:

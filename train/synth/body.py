@@ -5,8 +5,8 @@ Model space = MakeHuman's axes converted to millimetres: +x = the body's left, +
 (vertices 0..13379, 13378 quads -> 26756 triangles) is used.
 
 Skinning weights are normalised as MakeHuman does (drop < 1e-4, divide by the per-vertex
-sum) and then cut to the 4 largest per vertex (renormalised): the probe measured <= 18 mm
-difference from dense skinning, at a third of the cost.
+sum) and then cut to the 4 largest per vertex (renormalised): close to dense skinning at a
+third of the cost (the probe's comparison: docs/synthetic.md).
 
 The 17 label joints are points rigidly attached to one bone each (LABELS below); posing
 moves them with that bone's transform, so a label is exactly where the skinned body has
@@ -173,7 +173,7 @@ def _read_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=2)
 def load_body(data_dir: str | None = None) -> Body:
-    """Parse base.obj, default.mhskel and default_weights.mhw (about 1.5 s)."""
+    """Parse base.obj, default.mhskel and default_weights.mhw (slow: cached per data dir)."""
     d = Path(data_dir) if data_dir else makehuman_dir()
     all_v: list[list[float]] = []
     with open(d / "base.obj") as fh:

@@ -1,5 +1,5 @@
 """numba kernels: top-4 linear blend skinning + projection, Gouraud/Lambert shading and a
-z-buffer triangle rasteriser (the probe measured ~600 frames/s for the raster at 640x480).
+z-buffer triangle rasteriser (throughput: docs/synthetic.md).
 
 Conventions: camera space mm (x right, y down, z forward); image pixels with integer
 coordinates at pixel centres (as engines.crop). A *viewport* is a (2,3) affine from image

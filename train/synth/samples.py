@@ -13,7 +13,7 @@ Labels (all from the posed MakeHuman skeleton, which is what was rendered):
               another body part (see `_visibility`)
 For Human3.6M poses the 3D labels ARE the given H36M joints for 16 joints (the body's bone
 lengths are set from the subject; error < 1e-6 mm); neck_nose is the body's own point in
-the head, 15.7 mm from H36M's on average (S9). For mocap poses the directions come from the
+the head, near H36M's (docs/synthetic.md). For mocap poses the directions come from the
 mocap and the lengths from the sampled body (train.synth.pose.sample_lengths).
 """
 from __future__ import annotations

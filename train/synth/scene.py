@@ -164,7 +164,7 @@ def sample_background(rng: np.random.Generator, width: int, height: int) -> np.n
 
 def _two_colour(mask: np.ndarray, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
     """(H,W) float32 weights -> (H,W,3) float32 c1*(1-m) + c2*m. Per channel with cv2.merge:
-    numpy broadcasting over a trailing axis of 3 is ~10x slower here."""
+    numpy broadcasting over a trailing axis of 3 is much slower."""
     import cv2
     return cv2.merge([(float(c1[k]) + float(c2[k] - c1[k]) * mask).astype(np.float32) for k in range(3)])
 
