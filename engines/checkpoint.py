@@ -38,6 +38,27 @@ def default_app_model() -> str:
     return FINAL_MODEL if any((MODELS_DIR / f"{FINAL_MODEL}{s}").is_file() for s in (".pt", ".onnx")) else BASE_MODEL
 
 
+def cache_root() -> Path:
+    """Where derived artifacts live: $POSESTREAM_CACHE or ~/.cache/posestream."""
+    env = os.environ.get("POSESTREAM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "posestream"
+
+
+def load_checkpoint(checkpoint: str | Path) -> dict:
+    """torch.load a posestream checkpoint (a dict with `model` and `kind`), or UserError."""
+    import torch
+
+    from engines.errors import UserError
+
+    try:
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UserError(f"cannot load checkpoint {checkpoint}: {exc}") from None
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise UserError(f"{checkpoint} is not a posestream checkpoint (no 'model' entry)")
+    return ck
+
+
 def contract_metadata() -> dict[str, Any]:
     """What every exported artifact records about the data contract."""
     return {

@@ -35,7 +35,7 @@ E = TypeVar("E")
 
 
 def default_cache_dir() -> Path:
-    from engines.export import cache_root
+    from engines.checkpoint import cache_root
 
     return cache_root() / "engines"
 

@@ -4,7 +4,7 @@
         out = m.lift(image_rgb, uv_px, f, c)       # FinalOutput
 
 A refiner artifact names its generator in its metadata ("generator": a shipped model name or
-path, recorded by train.train_refiner and copied into the ONNX by engines.export), so one
+path, recorded by train.train_refiner and copied into the ONNX by engines.onnx_export), so one
 model name opens both stages, each on the requested backend (engines.backends).
 Used by the app (realtime.estimator) and by the evaluation of real frames (train), so both
 run exactly the same steps. No torch unless the torch backend is chosen.

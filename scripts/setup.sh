@@ -57,7 +57,7 @@ if [ -f scripts/build_mediapipe_model.py ]; then
 fi
 # ONNX of every shipped checkpoint (missing or exported from an older .pt), so the app's
 # ONNX Runtime path never needs torch at run time.
-.venv/bin/python -c "from engines.export import refresh_shipped_onnx; refresh_shipped_onnx(log=lambda s: print('[setup]', s))"
+.venv/bin/python -c "from engines.onnx_export import refresh_shipped_onnx; refresh_shipped_onnx(log=lambda s: print('[setup]', s))"
 
 # --- demo ------------------------------------------------------------------------------
 if ((DEMO)); then

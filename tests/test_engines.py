@@ -33,7 +33,7 @@ from engines.backends.torch_backend import TorchBackend  # noqa: E402
 from engines.checkpoint import contract_metadata, file_sha256  # noqa: E402
 from engines.engine_cache import BuildPlan, EngineCache, RuntimeEnv  # noqa: E402
 from engines.errors import UserError  # noqa: E402
-from engines.export import export_onnx, onnx_for_checkpoint  # noqa: E402
+from engines.onnx_export import export_onnx, onnx_for_checkpoint  # noqa: E402
 from engines.stages import STAGES, register_stage  # noqa: E402
 
 register_stage(TINY_IMAGE)
@@ -193,7 +193,7 @@ def test_bad_image_input(exported):
 # ---- open_backend ---------------------------------------------------------------------------
 
 def test_auto_picks_onnxruntime_here_and_reuses_sibling_export(exported, monkeypatch):
-    import engines.export as ex
+    import engines.onnx_export as ex
 
     monkeypatch.setattr(ex, "export_onnx", lambda *a, **k: pytest.fail("should reuse the sibling .onnx"))
     b = open_backend(str(exported["lifter"]["pt"]))
@@ -203,7 +203,7 @@ def test_auto_picks_onnxruntime_here_and_reuses_sibling_export(exported, monkeyp
 
 
 def test_pt_without_onnx_is_exported_once_into_cache(exported, tmp_path, monkeypatch):
-    import engines.export as ex
+    import engines.onnx_export as ex
 
     pt = tmp_path / "solo.pt"
     shutil.copy(exported["lifter"]["pt"], pt)  # same bytes -> the fixture's export is valid for it
@@ -286,7 +286,7 @@ INT8_MEAN_JOINT_MM = 10.0  # mean per-joint distance from FP32; measured 3.3 mm 
 
 
 def test_onnx_int8_export_and_open(exported, tmp_path, capsys, monkeypatch):
-    import engines.export as ex
+    import engines.onnx_export as ex
     from realtime.cli import main
 
     pt = exported["lifter"]["pt"]

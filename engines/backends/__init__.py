@@ -36,7 +36,7 @@ class Backend(Protocol):
 # model: a shipped name ("base_gt": models/base_gt.{engine,onnx,pt}) or a path to a .pt, .onnx
 # or .engine file. Each runtime's loader takes what it can use and derives the rest:
 #   torch       needs the .pt
-#   onnxruntime uses the .onnx; from a .pt it exports one on first use (engines.export cache)
+#   onnxruntime uses the .onnx; from a .pt it exports one on first use (engines.onnx_export cache)
 #   tensorrt    uses the .engine; from an .onnx/.pt it builds one into engines.engine_cache
 # "auto" = the first of AUTO_ORDER whose runtime is usable here.
 
@@ -99,7 +99,7 @@ def _open_onnxruntime(files: dict[str, Path], **kw: Any) -> Backend:
     # knob, so `auto` falling back here with it) mean the FP32 export.
     precision = "int8" if kw.get("precision") == "int8" else "fp32"
     if ".pt" in files:  # prefer an ONNX proven to come from this exact checkpoint
-        from engines.export import onnx_for_checkpoint
+        from engines.onnx_export import onnx_for_checkpoint
 
         onnx_path = onnx_for_checkpoint(files[".pt"], kw.get("onnx_cache_dir"), precision, kw.get("stage"))
     elif ".onnx" in files:

@@ -232,7 +232,7 @@ def open_tensorrt(files: dict[str, Path], precision: str | None = None, max_batc
         engine, side = load_engine_file(files[".engine"])
         return TensorRTBackend(engine, side)
     if ".pt" in files:
-        from engines.export import onnx_for_checkpoint
+        from engines.onnx_export import onnx_for_checkpoint
 
         onnx_path = onnx_for_checkpoint(files[".pt"], onnx_cache_dir, stage=stage)
     else:

@@ -9,21 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.checkpoint import load_checkpoint  # noqa: F401 - train/ imports it from here
 from engines.errors import UserError
 from engines.stages import StageSpec, check_inputs, resolve_stage
-
-
-def load_checkpoint(checkpoint: str | Path) -> dict:
-    """torch.load a posestream checkpoint (a dict with `model` and `kind`), or UserError."""
-    import torch
-
-    try:
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise UserError(f"cannot load checkpoint {checkpoint}: {exc}") from None
-    if not isinstance(ck, dict) or "model" not in ck:
-        raise UserError(f"{checkpoint} is not a posestream checkpoint (no 'model' entry)")
-    return ck
 
 
 class TorchBackend:
