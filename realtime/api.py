@@ -29,6 +29,7 @@ import numpy as np
 from engines.errors import UserError
 from realtime.filters import PoseSmoother, SmootherConfig
 from realtime.frames import Frame, PoseFrame
+from realtime.pipeline import Pipeline, Stage, StageGroup
 
 QUEUE_SIZE = 4  # file mode, threads overlapping: queues between them (back-pressure, nothing dropped)
 DEFAULT_FPS = 30.0  # frame rate assumed for image folders and iterators of images
@@ -188,16 +189,26 @@ def paced(frames: Iterable[Frame], fps: float) -> Iterator[Frame]:
         yield frame
 
 
-def inline(frames: Iterable[Frame], steps: list[Any]) -> Iterator[PoseFrame]:
+def inline(frames: Iterable[Frame], steps: list[StageGroup]) -> Iterator[PoseFrame]:
     """The pipeline's stages applied in this thread, frame after frame."""
-    from realtime.pipeline import Stage
-
     stages = [stage for group in steps for stage in ((group,) if isinstance(group, Stage) else group)]
     for frame in frames:
         out: Any = frame
         for stage in stages:
             out = stage.fn(out)
         yield out
+
+
+def pipeline_steps(estimator: Any, smoother: PoseSmoother | None = None,
+                   tap: Any = None) -> list[StageGroup]:
+    """detect in one thread; lift (+ trajectory inside the estimator) and smoothing in the
+    next. `estimator` has `detect(Frame)` and `lift(detected) -> PoseFrame`
+    (realtime.estimator.PoseEstimator, or a fake in tests)."""
+    detect = estimator.detect if tap is None else tap.wrap(estimator.detect)
+    lift: tuple[Stage, ...] = (Stage("lift", estimator.lift),)
+    if smoother is not None:
+        lift += (Stage("smooth", smoother),)
+    return [Stage("detect", detect), lift]
 
 
 class PoseStream:
@@ -211,9 +222,6 @@ class PoseStream:
     def __init__(self, source: Any, estimator: Any, smoother: PoseSmoother | None, *, live: bool,
                  realtime: bool = False, overlap: bool = False, tap: Any = None,
                  stall_timeout_s: float | None = None) -> None:
-        from realtime.live import pipeline_steps
-        from realtime.pipeline import Pipeline
-
         self.source = source
         self.estimator = estimator
         self.live = live

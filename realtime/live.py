@@ -6,7 +6,6 @@
                                    (default_on=False: off unless --smooth or a setting is given)
     add_model_arguments(parser)    --model, --backend, --threads, --fov, --calib (realtime.api.Options)
     options_from_args(args)        -> realtime.api.Options
-    pipeline_steps(estimator, smoother, tap) -> the Stage list for `realtime.pipeline.Pipeline`
     LiveSinks(...)                 every output of the caller's loop: file, viewer server, Open3D, OSC
     ImageTap                       keeps recent frames' images for viewer thumbnails
     DeferredInterrupt              Ctrl-C stops the caller's loop between frames (file finalised)
@@ -28,9 +27,9 @@ from typing import Any, Callable
 import numpy as np
 
 from engines.skeleton import BONES, LEFT_JOINTS, RIGHT_JOINTS
+from realtime.api import Options, default_model, pipeline_steps  # noqa: F401 - pipeline_steps: for callers of live
 from realtime.filters import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, PoseSmoother, SmootherConfig
 from realtime.frames import Frame, PoseFrame
-from realtime.pipeline import Stage, StageGroup
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +75,6 @@ def smoothing_options(args: argparse.Namespace) -> tuple[bool, SmootherConfig]:
 
 def smoother_from_args(args: argparse.Namespace) -> PoseSmoother | None:
     """The smoother the options ask for, or None (smoothing off)."""
-    from realtime.api import Options
-
     on, config = smoothing_options(args)
     return Options(smooth=on, smoothing=config).smoother(live=on)
 
@@ -85,8 +82,6 @@ def smoother_from_args(args: argparse.Namespace) -> PoseSmoother | None:
 def add_model_arguments(parser: argparse.ArgumentParser, live: bool) -> None:
     """--model, --backend, --threads, --fov, --calib: the realtime.api.Options fields, with
     their defaults (the commands and the Python API share them)."""
-    from realtime.api import Options, default_model
-
     parser.add_argument("--model", default=Options.model,
                         help=f"shipped model name or .onnx/.pt/.engine path (default {default_model(live)}); "
                              f"a model of another kind is refused with the list of those this command runs")
@@ -105,8 +100,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, live: bool) -> None:
 
 def options_from_args(args: argparse.Namespace) -> Any:
     """The realtime.api.Options a command's arguments ask for."""
-    from realtime.api import Options
-
     on, config = smoothing_options(args)
     return Options(model=args.model, backend=args.backend, fov=args.fov, calib=args.calib, threads=args.threads,
                    num_poses=getattr(args, "num_poses", Options.num_poses),
@@ -184,18 +177,6 @@ class ImageTap:
             self.put(frame)
             return fn(frame)
         return tapped
-
-
-def pipeline_steps(estimator: Any, smoother: PoseSmoother | None = None,
-                   tap: ImageTap | None = None) -> list[StageGroup]:
-    """detect in one thread; lift (+ trajectory inside the estimator) and smoothing in the
-    next. `estimator` has `detect(Frame)` and `lift(detected) -> PoseFrame`
-    (realtime.estimator.PoseEstimator, or a fake in tests)."""
-    detect = estimator.detect if tap is None else tap.wrap(estimator.detect)
-    lift: tuple[Stage, ...] = (Stage("lift", estimator.lift),)
-    if smoother is not None:
-        lift += (Stage("smooth", smoother),)
-    return [Stage("detect", detect), lift]
 
 
 def draw_overlay(image: np.ndarray, pf: PoseFrame, width: int = THUMB_WIDTH) -> np.ndarray:
