@@ -17,13 +17,9 @@ import pytest
 import posestream
 from engines.errors import UserError
 from realtime.cli import main
+from tests.video_serve import DEMO, REPO, needs_shipped_model
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "assets" / "demo.mp4"
-MODELS = REPO / "models"
-pytestmark = pytest.mark.skipif(
-    not ((MODELS / "pose_landmarker_full.task").is_file() and (MODELS / "base_gt.onnx").is_file()),
-    reason="needs models/pose_landmarker_full.task and models/base_gt.onnx (scripts/setup.sh makes them)")
+pytestmark = needs_shipped_model
 N = 6
 
 

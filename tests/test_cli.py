@@ -5,19 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from realtime import cli
 from realtime.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "assets" / "demo.mp4"
-MODELS = REPO / "models"
-needs_runtime_models = pytest.mark.skipif(
-    not ((MODELS / "pose_landmarker_full.task").is_file() and (MODELS / "base_gt.onnx").is_file()),
-    reason="needs models/pose_landmarker_full.task and the ONNX exports (scripts/setup.sh makes them)")
+from tests.video_serve import DEMO, REPO, needs_shipped_model
 
 
 def _posestream(*args: str, code: str = "pass", timeout: float = 120) -> subprocess.CompletedProcess:
@@ -104,7 +97,7 @@ def test_verbosity_options_anywhere(monkeypatch):
     assert main(["serve", "x.npz", "-q"]) == 0 and seen == {"v": 0, "q": True}
 
 
-@needs_runtime_models
+@needs_shipped_model
 def test_model_outside_what_the_command_runs_is_refused_with_the_list(tmp_path, capsys):
     from realtime.estimator import runnable_models
 
@@ -117,7 +110,7 @@ def test_model_outside_what_the_command_runs_is_refused_with_the_list(tmp_path, 
     assert "unknown model 'nonesuch'" in capsys.readouterr().err and not (tmp_path / "o.npz").exists()
 
 
-@needs_runtime_models
+@needs_shipped_model
 def test_video_and_webcam_never_import_torch(tmp_path):
     """The app's commands run on ONNX Runtime: no torch, onnx, numba or training package is
     imported, so a runtime install without them works (tests/test_wheel.py installs one)."""
@@ -132,14 +125,14 @@ def test_video_and_webcam_never_import_torch(tmp_path):
         assert "IMPORTED []" in r.stdout, (args, r.stdout[-500:])
 
 
-@needs_runtime_models
+@needs_shipped_model
 def test_webcam_without_outputs_serves_the_viewer(tmp_path):
     r = _posestream("webcam", "--camera", str(DEMO), "--max-frames", "5", "--port", "0", "-q")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "serving the browser viewer" in r.stderr and "viewer: http://127.0.0.1:" in r.stderr
 
 
-@needs_runtime_models
+@needs_shipped_model
 def test_quiet_video_prints_no_progress_bar(tmp_path):
     r = _posestream("video", str(DEMO), "--out", str(tmp_path / "q.json"), "--max-frames", "2", "--model", "base_gt",
                     "-q")
