@@ -1,23 +1,42 @@
-"""`--osc [HOST:]PORT`: the skeleton as OSC over UDP, VMC-protocol style, one bundle per frame.
+"""`--osc [HOST:]PORT`: the pose as a VMC Performer -> Marionette stream over UDP (OSC 1.0),
+one bundle per frame, for VMC receivers (VSeeFace, VirtualMotionCapture, Warudo, EVMC4U in
+Unity); plus our raw joints under /posestream/ (receivers ignore addresses they do not know).
 
 OSC 1.0 is encoded here (no dependency): strings NUL-terminated and padded to 4 bytes,
 big-endian int32 'i' / float32 'f', bundles "#bundle\\0" + 64-bit time tag (1 = now) +
 size-prefixed elements. `parse_packet` decodes what `encode_*` writes (tests, debugging).
 
-Per frame, one bundle (~1.3 KB, one datagram) holding:
-    /VMC/Ext/OK        i  1 when a person is tracked, else 0
+Per frame, one bundle (`VmcEncoder`):
+    /VMC/Ext/OK        i  1 when a person is tracked, else 0 (and no Root/Bone messages)
     /VMC/Ext/T         f  frame timestamp, seconds
-    /VMC/Ext/Tra/Pos   s name, f px py pz, f qx qy qz qw   one per joint when tracked
+    /VMC/Ext/Root/Pos  s "root", f px py pz, f qx qy qz qw
+    /VMC/Ext/Bone/Pos  s HumanBodyBones name, f px py pz, f qx qy qz qw   one per bone
     /posestream/frame  i index, f timestamp_s, i valid, f capture-to-output latency ms
-Tracker positions follow VMC's Unity convention: metres, left-handed, x right, y up,
-z forward (away from the camera): (x, -y, z) of our camera coordinates, in camera space
-when the trajectory is known, else relative to the pelvis. Orientation is identity (a
-17-point skeleton has no joint twist to send). Joint names are engines.skeleton's.
-Default target 127.0.0.1:39539 (VMC's usual performer -> marionette port). A receiver that
-is not listening is not an error (UDP): datagrams are just lost; send errors are counted.
+    /posestream/joint  s joint name, f x y z (mm, camera axes), f confidence   one per joint
+VMC values follow Unity and VRM: left-handed, Y up, metres; the avatar's T-pose rest faces
++Z with its arms along X, every bone's rest rotation the identity. Bone/Pos rotations are
+local (relative to the parent bone) and relative to that rest, solved by realtime.rig from
+the joints (and MediaPipe's hand, foot and ear landmarks when visible); Bone/Pos positions
+are the bones' rest offsets from their parent (our running estimate of the person's bone
+lengths), which receivers that apply positions (EVMC4U) use as the skeleton. Bones sent:
+Hips, Spine, Chest, UpperChest (zero offset, identity: avatars that have one keep our
+chest), Neck, Head, and Left/Right Shoulder, UpperArm, LowerArm, Hand, UpperLeg, LowerLeg,
+Foot, Toes.
+Root/Pos: the hips' position on the floor (x, 0, z), relative to the first tracked frame
+(zero when the trajectory is unknown), identity rotation; the Hips bone carries the height
+above the floor (the lowest foot point in that frame touches it) and the body's rotation.
+The camera is levelled (realtime.rig.level_rotation): the person stands upright on Y = 0.
+Facing: a person facing the camera drives an avatar facing +Z (towards a receiver's default
+view) with the same side: their left hand moves the avatar's left hand. With mirror=True
+(--vmc-mirror) left and right swap and the motion is mirrored, as in a selfie view.
+/posestream/joint positions are camera space (root-relative when the trajectory is
+unknown), engines.skeleton's names and axes (x right, y down, z forward).
+Default target 127.0.0.1:39539 (VMC's usual Marionette port). A receiver that is not
+listening is not an error (UDP): datagrams are just lost; send errors are counted.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import socket
 import struct
@@ -27,6 +46,8 @@ import numpy as np
 from engines.errors import UserError
 from engines.skeleton import JOINT_NAMES
 from realtime.frames import PoseFrame
+from realtime.rig import (HUMANOID_VMC, RIG_TO_UNITY, RunningRest, forward, ground_height, local_rotations,
+                          rig_points, rotate_points, solve, unity_quaternion)
 
 log = logging.getLogger(__name__)
 
@@ -108,21 +129,99 @@ def parse_packet(data: bytes) -> list[tuple[str, list[OscArg]]]:
         raise ValueError(f"malformed OSC packet: {exc}") from None
 
 
-def frame_messages(pf: PoseFrame) -> list[bytes]:
-    """The messages of one frame's bundle (module docstring)."""
-    msgs = [encode_message("/VMC/Ext/OK", 1 if pf.valid else 0), encode_message("/VMC/Ext/T", float(pf.timestamp_s))]
+def raw_messages(pf: PoseFrame) -> list[bytes]:
+    """The /posestream/ messages of one frame (module docstring)."""
+    latency = float(pf.timings_ms.get("latency", float("nan")))
+    msgs = [encode_message("/posestream/frame", int(pf.index), float(pf.timestamp_s), int(pf.valid), latency)]
     if pf.valid:
         joints = np.asarray(pf.joints_mm, np.float64)
         tr = np.asarray(pf.translation_mm, np.float64)
         if np.isfinite(tr).all():
             joints = joints - joints[0] + tr
-        unity = joints * np.array([1.0, -1.0, 1.0]) / 1000.0
-        for name, p in zip(JOINT_NAMES, unity):
+        conf = np.asarray(pf.confidence, np.float64)
+        for name, p, c in zip(JOINT_NAMES, joints, conf):
             if np.isfinite(p).all():
-                msgs.append(encode_message("/VMC/Ext/Tra/Pos", name, *map(float, p), 0.0, 0.0, 0.0, 1.0))
-    latency = float(pf.timings_ms.get("latency", float("nan")))
-    msgs.append(encode_message("/posestream/frame", int(pf.index), float(pf.timestamp_s), int(pf.valid), latency))
+                msgs.append(encode_message("/posestream/joint", name, *map(float, p), float(c)))
     return msgs
+
+
+IDENTITY_Q = (0.0, 0.0, 0.0, 1.0)
+
+
+class VmcEncoder:
+    """PoseFrames -> VMC bundles (module docstring), sans I/O. Keeps the stream's state: the
+    running rest and level (realtime.rig.RunningRest), the first tracked hips position (the
+    root's origin) and the last sent frame time (for `rate_hz`)."""
+
+    def __init__(self, mirror: bool = False, rate_hz: float | None = None) -> None:
+        self.rig = HUMANOID_VMC
+        self.mirror = mirror
+        self.min_interval_s = 0.0 if not rate_hz else 1.0 / rate_hz
+        self.running = RunningRest(self.rig)
+        self._origin: np.ndarray | None = None
+        self._last_t: float | None = None
+        self._bones = [(b, bone.unity) for b, bone in enumerate(self.rig.bones) if bone.unity]
+        self._chest = self.rig.names.index("Chest")
+
+    def due(self, pf: PoseFrame) -> bool:
+        """Whether this frame is sent under the rate limit (by frame time)."""
+        t = float(pf.timestamp_s)
+        return self._last_t is None or t < self._last_t or t - self._last_t >= self.min_interval_s - 1e-6
+
+    def messages(self, pf: PoseFrame) -> list[bytes] | None:
+        """The encoded messages of the frame's bundle, or None when the rate limit skips it."""
+        if not self.due(pf):
+            return None
+        self._last_t = float(pf.timestamp_s)
+        tracked = bool(pf.valid) and np.isfinite(np.asarray(pf.joints_mm, np.float64)).all()
+        msgs = [encode_message("/VMC/Ext/OK", 1 if tracked else 0), encode_message("/VMC/Ext/T", float(pf.timestamp_s))]
+        if tracked:
+            msgs += self._pose_messages(pf)
+        return msgs + raw_messages(pf)
+
+    def _pose_messages(self, pf: PoseFrame) -> list[bytes]:
+        joints = np.asarray(pf.joints_mm, np.float64)
+        tr = np.asarray(pf.translation_mm, np.float64)
+        known = bool(np.isfinite(tr).all())
+        cam = joints - joints[0] + (tr if known else 0.0)
+        pts = rig_points(cam, pf.landmarks_world_mm, pf.landmarks_visibility, mirror=self.mirror)
+        self.running.update(pts)
+        rest = self.running.rest
+        pts = rotate_points(pts, self.running.level)
+        G = solve(self.rig, pts, rest)
+        pos, ends = forward(self.rig, rest, G, pts["pelvis"])
+        height = float(pos[0, 0, 1] - ground_height(self.rig, pos, ends)[0])
+        hips = pts["pelvis"][0]
+        if known and self._origin is None:
+            self._origin = hips.copy()
+        floor = (hips - self._origin) * [1.0, 0.0, 1.0] if known and self._origin is not None else np.zeros(3)
+        quats = unity_quaternion(local_rotations(self.rig, G)[0])
+        msgs = [encode_message("/VMC/Ext/Root/Pos", "root", *map(float, RIG_TO_UNITY @ floor), *IDENTITY_Q)]
+        for b, name in self._bones:
+            p = (0.0, height, 0.0) if b == 0 else RIG_TO_UNITY @ rest.offset[b]
+            msgs.append(encode_message("/VMC/Ext/Bone/Pos", name, *map(float, p), *map(float, quats[b])))
+            if b == self._chest:
+                msgs.append(encode_message("/VMC/Ext/Bone/Pos", "UpperChest", 0.0, 0.0, 0.0, *IDENTITY_Q))
+        return msgs
+
+
+def _rate(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (np.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"wants a positive number of bundles per second, got {text!r}")
+    return v
+
+
+def add_vmc_arguments(group: argparse._ActionsContainer) -> None:
+    """The VMC stream's options (beside --osc): --vmc-mirror, --osc-rate."""
+    group.add_argument("--vmc-mirror", action="store_true",
+                       help="--osc: the avatar mirrors the person, as a selfie view does (their right hand moves "
+                            "the avatar's left); default: it moves as the person in the image")
+    group.add_argument("--osc-rate", type=_rate, default=None, metavar="HZ",
+                       help="--osc: at most HZ bundles per second, by frame time (default: every frame)")
 
 
 def parse_target(spec: str) -> tuple[str, int]:
@@ -141,7 +240,8 @@ class OscSink:
     """Sends each PoseFrame as one OSC bundle by UDP. Never blocks (non-blocking socket;
     a full send buffer or an unreachable receiver loses the datagram, counted in `errors`)."""
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, mirror: bool = False,
+                 rate_hz: float | None = None) -> None:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         except OSError as exc:
@@ -150,12 +250,16 @@ class OscSink:
         self.address = addr
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
+        self.encoder = VmcEncoder(mirror, rate_hz)
         self.sent = 0
         self.errors = 0
 
     def emit(self, pf: PoseFrame) -> None:
+        msgs = self.encoder.messages(pf)
+        if msgs is None:
+            return
         try:
-            self._sock.sendto(encode_bundle(frame_messages(pf)), self.address)
+            self._sock.sendto(encode_bundle(msgs), self.address)
             self.sent += 1
         except OSError as exc:  # BlockingIOError, ConnectionRefusedError (ICMP from loopback), ...
             self.errors += 1
