@@ -11,8 +11,8 @@ file), in alternating rounds so a shared machine's load hits them alike:
              every frame: what any MediaPipe-based tool must do at least
   video      `posestream video CLIP --out OUT.npz` (the default model and backend)
 
-and prints the median wall time and peak resident memory (the process's max RSS, from
-the child's max RSS) of each, and the ratios video / mediapipe, measured in one run:
+and prints the median wall time, CPU time and peak resident memory (the child's max RSS) of
+each, and the ratios video / mediapipe, measured in one run:
 
     posestream bench-startup [--clip VIDEO] [--frames 5] [--rounds 3] [--json OUT]
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -70,18 +71,19 @@ LAUNCHER = """
 import resource, subprocess, sys, time
 t0 = time.perf_counter()
 rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)
-print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(time.perf_counter() - t0, ru.ru_utime + ru.ru_stime, ru.ru_maxrss)
 sys.exit(rc)
 """
 
 
-def measure(argv: list[str], cwd: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process; RuntimeError if it fails."""
+def measure(argv: list[str], cwd: Path) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in MB) of one process; RuntimeError if it fails."""
     r = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *argv], cwd=cwd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} ... failed ({r.returncode}): {r.stderr.strip()[-500:]}")
-    wall, maxrss_kb = r.stdout.split()[-2:]
-    return float(wall), int(maxrss_kb) / 1024.0  # Linux: kilobytes
+    wall, cpu, maxrss_kb = r.stdout.split()[-3:]
+    return float(wall), float(cpu), int(maxrss_kb) / 1024.0  # Linux: kilobytes
 
 
 def cut_clip(src: Path, frames: int, out: Path) -> int:
@@ -126,26 +128,30 @@ def run(args: argparse.Namespace) -> int:
             "mediapipe": [sys.executable, "-c", MEDIAPIPE_ALONE, str(DEFAULT_MODEL), str(clip)],
             "video": [*cli, "video", str(clip), "--out", str(tmp_path / "out.npz"), "--no-progress", "-q"],
         }
-        results: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
+        results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in variants}
         for r in range(args.rounds):
             for name, argv in variants.items():
                 results[name].append(measure(argv, cwd=repo))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-                f"{k} {v[-1][0]:.2f} s {v[-1][1]:.0f} MB" for k, v in results.items()), file=sys.stderr, flush=True)
-    med = {k: (statistics.median(t for t, _ in v), statistics.median(m for _, m in v)) for k, v in results.items()}
+                f"{k} {v[-1][0]:.2f} s {v[-1][2]:.0f} MB" for k, v in results.items()), file=sys.stderr, flush=True)
+    med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) for k, v in results.items()}
     out = {
-        "clip": str(clip_src), "frames": n, "rounds": args.rounds,
-        "median_s": {k: round(v[0], 3) for k, v in med.items()},
-        "median_peak_mb": {k: round(v[1], 1) for k, v in med.items()},
+        "clip": str(clip_src), "frames": n, "rounds": args.rounds, "load_average": list(os.getloadavg()),
+        "median_wall_s": {k: round(v[0], 3) for k, v in med.items()},
+        "median_cpu_s": {k: round(v[1], 3) for k, v in med.items()},
+        "median_peak_mb": {k: round(v[2], 1) for k, v in med.items()},
         "help_s": round(med["help"][0], 3),
         "video_time_ratio": round(med["video"][0] / med["mediapipe"][0], 3),
-        "video_memory_ratio": round(med["video"][1] / med["mediapipe"][1], 3),
+        "video_cpu_ratio": round(med["video"][1] / med["mediapipe"][1], 3),
+        "video_memory_ratio": round(med["video"][2] / med["mediapipe"][2], 3),
         "targets": TARGETS,
     }
-    print(f"{n}-frame clip from {clip_src.name}, median of {args.rounds} alternating rounds, whole processes:")
-    print(f"| process | wall s | peak MB |\n|---|---:|---:|")
-    for k, (t, m) in med.items():
-        print(f"| {k} | {t:.2f} | {m:.0f} |")
+    print(f"{n}-frame clip from {clip_src.name}, median of {args.rounds} alternating rounds, whole processes "
+          f"(load average {out['load_average'][0]:.1f}):")
+    print("| process | wall s | CPU s | peak MB |\n|---|---:|---:|---:|")
+    for k, (wall, cpu, mb) in med.items():
+        print(f"| {k} | {wall:.2f} | {cpu:.2f} | {mb:.0f} |")
+    print(f"video_cpu_ratio: {out['video_cpu_ratio']:.2f} (CPU seconds; less sensitive to other load than wall time)")
     for key, target in TARGETS.items():
         print(f"{key}: {out[key]:.2f} (target <= {target}: {'met' if out[key] <= target else 'MISSED'})")
     if args.json:
