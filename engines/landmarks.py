@@ -40,6 +40,14 @@ import numpy as np
 from engines.skeleton import JOINT_INDEX, NUM_JOINTS
 
 NUM_MP_LANDMARKS = 33
+# MediaPipe Pose's landmark names, in its order ("left" is the person's left).
+MP_LANDMARK_NAMES: tuple[str, ...] = (
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",
+    "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_pinky", "right_pinky", "left_index", "right_index",
+    "left_thumb", "right_thumb", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "left_heel", "right_heel", "left_foot_index", "right_foot_index",
+)
 MP_NOSE, MP_L_EAR, MP_R_EAR = 0, 7, 8
 MP_L_SHOULDER, MP_R_SHOULDER, MP_L_HIP, MP_R_HIP = 11, 12, 23, 24
 

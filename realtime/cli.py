@@ -13,7 +13,8 @@ imports: this table names them as strings, and `train` is imported only to run o
 
 Global options: --version, -v/--verbose (INFO logs, and MediaPipe's and the exporters' own
 log lines; -vv: DEBUG and tracebacks), -q/--quiet (errors only). Exit status: 0 done,
-1 runtime failure, 2 usage error (bad option, missing or unusable input), 130 Ctrl-C.
+1 runtime failure, 2 usage error (bad option, missing or unusable input), 130 Ctrl-C,
+143 SIGTERM (handled as Ctrl-C).
 """
 from __future__ import annotations
 
@@ -22,20 +23,23 @@ import ast
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from engines.errors import UserError
+from engines.errors import Interrupted, UserError
 
 # name -> (module, one-line help). Modules are imported only when run.
 APP_COMMANDS: dict[str, tuple[str, str]] = {
     "video": ("realtime.video_cmd", "3D pose over a whole video or image folder, written to .npz/.json/.csv/.bvh"),
     "webcam": ("realtime.webcam_cmd", "live 3D pose from a webcam (or a video as one): viewer, Open3D, file, OSC"),
     "serve": ("realtime.serve_cmd", "replay a pose file (.npz or viewer .jsonl) to browser viewers"),
+    "recover": ("realtime.recover_cmd", "rebuild the outputs of an interrupted run from its journal (OUT.part)"),
 }
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("realtime.bench", "frame rate of MediaPipe alone vs MediaPipe + lifter + writing"),
@@ -193,7 +197,52 @@ def _missing_extra(exc: ModuleNotFoundError) -> str | None:
     return None
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+class _StartUpSignals:
+    """Ctrl-C and SIGTERM while the CLI imports a command: the first is noted and acted upon
+    once the import is done (an exception raised inside native code that calls back into
+    Python, as imports of compiled libraries do, aborts the process); a second one raises
+    at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+        self.signum = signum
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """One line for Ctrl-C or SIGTERM (also during start-up); 130 or 143."""
+    code = getattr(exc, "exit_code", 130)
+    print("terminated" if code == 128 + signal.SIGTERM else "interrupted", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. SIGTERM stops it as Ctrl-C does (its `finally` blocks run, files are
+    completed; the commands that write files handle both themselves, realtime.live.
+    DeferredInterrupt); during start-up either signal gives one line, exit 130 / 143."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    start_up = _StartUpSignals()
+    try:
+        for sig, handler in previous.items():
+            if handler is not signal.SIG_IGN:  # e.g. SIGINT of a background job stays ignored
+                signal.signal(sig, start_up)
+        return _main(argv, start_up, previous)
+    except KeyboardInterrupt as exc:  # a second signal during start-up
+        return _interrupted(exc)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None, start_up: _StartUpSignals, previous: dict) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmds = commands()
     name = _command_in(argv, cmds)
@@ -208,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"posestream {name}: error: {hint}", file=sys.stderr)
         return 1
+    if start_up.signum is not None:
+        return _interrupted(Interrupted(start_up.signum))
+    if previous:
+        signal.signal(signal.SIGINT, previous[signal.SIGINT])
+        signal.signal(signal.SIGTERM, _terminate)
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return 2
@@ -217,9 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"posestream {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except ModuleNotFoundError as exc:
         hint = _missing_extra(exc)
         print(f"posestream {args.command}: error: {hint or exc}", file=sys.stderr)

@@ -16,20 +16,21 @@ its window's thread, the file writer its order, and the server's `publish` never
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from engines.skeleton import BONES, LEFT_JOINTS, RIGHT_JOINTS
 from realtime.api import Options, default_model, pipeline_steps  # noqa: F401 - pipeline_steps: for callers of live
 from realtime.filters import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, PoseSmoother, SmootherConfig
 from realtime.frames import Frame, PoseFrame
+from realtime.preview import draw_skeleton
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,14 @@ def options_from_args(args: argparse.Namespace) -> Any:
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = True) -> None:
-    """The live outputs' options. A command with its own --out (posestream video) passes
-    include_out=False and gets --serve/--host/--port/--token/--open3d/--osc only."""
-    g = parser.add_argument_group("outputs")
+    """The live outputs' options. include_out adds the file outputs (--out, repeatable,
+    --no-overwrite and the formats' options: realtime.writers.add_file_arguments); a command
+    that adds those itself (posestream video) passes include_out=False."""
     if include_out:
-        g.add_argument("--out", metavar="FILE", help="write poses to FILE (.npz, .json, .csv or .bvh)")
+        from realtime.writers import add_file_arguments
+
+        add_file_arguments(parser)
+    g = parser.add_argument_group("outputs")
     g.add_argument("--serve", action="store_true", help="stream to the browser viewer (websocket + HTTP)")
     g.add_argument("--host", default="127.0.0.1", help="--serve address (default 127.0.0.1, this machine only)")
     g.add_argument("--port", type=int, default=8765, help="--serve port (default 8765; 0 = any free port)")
@@ -122,34 +126,92 @@ def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = Tr
 
 
 class DeferredInterrupt:
-    """Ctrl-C as a request: inside the `with` block the first SIGINT only sets `requested`
-    (the caller's loop stops after the frame in hand, so no write is cut in half and the
-    output file is finalised); a second one raises KeyboardInterrupt at once. Works in the
-    main thread only; elsewhere (tests calling a command in a thread) it does nothing."""
+    """Ctrl-C (SIGINT) and SIGTERM as a request to stop, so that the outputs are finalised.
 
-    def __init__(self, message: str = "stopping after the current frame (Ctrl-C again to abort)") -> None:
+    Inside the `with` block the first signal sets `requested` and `signum`: by default the
+    caller acts on it at safe points (`check()` between start-up steps: raising inside
+    native code that calls back into Python, as model loading does, would abort the
+    process), and its loop stops after the frame in hand (no write is cut in half); with
+    immediate=True it raises `Interrupted` at once (a live loop may be blocked waiting for a
+    camera). A second signal raises `Interrupted` at once. What follows a raise (the
+    clean-up), and `finishing(what)`, the writing of the outputs at the end, one more signal
+    does not cut short: it takes two (the journal keeps every frame either way). `exit_code` is 128 + the first signal
+    (130 for Ctrl-C, 143 for SIGTERM), None without one. Works in the main thread only;
+    elsewhere (tests calling a command in a thread) it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, message: str = "stopping after the current frame ({again} again to abort)",
+                 immediate: bool = False) -> None:
         self.message = message
-        self.requested = False
-        self._previous: Any = None
-        self._installed = False
+        self.immediate = immediate
+        self.signum: int | None = None
+        self.count = 0
+        self._abort_at = 2
+        self._finishing: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signum is None else 128 + int(self.signum)
+
+    @property
+    def name(self) -> str:
+        """How the user stopped the run: "Ctrl-C" or "SIGTERM" (empty without a signal)."""
+        if self.signum is None:
+            return ""
+        return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        if self.message:
-            print(f"\n{self.message}", file=sys.stderr, flush=True)
+        from engines.errors import Interrupted
+
+        self.count += 1
+        if self.signum is None:
+            self.signum = signum
+        if self.count >= self._abort_at or (self.count == 1 and self.immediate):
+            self._abort_at = self.count + 2  # the clean-up that follows: one more signal does not cut it short
+            raise Interrupted(self.signum)
+        if self._finishing is not None:
+            print(f"\nstill writing {self._finishing}: {self.name} again to abort (every frame stays in the "
+                  f"journal for `posestream recover`)", file=sys.stderr, flush=True)
+        elif self.count > 1:
+            print(f"\nstill stopping: {self.name} again to abort", file=sys.stderr, flush=True)
+        elif self.message:
+            print(f"\n{self.name}: {self.message.format(again=self.name)}", file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        """A safe point (between start-up steps): raise `Interrupted` if a signal came."""
+        from engines.errors import Interrupted
+
+        if self.signum is not None:
+            self._abort_at = max(self._abort_at, self.count + 2)
+            raise Interrupted(self.signum)
+
+    @contextlib.contextmanager
+    def finishing(self, what: str) -> Iterator[None]:
+        """While the outputs (`what`) are written: one more signal only prints a note."""
+        saved = self._finishing, self._abort_at
+        self._finishing, self._abort_at = what, max(self._abort_at, self.count + 2)
+        try:
+            yield
+        finally:
+            self._finishing, self._abort_at = saved
 
     def __enter__(self) -> "DeferredInterrupt":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. SIGINT of a background job
+                    self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
 
 
 class ImageTap:
@@ -187,12 +249,7 @@ def draw_overlay(image: np.ndarray, pf: PoseFrame, width: int = THUMB_WIDTH) -> 
     s = width / w
     small = cv2.resize(image, (width, max(1, int(round(h * s)))), interpolation=cv2.INTER_AREA)
     if pf.valid:
-        uv = np.asarray(pf.joints_2d_px, np.float64) * s
-        left, right = set(LEFT_JOINTS), set(RIGHT_JOINTS)
-        for p, c in BONES:
-            if np.isfinite(uv[[p, c]]).all():
-                color = (40, 110, 240) if c in left else (230, 50, 40) if c in right else (240, 240, 240)
-                cv2.line(small, tuple(int(v) for v in uv[p]), tuple(int(v) for v in uv[c]), color, 2, cv2.LINE_AA)
+        draw_skeleton(small, np.asarray(pf.joints_2d_px, np.float64) * s)
     return small
 
 
@@ -206,25 +263,29 @@ def encode_jpeg(rgb: np.ndarray, quality: int = THUMB_QUALITY) -> bytes:
 
 
 class LiveSinks:
-    """The outputs of a run: file writer (`out`), viewer server (`serve`), Open3D (`open3d`),
-    OSC/VMC over UDP (`osc`, "[HOST:]PORT").
+    """The outputs of a run: pose files (`out`: one path or several, realtime.writers.Recording),
+    a preview video (`preview`, realtime.preview.PreviewWriter, drawn from the `tap`'s images),
+    viewer server (`serve`), Open3D (`open3d`), OSC/VMC over UDP (`osc`, "[HOST:]PORT").
 
     `emit(pf)` sends one PoseFrame everywhere and returns False when the user closed the
-    Open3D window (the caller then stops). `close()` finalises the file (even after an
-    error: everything emitted so far is kept) and stops the server and window. Construction
-    opens everything at once, so a bad --out or a busy port fails before the pipeline starts
-    (and whatever was already opened is closed again)."""
+    Open3D window (the caller then stops). `finish_file()` completes the files (end of input);
+    `close()` completes them too (even after an error: everything emitted so far is kept) and
+    stops the server and window. Construction opens everything at once, so a bad --out or a
+    busy port fails before the pipeline starts (and whatever was already opened is closed
+    again, leaving existing files as they were)."""
 
-    def __init__(self, out: str | Path | None = None, fps: float = 30.0, serve: bool = False,
+    def __init__(self, out: str | Path | Sequence[Any] | None = None, fps: float = 30.0, serve: bool = False,
                  host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
                  open3d: bool = False, tap: ImageTap | None = None, source_info: dict | None = None,
-                 osc: str | None = None) -> None:
+                 osc: str | None = None, overwrite: bool = True, preview: Any = None) -> None:
         self.writer = None
+        self.preview = preview
         self.server = None
         self.viewer = None
         self.osc = None
         self.tap = tap
         self.written = 0
+        self.out_paths: list[Path] = []
         try:
             if serve:
                 from realtime.server import PoseServer
@@ -238,19 +299,29 @@ class LiveSinks:
                 from realtime.osc_sink import OscSink, parse_target
 
                 self.osc = OscSink(*parse_target(osc))
-            if out:  # last: a busy port or a missing Open3D must not create (or truncate) the file
-                from realtime.writers import open_writer
+            if out:  # last: a busy port or a missing Open3D must not create (or replace) a file
+                from realtime.writers import Recording
 
-                self.writer = open_writer(out, fps)
+                self.writer = Recording([out] if isinstance(out, (str, Path)) else list(out), fps, source_info,
+                                        overwrite=overwrite)
+                self.out_paths = [s.path for s in self.writer.specs]
         except BaseException:
             self.close()
             raise
 
     @staticmethod
     def from_args(args: argparse.Namespace, fps: float, tap: ImageTap | None = None,
-                  source_info: dict | None = None) -> "LiveSinks":
-        return LiveSinks(getattr(args, "out", None), fps, args.serve, args.host, args.port, args.token, args.open3d, tap, source_info,
-                         getattr(args, "osc", None))
+                  source_info: dict | None = None, preview: Any = None) -> "LiveSinks":
+        from realtime.writers import output_specs
+
+        return LiveSinks(output_specs(getattr(args, "out", None), args), fps, args.serve, args.host, args.port,
+                         args.token, args.open3d, tap, source_info, getattr(args, "osc", None),
+                         overwrite=not getattr(args, "no_overwrite", False), preview=preview)
+
+    @property
+    def out_names(self) -> str:
+        """The pose files this run writes, for messages."""
+        return ", ".join(str(p) for p in self.out_paths)
 
     @property
     def url(self) -> str | None:
@@ -260,6 +331,8 @@ class LiveSinks:
         if self.writer is not None:
             self.writer.write(pf)
             self.written += 1
+        if self.preview is not None:
+            self.preview.write(pf, self.tap.get(pf.index) if self.tap is not None else None)
         if self.server is not None:
             jpeg = None
             if self.tap is not None and self.server.wants_thumbnail():
@@ -274,10 +347,9 @@ class LiveSinks:
         return True
 
     def finish_file(self) -> None:
-        """Finalise the output file now (end of input) and keep the viewer outputs open."""
-        if self.writer is not None:
-            writer, self.writer = self.writer, None
-            writer.close()
+        """Complete the files now (end of input) and keep the viewer outputs open. Each file
+        output is completed even if another fails; the first failure is raised at the end."""
+        self._close(("writer", "preview"))
 
     def idle(self) -> bool:
         """Keep the outputs responsive while no frame comes (the server needs nothing; the
@@ -290,8 +362,11 @@ class LiveSinks:
         """Close everything, each independently (one failing close does not skip the rest);
         the first failure is re-raised at the end (a file that could not be finalised must
         not pass silently)."""
+        self._close(("writer", "preview", "server", "viewer", "osc"))
+
+    def _close(self, names: tuple[str, ...]) -> None:
         first: BaseException | None = None
-        for name in ("writer", "server", "viewer", "osc"):
+        for name in names:
             obj = getattr(self, name)
             if obj is None:
                 continue
@@ -299,7 +374,11 @@ class LiveSinks:
             try:
                 obj.close()
             except Exception as exc:  # noqa: BLE001 - keep closing the others
-                log.error("closing the %s failed: %s", name, exc)
+                from realtime.writers import OutputError
+
+                # an OutputError is the command's to report (one line, with how to recover)
+                log.log(logging.DEBUG if isinstance(exc, OutputError) else logging.ERROR,
+                        "closing the %s failed: %s", name, exc)
                 first = first or exc
         if first is not None:
             raise first

@@ -1,9 +1,20 @@
-"""Estimate 3D pose over a whole video (or image folder) and write it to a file.
+"""Estimate 3D pose over a whole video (or image folder) and write it to files.
 
-MediaPipe Pose (2D) + the lifter on every frame, with a progress bar; the output format
-follows OUT's extension: .npz, .json, .csv or .bvh (realtime/writers.py). Frames without a
-person, and frames the decoder could not read, are written as empty (NaN, valid=False):
-the output has one entry per source frame.
+MediaPipe Pose (2D) + the lifter on every frame, with a progress bar. Each --out (repeat it
+for several outputs, written in one pass) picks its format by extension: .npz, .json,
+.csv, .bvh, or a .openpose folder (realtime/writers.py, docs/outputs.md); --landmarks adds
+MediaPipe's 33 landmarks to .npz/.json. --preview VIDEO also writes the input with the
+skeleton drawn, a 3D side-view inset and a progress bar (realtime/preview.py). Frames
+without a person, and frames the decoder could not read, are written as empty (NaN,
+valid=False): the outputs have one entry per source frame.
+
+Files are safe to interrupt: every output is checked before anything is loaded; every frame
+goes to a journal (OUT.part, after the first --out) as it is computed, and the outputs are
+written from it at the end under temporary names, then renamed, so an existing file is
+only ever replaced by a complete one (with a note; --no-overwrite refuses). Ctrl-C or
+SIGTERM stops after the frame in hand and completes the files (exit 130 / 143); a run that
+was killed outright leaves the journal: `posestream recover OUT.part`, or the next run with
+the same --out recovers it as OUT.recovered.EXT.
 
 Live outputs while the file is processed (the same as `posestream webcam`'s):
     --serve    browser viewer at http://127.0.0.1:8765/ (page at /, websocket stream at /ws)
@@ -12,11 +23,11 @@ Live outputs while the file is processed (the same as `posestream webcam`'s):
 The file is still processed in file mode: every frame, in order, none dropped (detection
 and lifting overlap in threads). --realtime paces the file at its own frame rate, so a
 viewer sees it at natural speed (without it, frames go out as fast as they are computed);
---hold keeps serving the last frame after the end of the file, until Ctrl-C. Ctrl-C stops
-after the frame in hand and the output file is finalised with every frame processed.
+--hold keeps serving the last frame after the end of the file, until Ctrl-C.
 Smoothing is OFF by default (files are for accuracy): --smooth turns it on.
 
-    posestream video assets/demo.mp4 --out out/demo.bvh
+    posestream video assets/demo.mp4 --out out/demo.bvh --out out/demo.npz
+    posestream video assets/demo.mp4 --out out/demo.npz --preview out/demo_preview.mp4
     posestream video assets/demo.mp4 --out out/demo.npz --serve --realtime --hold
 """
 from __future__ import annotations
@@ -32,16 +43,18 @@ from engines.errors import UserError
 from realtime.api import DEFAULT_FPS, QUEUE_SIZE, Options, PoseStream
 from realtime.live import (DeferredInterrupt, LiveSinks, add_model_arguments, add_output_arguments,
                            add_smoothing_arguments)
+from realtime.preview import add_preview_arguments
+from realtime.writers import add_file_arguments
 
 # Frames whose images the thumbnail tap keeps: detection can run ahead of the caller by the
 # queue after it, the lift thread and the output queue.
 TAP_KEEP = 3 * QUEUE_SIZE + 4
 HOLD_POLL_S = 0.05
+STOP_MESSAGE = "stopping after the current frame ({again} again to abort)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN", help="video file or folder of images")
-    p.add_argument("--out", required=True, help="output file: .npz, .json, .csv or .bvh")
     add_model_arguments(p, live=False)
     p.add_argument("--num-poses", type=int, default=Options.num_poses,
                    help="people MediaPipe may find; the largest/most central one is tracked (default 1)")
@@ -51,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_smoothing_arguments(p, default_on=False)
+    add_file_arguments(p)
+    add_preview_arguments(p)
     add_output_arguments(p, include_out=False)
     g = p.add_argument_group("live playback (with --serve, --open3d or --osc)")
     g.add_argument("--realtime", action="store_true",
@@ -64,74 +79,119 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from realtime.api import Estimator
     from realtime.live import ImageTap, options_from_args
-    from realtime.writers import WRITERS
+    from realtime.preview import PreviewWriter, check_preview
+    from realtime.writers import check_outputs, output_specs
 
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
-    if not any(args.out.lower().endswith(ext) for ext in WRITERS):
-        raise UserError(f"unsupported output {args.out!r}: use one of {', '.join(WRITERS)}")
+    if not args.out and not args.preview:
+        raise UserError("nothing to write: give --out FILE (repeatable) and/or --preview VIDEO")
+    # Every output is checked before anything is loaded or processed.
+    check_outputs(output_specs(args.out, args), overwrite=not args.no_overwrite)
+    if args.preview:
+        note = check_preview(Path(args.preview), overwrite=not args.no_overwrite)
+        if note:
+            print(note, file=sys.stderr, flush=True)
     if args.hold and not (args.serve or args.open3d):
         raise UserError("--hold keeps the viewer open after the end of the file: it needs --serve or --open3d")
-    tap = ImageTap(keep=TAP_KEEP) if args.serve else None
+    tap = ImageTap(keep=TAP_KEEP) if (args.serve or args.preview) else None
     # Live outputs: detection and lifting overlap in threads (file mode: every frame, in
     # order), the sinks fed from this thread as `posestream webcam` does.
     live_outputs = bool(args.serve or args.open3d or args.osc)
-    poses = Estimator.from_options(options_from_args(args)).stream(
-        args.input, live=False, realtime=args.realtime, max_frames=args.max_frames, fps=args.fps,
-        overlap=live_outputs, tap=tap)
-    with poses:
-        sinks = LiveSinks.from_args(args, poses.fps, tap, {"kind": "video", "file": Path(args.input).name,
-                                                           "frames": poses.frame_count,
-                                                           "fps": poses.fps, "realtime": bool(args.realtime)})
-        try:
-            with DeferredInterrupt() as ctrl_c:
-                stopped_by = _process(args, poses, sinks, ctrl_c)
-                if stopped_by is None and args.hold:
+    estimator = Estimator.from_options(options_from_args(args))
+    # Ctrl-C / SIGTERM: during start-up, acted upon between steps (nothing written); then the
+    # loop stops after the frame in hand and the files are completed.
+    with DeferredInterrupt(message="") as ctrl_c:
+        poses = estimator.stream(args.input, live=False, realtime=args.realtime, max_frames=args.max_frames,
+                                 fps=args.fps, overlap=live_outputs, tap=tap)
+        with poses:
+            ctrl_c.check()
+            preview = (PreviewWriter(Path(args.preview), poses.fps, poses.frame_count,
+                                     overwrite=not args.no_overwrite) if args.preview else None)
+            sinks = LiveSinks.from_args(args, poses.fps, tap, {"kind": "video", "file": Path(args.input).name,
+                                                               "frames": poses.frame_count, "fps": poses.fps,
+                                                               "realtime": bool(args.realtime)}, preview=preview)
+            try:
+                ctrl_c.check()
+                ctrl_c.message = STOP_MESSAGE
+                rc, ended = _process(args, poses, sinks, ctrl_c)
+                if ended and args.hold:
                     held = f"serving the last frame at {sinks.url}" if sinks.url else "showing the last frame"
                     print(f"end of file: {held}; Ctrl-C to stop", file=sys.stderr, flush=True)
                     ctrl_c.message = ""
                     while not ctrl_c.requested and sinks.idle():
                         time.sleep(HOLD_POLL_S)
-        finally:
-            sinks.close()
-    return {None: 0, "window closed": 0, "Ctrl-C": 130}.get(stopped_by, 1)
+            finally:
+                sinks.close()
+    return rc
 
 
-def _process(args: argparse.Namespace, poses: PoseStream, sinks: LiveSinks, ctrl_c: DeferredInterrupt) -> str | None:
-    """Every pose of `poses` into `sinks`; the output file is finalised on the way out.
-    Returns None at the end of the file, else why it stopped: "Ctrl-C", "window closed" or
-    "error" (a failed stage, reported here)."""
+def _process(args: argparse.Namespace, poses: PoseStream, sinks: LiveSinks,
+             ctrl_c: DeferredInterrupt) -> tuple[int, bool]:
+    """Every pose of `poses` into `sinks`; the files are completed on the way out. Returns
+    the exit code (0; 130/143 after Ctrl-C/SIGTERM; 1 after a failed stage or output,
+    reported here) and whether the whole file was processed."""
     from tqdm import tqdm
 
     from realtime.pipeline import StageError
+    from realtime.writers import OutputError, part_path
 
     if sinks.url:
         print(f"viewer: {sinks.url}", file=sys.stderr, flush=True)
     n_written = n_valid = 0
-    stopped_by = failure = None
+    stopped_by = None
+    failures: list[str] = []
     t0 = time.perf_counter()
     bar = tqdm(total=poses.frame_count, unit="frame", disable=args.no_progress or getattr(args, "quiet", False),
                dynamic_ncols=True)
+    # Keep the iterator: leaving the loop must not close the stream (models, threads) before
+    # the `finishing` block below, which shields that from a further Ctrl-C.
+    frames = iter(poses)
     try:
-        for pose in poses:
+        for pose in frames:
             alive = sinks.emit(pose)
             n_written += 1
             n_valid += int(pose.valid)
             bar.update(1)
             if ctrl_c.requested or not alive:
-                stopped_by = "Ctrl-C" if ctrl_c.requested else "window closed"
+                stopped_by = ctrl_c.name if ctrl_c.requested else "window closed"
                 break
     except StageError as exc:
         logging.getLogger(__name__).debug("pipeline failure", exc_info=exc)
-        failure, stopped_by = exc, "error"
-    finally:
+        failures.append(str(exc))
+        stopped_by = "error"
+    except OSError as exc:  # the journal could not be written (disk full, ...)
+        failures.append(f"cannot write the journal: {exc.strerror or exc}")
+        stopped_by = "error"
+    except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM: stop now, and still write the files
+        stopped_by = ctrl_c.name or "Ctrl-C"
+    except BaseException:
         poses.close()
+        raise
+    finally:
         bar.close()
-        sinks.finish_file()
     dt = time.perf_counter() - t0
+    names = ", ".join(filter(None, [sinks.out_names, str(args.preview or "")]))
+    try:
+        with ctrl_c.finishing(names):  # closing the models and writing the files
+            poses.close()
+            sinks.finish_file()
+    except OutputError as exc:
+        failures.append(str(exc))
+    except KeyboardInterrupt:
+        journal = part_path(Path(args.out[0])) if args.out else None
+        print(f"posestream video: aborted while writing {names}"
+              + (f"; every frame is kept in {journal}: `posestream recover {journal}`" if journal else ""),
+              file=sys.stderr, flush=True)
+        raise
+    what = f"wrote {names}" if n_written and not failures else "processed"
     print(f"{'stopped (' + stopped_by + '): ' if stopped_by else ''}"
-          f"wrote {args.out}: {n_written} frames ({n_valid} with a person, {len(poses.skipped)} undecodable) "
+          f"{what}: {n_written} frames ({n_valid} with a person, {len(poses.skipped)} undecodable) "
           f"in {dt:.1f} s = {n_written / max(dt, 1e-9):.1f} frames/s, lifter on {poses.backend_name}", flush=True)
-    if failure is not None:
-        print(f"posestream video: error: {failure}", file=sys.stderr)
-    return stopped_by
+    for failure in failures:
+        print(f"posestream video: error: {failure}", file=sys.stderr, flush=True)
+    if failures:
+        return 1, False
+    if ctrl_c.requested:
+        return int(ctrl_c.exit_code or 130), False
+    return 0, stopped_by is None

@@ -5,14 +5,16 @@ the newest camera frame wins, so latency stays low and frames the pipeline canno
 with are dropped (counted in the status line). Outputs, any combination:
     --serve    browser viewer at http://127.0.0.1:8765/ (websocket stream)
     --open3d   Open3D window with the skeleton in camera space
-    --out FILE poses as .npz / .json / .csv / .bvh (every processed frame, in order)
+    --out FILE poses as .npz / .json / .csv / .bvh / .openpose (every processed frame, in
+               order; repeatable; crash-safe, see `posestream video --help`)
     --osc      OSC/VMC bundles over UDP to 127.0.0.1:39539 (or --osc HOST:PORT)
 Examples:
     posestream webcam --serve
     posestream webcam --camera /dev/video2 --open3d --out take1.npz
     posestream webcam --camera assets/demo.mp4 --loop --serve     (a video as a stand-in camera)
 With no output option it serves the browser viewer and prints its URL.
-Stop with Ctrl-C (the output file is finalised; exit status 130), or by closing the Open3D window.
+Stop with Ctrl-C or SIGTERM (the files are completed; exit status 130 / 143), or by closing
+the Open3D window.
 """
 from __future__ import annotations
 
@@ -90,50 +92,74 @@ class StatusLine:
 
 def run(args: argparse.Namespace) -> int:
     from realtime.api import Estimator
-    from realtime.live import ImageTap, LiveSinks, options_from_args
+    from realtime.live import DeferredInterrupt, ImageTap, LiveSinks, options_from_args
     from realtime.pipeline import StageError
+    from realtime.writers import OutputError, check_outputs, output_specs, part_path
 
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError("--max-frames must be >= 1")
     estimator = Estimator.from_options(options_from_args(args))  # bad --fov/--calib: fail before opening anything
     estimator.options.smoother(live=True)  # bad smoothing settings too
+    check_outputs(output_specs(args.out, args), overwrite=not args.no_overwrite)  # and a bad --out
     if not any(getattr(args, k, None) for k in ("out", "serve", "open3d", "osc")):
         args.serve = True  # no output asked for: show the poses in the browser viewer
         print("no output option given: serving the browser viewer (--out FILE saves the poses, "
               "--open3d opens a window)", file=sys.stderr)
-    source = open_camera(args.camera, args.loop, args.max_frames, args.width, args.height)
-    tap = ImageTap()
-    sinks = poses = None
-    try:
-        sinks = LiveSinks.from_args(args, source.fps, tap, {"kind": "webcam", "camera": args.camera,
-                                                            "fps": source.fps})
-        poses = estimator.stream(source, live=True, tap=tap, stall_timeout_s=args.stall_timeout)
-        if sinks.url:
-            print(f"viewer: {sinks.url}", file=sys.stderr)
-        status = StatusLine(not getattr(args, "quiet", False))  # -q (posestream's global option): no status line
-        stopped_by = "end of input"
+    # Ctrl-C / SIGTERM: during start-up, acted upon between steps (nothing written); in the
+    # loop at once (it may be waiting for the camera); the files are then completed, which
+    # one more signal does not cut short.
+    with DeferredInterrupt(message="") as interrupt:
+        source = open_camera(args.camera, args.loop, args.max_frames, args.width, args.height)
+        tap = ImageTap()
+        sinks = poses = None
         try:
-            for pf in poses:
-                if not sinks.emit(pf):
-                    stopped_by = "window closed"
-                    break
-                status.update(poses.stats.status_line())
-        except KeyboardInterrupt:
-            stopped_by = "Ctrl-C"
-        except StageError as exc:
-            status.end()
-            log.debug("pipeline failure", exc_info=exc)
-            print(f"posestream webcam: error: {exc}", file=sys.stderr)
-            return 1
+            sinks = LiveSinks.from_args(args, source.fps, tap, {"kind": "webcam", "camera": args.camera,
+                                                                "fps": source.fps})
+            interrupt.check()
+            poses = estimator.stream(source, live=True, tap=tap, stall_timeout_s=args.stall_timeout)
+            interrupt.check()
+            if sinks.url:
+                print(f"viewer: {sinks.url}", file=sys.stderr)
+            status = StatusLine(not getattr(args, "quiet", False))  # -q (posestream's global option): no status line
+            stopped_by = "end of input"
+            try:
+                interrupt.immediate = True
+                interrupt.check()
+                frames = iter(poses)  # kept: leaving the loop must not close the stream before `finishing`
+                for pf in frames:
+                    if not sinks.emit(pf):
+                        stopped_by = "window closed"
+                        break
+                    status.update(poses.stats.status_line())
+            except KeyboardInterrupt:
+                stopped_by = interrupt.name or "Ctrl-C"
+            except StageError as exc:
+                status.end()
+                log.debug("pipeline failure", exc_info=exc)
+                print(f"posestream webcam: error: {exc}", file=sys.stderr)
+                return 1
+            finally:
+                status.end()
+            names = sinks.out_names
+            try:
+                with interrupt.finishing(names):  # closing the models and writing the files
+                    poses.close()
+                    sinks.finish_file()
+            except OutputError as exc:
+                print(f"posestream webcam: error: {exc}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                journal = part_path(Path(args.out[0])) if args.out else None
+                print(f"posestream webcam: aborted while writing {names}"
+                      + (f"; every frame is kept in {journal}: `posestream recover {journal}`" if journal else ""),
+                      file=sys.stderr)
+                raise
+            st = poses.stats
+            print(f"stopped ({stopped_by}): {st.processed} frames in {st.elapsed_s:.1f} s ({st.fps:.1f} fps), "
+                  f"{st.dropped} dropped, latency p50 {st.latency_ms_p50:.1f} ms p95 {st.latency_ms_p95:.1f} ms"
+                  + (f"; wrote {sinks.written} frames to {names}" if args.out else ""), file=sys.stderr)
+            return int(interrupt.exit_code or 0)
         finally:
-            poses.close()
-            status.end()
-        st = poses.stats
-        print(f"stopped ({stopped_by}): {st.processed} frames in {st.elapsed_s:.1f} s ({st.fps:.1f} fps), "
-              f"{st.dropped} dropped, latency p50 {st.latency_ms_p50:.1f} ms p95 {st.latency_ms_p95:.1f} ms"
-              + (f"; wrote {sinks.written} frames to {args.out}" if args.out else ""), file=sys.stderr)
-        return 130 if stopped_by == "Ctrl-C" else 0
-    finally:
-        for obj in (sinks, poses, source):
-            if obj is not None:
-                obj.close()
+            for obj in (sinks, poses, source):
+                if obj is not None:
+                    obj.close()

@@ -1,25 +1,53 @@
-"""Streaming pose writers, chosen by the output file's extension (`open_writer`):
+"""Pose outputs: every frame of a run goes to one crash-safe journal, and each output file is
+rendered from it at the end, under a temporary name that is renamed on success.
 
-.npz  arrays (T = frames, in order, none dropped):
-        joints_mm (T,17,3) float32   camera space mm (x right, y down, z forward), root-relative
-        translation_mm (T,3) float32 camera-space pelvis position, mm (NaN if unknown)
-        joints_2d_px (T,17,2) float32 image pixels; confidence (T,17) float32 in [0,1]
-        fbi (T,14,3) float32 FBI probabilities (NaN if the model has no FBI head)
-        valid (T,) bool; index (T,) int64; timestamps_s (T,) float64
-        fps () float64; image_size (T,2) int32 (width, height)
-        joint_names (17,) str; parents (17,) int64; units str; format str
-      Crash safety: every frame is appended (and flushed) to OUT.part as one fixed-size
-      float64 record; close() turns it into the .npz (written to a temp name, then renamed)
-      and deletes the part file. After a crash, `recover_npz(OUT)` finalises the part file.
-.json {"meta": {...}, "frames": [{...}, ...]}, one frame object per line, NaN as null,
-      flushed per frame (a crash leaves every written frame on disk, only the closing "]}"
-      missing).
+The framework (what a run, or `posestream recover`, does with its outputs):
+    specs = output_specs(["a.bvh", "b.npz"], args)   # OutputSpec(path, options) per --out
+    check_outputs(specs, overwrite)  -> notes         # before any work: bad suffix, a folder in
+                                                      # the way, --no-overwrite, unwritable -> UserError
+    rec = Recording(specs, fps, source)               # recovers a leftover OUT.part first (as
+                                                      # OUT.recovered.*), then opens the journal
+    rec.write(pose)                                   # one flushed record per frame (realtime/journal.py)
+    rec.close()                                       # renders every output from the journal:
+                                                      # temp name, fsync, rename; deletes the journal
+                                                      # when all succeeded (OutputError otherwise)
+    recover("a.bvh.part")                             # `posestream recover`: the same rendering
+The journal is named after the first output (OUT.part) and lists every output of the run
+with its options, so `recover` rebuilds them all. An output that fails to render does not
+stop the others, and the journal is kept until every output is written. An existing file
+is replaced only by a complete one; a file in place of an output is never half-written.
+
+A format is an `OutputFormat` in FORMATS, chosen by the output's extension:
+    render(clip, path, options)  writes the complete output at `path` (a temporary name:
+                                 a file, or a folder for folder formats) from a
+                                 `realtime.journal.Clip` (all frames as arrays, landmarks
+                                 and track ids included); it never sees partial runs
+    add_arguments(group)         its command-line options (called once per function by
+                                 `add_file_arguments`, for video, webcam and recover)
+    options(args) -> dict        the options it needs from those arguments; JSON values,
+                                 stored in the journal so `recover` renders the same way
+
+Formats (T = frames, in order, none dropped; frames without a person are NaN with
+valid=False):
+.npz  arrays: joints_mm (T,17,3) float32 camera space mm (x right, y down, z forward),
+      root-relative; translation_mm (T,3) float32 camera-space pelvis mm (NaN if unknown);
+      joints_2d_px (T,17,2) float32 image pixels; confidence (T,17) float32 in [0,1];
+      fbi (T,14,3) float32 FBI probabilities (NaN if the model has no FBI head);
+      valid (T,) bool; index (T,) int64; timestamps_s (T,) float64; fps () float64;
+      image_size (T,2) int32 (width, height); track_id (T,) int32;
+      joint_names (17,) str; parents (17,) int64; units str; format str
+      ("posestream-poses-v1": arrays are only ever added, so readers of v1 files keep working).
+      With --landmarks also MediaPipe's 33 landmarks: landmarks_px (T,33,2) float32 pixels,
+      landmarks_world_mm (T,33,3) float32 mm (hip-centred, camera axes),
+      landmarks_visibility (T,33) float32, landmark_names (33,) str (NaN where absent).
+.json {"meta": {...}, "frames": [{...}, ...]}, one frame object per line, NaN as null;
+      with --landmarks each frame with landmarks has landmarks_px / landmarks_world_mm /
+      landmarks_visibility, and meta has landmark_names.
 .csv  one row per frame: index, timestamp_s, valid, image_w, image_h, tx/ty/tz_mm, then for
-      each joint x/y/z_mm, u/v_px, conf. NaN as an empty field. Flushed per frame.
+      each joint x/y/z_mm, u/v_px, conf. NaN as an empty field.
 .bvh  17-joint hierarchy (engines.skeleton), metres (Blender imports it life-size with the
       default scale), Y up: BVH (X, Y, Z) = camera (x, -y, -z), a rotation about x, so the
-      handedness is kept. Offsets use the clip's median bone lengths, so the motion is
-      buffered in OUT.part and the file is written at close(). Rotations (channels
+      handedness is kept. Offsets use the clip's median bone lengths. Rotations (channels
       Zrotation Xrotation Yrotation, degrees) are computed from the joint positions: a joint
       with one child turns its parent's frame by the smallest rotation that aligns the bone
       (so twist is inherited smoothly); pelvis and thorax, with three children each, take
@@ -27,29 +55,38 @@
       the clip's median shape in that frame. Limb directions are exact; bone lengths and
       girdle shapes are the clip's medians. BVH has no "missing" frame: frames
       without a person repeat the previous pose (the rest pose before the first person).
+.openpose  a folder of OpenPose-style per-frame JSON files (realtime/openpose.py): the
+      BODY_25 layout, for tools that read OpenPose output.
 
-Frames without a person are written as NaN with valid=False, never dropped.
 `read_pose_npz(path) -> list[PoseFrame]` reads an .npz back.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import math
 import os
+import shutil
+import sys
 import zipfile
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from engines.errors import UserError
+from engines.landmarks import MP_LANDMARK_NAMES
 from engines.skeleton import JOINT_NAMES, NUM_FBI_BONES, NUM_JOINTS, PARENTS
 from realtime.frames import PoseFrame
+from realtime.journal import Clip, Journal, JournalWriter, is_locked, read_journal, relative_to_journal
 
 NPZ_FORMAT = "posestream-poses-v1"
 NPZ_UNITS = ("joints_mm: camera-space millimetres (x right, y down, z forward), root-relative; "
              "translation_mm: camera-space pelvis mm; joints_2d_px: image pixels; timestamps_s: seconds")
+JSON_FORMAT = "posestream-poses-json-v1"
 
 
 class PoseWriter(Protocol):
@@ -60,80 +97,360 @@ class PoseWriter(Protocol):
     def close(self) -> None: ...
 
 
+class OutputError(Exception):
+    """Some outputs could not be written (the others were, and the journal keeps every frame).
+    One line, for the CLI to print; exit code 1."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _f(x: float) -> float | None:
     return None if not math.isfinite(x) else round(float(x), 3)
 
 
-# --------------------------------------------------------------------------- npz
-# One record: index, t, valid, w, h, joints 51, translation 3, uv 34, conf 17, fbi 42.
-_REC = 5 + NUM_JOINTS * 3 + 3 + NUM_JOINTS * 2 + NUM_JOINTS + NUM_FBI_BONES * 3
+# --------------------------------------------------------------------------- framework
+@dataclass(frozen=True)
+class OutputFormat:
+    """One output format (module docstring): its extension, a one-line summary, the
+    renderer, and its command-line options."""
+
+    suffix: str
+    summary: str
+    render: Callable[[Clip, Path, Mapping[str, Any]], None]
+    folder: bool = False
+    add_arguments: Callable[[Any], None] | None = None
+    options: Callable[[argparse.Namespace], dict[str, Any]] | None = None
 
 
-def _record(p: PoseFrame) -> np.ndarray:
-    fbi = np.full((NUM_FBI_BONES, 3), np.nan) if p.fbi is None else np.asarray(p.fbi, np.float64)
-    rec = np.concatenate([[p.index, p.timestamp_s, float(p.valid), p.image_size[0], p.image_size[1]],
-                          np.asarray(p.joints_mm, np.float64).reshape(-1), np.asarray(p.translation_mm, np.float64).reshape(-1),
-                          np.asarray(p.joints_2d_px, np.float64).reshape(-1), np.asarray(p.confidence, np.float64).reshape(-1),
-                          fbi.reshape(-1)])
-    assert rec.shape == (_REC,), rec.shape
-    return rec
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output of a run: where, and the format's options (JSON values)."""
+
+    path: Path
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def format(self) -> OutputFormat:
+        return FORMATS[self.path.suffix.lower()]
 
 
-def _part_path(path: Path) -> Path:
+def part_path(path: Path) -> Path:
+    """The journal a run whose first output is `path` keeps: OUT.part."""
     return path.with_name(path.name + ".part")
 
 
-def _finalize_npz(part: Path, out: Path, fps: float) -> None:
-    raw = np.fromfile(part, dtype=np.float64)
-    raw = raw[: raw.size // _REC * _REC].reshape(-1, _REC)  # a torn last record is dropped
-    o = 5
-    J = raw[:, o:o + 51].reshape(-1, NUM_JOINTS, 3); o += 51
-    T = raw[:, o:o + 3]; o += 3
-    UV = raw[:, o:o + 34].reshape(-1, NUM_JOINTS, 2); o += 34
-    C = raw[:, o:o + 17]; o += 17
-    F = raw[:, o:o + 42].reshape(-1, NUM_FBI_BONES, 3)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, joints_mm=J.astype(np.float32), translation_mm=T.astype(np.float32),
-             joints_2d_px=UV.astype(np.float32), confidence=C.astype(np.float32), fbi=F.astype(np.float32),
-             valid=raw[:, 2] > 0.5, index=raw[:, 0].astype(np.int64), timestamps_s=raw[:, 1],
-             fps=np.float64(fps), image_size=raw[:, 3:5].astype(np.int32),
-             joint_names=np.array(JOINT_NAMES), parents=np.array(PARENTS, np.int64),
-             units=np.array(NPZ_UNITS), format=np.array(NPZ_FORMAT))
-    os.replace(tmp, out)
-    part.unlink()
+def temp_path(path: Path) -> Path:
+    """Where an output is rendered before the rename: under its own name in a folder
+    OUT.tmp beside it (same file system, and the renderer sees the final name)."""
+    return path.with_name(path.name + ".tmp") / path.name
 
 
-class NpzWriter:
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path, self.fps = path, float(fps)
-        self._part = _part_path(path)
-        self._fh = open(self._part, "wb")
-        # The fps is needed to finalise a crashed run: keep it beside the part file.
-        self._part.with_suffix(".fps").write_text(repr(self.fps))
+def output_spec(path: str | Path, args: argparse.Namespace | None = None) -> OutputSpec:
+    """The OutputSpec for `path`, with its format's options taken from `args` (if given)."""
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"unsupported output {path.name!r}: use one of {', '.join(FORMATS)}")
+    return OutputSpec(path, dict(fmt.options(args)) if args is not None and fmt.options else {})
+
+
+def output_specs(paths: Iterable[str | Path] | str | Path | None, args: argparse.Namespace | None = None) -> list[OutputSpec]:
+    if paths is None:
+        return []
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    return [output_spec(p, args) for p in paths]
+
+
+def _is_our_folder(path: Path) -> bool:
+    """A folder output is replaced only if it holds nothing but what that format writes."""
+    return all(p.is_file() and p.name.endswith("_keypoints.json") for p in path.iterdir())
+
+
+def check_outputs(specs: Sequence[OutputSpec], overwrite: bool = True) -> list[str]:
+    """Refuse, before any work, outputs that cannot be written (UserError, one line): the same
+    output twice, or any problem `check_output_path` finds. Returns notes to show: existing
+    outputs that will be replaced."""
+    notes = []
+    seen: set[Path] = set()
+    for spec in specs:
+        key = spec.path.resolve()
+        if key in seen:
+            raise UserError(f"{spec.path} is given twice as an output")
+        seen.add(key)
+        note = check_output_path(spec.path, overwrite, spec.format.folder)
+        if note:
+            notes.append(note)
+    return notes
+
+
+def check_output_path(p: Path, overwrite: bool, folder: bool = False) -> str | None:
+    """UserError if `p` cannot be written as an output: a folder where a file goes (or
+    anything but one of our output folders where a folder goes), an existing output with
+    overwrite=False, a parent that is a file or not writable. A note if it will be replaced."""
+    note = None
+    if p.exists() or p.is_symlink():
+        if folder and not (p.is_dir() and _is_our_folder(p)):
+            raise UserError(f"{p} exists and is not a {p.suffix} output folder: refusing to replace it; "
+                            f"choose another name")
+        if not folder and p.is_dir():
+            raise UserError(f"{p} is a folder: the output must be a file name")
+        if not overwrite:
+            raise UserError(f"{p} exists and --no-overwrite is set: choose another name or remove it")
+        note = f"{p} exists: it will be replaced when this run ends (--no-overwrite keeps it)"
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {p}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {p}: {parent} is not writable")
+    return note
+
+
+def _fsync(path: Path) -> None:
+    paths = sorted(path.iterdir()) if path.is_dir() else [path]
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_output(clip: Clip, spec: OutputSpec, overwrite: bool = True) -> None:
+    """Render `clip` to spec.path: into a temporary name, flushed to disk, then renamed over
+    the final name (for a folder: the old one is moved aside, the new one renamed in, the old
+    one deleted). A failure or an interrupt removes the temporary output and leaves the
+    final name as it was."""
+    path, tmp = spec.path, temp_path(spec.path)
+    clear_temp(tmp.parent, path.name)
+    tmp.parent.mkdir()
+    try:
+        spec.format.render(clip, tmp, spec.options)
+        _fsync(tmp)
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path} appeared during the run and --no-overwrite is set")
+        if spec.format.folder and path.exists():
+            os.replace(path, tmp.parent / (path.name + ".old"))  # aside, deleted with the temporary folder
+        os.replace(tmp, path)
+    finally:
+        clear_temp(tmp.parent, path.name)
+
+
+def clear_temp(folder: Path, name: str) -> None:
+    """Remove a temporary folder of ours (holding at most the output `name`), e.g. one a
+    killed run left; anything else under that name is the user's and is refused."""
+    if not (folder.exists() or folder.is_symlink()):
+        return
+    if folder.is_symlink() or not folder.is_dir() or any(p.name not in (name, name + ".old") for p in folder.iterdir()):
+        raise FileExistsError(f"{folder} is in the way of the temporary output: move it away")
+    shutil.rmtree(folder)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def render_outputs(journal: Journal, specs: Sequence[OutputSpec], overwrite: bool = True) -> None:
+    """Write every output from `journal`'s clip, each independently. OutputError naming the
+    failed ones (the journal is left for `posestream recover`) if any failed."""
+    failed = []
+    for spec in specs:
+        try:
+            write_output(journal.clip, spec, overwrite)
+        except Exception as exc:  # noqa: BLE001 - one output's failure must not lose the others
+            failed.append(f"{spec.path} ({_why(exc)})")
+    if failed:
+        raise OutputError(f"could not write {', '.join(failed)}; every frame is kept in {journal.path}: "
+                          f"`posestream recover {journal.path}` writes the outputs again")
+
+
+def _unique_sibling(path: Path, tag: str) -> Path:
+    for k in range(1, 1000):
+        cand = path.with_name(f"{path.stem}.{tag}{'' if k == 1 else f'-{k}'}{path.suffix}")
+        if not (cand.exists() or part_path(cand).exists()):
+            return cand
+    raise UserError(f"too many {tag} copies of {path} already")
+
+
+def _delete_journal(journal: Journal) -> None:
+    journal.path.unlink(missing_ok=True)
+    if journal.legacy:  # an earlier version kept the frame rate beside the .npz.part
+        journal.path.with_name(journal.path.name[:-len(".part")] + ".fps").unlink(missing_ok=True)
+
+
+def _read_leftover(part: Path) -> Journal:
+    if is_locked(part):
+        raise UserError(f"{part} is being written by a running posestream: wait for it to end, "
+                        f"or choose another output name")
+    return read_journal(part)
+
+
+def recover_leftover(part: Path, say: Callable[[str], None] = _say) -> list[Path]:
+    """A journal left by an interrupted run, found where this run wants to write: its frames
+    are rendered under side names (OUT.recovered.EXT), never overwritten, then it is removed."""
+    if not part.is_file():
+        return []
+    if is_locked(part):
+        raise UserError(f"{part} is being written by a running posestream: wait for it to end, "
+                        f"or choose another output name")
+    try:
+        journal = read_journal(part)
+    except UserError as exc:
+        raise UserError(f"{exc} (found {part.name} left by another run: move it away or delete it)") from None
+    if len(journal.clip) == 0:
+        _delete_journal(journal)
+        say(f"removed {part}: an interrupted run left it without a complete frame")
+        return []
+    specs = [OutputSpec(_unique_sibling(output_spec(p).path, "recovered"), opts) for p, opts in journal.outputs]
+    check_outputs(specs, overwrite=False)
+    render_outputs(journal, specs, overwrite=False)
+    _delete_journal(journal)
+    say(f"{part} was left by an interrupted run: recovered its {len(journal.clip)} frames as "
+        f"{', '.join(str(s.path) for s in specs)}")
+    return [s.path for s in specs]
+
+
+def recover(part: str | Path, outputs: Sequence[OutputSpec] | None = None, overwrite: bool = True,
+            say: Callable[[str], None] = _say) -> list[Path]:
+    """`posestream recover`: render the outputs a journal was meant for (or `outputs`
+    instead) from the frames it holds. The journal is removed once the outputs it was meant
+    for are written; with other `outputs` it is kept. Returns the paths written."""
+    part = Path(part)
+    if not part.name.endswith(".part") and part_path(part).is_file():
+        part = part_path(part)
+    if not part.is_file():
+        raise UserError(f"no journal {part} to recover")
+    journal = _read_leftover(part)
+    if len(journal.clip) == 0:
+        raise UserError(f"{part} holds no complete frame: nothing to recover")
+    specs = list(outputs) if outputs else [OutputSpec(output_spec(p).path, opts) for p, opts in journal.outputs]
+    for note in check_outputs(specs, overwrite):
+        say(note)
+    for spec in specs:
+        spec.path.parent.mkdir(parents=True, exist_ok=True)
+    render_outputs(journal, specs, overwrite)
+    if not outputs:
+        _delete_journal(journal)
+    dropped = f" ({journal.dropped_bytes} bytes of a torn last record dropped)" if journal.dropped_bytes else ""
+    say(f"recovered {len(journal.clip)} frames from {part}{dropped}: wrote {', '.join(str(s.path) for s in specs)}")
+    return [s.path for s in specs]
+
+
+class Recording:
+    """The file outputs of one run (module docstring). A PoseWriter: `write(pose)` for every
+    frame, `close()` at the end (idempotent; renders the outputs, OutputError if some could
+    not be written). `close()` with no frame written writes nothing (an existing output stays
+    as it was). `path` is the first output, `journal_path` the journal."""
+
+    def __init__(self, outputs: Sequence[OutputSpec | str | Path], fps: float,
+                 source: Mapping[str, Any] | None = None, overwrite: bool = True,
+                 say: Callable[[str], None] = _say) -> None:
+        self.specs = [o if isinstance(o, OutputSpec) else output_spec(o) for o in outputs]
+        if not self.specs:
+            raise ValueError("a Recording needs at least one output")
+        self.overwrite, self._say = overwrite, say
+        notes = check_outputs(self.specs, overwrite)
+        for spec in self.specs:
+            try:
+                spec.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot write {spec.path}: {_why(exc)}") from None
+        for spec in self.specs:
+            recover_leftover(part_path(spec.path), say)
+        self.path = self.specs[0].path
+        self.journal_path = part_path(self.path)
+        stored = [{"path": relative_to_journal(self.journal_path, s.path), "options": dict(s.options)}
+                  for s in self.specs]
+        try:
+            self._journal = JournalWriter(self.journal_path, fps, stored, dict(source or {}))
+        except FileExistsError:
+            raise UserError(f"{self.journal_path} is being written by another posestream run: "
+                            f"choose another output name") from None
+        except OSError as exc:
+            raise UserError(f"cannot write {self.journal_path}: {_why(exc)}") from None
+        for note in notes:
+            say(note)
+
+    @property
+    def written(self) -> int:
+        return self._journal.frames
+
+    @property
+    def closed(self) -> bool:
+        return self._journal.closed
 
     def write(self, pose: PoseFrame) -> None:
-        self._fh.write(_record(pose).tobytes())
-        self._fh.flush()
+        self._journal.append(pose)
 
     def close(self) -> None:
-        if self._fh.closed:
+        if self._journal.closed:
             return
-        self._fh.close()
-        _finalize_npz(self._part, self.path, self.fps)
-        self._part.with_suffix(".fps").unlink(missing_ok=True)
+        self._journal.close()
+        if self._journal.frames == 0:
+            self._journal.delete()
+            return
+        journal = read_journal(self.journal_path)
+        render_outputs(journal, self.specs, self.overwrite)
+        _delete_journal(journal)
+
+
+def add_file_arguments(parser: argparse.ArgumentParser, out_required: bool = False,
+                       out_help: str | None = None) -> None:
+    """--out (repeatable), --no-overwrite and every format's options, in one group."""
+    g = parser.add_argument_group("file outputs")
+    g.add_argument("--out", action="append", required=out_required, metavar="FILE",
+                   help=out_help or f"write poses to FILE; repeat for several outputs in one pass "
+                                    f"({', '.join(FORMATS)}: the extension picks the format)")
+    g.add_argument("--no-overwrite", action="store_true",
+                   help="refuse to replace an existing output (default: replaced, with a note, once complete)")
+    done: set[int] = set()
+    for fmt in FORMATS.values():
+        if fmt.add_arguments is not None and id(fmt.add_arguments) not in done:
+            done.add(id(fmt.add_arguments))
+            fmt.add_arguments(g)
+
+
+def _npz_json_arguments(group: Any) -> None:
+    group.add_argument("--landmarks", action="store_true",
+                       help="also write MediaPipe's 33 landmarks (pixels, world mm, visibility) to .npz and .json")
+
+
+def _npz_json_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"landmarks": bool(getattr(args, "landmarks", False))}
+
+
+# --------------------------------------------------------------------------- npz
+def render_npz(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
+    arrays: dict[str, np.ndarray] = dict(
+        joints_mm=clip.joints_mm, translation_mm=clip.translation_mm, joints_2d_px=clip.joints_2d_px,
+        confidence=clip.confidence, fbi=clip.fbi, valid=clip.valid, index=clip.index,
+        timestamps_s=clip.timestamps_s, fps=np.float64(clip.fps), image_size=clip.image_size,
+        track_id=clip.track_id, joint_names=np.array(JOINT_NAMES), parents=np.array(PARENTS, np.int64),
+        units=np.array(NPZ_UNITS), format=np.array(NPZ_FORMAT))
+    if options.get("landmarks"):
+        arrays.update(landmarks_px=clip.landmarks_px, landmarks_world_mm=clip.landmarks_world_mm,
+                      landmarks_visibility=clip.landmarks_visibility, landmark_names=np.array(MP_LANDMARK_NAMES))
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def NpzWriter(path: str | Path, fps: float) -> Recording:  # noqa: N802 - the name earlier versions exported
+    """A Recording with one .npz output."""
+    if Path(path).suffix.lower() != ".npz":
+        raise UserError(f"{path} is not an .npz name")
+    return Recording([path], fps)
 
 
 def recover_npz(path: str | Path) -> Path:
-    """Finalise OUT.npz from OUT.npz.part left by a crashed run; returns OUT."""
-    path = Path(path)
-    part = _part_path(path)
-    if not part.is_file():
-        raise UserError(f"no partial file {part} to recover")
-    fps_file = part.with_suffix(".fps")
-    fps = float(fps_file.read_text()) if fps_file.is_file() else float("nan")
-    _finalize_npz(part, path, fps)
-    fps_file.unlink(missing_ok=True)
-    return path
+    """Finalise OUT.npz from the journal OUT.npz.part left by a crashed run; returns OUT."""
+    recover(part_path(Path(path)), say=lambda _m: None)
+    return Path(path)
 
 
 # What read_pose_npz needs, per frame: name -> (shape after the frame axis, accepted dtype kinds).
@@ -183,32 +500,33 @@ def read_pose_npz(path: str | Path) -> list[PoseFrame]:
 
 
 # --------------------------------------------------------------------------- json / csv
-class JsonWriter:
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path = path
-        self._fh = open(path, "w")
-        meta = {"format": "posestream-poses-json-v1", "fps": fps, "joint_names": list(JOINT_NAMES),
-                "parents": list(PARENTS), "units": NPZ_UNITS}
-        self._fh.write('{"meta": ' + json.dumps(meta) + ',\n"frames": [\n')
-        self._first = True
+def _nested(a: np.ndarray) -> list:
+    return [_nested(x) for x in a] if a.ndim > 1 else [_f(v) for v in a]
 
-    def write(self, p: PoseFrame) -> None:
-        obj = {"index": p.index, "timestamp_s": round(p.timestamp_s, 6), "valid": bool(p.valid),
-               "image_size": list(p.image_size),
-               "joints_mm": [[_f(v) for v in j] for j in np.asarray(p.joints_mm)],
-               "translation_mm": [_f(v) for v in np.asarray(p.translation_mm)],
-               "joints_2d_px": [[_f(v) for v in j] for j in np.asarray(p.joints_2d_px)],
-               "confidence": [_f(v) for v in np.asarray(p.confidence)]}
-        if p.fbi is not None:
-            obj["fbi"] = [[_f(v) for v in b] for b in np.asarray(p.fbi)]
-        self._fh.write(("" if self._first else ",\n") + json.dumps(obj, allow_nan=False))
-        self._first = False
-        self._fh.flush()
 
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.write("\n]}\n")
-            self._fh.close()
+def render_json(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
+    landmarks = bool(options.get("landmarks"))
+    meta: dict[str, Any] = {"format": JSON_FORMAT, "fps": clip.fps if math.isfinite(clip.fps) else None,
+                            "joint_names": list(JOINT_NAMES), "parents": list(PARENTS), "units": NPZ_UNITS}
+    if landmarks:
+        meta["landmark_names"] = list(MP_LANDMARK_NAMES)
+    has_lm = clip.has_landmarks
+    with open(path, "w") as fh:
+        fh.write('{"meta": ' + json.dumps(meta) + ',\n"frames": [\n')
+        for i in range(len(clip)):
+            obj = {"index": int(clip.index[i]), "timestamp_s": round(float(clip.timestamps_s[i]), 6),
+                   "valid": bool(clip.valid[i]), "image_size": [int(v) for v in clip.image_size[i]],
+                   "track_id": int(clip.track_id[i]),
+                   "joints_mm": _nested(clip.joints_mm[i]), "translation_mm": _nested(clip.translation_mm[i]),
+                   "joints_2d_px": _nested(clip.joints_2d_px[i]), "confidence": _nested(clip.confidence[i])}
+            if not np.isnan(clip.fbi[i]).all():
+                obj["fbi"] = _nested(clip.fbi[i])
+            if landmarks and has_lm[i]:
+                obj["landmarks_px"] = _nested(clip.landmarks_px[i])
+                obj["landmarks_world_mm"] = _nested(clip.landmarks_world_mm[i])
+                obj["landmarks_visibility"] = _nested(clip.landmarks_visibility[i])
+            fh.write(("" if i == 0 else ",\n") + json.dumps(obj, allow_nan=False))
+        fh.write("\n]}\n")
 
 
 def csv_header() -> list[str]:
@@ -218,26 +536,20 @@ def csv_header() -> list[str]:
     return cols
 
 
-class CsvWriter:
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path = path
-        self._fh = open(path, "w", newline="")
-        self._fh.write(",".join(csv_header()) + "\n")
+def render_csv(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
+    def s(v: float) -> str:
+        return "" if not math.isfinite(v) else f"{v:.3f}"
 
-    def write(self, p: PoseFrame) -> None:
-        def s(v: float) -> str:
-            return "" if not math.isfinite(v) else f"{v:.3f}"
-        vals = [str(p.index), f"{p.timestamp_s:.6f}", str(int(p.valid)), str(p.image_size[0]), str(p.image_size[1])]
-        vals += [s(v) for v in np.asarray(p.translation_mm, np.float64)]
-        J, UV, C = (np.asarray(a, np.float64) for a in (p.joints_mm, p.joints_2d_px, p.confidence))
-        for j in range(NUM_JOINTS):
-            vals += [s(v) for v in J[j]] + [s(v) for v in UV[j]] + [s(C[j])]
-        self._fh.write(",".join(vals) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
+    with open(path, "w", newline="") as fh:
+        fh.write(",".join(csv_header()) + "\n")
+        for i in range(len(clip)):
+            vals = [str(int(clip.index[i])), f"{clip.timestamps_s[i]:.6f}", str(int(clip.valid[i])),
+                    str(int(clip.image_size[i, 0])), str(int(clip.image_size[i, 1]))]
+            vals += [s(v) for v in clip.translation_mm[i].astype(np.float64)]
+            J, UV, C = (a[i].astype(np.float64) for a in (clip.joints_mm, clip.joints_2d_px, clip.confidence))
+            for j in range(NUM_JOINTS):
+                vals += [s(v) for v in J[j]] + [s(v) for v in UV[j]] + [s(C[j])]
+            fh.write(",".join(vals) + "\n")
 
 
 # --------------------------------------------------------------------------- bvh
@@ -359,49 +671,27 @@ def bvh_global_rotations(pos: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return G
 
 
-class BvhWriter:
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path, self.fps = path, float(fps)
-        self._part = _part_path(path)
-        self._fh = open(self._part, "wb")
-
-    def write(self, p: PoseFrame) -> None:
-        J = np.asarray(p.joints_mm, np.float64)
-        t = np.asarray(p.translation_mm, np.float64)
-        ok = bool(p.valid) and np.isfinite(J).all()
-        rec = np.full(NUM_JOINTS * 3 + 1, np.nan)
-        if ok:
-            rec[0] = 1.0
-            root = t if np.isfinite(t).all() else np.zeros(3)
-            rec[1:] = (J - J[0] + root).reshape(-1)
-        else:
-            rec[0] = 0.0
-        self._fh.write(rec.tobytes())
-        self._fh.flush()
-
-    def close(self) -> None:
-        if self._fh.closed:
-            return
-        self._fh.close()
-        raw = np.fromfile(self._part, dtype=np.float64)
-        raw = raw[: raw.size // (NUM_JOINTS * 3 + 1) * (NUM_JOINTS * 3 + 1)].reshape(-1, NUM_JOINTS * 3 + 1)
-        ok = raw[:, 0] > 0.5
-        pos_mm = raw[:, 1:].reshape(-1, NUM_JOINTS, 3)
-        pos_m = pos_mm @ CAM_TO_BVH.T / 1000.0
-        offsets = bvh_offsets(pos_m[ok])
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            fh.write(bvh_hierarchy(offsets))
-            fh.write(f"MOTION\nFrames: {len(raw)}\nFrame Time: {1.0 / self.fps if self.fps > 0 else 1 / 30:.6f}\n")
-            last = None
-            for i in range(len(raw)):
-                if ok[i]:
-                    last = _motion_line(pos_m[i], offsets)
-                elif last is None:
-                    last = " ".join(["0.000000"] * (6 + 3 * (NUM_JOINTS - 1)))
-                fh.write(last + "\n")
-        os.replace(tmp, self.path)
-        self._part.unlink()
+def render_bvh(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
+    """The .bvh of a clip (module docstring): camera-space joints of the valid frames give the
+    offsets; every frame gets a motion line (the last pose repeated where nobody was seen)."""
+    J = clip.joints_mm.astype(np.float64)
+    T = clip.translation_mm.astype(np.float64)
+    ok = clip.valid & np.isfinite(J).all(axis=(1, 2))
+    root = np.where(np.isfinite(T).all(axis=1, keepdims=True), T, 0.0)
+    pos_mm = J - J[:, :1] + root[:, None, :]
+    pos_m = pos_mm @ CAM_TO_BVH.T / 1000.0
+    offsets = bvh_offsets(pos_m[ok])
+    fps = clip.fps if math.isfinite(clip.fps) and clip.fps > 0 else 30.0
+    with open(path, "w") as fh:
+        fh.write(bvh_hierarchy(offsets))
+        fh.write(f"MOTION\nFrames: {len(clip)}\nFrame Time: {1.0 / fps:.6f}\n")
+        last = None
+        for i in range(len(clip)):
+            if ok[i]:
+                last = _motion_line(pos_m[i], offsets)
+            elif last is None:
+                last = " ".join(["0.000000"] * (6 + 3 * (NUM_JOINTS - 1)))
+            fh.write(last + "\n")
 
 
 def bvh_hierarchy(offsets: np.ndarray) -> str:
@@ -454,19 +744,27 @@ def _motion_line(pos: np.ndarray, offsets: np.ndarray) -> str:
     return " ".join(f"{v:.6f}" for v in vals)
 
 
-# --------------------------------------------------------------------------- factory
-WRITERS = {".npz": NpzWriter, ".json": JsonWriter, ".csv": CsvWriter, ".bvh": BvhWriter}
+# --------------------------------------------------------------------------- formats
+def _render_openpose(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
+    from realtime.openpose import render_openpose
+
+    render_openpose(clip, path, options)
 
 
-def open_writer(path: str | Path, fps: float) -> PoseWriter:
-    """A streaming writer for `path`, chosen by its extension (.npz, .json, .csv, .bvh)."""
-    path = Path(path)
-    cls = WRITERS.get(path.suffix.lower())
-    if cls is None:
-        raise UserError(f"unsupported output {path.name!r}: use one of {', '.join(WRITERS)}")
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return cls(path, fps)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc}") from None
+FORMATS: dict[str, OutputFormat] = {f.suffix: f for f in (
+    OutputFormat(".npz", "numpy arrays (posestream-poses-v1)", render_npz,
+                 add_arguments=_npz_json_arguments, options=_npz_json_options),
+    OutputFormat(".json", "one JSON document, a frame per line", render_json,
+                 add_arguments=_npz_json_arguments, options=_npz_json_options),
+    OutputFormat(".csv", "a row per frame", render_csv),
+    OutputFormat(".bvh", "motion capture for animation tools", render_bvh),
+    OutputFormat(".openpose", "a folder of OpenPose-style per-frame JSON (BODY_25)", _render_openpose, folder=True),
+)}
+WRITERS = FORMATS  # the name earlier versions exported
+
+
+def open_writer(path: str | Path, fps: float, overwrite: bool = True,
+                say: Callable[[str], None] = logging.getLogger(__name__).info) -> Recording:
+    """A Recording with the one output `path` (its format chosen by the extension); its notes
+    (an existing file replaced, a leftover journal recovered) go to `say` (logged at INFO)."""
+    return Recording([output_spec(path)], fps, overwrite=overwrite, say=say)

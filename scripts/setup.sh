@@ -63,8 +63,7 @@ fi
 if ((DEMO)); then
   log "demo: posestream video assets/demo.mp4 -> out/demo.{bvh,npz}"
   mkdir -p out
-  .venv/bin/posestream video assets/demo.mp4 --out out/demo.bvh
-  .venv/bin/posestream video assets/demo.mp4 --out out/demo.npz
+  .venv/bin/posestream video assets/demo.mp4 --out out/demo.bvh --out out/demo.npz
   echo "wrote out/demo.bvh and out/demo.npz; view them with: .venv/bin/posestream serve out/demo.npz"
 fi
 log "set-up done"

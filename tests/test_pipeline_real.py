@@ -154,6 +154,7 @@ def test_webcam_command_ctrl_c_finalises_the_output(lifter_pt, tmp_path):
     import signal
     import time
 
+    from realtime.journal import journal_frames
     from realtime.writers import read_pose_npz
 
     out = tmp_path / "live.npz"
@@ -163,7 +164,7 @@ def test_webcam_command_ctrl_c_finalises_the_output(lifter_pt, tmp_path):
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while not (part.is_file() and part.stat().st_size > 0) and time.monotonic() < deadline:
+        while journal_frames(part) < 1 and time.monotonic() < deadline:  # frames are flowing
             assert proc.poll() is None, proc.communicate()[1][-2000:]
             time.sleep(0.1)
         time.sleep(0.5)

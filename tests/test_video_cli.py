@@ -100,3 +100,145 @@ def test_bench_stages_hook_without_module(capsys, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     assert main(["bench", "--stages"]) == 2
     assert "unavailable" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- file outputs (#22, #19)
+def _video(lifter: Path, *argv: str) -> int:
+    return main(["video", *argv, "--model", str(lifter), "--backend", "torch", "--no-progress"])
+
+
+def test_an_output_that_is_a_folder_fails_before_anything_is_loaded(tmp_path: Path, capsys, monkeypatch):
+    import realtime.estimator
+    import realtime.sources
+
+    def not_reached(*a, **k):
+        raise AssertionError("the video was opened although an output cannot be written")
+
+    monkeypatch.setattr(realtime.sources, "open_source", not_reached)
+    monkeypatch.setattr(realtime.estimator, "PoseEstimator", not_reached)
+    for name in ("a.npz", "a.bvh"):
+        (tmp_path / name).mkdir()
+        assert main(["video", str(DEMO), "--out", str(tmp_path / "ok.json"), "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert "is a folder" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "p.mp4").mkdir()
+    assert main(["video", str(DEMO), "--out", str(tmp_path / "ok.json"), "--preview", str(tmp_path / "p.mp4")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bvh", "a.npz", "p.mp4"]  # nothing written
+
+
+@needs_mediapipe_model
+def test_several_outputs_in_one_pass(tmp_path: Path, lifter: Path, capsys):
+    outs = [tmp_path / n for n in ("a.bvh", "b.npz", "c.json", "d.csv", "e.openpose")]
+    rc = _video(lifter, str(DEMO), *(a for o in outs for a in ("--out", str(o))), "--landmarks", "--max-frames", "4")
+    assert rc == 0, capsys.readouterr().err
+    poses = read_pose_npz(outs[1])
+    assert [p.index for p in poses] == [0, 1, 2, 3]
+    d = np.load(outs[1])
+    assert np.isfinite(d["landmarks_px"]).all() and d["landmarks_world_mm"].shape == (4, 33, 3)
+    assert read_bvh(outs[0])[3].shape[0] == 4
+    frames = json.loads(outs[2].read_text())["frames"]
+    np.testing.assert_allclose(frames[3]["joints_mm"], poses[3].joints_mm, atol=1e-3)
+    assert "landmarks_world_mm" in frames[0]
+    assert len(outs[3].read_text().splitlines()) == 5
+    assert len(list(outs[4].iterdir())) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(o.name for o in outs)  # no journal, no temporaries
+
+
+@needs_mediapipe_model
+def test_overwriting_says_so_and_no_overwrite_refuses(tmp_path: Path, lifter: Path, capsys):
+    out = tmp_path / "take.csv"
+    out.write_text("an earlier take")
+    assert _video(lifter, str(DEMO), "--out", str(out), "--max-frames", "2", "--no-overwrite") == 2
+    err = capsys.readouterr().err
+    assert "--no-overwrite" in err and len(err.strip().splitlines()) == 1 and out.read_text() == "an earlier take"
+    assert _video(lifter, str(DEMO), "--out", str(out), "--max-frames", "2") == 0
+    assert "take.csv exists: it will be replaced" in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 3
+
+
+@needs_mediapipe_model
+def test_a_leftover_part_is_recovered_not_overwritten(tmp_path: Path, lifter: Path, capsys):
+    from realtime.frames import PoseFrame
+    from realtime.writers import Recording
+
+    out = tmp_path / "take.npz"
+    killed = Recording([out, tmp_path / "take.bvh"], 30.0)
+    for i in range(5):
+        killed.write(PoseFrame.empty(i, i / 30, (640, 360)))
+    killed._journal.close()  # what a killed run leaves: take.npz.part with 5 frames, nothing else
+    assert _video(lifter, str(DEMO), "--out", str(out), "--max-frames", "2") == 0
+    assert "recovered its 5 frames as" in capsys.readouterr().err
+    assert len(read_pose_npz(tmp_path / "take.recovered.npz")) == 5 and (tmp_path / "take.recovered.bvh").is_file()
+    assert len(read_pose_npz(out)) == 2 and not (tmp_path / "take.npz.part").exists()
+
+
+def test_recover_command(tmp_path: Path, capsys):
+    from realtime.frames import PoseFrame
+    from realtime.writers import Recording
+
+    outs = [tmp_path / "k.json", tmp_path / "k.bvh"]
+    killed = Recording(outs, 30.0)
+    for i in range(3):
+        killed.write(PoseFrame.empty(i, i / 30, (640, 360)))
+    killed._journal.close()
+    assert main(["recover", str(tmp_path / "k.json.part"), "--out", str(tmp_path / "other.csv")]) == 0
+    assert len((tmp_path / "other.csv").read_text().splitlines()) == 4 and (tmp_path / "k.json.part").exists()
+    assert main(["recover", str(tmp_path / "k.json")]) == 0  # the output's name finds its journal
+    assert "recovered 3 frames" in capsys.readouterr().err
+    assert len(json.loads(outs[0].read_text())["frames"]) == 3 and len(read_bvh(outs[1])[3]) == 3
+    assert not (tmp_path / "k.json.part").exists()
+    assert main(["recover", str(tmp_path / "k.json.part")]) == 2
+    err = capsys.readouterr().err
+    assert "no journal" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "junk.npz.part").write_text("not a journal")  # too short for a record of either kind
+    assert main(["recover", str(tmp_path / "junk.npz.part")]) == 2
+    assert "no complete frame" in capsys.readouterr().err
+
+
+def _clip_with_gaps(path: Path, n_person: int = 6, n_blank: int = 3) -> int:
+    """The demo's first frames, then frames without anybody: an .avi of n_person + n_blank frames."""
+    cap = cv2.VideoCapture(str(DEMO))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 360))
+    for _ in range(n_person):
+        ok, bgr = cap.read()
+        assert ok
+        w.write(bgr)
+    for _ in range(n_blank):
+        w.write(np.full((360, 640, 3), 120, np.uint8))
+    w.release()
+    cap.release()
+    return n_person + n_blank
+
+
+def _decode_all(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(bgr[:, :, ::-1])
+    cap.release()
+    return frames
+
+
+@needs_mediapipe_model
+def test_preview_has_a_frame_per_input_frame_and_marks_frames_without_a_person(tmp_path: Path, lifter: Path):
+    clip = tmp_path / "gaps.avi"
+    n = _clip_with_gaps(clip)
+    preview = tmp_path / "preview.mp4"
+    assert _video(lifter, str(clip), "--out", str(tmp_path / "p.npz"), "--preview", str(preview)) == 0
+    frames = _decode_all(preview)
+    assert len(frames) == n and frames[0].shape == (360, 640, 3)
+    valid = [p.valid for p in read_pose_npz(tmp_path / "p.npz")]
+    assert valid[:6] == [True] * 6 and valid[6:] == [False] * 3
+
+    def red_border(rgb: np.ndarray) -> bool:
+        edge = rgb[2:5, 100:540].reshape(-1, 3).astype(int).mean(axis=0)  # the top edge
+        return edge[0] > 150 and edge[1] < 110
+
+    assert [red_border(f) for f in frames] == [not v for v in valid]
+    bar = [int((f[-3, :, 1].astype(int) > 150).sum()) for f in frames]  # the progress bar's green part
+    assert bar == sorted(bar) and bar[-1] > 600 and bar[0] < 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gaps.avi", "p.npz", "preview.mp4"]

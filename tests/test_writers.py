@@ -1,9 +1,13 @@
-"""realtime.writers: every format round-trips, empty frames stay (NaN, valid=False), the
-.npz survives a crash, and the .bvh read back by an independent parser reconstructs the
-joint positions."""
+"""realtime.writers and realtime.journal: every format round-trips, empty frames stay (NaN,
+valid=False), the journal keeps every written frame through a crash (a torn tail dropped,
+never misread), outputs are replaced only by complete ones, a failing output does not lose
+the others, leftovers are recovered (earlier versions' part files too), the OpenPose layout,
+and the .bvh read back by an independent parser reconstructs the joint positions."""
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -18,9 +22,10 @@ from conftest import data_path  # noqa: E402
 from engines.errors import UserError  # noqa: E402
 from engines.skeleton import JOINT_NAMES  # noqa: E402
 from realtime.frames import PoseFrame  # noqa: E402
-from realtime.writers import (CAM_TO_BVH, NpzWriter, bvh_hierarchy, bvh_offsets, csv_header,  # noqa: E402
-                              matrix_from_euler_zxy, euler_zxy_from_matrix, open_writer, read_pose_npz,
-                              recover_npz)
+from realtime.journal import RECORD_DTYPE, Clip, read_journal  # noqa: E402
+from realtime.writers import (CAM_TO_BVH, FORMATS, NpzWriter, OutputError, Recording, bvh_hierarchy,  # noqa: E402
+                              bvh_offsets, check_outputs, csv_header, matrix_from_euler_zxy, euler_zxy_from_matrix,
+                              open_writer, output_spec, read_pose_npz, recover, recover_npz)
 
 
 def _pose(i: int, rng: np.random.Generator, valid: bool = True) -> PoseFrame:
@@ -67,12 +72,17 @@ def test_npz_round_trip_keeps_empty_frames(tmp_path: Path):
         assert (a.fbi is None) == (b.fbi is None)
 
 
+def _die(rec: Recording) -> None:
+    """What a killed process leaves: the journal file closed (its lock released), nothing rendered."""
+    rec._journal.close()
+
+
 def test_npz_crash_loses_no_processed_frame(tmp_path: Path):
     out = tmp_path / "crash.npz"
     w = NpzWriter(out, 30.0)
     for p in _poses(4):
         w.write(p)
-    # the process "dies" here: no close(); every written frame is on disk already
+    _die(w)  # every written frame is on disk already
     assert not out.exists()
     recover_npz(out)
     back = read_pose_npz(out)
@@ -109,6 +119,233 @@ def test_json_and_csv(tmp_path: Path):
 def test_unsupported_extension():
     with pytest.raises(UserError, match="unsupported"):
         open_writer("out.xyz", 30.0)
+
+
+def _lm_pose(i: int, rng: np.random.Generator, track_id: int = 0) -> PoseFrame:
+    """A pose with MediaPipe's 33 landmarks and a track id."""
+    p = _pose(i, rng)
+    return PoseFrame(p.index, p.timestamp_s, True, p.joints_mm, p.translation_mm, p.joints_2d_px, p.confidence,
+                     p.image_size, None, {}, track_id, rng.uniform(0, 600, (33, 2)).astype(np.float32),
+                     rng.normal(scale=400, size=(33, 3)).astype(np.float32), rng.uniform(0, 1, 33).astype(np.float32))
+
+
+def _same(a: PoseFrame, b: PoseFrame) -> None:
+    assert (a.index, a.valid, a.image_size, a.track_id) == (b.index, b.valid, b.image_size, b.track_id)
+    assert a.timestamp_s == b.timestamp_s
+    for name in ("joints_mm", "translation_mm", "joints_2d_px", "confidence", "fbi", "landmarks_px",
+                 "landmarks_world_mm", "landmarks_visibility"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            np.testing.assert_array_equal(np.asarray(x, np.float32), y, err_msg=name)
+
+
+def test_journal_keeps_every_field(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    poses = [_lm_pose(0, rng, track_id=3), _pose(1, rng), PoseFrame.empty(2, 2 / 25, (640, 480))]
+    rec = Recording([tmp_path / "a.npz"], 25.0, {"kind": "test"})
+    for p in poses:
+        rec.write(p)
+    _die(rec)
+    j = read_journal(tmp_path / "a.npz.part")
+    assert j.dropped_bytes == 0 and j.clip.fps == 25.0 and j.clip.source == {"kind": "test"}
+    assert j.outputs == [(tmp_path / "a.npz", {})]
+    back = list(j.clip.frames())
+    assert len(back) == 3
+    for a, b in zip(poses, back):
+        _same(a, b)
+    assert j.clip.has_landmarks.tolist() == [True, False, False]
+
+
+def test_journal_drops_a_torn_or_damaged_tail(tmp_path: Path):
+    rng = np.random.default_rng(2)
+    rec = Recording([tmp_path / "a.json"], 25.0)
+    for i in range(5):
+        rec.write(_pose(i, rng))
+    _die(rec)
+    part = tmp_path / "a.json.part"
+    size = part.stat().st_size
+    with open(part, "ab") as fh:
+        fh.write(b"\x07" * (RECORD_DTYPE.itemsize // 2))  # a record cut in half
+    j = read_journal(part)
+    assert len(j.clip) == 5 and j.dropped_bytes == RECORD_DTYPE.itemsize // 2
+    raw = bytearray(part.read_bytes()[:size])
+    raw[size - 100] ^= 0xFF  # a damaged byte in the last whole record
+    part.write_bytes(bytes(raw))
+    assert len(read_journal(part).clip) == 4  # the CRC catches it: dropped, never misread
+
+
+def test_an_existing_output_is_replaced_only_by_a_complete_one(tmp_path: Path, capsys):
+    out = tmp_path / "a.json"
+    out.write_text("an earlier take")
+    rec = Recording([out], 25.0)
+    assert "a.json exists: it will be replaced" in capsys.readouterr().err
+    for p in _poses(3):
+        rec.write(p)
+        assert out.read_text() == "an earlier take"  # untouched while the run goes on
+    rec.close()
+    assert len(json.loads(out.read_text())["frames"]) == 3
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a.json"]  # no journal, no temporary left
+    with pytest.raises(UserError, match="--no-overwrite"):
+        Recording([out], 25.0, overwrite=False)
+    assert not (tmp_path / "a.json.part").exists()
+
+
+def test_no_frame_writes_nothing(tmp_path: Path):
+    out = tmp_path / "a.csv"
+    out.write_text("keep me")
+    Recording([out], 25.0).close()  # e.g. Ctrl-C before the first frame
+    assert out.read_text() == "keep me" and sorted(x.name for x in tmp_path.iterdir()) == ["a.csv"]
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Path):
+    (tmp_path / "a.npz").mkdir()
+    with pytest.raises(UserError, match="is a folder"):
+        check_outputs([output_spec(tmp_path / "a.npz")])
+    with pytest.raises(UserError, match="given twice"):
+        check_outputs([output_spec(tmp_path / "b.bvh"), output_spec(tmp_path / "x" / ".." / "b.bvh")])
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(UserError, match="not a folder"):
+        check_outputs([output_spec(tmp_path / "f" / "c.csv")])
+    foreign = tmp_path / "d.openpose"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="refusing to replace"):
+        check_outputs([output_spec(foreign)])
+    with pytest.raises(UserError, match="unsupported"):
+        output_spec(tmp_path / "e.txt")
+    assert check_outputs([output_spec(tmp_path / "new" / "dir" / "g.json")]) == []
+
+
+def test_a_failing_output_does_not_lose_the_others(tmp_path: Path, monkeypatch):
+    def broken(clip, path, options):
+        path.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(FORMATS, ".csv", dataclasses.replace(FORMATS[".csv"], render=broken))
+    outs = [tmp_path / "a.npz", tmp_path / "b.csv", tmp_path / "c.json"]
+    rec = Recording(outs, 25.0)
+    for p in _poses(4):
+        rec.write(p)
+    with pytest.raises(OutputError, match=r"b\.csv \(No space left on device\).*posestream recover"):
+        rec.close()
+    assert len(read_pose_npz(outs[0])) == 4 and len(json.loads(outs[2].read_text())["frames"]) == 4
+    assert not outs[1].exists()  # never a partial file under the final name
+    assert (tmp_path / "a.npz.part").is_file()  # the journal stays until every output is written
+    monkeypatch.undo()
+    assert recover(tmp_path / "a.npz.part") == outs
+    assert len(outs[1].read_text().splitlines()) == 5 and not (tmp_path / "a.npz.part").exists()
+
+
+def test_a_leftover_journal_is_recovered_never_overwritten(tmp_path: Path, capsys):
+    outs = [tmp_path / "a.bvh", tmp_path / "b.npz"]
+    first = Recording(outs, 25.0)
+    for p in _poses(5):
+        first.write(p)
+    _die(first)  # killed: a.bvh.part holds 5 frames
+    with pytest.raises(UserError, match="being written"):  # a live journal is never taken over
+        lock = Recording([tmp_path / "c.npz"], 25.0)
+        try:
+            Recording([tmp_path / "c.npz"], 25.0)
+        finally:
+            lock.close()
+    second = Recording([tmp_path / "b.npz", tmp_path / "a.bvh"], 25.0)
+    err = capsys.readouterr().err
+    assert "a.bvh.part was left by an interrupted run: recovered its 5 frames" in err
+    assert len(read_pose_npz(tmp_path / "b.recovered.npz")) == 5
+    assert len(read_bvh(tmp_path / "a.recovered.bvh")[3]) == 5
+    for p in _poses(2):
+        second.write(p)
+    second.close()
+    assert len(read_pose_npz(tmp_path / "b.npz")) == 2 and not (tmp_path / "a.bvh.part").exists()
+
+
+def test_recover_reads_earlier_versions_part_files(tmp_path: Path):
+    """OUT.npz.part (+ OUT.npz.fps) and OUT.bvh.part as the previous writers left them."""
+    poses = _poses(3)
+    rows = []
+    for p in poses:
+        fbi = np.full((14, 3), np.nan) if p.fbi is None else p.fbi
+        rows.append(np.concatenate([[p.index, p.timestamp_s, float(p.valid), *p.image_size], np.ravel(p.joints_mm),
+                                    p.translation_mm, np.ravel(p.joints_2d_px), p.confidence, np.ravel(fbi)]))
+    (tmp_path / "old.npz.part").write_bytes(np.array(rows, np.float64).tobytes() + b"\x01\x02")  # + a torn tail
+    (tmp_path / "old.npz.fps").write_text("25.0")
+    recover(tmp_path / "old.npz.part")
+    back = read_pose_npz(tmp_path / "old.npz")
+    assert [b.valid for b in back] == [p.valid for p in poses] and float(np.load(tmp_path / "old.npz")["fps"]) == 25
+    np.testing.assert_allclose(back[0].joints_mm, poses[0].joints_mm, rtol=1e-6)
+    assert not (tmp_path / "old.npz.part").exists() and not (tmp_path / "old.npz.fps").exists()
+    cam = np.array([p.joints_mm + p.translation_mm if p.valid else np.full((17, 3), np.nan) for p in poses])
+    bvh_rows = np.concatenate([np.array([[float(p.valid)] for p in poses]), cam.reshape(3, -1)], axis=1)
+    (tmp_path / "old.bvh.part").write_bytes(bvh_rows.astype(np.float64).tobytes())
+    recover(tmp_path / "old.bvh.part", [output_spec(tmp_path / "old_as.json")])
+    frames = json.loads((tmp_path / "old_as.json").read_text())["frames"]
+    assert [f["valid"] for f in frames] == [p.valid for p in poses]
+    np.testing.assert_allclose(frames[0]["translation_mm"], poses[0].translation_mm, atol=1e-3)
+    assert (tmp_path / "old.bvh.part").exists()  # other outputs than the journal's own: it is kept
+
+
+def test_landmarks_are_written_when_asked(tmp_path: Path):
+    rng = np.random.default_rng(5)
+    poses = [_lm_pose(0, rng, track_id=2), PoseFrame.empty(1, 0.04, (640, 480))]
+    args = argparse.Namespace(landmarks=True)
+    rec = Recording([output_spec(tmp_path / "a.npz", args), output_spec(tmp_path / "a.json", args),
+                     tmp_path / "plain.npz"], 25.0)
+    for p in poses:
+        rec.write(p)
+    rec.close()
+    d = np.load(tmp_path / "a.npz")
+    assert d["landmarks_px"].shape == (2, 33, 2) and d["landmarks_world_mm"].shape == (2, 33, 3)
+    np.testing.assert_array_equal(d["landmarks_world_mm"][0], poses[0].landmarks_world_mm)
+    assert np.isnan(d["landmarks_px"][1]).all() and list(d["landmark_names"][:2]) == ["nose", "left_eye_inner"]
+    assert d["track_id"].tolist() == [2, 0] and str(d["format"]) == "posestream-poses-v1"
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert len(doc["meta"]["landmark_names"]) == 33 and "landmarks_px" not in doc["frames"][1]
+    np.testing.assert_allclose(doc["frames"][0]["landmarks_visibility"], poses[0].landmarks_visibility, atol=1e-3)
+    assert "landmarks_px" not in np.load(tmp_path / "plain.npz")  # only when asked
+    assert len(read_pose_npz(tmp_path / "a.npz")) == 2  # v1 readers are not disturbed by the extra arrays
+
+
+def test_openpose_body25_layout(tmp_path: Path):
+    from realtime.openpose import BODY_25
+
+    rng = np.random.default_rng(6)
+    with_lm, without = _lm_pose(7, rng, track_id=1), _pose(8, rng)
+    rec = Recording([tmp_path / "clip.openpose"], 25.0)
+    for p in (with_lm, without, PoseFrame.empty(9, 9 / 25, (640, 480))):
+        rec.write(p)
+    rec.close()
+    names = sorted(x.name for x in (tmp_path / "clip.openpose").iterdir())
+    assert names == [f"clip_{i:012d}_keypoints.json" for i in (7, 8, 9)]
+    docs = [json.loads((tmp_path / "clip.openpose" / n).read_text()) for n in names]
+    assert docs[2]["people"] == [] and docs[0]["posestream"]["layout"] == "BODY_25"
+    person = docs[0]["people"][0]
+    assert person["person_id"] == [1]
+    kp = np.array(person["pose_keypoints_2d"]).reshape(25, 3)
+    lm, vis = with_lm.landmarks_px, with_lm.landmarks_visibility
+    np.testing.assert_allclose(kp[BODY_25.index("Neck"), :2], (lm[11] + lm[12]) / 2, atol=1e-3)
+    np.testing.assert_allclose(kp[BODY_25.index("LHeel")], [*lm[29], vis[29]], atol=1e-3)
+    assert (kp[BODY_25.index("LSmallToe")] == 0).all()  # MediaPipe has no small toe: OpenPose's "missing"
+    kp3 = np.array(person["pose_keypoints_3d"]).reshape(25, 4)
+    r_wrist = JOINT_NAMES.index("r_wrist")
+    np.testing.assert_allclose(kp3[BODY_25.index("RWrist"), :3],
+                               with_lm.joints_mm[r_wrist] + with_lm.translation_mm, atol=1e-2)
+    assert (kp3[BODY_25.index("REye")] == 0).all()
+    fallback = np.array(docs[1]["people"][0]["pose_keypoints_2d"]).reshape(25, 3)  # no landmarks: our joints
+    np.testing.assert_allclose(fallback[BODY_25.index("MidHip"), :2], without.joints_2d_px[0], atol=1e-3)
+    assert (fallback[BODY_25.index("REar")] == 0).all()
+    rec = Recording([tmp_path / "clip.openpose"], 25.0)  # our own folder is replaced as a whole
+    rec.write(without)
+    rec.close()
+    assert [x.name for x in (tmp_path / "clip.openpose").iterdir()] == ["clip_000000000008_keypoints.json"]
+
+
+def test_clip_from_frames_matches_the_journal(tmp_path: Path):
+    rng = np.random.default_rng(7)
+    poses = [_lm_pose(0, rng), _pose(1, rng)]
+    clip = Clip.from_frames(poses, 25.0)
+    for a, b in zip(poses, clip.frames()):
+        _same(a, b)
 
 
 def test_euler_zxy_round_trip():

@@ -1,0 +1,366 @@
+"""The crash-safe journal of a run, and `Clip`, the whole-run arrays every output is made from.
+
+A run appends each PoseFrame to one journal file (OUT.part, next to its first output) as a
+fixed-size binary record, with one write() per frame on an unbuffered file: a frame is in
+the operating system's cache as soon as `append` returns, so a killed process (even
+SIGKILL) loses nothing it had written; only a power cut can lose the cache. At the end the
+outputs are rendered from the journal (realtime/writers.py), and the journal is deleted.
+
+File layout (little-endian):
+    line 1   b"posestream-journal-v1\\n"
+    line 2   one JSON object + b"\\n": {"fps", "record_dtype" (numpy descr: [name, type,
+             shape]), "outputs" ([{"path" (relative to the journal's folder, or absolute),
+             "options"}]), "source" (what the run read), "pid", "created"}
+    then     records of `record_dtype`, one per frame, in order (RECORD_DTYPE below: every
+             PoseFrame field, MediaPipe's 33 landmarks included, and a CRC-32 of the record).
+A reader takes the longest run of whole records whose marker and CRC check, so a torn or
+garbage tail (a crash mid-write, a disk that filled up) is dropped, never misread. Readers
+use the dtype in the header, so a later version may add fields (missing ones read as NaN).
+
+Files written by earlier versions, which kept OUT.npz.part (float64 records of index,
+time, valid, size, joints, translation, 2D, confidence, FBI; fps in OUT.npz.fps) and
+OUT.bvh.part (float64 records of valid + camera-space joints), are read too.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from engines.errors import UserError
+from engines.landmarks import NUM_MP_LANDMARKS
+from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
+from realtime.frames import PoseFrame
+
+MAGIC = b"posestream-journal-v1\n"
+RECORD_MARK = 0x50534A31  # "PSJ1": first field of every record
+RECORD_DTYPE = np.dtype([
+    ("mark", "<u4"), ("index", "<i8"), ("timestamp_s", "<f8"), ("valid", "u1"), ("track_id", "<i4"),
+    ("image_size", "<i4", (2,)),
+    ("joints_mm", "<f4", (NUM_JOINTS, 3)), ("translation_mm", "<f4", (3,)),
+    ("joints_2d_px", "<f4", (NUM_JOINTS, 2)), ("confidence", "<f4", (NUM_JOINTS,)),
+    ("fbi", "<f4", (NUM_FBI_BONES, 3)),
+    ("landmarks_px", "<f4", (NUM_MP_LANDMARKS, 2)), ("landmarks_world_mm", "<f4", (NUM_MP_LANDMARKS, 3)),
+    ("landmarks_visibility", "<f4", (NUM_MP_LANDMARKS,)),
+    ("crc", "<u4"),
+])
+_CRC_SPAN = RECORD_DTYPE.itemsize - 4  # the CRC covers every byte before it
+
+# Earlier versions' part files (float64 records): npz = 5 + 51 + 3 + 34 + 17 + 42 values,
+# bvh = valid + 51 camera-space joint coordinates.
+_LEGACY_NPZ = 5 + NUM_JOINTS * 3 + 3 + NUM_JOINTS * 2 + NUM_JOINTS + NUM_FBI_BONES * 3
+_LEGACY_BVH = 1 + NUM_JOINTS * 3
+_LEGACY_DEFAULT_FPS = 30.0
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Every frame of a run as arrays (T = frames, in order, none dropped). Units as in
+    PoseFrame: millimetres in camera axes (x right, y down, z forward), pixels for 2D.
+
+    index (T,) int64; timestamps_s (T,) float64; valid (T,) bool; track_id (T,) int32;
+    image_size (T, 2) int32 (width, height); joints_mm (T, 17, 3) float32 root-relative;
+    translation_mm (T, 3) float32 camera-space pelvis (NaN if unknown); joints_2d_px (T, 17, 2);
+    confidence (T, 17); fbi (T, 14, 3) (NaN where the model has no FBI head);
+    landmarks_px (T, 33, 2), landmarks_world_mm (T, 33, 3), landmarks_visibility (T, 33):
+    MediaPipe's 33 landmarks, NaN where absent. fps: the source's frame rate (NaN if unknown).
+    source: what the run read ({"kind": "video", "file": ...}), for the outputs' metadata."""
+
+    fps: float
+    index: np.ndarray
+    timestamps_s: np.ndarray
+    valid: np.ndarray
+    track_id: np.ndarray
+    image_size: np.ndarray
+    joints_mm: np.ndarray
+    translation_mm: np.ndarray
+    joints_2d_px: np.ndarray
+    confidence: np.ndarray
+    fbi: np.ndarray
+    landmarks_px: np.ndarray
+    landmarks_world_mm: np.ndarray
+    landmarks_visibility: np.ndarray
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def has_landmarks(self) -> np.ndarray:
+        """(T,) bool: frames that carry MediaPipe's landmarks."""
+        return np.isfinite(self.landmarks_px).all(axis=(1, 2))
+
+    def frames(self) -> Iterator[PoseFrame]:
+        """The clip as PoseFrames again (fbi and landmarks None where absent)."""
+        for i in range(len(self)):
+            lm = bool(np.isfinite(self.landmarks_px[i]).all())
+            fbi = self.fbi[i]
+            yield PoseFrame(int(self.index[i]), float(self.timestamps_s[i]), bool(self.valid[i]), self.joints_mm[i],
+                            self.translation_mm[i], self.joints_2d_px[i], self.confidence[i],
+                            (int(self.image_size[i, 0]), int(self.image_size[i, 1])),
+                            None if np.isnan(fbi).all() else fbi, {}, int(self.track_id[i]),
+                            self.landmarks_px[i] if lm else None, self.landmarks_world_mm[i] if lm else None,
+                            self.landmarks_visibility[i] if lm else None)
+
+    @staticmethod
+    def from_records(records: np.ndarray, fps: float, source: dict[str, Any] | None = None) -> "Clip":
+        """A Clip from journal records (any dtype with a subset of RECORD_DTYPE's fields:
+        missing fields read as NaN, or 0 for the track id)."""
+        full = np.zeros(len(records), RECORD_DTYPE)
+        for name in RECORD_DTYPE.names:
+            if name in ("mark", "crc"):
+                continue
+            if records.dtype.names and name in records.dtype.names:
+                full[name] = records[name]
+            elif RECORD_DTYPE[name].base.kind == "f":
+                full[name] = np.nan
+        return Clip(float(fps), full["index"].astype(np.int64), full["timestamp_s"].astype(np.float64),
+                    full["valid"] > 0, full["track_id"].astype(np.int32), full["image_size"].astype(np.int32),
+                    *(np.ascontiguousarray(full[k], np.float32) for k in (
+                        "joints_mm", "translation_mm", "joints_2d_px", "confidence", "fbi", "landmarks_px",
+                        "landmarks_world_mm", "landmarks_visibility")),
+                    source=dict(source or {}))
+
+    @staticmethod
+    def from_frames(frames: Iterable[PoseFrame], fps: float, source: dict[str, Any] | None = None) -> "Clip":
+        """A Clip from PoseFrames (what the journal would hold for them)."""
+        recs = [encode(p) for p in frames]
+        return Clip.from_records(np.frombuffer(b"".join(recs), RECORD_DTYPE), fps, source)
+
+
+def encode(p: PoseFrame) -> bytes:
+    """One journal record for `p` (RECORD_DTYPE.itemsize bytes, CRC included)."""
+    rec = np.zeros((), RECORD_DTYPE)
+    rec["mark"] = RECORD_MARK
+    rec["index"], rec["timestamp_s"], rec["valid"], rec["track_id"] = p.index, p.timestamp_s, bool(p.valid), p.track_id
+    rec["image_size"] = p.image_size
+    rec["joints_mm"], rec["translation_mm"] = p.joints_mm, p.translation_mm
+    rec["joints_2d_px"], rec["confidence"] = p.joints_2d_px, p.confidence
+    rec["fbi"] = np.nan if p.fbi is None else p.fbi
+    for name in ("landmarks_px", "landmarks_world_mm", "landmarks_visibility"):
+        value = getattr(p, name)
+        rec[name] = np.nan if value is None else value
+    raw = bytearray(rec.tobytes())
+    raw[_CRC_SPAN:] = zlib.crc32(raw[:_CRC_SPAN]).to_bytes(4, "little")
+    return bytes(raw)
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class JournalWriter:
+    """Appends records to a new journal file. `open` creates it exclusively (an existing file
+    is an error: it belongs to another run, or is left from one) and locks it (flock), so
+    another process can tell a live journal from a leftover (`is_locked`)."""
+
+    def __init__(self, path: Path, fps: float, outputs: list[dict[str, Any]], source: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.frames = 0
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _lock(self._fd)
+            header = {"fps": float(fps), "record_dtype": RECORD_DTYPE.descr, "outputs": outputs,
+                      "source": dict(source or {}), "pid": os.getpid(),
+                      "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+            self._write(MAGIC + json.dumps(header, default=_json_default).encode() + b"\n")
+        except BaseException:
+            os.close(self._fd)
+            self.path.unlink(missing_ok=True)
+            raise
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    def append(self, pose: PoseFrame) -> None:
+        self._write(encode(pose))
+        self.frames += 1
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        """Close the file (the data is kept; `delete` removes it)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def delete(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): live journals are told apart by O_EXCL only
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def is_locked(path: Path) -> bool:
+    """True while a running process holds `path` as its journal."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _record_dtype(header: dict[str, Any]) -> np.dtype:
+    """The record dtype a journal's header describes (JSON turned numpy's tuples into lists)."""
+    return np.dtype([(str(d[0]), str(d[1])) + ((tuple(d[2]),) if len(d) > 2 else ()) for d in header["record_dtype"]])
+
+
+def journal_frames(path: str | Path) -> int:
+    """How many whole records a journal holds now (0 if absent or not one): cheap, it reads
+    the header only. For progress and tests; `read_journal` checks the records."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64 * 1024)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return 0
+    end = head.find(b"\n", len(MAGIC))
+    if not head.startswith(MAGIC) or end < 0:
+        return 0
+    try:
+        header = json.loads(head[len(MAGIC):end])
+        itemsize = _record_dtype(header).itemsize
+    except (ValueError, KeyError, TypeError):
+        return 0
+    return (size - end - 1) // itemsize
+
+
+@dataclass(frozen=True)
+class Journal:
+    """A journal read back: its header, the clip of its whole records, and how many trailing
+    bytes were dropped (a torn or damaged tail). `outputs` are resolved paths with options."""
+
+    path: Path
+    header: dict[str, Any]
+    clip: Clip
+    dropped_bytes: int
+    outputs: list[tuple[Path, dict[str, Any]]]
+    legacy: bool = False
+
+
+def read_journal(path: str | Path) -> Journal:
+    """Read a journal (or an earlier version's .npz.part / .bvh.part). UserError if it is
+    not one, or cannot be read."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not data.startswith(MAGIC):
+        return _read_legacy(path, data)
+    end = data.find(b"\n", len(MAGIC))
+    try:
+        if end < 0:
+            raise ValueError("the header is incomplete")
+        header = json.loads(data[len(MAGIC):end])
+        dtype = _record_dtype(header)
+        fps = float(header["fps"])
+        outputs = [(_resolve(path, o["path"]), dict(o.get("options") or {})) for o in header["outputs"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is not a readable posestream journal: {exc}") from None
+    body = data[end + 1:]
+    n = len(body) // dtype.itemsize
+    recs = np.frombuffer(body[: n * dtype.itemsize], dtype) if n else np.zeros(0, dtype)
+    good = _good_prefix(body, recs, dtype)
+    clip = Clip.from_records(recs[:good], fps, header.get("source"))
+    return Journal(path, header, clip, len(body) - good * dtype.itemsize, outputs)
+
+
+def _good_prefix(body: bytes, recs: np.ndarray, dtype: np.dtype) -> int:
+    """How many leading records have the marker and a matching CRC."""
+    names = dtype.names or ()
+    size = dtype.itemsize
+    for i in range(len(recs)):
+        if "mark" in names and int(recs["mark"][i]) != RECORD_MARK:
+            return i
+        if "crc" in names:
+            start = i * size
+            if zlib.crc32(body[start:start + size - 4]) != int(recs["crc"][i]):
+                return i
+    return len(recs)
+
+
+def _resolve(journal: Path, stored: str) -> Path:
+    p = Path(stored)
+    return p if p.is_absolute() else journal.parent / p
+
+
+def relative_to_journal(journal: Path, out: Path) -> str:
+    """How a journal names its output: relative to the journal's folder when inside it (so a
+    moved folder still recovers), else absolute."""
+    try:
+        return str(Path(out).resolve().relative_to(Path(journal).resolve().parent))
+    except ValueError:
+        return str(Path(out).resolve())
+
+
+def _read_legacy(path: Path, data: bytes) -> Journal:
+    name = path.name[:-len(".part")] if path.name.endswith(".part") else path.name
+    out = path.with_name(name)
+    suffix = out.suffix.lower()
+    raw = np.frombuffer(data[: len(data) // 8 * 8], np.float64)
+    if suffix == ".npz":
+        fps_file = out.with_name(out.name + ".fps")
+        try:
+            fps = float(fps_file.read_text()) if fps_file.is_file() else float("nan")
+        except (OSError, ValueError):
+            fps = float("nan")
+        rows = raw[: raw.size // _LEGACY_NPZ * _LEGACY_NPZ].reshape(-1, _LEGACY_NPZ)
+        recs = np.zeros(len(rows), np.dtype([(n, RECORD_DTYPE[n]) for n in RECORD_DTYPE.names
+                                             if not n.startswith("landmarks")]))
+        recs["index"], recs["timestamp_s"], recs["valid"] = rows[:, 0], rows[:, 1], rows[:, 2] > 0.5
+        recs["image_size"] = rows[:, 3:5]
+        o = 5
+        for name, width in (("joints_mm", 51), ("translation_mm", 3), ("joints_2d_px", 34), ("confidence", 17),
+                            ("fbi", 42)):
+            recs[name] = rows[:, o:o + width].reshape((len(rows),) + RECORD_DTYPE[name].shape)
+            o += width
+        used = rows.size * 8
+    elif suffix == ".bvh":
+        fps = _LEGACY_DEFAULT_FPS  # that version kept no frame rate beside the .bvh.part
+        rows = raw[: raw.size // _LEGACY_BVH * _LEGACY_BVH].reshape(-1, _LEGACY_BVH)
+        recs = np.zeros(len(rows), np.dtype([(n, RECORD_DTYPE[n]) for n in
+                                             ("index", "timestamp_s", "valid", "joints_mm", "translation_mm")]))
+        pos = rows[:, 1:].reshape(-1, NUM_JOINTS, 3)
+        recs["index"] = np.arange(len(rows))
+        recs["timestamp_s"] = np.arange(len(rows)) / fps
+        recs["valid"] = rows[:, 0] > 0.5
+        recs["joints_mm"] = pos - pos[:, :1]
+        recs["translation_mm"] = pos[:, 0]
+        used = rows.size * 8
+    else:
+        raise UserError(f"{path} is not a posestream journal (it does not start with {MAGIC.strip().decode()!r})")
+    clip = Clip.from_records(recs, fps, {"recovered_from": path.name})
+    header = {"fps": fps, "outputs": [{"path": out.name, "options": {}}], "legacy": True}
+    return Journal(path, header, clip, len(data) - used, [(out, {})], legacy=True)

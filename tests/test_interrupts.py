@@ -1,0 +1,89 @@
+"""Interrupted runs through the real command line (`python -m realtime.cli`, #22): SIGTERM is
+handled as Ctrl-C (the files completed, exit 143), two Ctrl-C 50 ms apart still leave
+complete files, and Ctrl-C or SIGTERM during start-up print one line, no traceback, and
+leave nothing behind."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bvh_reader import read_bvh  # noqa: E402
+
+from realtime.detector import DEFAULT_MODEL  # noqa: E402
+from realtime.journal import journal_frames  # noqa: E402
+from realtime.writers import read_pose_npz  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "assets" / "demo.mp4"
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason=f"{DEFAULT_MODEL} missing")
+MODEL = ["--model", "base_gt", "--backend", "onnxruntime"]
+
+
+def _start(*argv: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "realtime.cli", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _signal_mid_run(proc: subprocess.Popen, part: Path, signals: list[int], gap_s: float = 0.05,
+                    after_frames: int = 10) -> tuple[str, str]:
+    deadline = time.monotonic() + 120
+    while journal_frames(part) < after_frames:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run did not start writing"
+        time.sleep(0.02)
+    for k, sig in enumerate(signals):
+        if k:
+            time.sleep(gap_s)
+        proc.send_signal(sig)
+    return proc.communicate(timeout=120)
+
+
+def _summary_frames(out: str) -> int:
+    return int(re.search(r"(\d+) frames \(", out).group(1))
+
+
+def test_sigterm_completes_every_output_and_exits_143(tmp_path: Path):
+    npz, bvh = tmp_path / "t.npz", tmp_path / "t.bvh"
+    proc = _start("video", str(DEMO), "--out", str(npz), "--out", str(bvh), "--realtime", "--no-progress", *MODEL)
+    out, err = _signal_mid_run(proc, tmp_path / "t.npz.part", [signal.SIGTERM])
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped (SIGTERM): wrote" in out and "Traceback" not in err
+    n = _summary_frames(out)
+    assert 10 <= n < 103
+    assert len(read_pose_npz(npz)) == n and read_bvh(bvh)[3].shape[0] == n  # 0 frames lost
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.bvh", "t.npz"]
+
+
+def test_two_ctrl_c_50_ms_apart_still_complete_the_outputs(tmp_path: Path):
+    js, bvh = tmp_path / "c.json", tmp_path / "c.bvh"
+    proc = _start("video", str(DEMO), "--out", str(bvh), "--out", str(js), "--realtime", "--no-progress", *MODEL)
+    out, err = _signal_mid_run(proc, tmp_path / "c.bvh.part", [signal.SIGINT, signal.SIGINT])
+    # 130; or killed by SIGINT when the second one came after the command had returned
+    # (the files complete by then), as the interpreter reports a late Ctrl-C
+    assert proc.returncode in (130, -signal.SIGINT), err[-3000:]
+    assert "Traceback" not in err
+    n = _summary_frames(out)
+    assert len(json.loads(js.read_text())["frames"]) == n and read_bvh(bvh)[3].shape[0] == n
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bvh", "c.json"]
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_during_start_up_prints_one_line(tmp_path: Path, sig: int, code: int, word: str):
+    out = tmp_path / "s.npz"
+    out.write_text("an earlier take")
+    proc = _start("video", str(DEMO), "--out", str(out), "--no-progress", *MODEL)
+    time.sleep(1.0)  # importing modules, or loading the models
+    assert proc.poll() is None
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == code and lines == [word], err[-3000:]
+    assert out.read_text() == "an earlier take" and sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
