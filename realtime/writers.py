@@ -78,7 +78,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 import numpy as np
 
 from engines.errors import UserError
-from engines.landmarks import MP_LANDMARK_NAMES
+from engines.landmarks import MP_LANDMARK_NAMES, NUM_MP_LANDMARKS
 from engines.skeleton import JOINT_NAMES, NUM_FBI_BONES, NUM_JOINTS, PARENTS
 from realtime.frames import PoseFrame
 from realtime.journal import Clip, Journal, JournalWriter, is_locked, read_journal, relative_to_journal
@@ -388,6 +388,10 @@ class Recording:
     def write(self, pose: PoseFrame) -> None:
         self._journal.append(pose)
 
+    def discard(self) -> None:
+        """Delete the journal without writing any output (existing outputs stay as they were)."""
+        self._journal.delete()
+
     def close(self) -> None:
         if self._journal.closed:
             return
@@ -459,6 +463,10 @@ _NPZ_FIELDS = {"valid": ((), "b"), "joints_mm": ((NUM_JOINTS, 3), "fiu"), "trans
                "joints_2d_px": ((NUM_JOINTS, 2), "fiu"), "confidence": ((NUM_JOINTS,), "fiu"),
                "fbi": ((NUM_FBI_BONES, 3), "fiu"), "index": ((), "iu"), "timestamps_s": ((), "fiu"),
                "image_size": ((2,), "iu")}
+# Arrays later writers add (track ids; MediaPipe's landmarks with --landmarks): read back when
+# present with these shapes, otherwise left out (0 / None), as files without them are.
+_NPZ_OPTIONAL = {"track_id": ((), "iu"), "landmarks_px": ((NUM_MP_LANDMARKS, 2), "f"),
+                 "landmarks_world_mm": ((NUM_MP_LANDMARKS, 3), "f"), "landmarks_visibility": ((NUM_MP_LANDMARKS,), "f")}
 # What a damaged archive raises while it is opened or one of its members is read.
 NPZ_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 
@@ -480,6 +488,7 @@ def read_pose_npz(path: str | Path) -> list[PoseFrame]:
             if missing:
                 raise UserError(f"{path} is not a complete posestream pose file: no {', '.join(missing)}")
             a = {k: d[k] for k in _NPZ_FIELDS}
+            opt = {k: d[k] for k in _NPZ_OPTIONAL if k in d.files}
     except NPZ_READ_ERRORS as exc:
         raise UserError(f"cannot read pose file {path}: {exc}") from None
     n = a["valid"].shape[0] if a["valid"].ndim == 1 else -1
@@ -491,11 +500,17 @@ def read_pose_npz(path: str | Path) -> list[PoseFrame]:
                             + (f" with T = {n} (the length of valid)" if name != "valid" else ""))
     J, T, UV, C, F = (a[k] for k in ("joints_mm", "translation_mm", "joints_2d_px", "confidence", "fbi"))
     valid, idx, ts, size = a["valid"], a["index"], a["timestamps_s"], a["image_size"]
+    opt = {k: v for k, v in opt.items() if v.shape == (n, *_NPZ_OPTIONAL[k][0]) and v.dtype.kind in _NPZ_OPTIONAL[k][1]}
+    track = opt.get("track_id")
+    lm = [opt.get(k) for k in ("landmarks_px", "landmarks_world_mm", "landmarks_visibility")]
+    has_lm = (np.isfinite(lm[0]).all(axis=(1, 2)) if all(x is not None for x in lm) else np.zeros(n, bool))
     out = []
     for i in range(n):
         fbi = None if np.isnan(F[i]).all() else F[i]
+        landmarks = [x[i] if has_lm[i] else None for x in lm]  # type: ignore[index]
         out.append(PoseFrame(int(idx[i]), float(ts[i]), bool(valid[i]), J[i], T[i], UV[i], C[i],
-                             (int(size[i, 0]), int(size[i, 1])), fbi))
+                             (int(size[i, 0]), int(size[i, 1])), fbi, {}, int(track[i]) if track is not None else 0,
+                             *landmarks))
     return out
 
 

@@ -303,7 +303,10 @@ def test_landmarks_are_written_when_asked(tmp_path: Path):
     assert len(doc["meta"]["landmark_names"]) == 33 and "landmarks_px" not in doc["frames"][1]
     np.testing.assert_allclose(doc["frames"][0]["landmarks_visibility"], poses[0].landmarks_visibility, atol=1e-3)
     assert "landmarks_px" not in np.load(tmp_path / "plain.npz")  # only when asked
-    assert len(read_pose_npz(tmp_path / "a.npz")) == 2  # v1 readers are not disturbed by the extra arrays
+    back = read_pose_npz(tmp_path / "a.npz")  # the extra arrays are read back
+    assert [p.track_id for p in back] == [2, 0] and back[1].landmarks_px is None
+    np.testing.assert_array_equal(back[0].landmarks_px, poses[0].landmarks_px)
+    assert read_pose_npz(tmp_path / "plain.npz")[0].landmarks_px is None
 
 
 def test_openpose_body25_layout(tmp_path: Path):
