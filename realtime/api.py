@@ -335,7 +335,7 @@ class Estimator:
         fps:        frame rate of an image folder or an iterable of images.
         overlap:    (files) detect and lift in separate threads (the CLI does while it also
                     serves a viewer); the poses are the same.
-        tap:        a realtime.live.ImageTap that keeps recent frames' images (thumbnails).
+        tap:        a realtime.thumbnails.ImageTap that keeps recent frames' images (thumbnails).
         stall_timeout_s: (live) give up when no pose came out for this long.
         The source and the models are opened now (bad input raises here); the stream
         closes them when it ends."""

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from realtime.detector import PoseDetector
     from realtime.estimator import PoseEstimator, open_lifter
     from realtime.filters import PoseSmoother
-    from realtime.live import pipeline_steps
+    from realtime.api import pipeline_steps
     from realtime.pipeline import Pipeline, Stage
     from realtime.playback import RealtimePlayback
 

@@ -225,7 +225,7 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command. SIGTERM stops it as Ctrl-C does (its `finally` blocks run, files are
-    completed; the commands that write files handle both themselves, realtime.live.
+    completed; the commands that write files handle both themselves, realtime.interrupts.
     DeferredInterrupt); during start-up either signal gives one line, exit 130 / 143."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}

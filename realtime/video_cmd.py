@@ -41,8 +41,9 @@ from typing import Any
 
 from engines.errors import UserError
 from realtime.api import DEFAULT_FPS, QUEUE_SIZE, Options, PoseStream
-from realtime.live import (DeferredInterrupt, LiveSinks, add_model_arguments, add_output_arguments,
-                           add_smoothing_arguments)
+from realtime.cli_options import add_model_arguments, add_output_arguments, add_smoothing_arguments
+from realtime.interrupts import DeferredInterrupt
+from realtime.sinks import LiveSinks
 from realtime.preview import add_preview_arguments
 from realtime.writers import add_file_arguments
 
@@ -78,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from realtime.api import Estimator
-    from realtime.live import ImageTap, options_from_args
+    from realtime.cli_options import options_from_args
+    from realtime.thumbnails import ImageTap
     from realtime.preview import PreviewWriter, check_preview
     from realtime.writers import check_outputs, output_specs
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from engines.errors import UserError
-from realtime.live import add_model_arguments, add_output_arguments, add_smoothing_arguments
+from realtime.cli_options import add_model_arguments, add_output_arguments, add_smoothing_arguments
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,10 @@ class StatusLine:
 
 def run(args: argparse.Namespace) -> int:
     from realtime.api import Estimator
-    from realtime.live import DeferredInterrupt, ImageTap, LiveSinks, options_from_args
+    from realtime.cli_options import options_from_args
+    from realtime.interrupts import DeferredInterrupt
+    from realtime.sinks import LiveSinks
+    from realtime.thumbnails import ImageTap
     from realtime.pipeline import StageError
     from realtime.writers import OutputError, check_outputs, output_specs, part_path
 

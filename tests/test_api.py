@@ -112,7 +112,7 @@ def test_bad_input_is_one_clear_error(tmp_path):
 
 def test_the_commands_defaults_are_the_options_defaults():
     from realtime import video_cmd, webcam_cmd
-    from realtime.live import options_from_args
+    from realtime.cli_options import options_from_args
 
     def parsed(mod, argv):
         p = argparse.ArgumentParser()

@@ -11,7 +11,8 @@ import pytest
 from websockets.sync.client import connect
 
 from realtime.frames import Frame, PoseFrame
-from realtime.live import ImageTap, LiveSinks, draw_overlay, encode_jpeg
+from realtime.sinks import LiveSinks
+from realtime.thumbnails import ImageTap, draw_overlay, encode_jpeg
 from realtime.osc_sink import parse_packet
 from realtime.playback import RealtimePlayback
 from realtime.protocol import decode_thumb
@@ -97,7 +98,7 @@ def test_playback_paces_in_real_time_and_loops():
 def test_output_arguments_without_out_for_commands_that_have_their_own():
     import argparse
 
-    from realtime.live import add_output_arguments
+    from realtime.cli_options import add_output_arguments
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -140,7 +141,7 @@ def test_smoothing_is_off_for_files_unless_asked():
     import argparse
 
     from realtime.filters import PoseSmoother
-    from realtime.live import add_smoothing_arguments, smoother_from_args
+    from realtime.cli_options import add_smoothing_arguments, smoother_from_args
 
     def smoother(argv, default_on):
         p = argparse.ArgumentParser()
@@ -168,7 +169,7 @@ def test_paced_file_keeps_indices_and_timestamps():
 def test_deferred_interrupt_stops_between_frames():
     import signal
 
-    from realtime.live import DeferredInterrupt
+    from realtime.interrupts import DeferredInterrupt
 
     before = signal.getsignal(signal.SIGINT)
     with DeferredInterrupt(message="") as ctrl_c:

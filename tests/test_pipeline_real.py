@@ -45,7 +45,7 @@ def _estimator(lifter_pt: Path):
 
 def _run(estimator, frames, live=False):
     from realtime.filters import PoseSmoother
-    from realtime.live import pipeline_steps
+    from realtime.api import pipeline_steps
     from realtime.pipeline import Pipeline
 
     p = Pipeline(frames, pipeline_steps(estimator, PoseSmoother()), live=live)

@@ -135,7 +135,9 @@ CLIENT_KINDS = ["good"] * 4 + ["good-thumbs", "slow", "slow", "reconnect", "reco
 def soak(tmp_path: Path, seconds: float) -> None:
     from realtime.estimator import PoseEstimator
     from realtime.filters import PoseSmoother
-    from realtime.live import ImageTap, LiveSinks, pipeline_steps
+    from realtime.api import pipeline_steps
+    from realtime.sinks import LiveSinks
+    from realtime.thumbnails import ImageTap
     from realtime.pipeline import Pipeline
     from realtime.playback import RealtimePlayback
     from realtime.writers import read_pose_npz

@@ -1,5 +1,5 @@
 """A stand-in run for tests/test_fault_injection.py: writes N deterministic frames to the
-outputs given, through realtime.writers.Recording and realtime.live.DeferredInterrupt as
+outputs given, through realtime.writers.Recording and realtime.interrupts.DeferredInterrupt as
 `posestream video` does (the loop stops after the frame in hand on Ctrl-C / SIGTERM, the
 outputs are then completed). It prints READY once its journal is open and its signal
 handlers are installed, then "W i" once frame i is in the journal. No camera,
@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from realtime.frames import PoseFrame  # noqa: E402
-from realtime.live import DeferredInterrupt  # noqa: E402
+from realtime.interrupts import DeferredInterrupt  # noqa: E402
 from realtime.writers import Recording  # noqa: E402
 
 FPS = 30.0

@@ -1,0 +1,106 @@
+"""The command-line options the commands share, and what they become:
+
+    add_model_arguments(parser, live)   --model, --backend, --threads, --fov, --calib, with the
+                                        realtime.api.Options defaults (the API's and the CLI's)
+    add_smoothing_arguments(parser)     --min-cutoff, --beta, --d-cutoff, --bones-window, --no-smooth
+                                        (default_on=False: off unless --smooth or a setting is given)
+    add_output_arguments(parser)        --out (realtime.writers), --serve/--host/--port/--token,
+                                        --open3d, --osc
+    options_from_args(args)             -> realtime.api.Options
+    smoother_from_args(args)            -> the PoseSmoother the options ask for, or None
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from realtime.api import Options, default_model
+from realtime.filters import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, PoseSmoother, SmootherConfig
+
+DEFAULT_BONES_WINDOW = SmootherConfig.bones_window
+
+
+def add_smoothing_arguments(parser: argparse.ArgumentParser, default_on: bool = True) -> None:
+    """The smoothing options. Live commands filter by default (--no-smooth turns it off);
+    `default_on=False` (posestream video: files are for accuracy) leaves the output raw unless
+    --smooth, or any of the filter's settings, is given. --no-smooth is accepted by both."""
+    g = parser.add_argument_group(
+        "smoothing (causal One Euro filter + bone-length stabiliser)",
+        None if default_on else "OFF by default: files are for accuracy. --smooth turns it on, as does giving "
+                                "any of its settings (--min-cutoff, --beta, --bones-window).")
+
+    def default(value: float | int) -> float | int | None:
+        return value if default_on else None  # None: "not given", so a setting can imply --smooth
+
+    g.add_argument("--min-cutoff", type=float, default=default(DEFAULT_MIN_CUTOFF),
+                   help=f"One Euro cutoff when still, Hz; lower = steadier, more lag (default {DEFAULT_MIN_CUTOFF})")
+    g.add_argument("--beta", type=float, default=default(DEFAULT_BETA),
+                   help=f"One Euro speed coefficient per mm/s; higher = less lag on fast moves (default {DEFAULT_BETA})")
+    g.add_argument("--d-cutoff", type=float, default=default(DEFAULT_D_CUTOFF), help=argparse.SUPPRESS)
+    g.add_argument("--bones-window", type=int, default=default(DEFAULT_BONES_WINDOW),
+                   help=f"frames in the running median of bone lengths; 0 = off (default {DEFAULT_BONES_WINDOW})")
+    if not default_on:
+        g.add_argument("--smooth", action="store_true", help="filter the poses as `posestream webcam` does")
+    g.add_argument("--no-smooth", action="store_true",
+                   help="raw per-frame output (no filtering)" + ("" if default_on else "; the default here"))
+
+
+def smoothing_options(args: argparse.Namespace) -> tuple[bool, SmootherConfig]:
+    """(on, settings) from the smoothing options: off with --no-smooth, or, where smoothing
+    is off by default, when neither --smooth nor a setting is given."""
+    values = (args.min_cutoff, args.beta, args.d_cutoff, args.bones_window)
+    off = args.no_smooth or (not getattr(args, "smooth", True) and all(v is None for v in values))
+    defaults = (DEFAULT_MIN_CUTOFF, DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_BONES_WINDOW)
+    min_cutoff, beta, d_cutoff, bones_window = (d if v is None else v for v, d in zip(values, defaults))
+    return not off, SmootherConfig(min_cutoff, beta, d_cutoff, bones_window=bones_window)
+
+
+def smoother_from_args(args: argparse.Namespace) -> PoseSmoother | None:
+    """The smoother the options ask for, or None (smoothing off)."""
+    on, config = smoothing_options(args)
+    return Options(smooth=on, smoothing=config).smoother(live=on)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, live: bool) -> None:
+    """--model, --backend, --threads, --fov, --calib: the realtime.api.Options fields, with
+    their defaults (the commands and the Python API share them)."""
+    parser.add_argument("--model", default=Options.model,
+                        help=f"shipped model name or .onnx/.pt/.engine path (default {default_model(live)}); "
+                             f"a model of another kind is refused with the list of those this command runs")
+    parser.add_argument("--backend", default=Options.backend,
+                        help=f"auto, onnxruntime, tensorrt or torch (default {Options.backend}: TensorRT if usable, "
+                             f"else ONNX Runtime)")
+    # One thread: a batch-1 lifter takes well under a millisecond, and extra intra-op
+    # threads (ONNX Runtime spins them between calls) steal CPU from MediaPipe.
+    parser.add_argument("--threads", type=int, default=Options.threads,
+                        help=f"CPU threads for the lifter runtime (default {Options.threads})")
+    parser.add_argument("--fov", type=float, default=Options.fov,
+                        help="horizontal field of view in degrees (default 60)")
+    parser.add_argument("--calib", metavar="FILE", default=Options.calib,
+                        help='camera intrinsics JSON {"fx", "fy", "cx", "cy"} (pixels); overrides --fov')
+
+
+def options_from_args(args: argparse.Namespace) -> Any:
+    """The realtime.api.Options a command's arguments ask for."""
+    on, config = smoothing_options(args)
+    return Options(model=args.model, backend=args.backend, fov=args.fov, calib=args.calib, threads=args.threads,
+                   num_poses=getattr(args, "num_poses", Options.num_poses),
+                   image_mode=getattr(args, "image_mode", Options.image_mode), smooth=on, smoothing=config)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = True) -> None:
+    """The live outputs' options. include_out adds the file outputs (--out, repeatable,
+    --no-overwrite and the formats' options: realtime.writers.add_file_arguments); a command
+    that adds those itself (posestream video) passes include_out=False."""
+    if include_out:
+        from realtime.writers import add_file_arguments
+
+        add_file_arguments(parser)
+    g = parser.add_argument_group("outputs")
+    g.add_argument("--serve", action="store_true", help="stream to the browser viewer (websocket + HTTP)")
+    g.add_argument("--host", default="127.0.0.1", help="--serve address (default 127.0.0.1, this machine only)")
+    g.add_argument("--port", type=int, default=8765, help="--serve port (default 8765; 0 = any free port)")
+    g.add_argument("--token", help="--serve: viewers must present this token")
+    g.add_argument("--open3d", action="store_true", help="show the skeleton in an Open3D window")
+    g.add_argument("--osc", metavar="[HOST:]PORT", nargs="?", const="39539",
+                   help="send joints as OSC/VMC bundles over UDP (default 127.0.0.1:39539)")
