@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from realtime.frames import PoseFrame
 from realtime.thumbnails import ImageTap, draw_overlay, encode_jpeg
@@ -32,7 +32,8 @@ class LiveSinks:
     def __init__(self, out: str | Path | Sequence[Any] | None = None, fps: float = 30.0, serve: bool = False,
                  host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
                  open3d: bool = False, tap: ImageTap | None = None, source_info: dict | None = None,
-                 osc: str | None = None, overwrite: bool = True, preview: Any = None) -> None:
+                 osc: str | None = None, overwrite: bool = True, preview: Any = None,
+                 say: Callable[[str], None] | None = None) -> None:
         self.writer = None
         self.preview = preview
         self.server = None
@@ -58,7 +59,7 @@ class LiveSinks:
                 from realtime.writers import Recording
 
                 self.writer = Recording([out] if isinstance(out, (str, Path)) else list(out), fps, source_info,
-                                        overwrite=overwrite)
+                                        overwrite=overwrite, **({"say": say} if say else {}))
                 self.out_paths = [s.path for s in self.writer.specs]
         except BaseException:
             self.close()
@@ -71,7 +72,8 @@ class LiveSinks:
 
         return LiveSinks(output_specs(getattr(args, "out", None), args), fps, args.serve, args.host, args.port,
                          args.token, args.open3d, tap, source_info, getattr(args, "osc", None),
-                         overwrite=not getattr(args, "no_overwrite", False), preview=preview)
+                         overwrite=not getattr(args, "no_overwrite", False), preview=preview,
+                         say=log.info if getattr(args, "quiet", False) else None)  # -q: errors only
 
     @property
     def out_names(self) -> str:

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(output_specs(args.out, args), overwrite=not args.no_overwrite)
     if args.preview:
         note = check_preview(Path(args.preview), overwrite=not args.no_overwrite)
-        if note:
+        if note and not getattr(args, "quiet", False):
             print(note, file=sys.stderr, flush=True)
     if args.hold and not (args.serve or args.open3d):
         raise UserError("--hold keeps the viewer open after the end of the file: it needs --serve or --open3d")

@@ -155,6 +155,9 @@ def test_overwriting_says_so_and_no_overwrite_refuses(tmp_path: Path, lifter: Pa
     assert _video(lifter, str(DEMO), "--out", str(out), "--max-frames", "2") == 0
     assert "take.csv exists: it will be replaced" in capsys.readouterr().err
     assert len(out.read_text().splitlines()) == 3
+    assert _video(lifter, str(DEMO), "--out", str(out), "--max-frames", "1", "-q") == 0
+    assert "exists" not in capsys.readouterr().err  # -q: errors only
+    assert len(out.read_text().splitlines()) == 2
 
 
 @needs_mediapipe_model
