@@ -5,7 +5,7 @@
     add_smoothing_arguments(parser)     --min-cutoff, --beta, --d-cutoff, --bones-window, --no-smooth
                                         (default_on=False: off unless --smooth or a setting is given)
     add_output_arguments(parser)        --out (realtime.writers), --serve/--host/--port/--token,
-                                        --open3d, --osc
+                                        --open3d, --osc (+ --vmc-mirror, --osc-rate)
     options_from_args(args)             -> realtime.api.Options
     smoother_from_args(args)            -> the PoseSmoother the options ask for, or None
 """
@@ -103,4 +103,8 @@ def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = Tr
     g.add_argument("--token", help="--serve: viewers must present this token")
     g.add_argument("--open3d", action="store_true", help="show the skeleton in an Open3D window")
     g.add_argument("--osc", metavar="[HOST:]PORT", nargs="?", const="39539",
-                   help="send joints as OSC/VMC bundles over UDP (default 127.0.0.1:39539)")
+                   help="stream the pose to a VMC protocol receiver over UDP (default 127.0.0.1:39539; "
+                        "docs/mocap.md)")
+    from realtime.osc_sink import add_vmc_arguments
+
+    add_vmc_arguments(g)

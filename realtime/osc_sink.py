@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
+from typing import Any
 import struct
 
 import numpy as np
@@ -222,6 +223,11 @@ def add_vmc_arguments(group: argparse._ActionsContainer) -> None:
                             "the avatar's left); default: it moves as the person in the image")
     group.add_argument("--osc-rate", type=_rate, default=None, metavar="HZ",
                        help="--osc: at most HZ bundles per second, by frame time (default: every frame)")
+
+
+def vmc_options(args: argparse.Namespace) -> dict[str, Any]:
+    """OscSink's keyword options from the parsed --vmc-mirror / --osc-rate."""
+    return {"mirror": bool(getattr(args, "vmc_mirror", False)), "rate_hz": getattr(args, "osc_rate", None)}
 
 
 def parse_target(spec: str) -> tuple[str, int]:

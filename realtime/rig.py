@@ -13,7 +13,7 @@ Bones (`Bone`): each sits on a point and aims its primary axis at another point 
 child, or its end site). A bone's global rotation turns its rest aim direction onto the
 current one by the smallest rotation from its parent's frame, then turns it about that axis
 (twist) so a reference vector lines up:
-    Side  a side vector: the torso's up for the hips (whose aim is the hip joints' axis),
+    Side  a side vector: the lower back for the hips (whose aim is the hip joints' axis),
           the shoulders' axis for the chest, the ears' for the head, the palm's index-pinky
           knuckles for forearm and hand; the spine bones blend the hip and shoulder axes.
     Bend  the bend plane with the next bone (elbow, knee), faded out as the limb straightens
@@ -32,7 +32,9 @@ frame shows (no landmarks at all) comes from a default adult skeleton (`default_
 
 Rigs: `HUMANOID_BVH` (Mixamo-style names: Hips, Spine, Spine1, Spine2, Neck, Head,
 Left/Right Shoulder, Arm, ForeArm, Hand, UpLeg, Leg, Foot, ToeBase, Heel), `HUMANOID_VMC`
-(one chest bone; Unity HumanBodyBones names), `H36M_RIG` (our 17 joints and names).
+(one chest bone; Unity HumanBodyBones names), `H36M_RIG` (our 17 joints and names; its
+pelvis and thorax aim along the hip and shoulder axes, with the lower back and the neck as
+their up, so a skeleton of fixed shape comes back exactly, joint for joint).
 """
 from __future__ import annotations
 
@@ -203,7 +205,7 @@ def _h36m_rig() -> Rig:
                   Bone(f"{s}_ankle", f"{s}_knee", f"{s}_ankle", f"{s}_toe", None, Side(f"{s}_shin_up", Y),
                        end=f"{s}_toe", contact=True)]
     bones += [Bone("spine", "pelvis", "spine", "thorax", Y, Side("hip_side", X, "shoulder_side", 0.5)),
-              Bone("thorax", "spine", "thorax", "neck_nose", None, Side("shoulder_side", X)),
+              Bone("thorax", "spine", "thorax", "thorax_left", X, Side("neck_up", Y)),
               Bone("neck_nose", "thorax", "neck_nose", "head", None, Side("head_side", X)),
               Bone("head", "neck_nose", "head", end=(0.0, 0.05, 0.0))]
     for s in ("l", "r"):
@@ -255,8 +257,10 @@ def rig_points(joints_mm: np.ndarray, landmarks_world_mm: np.ndarray | None = No
     p["head_base"] = _lerp(p["thorax"], p["head"], HEAD_BASE)
     p["hip_side"] = p["l_hip"] - p["r_hip"]
     p["pelvis_left"] = p["pelvis"] + 0.5 * p["hip_side"]
-    p["torso_up"] = p["thorax"] - p["pelvis"]
+    p["torso_up"] = p["spine"] - p["pelvis"]
     p["shoulder_side"] = p["l_shoulder"] - p["r_shoulder"]
+    p["thorax_left"] = p["thorax"] + 0.5 * p["shoulder_side"]
+    p["neck_up"] = p["neck_nose"] - p["thorax"]
     for s in ("l", "r"):
         p[f"{s}_clavicle"] = _lerp(p["thorax"], p[f"{s}_shoulder"], CLAVICLE)
         ankle, wrist = p[f"{s}_ankle"], p[f"{s}_wrist"]
@@ -286,7 +290,7 @@ def default_points() -> dict[str, np.ndarray]:
     j = np.zeros((NUM_JOINTS, 3))
     named = {"r_hip": (-120, 0, 0), "l_hip": (120, 0, 0), "r_knee": (-120, 430, 0), "l_knee": (120, 430, 0),
              "r_ankle": (-120, 850, 0), "l_ankle": (120, 850, 0), "spine": (0, -230, 0), "thorax": (0, -480, 0),
-             "neck_nose": (0, -610, -70), "head": (0, -720, 0), "l_shoulder": (160, -480, 0),
+             "neck_nose": (0, -620, 0), "head": (0, -720, 0), "l_shoulder": (160, -480, 0),
              "l_elbow": (430, -480, 0), "l_wrist": (680, -480, 0), "r_shoulder": (-160, -480, 0),
              "r_elbow": (-430, -480, 0), "r_wrist": (-680, -480, 0)}
     for n, v in named.items():
@@ -532,9 +536,12 @@ def rotate_points(points: dict[str, np.ndarray], R: np.ndarray) -> dict[str, np.
 
 
 class RunningRest:
-    """The rest and level of a live stream: fitted on the last `window` frames with a person,
-    refitted after 1, 2, 4, ... frames and then every `every` frames (bone lengths settle
-    within seconds and then follow slowly). Before the first frame: the default rest."""
+    """The rest and level of a live stream: fitted on the last `window` frames with a person
+    (FIT_FRAMES of them, evenly spread), refitted after 1, 2, 4, ... frames and then every
+    `every` frames (bone lengths settle within seconds and then follow slowly). Before the
+    first frame: the default rest."""
+
+    FIT_FRAMES = 100  # frames of the window the refit uses (evenly spread)
 
     def __init__(self, rig: Rig, window: int = 300, every: int = 30) -> None:
         self.rig, self.window, self.every = rig, window, every
@@ -550,7 +557,8 @@ class RunningRest:
         self._seen += 1
         n = self._seen
         if (n & (n - 1) == 0 and n < self.every) or n % self.every == 0:
-            clip = {k: np.concatenate([f[k] for f in self._frames]) for k in points}
+            frames = self._frames[::max(1, len(self._frames) // self.FIT_FRAMES)]  # medians need no more
+            clip = {k: np.concatenate([f[k] for f in frames]) for k in points}
             self.rest = fit_rest(self.rig, clip, default_rest(self.rig))
             self.level = level_rotation(clip)
 

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 class LiveSinks:
     """The outputs of a run: pose files (`out`: one path or several, realtime.writers.Recording),
     a preview video (`preview`, realtime.preview.PreviewWriter, drawn from the `tap`'s images),
-    viewer server (`serve`), Open3D (`open3d`), OSC/VMC over UDP (`osc`, "[HOST:]PORT").
+    viewer server (`serve`), Open3D (`open3d`), VMC over UDP (`osc`, "[HOST:]PORT"; `osc_options`:
+    realtime.osc_sink.OscSink's mirror and rate_hz).
 
     `emit(pf)` sends one PoseFrame everywhere and returns False when the user closed the
     Open3D window (the caller then stops). `finish_file()` completes the files (end of input);
@@ -33,7 +34,7 @@ class LiveSinks:
                  host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
                  open3d: bool = False, tap: ImageTap | None = None, source_info: dict | None = None,
                  osc: str | None = None, overwrite: bool = True, preview: Any = None,
-                 say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None, osc_options: dict[str, Any] | None = None) -> None:
         self.writer = None
         self.preview = preview
         self.server = None
@@ -54,7 +55,7 @@ class LiveSinks:
             if osc:
                 from realtime.osc_sink import OscSink, parse_target
 
-                self.osc = OscSink(*parse_target(osc))
+                self.osc = OscSink(*parse_target(osc), **(osc_options or {}))
             if out:  # last: a busy port or a missing Open3D must not create (or replace) a file
                 from realtime.writers import Recording
 
@@ -68,12 +69,14 @@ class LiveSinks:
     @staticmethod
     def from_args(args: argparse.Namespace, fps: float, tap: ImageTap | None = None,
                   source_info: dict | None = None, preview: Any = None) -> "LiveSinks":
+        from realtime.osc_sink import vmc_options
         from realtime.writers import output_specs
 
         return LiveSinks(output_specs(getattr(args, "out", None), args), fps, args.serve, args.host, args.port,
                          args.token, args.open3d, tap, source_info, getattr(args, "osc", None),
                          overwrite=not getattr(args, "no_overwrite", False), preview=preview,
-                         say=log.info if getattr(args, "quiet", False) else None)  # -q: errors only
+                         say=log.info if getattr(args, "quiet", False) else None,  # -q: errors only
+                         osc_options=vmc_options(args))
 
     @property
     def out_names(self) -> str:

@@ -45,16 +45,10 @@ valid=False):
       landmarks_visibility, and meta has landmark_names.
 .csv  one row per frame: index, timestamp_s, valid, image_w, image_h, tx/ty/tz_mm, then for
       each joint x/y/z_mm, u/v_px, conf. NaN as an empty field.
-.bvh  17-joint hierarchy (engines.skeleton), metres (Blender imports it life-size with the
-      default scale), Y up: BVH (X, Y, Z) = camera (x, -y, -z), a rotation about x, so the
-      handedness is kept. Offsets use the clip's median bone lengths. Rotations (channels
-      Zrotation Xrotation Yrotation, degrees) are computed from the joint positions: a joint
-      with one child turns its parent's frame by the smallest rotation that aligns the bone
-      (so twist is inherited smoothly); pelvis and thorax, with three children each, take
-      the frame of their left-right axis and upward child, and their children's offsets are
-      the clip's median shape in that frame. Limb directions are exact; bone lengths and
-      girdle shapes are the clip's medians. BVH has no "missing" frame: frames
-      without a person repeat the previous pose (the rest pose before the first person).
+.bvh  motion capture for animation tools (realtime/bvh.py): a humanoid with Mixamo-style
+      names (or our 17 joints with --names h36m), a T-pose rest with the clip's median bone
+      lengths, centimetres (--units), the feet on the floor (--bvh-root), frame time from
+      the timestamps; docs/mocap.md.
 .openpose  a folder of OpenPose-style per-frame JSON files (realtime/openpose.py): the
       BODY_25 layout, for tools that read OpenPose output.
 
@@ -80,6 +74,7 @@ import numpy as np
 from engines.errors import UserError
 from engines.landmarks import MP_LANDMARK_NAMES, NUM_MP_LANDMARKS
 from engines.skeleton import JOINT_NAMES, NUM_FBI_BONES, NUM_JOINTS, PARENTS
+from realtime.bvh import add_bvh_arguments, bvh_options, render_bvh
 from realtime.frames import PoseFrame
 from realtime.journal import Clip, Journal, JournalWriter, is_locked, read_journal, relative_to_journal
 
@@ -567,198 +562,6 @@ def render_csv(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
             fh.write(",".join(vals) + "\n")
 
 
-# --------------------------------------------------------------------------- bvh
-CAM_TO_BVH = np.diag([1.0, -1.0, -1.0])  # camera (x right, y down, z fwd) -> BVH (x, y up, z back)
-# Rest-pose direction of each joint's offset from its parent (BVH frame, person facing +Z,
-# i.e. the camera, T-pose): the person's right is -X.
-REST_DIRECTION: dict[str, tuple[float, float, float]] = {
-    "r_hip": (-1, 0, 0), "r_knee": (0, -1, 0), "r_ankle": (0, -1, 0),
-    "l_hip": (1, 0, 0), "l_knee": (0, -1, 0), "l_ankle": (0, -1, 0),
-    "spine": (0, 1, 0), "thorax": (0, 1, 0), "neck_nose": (0, 1, 0), "head": (0, 1, 0),
-    "l_shoulder": (1, 0, 0), "l_elbow": (1, 0, 0), "l_wrist": (1, 0, 0),
-    "r_shoulder": (-1, 0, 0), "r_elbow": (-1, 0, 0), "r_wrist": (-1, 0, 0),
-}
-CHILDREN: tuple[tuple[int, ...], ...] = tuple(tuple(c for c, p in enumerate(PARENTS) if p == j) for j in range(NUM_JOINTS))
-# Median H36M-like bone lengths (mm) used only when a clip has no valid frame at all.
-_FALLBACK_LENGTH_MM = 250.0
-
-
-def _align(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Smallest rotation taking unit vector a to unit vector b (3x3)."""
-    v = np.cross(a, b)
-    c = float(np.dot(a, b))
-    s = float(np.linalg.norm(v))
-    if s < 1e-9:
-        if c > 0:
-            return np.eye(3)
-        # 180 degrees: about any axis perpendicular to a.
-        axis = np.cross(a, [1.0, 0, 0]) if abs(a[0]) < 0.9 else np.cross(a, [0, 1.0, 0])
-        axis /= np.linalg.norm(axis)
-        return 2.0 * np.outer(axis, axis) - np.eye(3)
-    k = v / s
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + s * K + (1 - c) * (K @ K)
-
-
-def euler_zxy_from_matrix(R: np.ndarray) -> tuple[float, float, float]:
-    """R = Rz(z) Rx(x) Ry(y) -> (z, x, y) degrees (BVH channel order Z X Y)."""
-    sx = float(np.clip(R[2, 1], -1.0, 1.0))
-    x = math.asin(sx)
-    if abs(math.cos(x)) > 1e-6:
-        y = math.atan2(-R[2, 0], R[2, 2])
-        z = math.atan2(-R[0, 1], R[1, 1])
-    else:  # gimbal lock: only z +- y is defined
-        y = 0.0
-        z = math.atan2(R[1, 0], R[0, 0])
-    return math.degrees(z), math.degrees(x), math.degrees(y)
-
-
-def matrix_from_euler_zxy(z: float, x: float, y: float) -> np.ndarray:
-    """Degrees -> Rz(z) Rx(x) Ry(y)."""
-    z, x, y = (math.radians(v) for v in (z, x, y))
-    Rz = np.array([[math.cos(z), -math.sin(z), 0], [math.sin(z), math.cos(z), 0], [0, 0, 1]])
-    Rx = np.array([[1, 0, 0], [0, math.cos(x), -math.sin(x)], [0, math.sin(x), math.cos(x)]])
-    Ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
-    return Rz @ Rx @ Ry
-
-
-# Joints with several children ("girdles"): their frame is built from two directions,
-# x = first - second child... (left minus right), y = the third (upward) child, orthogonalised.
-GIRDLES: dict[int, tuple[int, int, int]] = {
-    JOINT_NAMES.index("pelvis"): (JOINT_NAMES.index("l_hip"), JOINT_NAMES.index("r_hip"), JOINT_NAMES.index("spine")),
-    JOINT_NAMES.index("thorax"): (JOINT_NAMES.index("l_shoulder"), JOINT_NAMES.index("r_shoulder"),
-                                  JOINT_NAMES.index("neck_nose")),
-}
-
-
-def girdle_frame(pos: np.ndarray, j: int) -> np.ndarray:
-    """(3, 3) rotation whose columns are the girdle's x (right -> left side), y (towards the
-    third child, orthogonalised) and z = x cross y, from positions pos (..., 17, 3)."""
-    left, right, up = GIRDLES[j]
-    x = pos[left] - pos[right]
-    x = x / max(np.linalg.norm(x), 1e-9)
-    y = pos[up] - pos[j]
-    y = y - np.dot(y, x) * x
-    y = y / max(np.linalg.norm(y), 1e-9)
-    return np.stack([x, y, np.cross(x, y)], axis=1)
-
-
-def bvh_offsets(pos: np.ndarray) -> np.ndarray:
-    """Rest offsets (17, 3) from valid BVH-frame positions pos (F, 17, 3): limb bones point
-    along REST_DIRECTION with their median length; the children of pelvis and thorax keep
-    their median shape in the girdle's own frame (so the girdle is rigid and matches the
-    clip's typical shape). Without any frame, a T-pose with 250 mm bones."""
-    off = np.zeros((NUM_JOINTS, 3))
-    girdle_kids = {c for kids in GIRDLES.values() for c in kids}
-    for c, par in enumerate(PARENTS):
-        if par < 0:
-            continue
-        direction = np.asarray(REST_DIRECTION[JOINT_NAMES[c]], np.float64)
-        if len(pos) == 0:
-            off[c] = direction * _FALLBACK_LENGTH_MM / 1000.0
-        elif c in girdle_kids and par in GIRDLES:
-            local = [girdle_frame(p, par).T @ (p[c] - p[par]) for p in pos]
-            off[c] = np.median(np.stack(local), axis=0)
-        else:
-            off[c] = direction * float(np.median(np.linalg.norm(pos[:, c] - pos[:, par], axis=-1)))
-    return off
-
-
-def bvh_global_rotations(pos: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Global rotation (17, 3, 3) of each joint for BVH-frame positions pos (17, 3).
-    A joint with one child turns its parent's frame by the smallest rotation that aligns the
-    bone; pelvis and thorax take their girdle frame; leaves inherit their parent's rotation
-    (they carry no bone of their own)."""
-    G = np.zeros((NUM_JOINTS, 3, 3))
-    for j in range(NUM_JOINTS):  # PARENTS is topologically ordered
-        Gp = np.eye(3) if PARENTS[j] < 0 else G[PARENTS[j]]
-        kids = CHILDREN[j]
-        if j in GIRDLES:
-            G[j] = girdle_frame(pos, j)
-        elif not kids:
-            G[j] = Gp
-        else:
-            c = kids[0]
-            a = Gp @ offsets[c]
-            b = pos[c] - pos[j]
-            na, nb = np.linalg.norm(a), np.linalg.norm(b)
-            G[j] = Gp if na < 1e-9 or nb < 1e-9 else _align(a / na, b / nb) @ Gp
-    return G
-
-
-def render_bvh(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
-    """The .bvh of a clip (module docstring): camera-space joints of the valid frames give the
-    offsets; every frame gets a motion line (the last pose repeated where nobody was seen)."""
-    J = clip.joints_mm.astype(np.float64)
-    T = clip.translation_mm.astype(np.float64)
-    ok = clip.valid & np.isfinite(J).all(axis=(1, 2))
-    root = np.where(np.isfinite(T).all(axis=1, keepdims=True), T, 0.0)
-    pos_mm = J - J[:, :1] + root[:, None, :]
-    pos_m = pos_mm @ CAM_TO_BVH.T / 1000.0
-    offsets = bvh_offsets(pos_m[ok])
-    fps = clip.fps if math.isfinite(clip.fps) and clip.fps > 0 else 30.0
-    with open(path, "w") as fh:
-        fh.write(bvh_hierarchy(offsets))
-        fh.write(f"MOTION\nFrames: {len(clip)}\nFrame Time: {1.0 / fps:.6f}\n")
-        last = None
-        for i in range(len(clip)):
-            if ok[i]:
-                last = _motion_line(pos_m[i], offsets)
-            elif last is None:
-                last = " ".join(["0.000000"] * (6 + 3 * (NUM_JOINTS - 1)))
-            fh.write(last + "\n")
-
-
-def bvh_hierarchy(offsets: np.ndarray) -> str:
-    """HIERARCHY section: pelvis ROOT with 6 channels, every other joint 3 rotation channels;
-    leaves end with an End Site a quarter of their bone further along the same direction."""
-    lines = ["HIERARCHY"]
-
-    def emit(j: int, depth: int) -> None:
-        ind = "  " * depth
-        o = offsets[j]
-        kw = "ROOT" if PARENTS[j] < 0 else "JOINT"
-        lines.append(f"{ind}{kw} {JOINT_NAMES[j]}")
-        lines.append(f"{ind}{{")
-        lines.append(f"{ind}  OFFSET {o[0]:.6f} {o[1]:.6f} {o[2]:.6f}")
-        ch = "6 Xposition Yposition Zposition Zrotation Xrotation Yrotation" if PARENTS[j] < 0 else "3 Zrotation Xrotation Yrotation"
-        lines.append(f"{ind}  CHANNELS {ch}")
-        for c in CHILDREN[j]:
-            emit(c, depth + 1)
-        if not CHILDREN[j]:
-            e = 0.25 * o
-            lines.append(f"{ind}  End Site")
-            lines.append(f"{ind}  {{")
-            lines.append(f"{ind}    OFFSET {e[0]:.6f} {e[1]:.6f} {e[2]:.6f}")
-            lines.append(f"{ind}  }}")
-        lines.append(f"{ind}}}")
-
-    emit(0, 0)
-    return "\n".join(lines) + "\n"
-
-
-def bvh_joint_order() -> list[int]:
-    """Joints in the order their channels appear (depth-first, as in the hierarchy)."""
-    order: list[int] = []
-
-    def visit(j: int) -> None:
-        order.append(j)
-        for c in CHILDREN[j]:
-            visit(c)
-
-    visit(0)
-    return order
-
-
-def _motion_line(pos: np.ndarray, offsets: np.ndarray) -> str:
-    G = bvh_global_rotations(pos, offsets)
-    vals = [*pos[0]]
-    for j in bvh_joint_order():
-        local = G[j] if PARENTS[j] < 0 else G[PARENTS[j]].T @ G[j]
-        vals += euler_zxy_from_matrix(local)
-    return " ".join(f"{v:.6f}" for v in vals)
-
-
 # --------------------------------------------------------------------------- formats
 def _render_openpose(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
     from realtime.openpose import render_openpose
@@ -772,7 +575,8 @@ FORMATS: dict[str, OutputFormat] = {f.suffix: f for f in (
     OutputFormat(".json", "one JSON document, a frame per line", render_json,
                  add_arguments=_npz_json_arguments, options=_npz_json_options),
     OutputFormat(".csv", "a row per frame", render_csv),
-    OutputFormat(".bvh", "motion capture for animation tools", render_bvh),
+    OutputFormat(".bvh", "motion capture for animation tools", render_bvh,
+                 add_arguments=add_bvh_arguments, options=bvh_options),
     OutputFormat(".openpose", "a folder of OpenPose-style per-frame JSON (BODY_25)", _render_openpose, folder=True),
 )}
 WRITERS = FORMATS  # the name earlier versions exported

@@ -45,7 +45,7 @@ for _side, _x in (("Left", -1.0), ("Right", 1.0)):
         f"{_side}Toes": (f"{_side}Foot", (0.0, -0.05, 0.13)),
     })
 # Segments of the standard humanoid after FK -> the joints of ours they must point along.
-# The hips' primary axis is the hip joints' axis (their up axis is the torso's, made
+# The hips' primary axis is the hip joints' axis (their up axis is the lower back's, made
 # perpendicular to it, so the standard's Hips -> Spine is not compared: a girdle's two axes
 # are not perpendicular in our joints).
 SEGMENTS: list[tuple[str, str, str, str]] = [
@@ -303,3 +303,27 @@ def test_parse_target():
     for bad in ("x", "1:0", "70000"):
         with pytest.raises(UserError):
             parse_target(bad)
+
+
+def test_command_line_options_reach_the_stream():
+    import argparse
+
+    from realtime.cli_options import add_output_arguments
+    from realtime.sinks import LiveSinks
+
+    parser = argparse.ArgumentParser()
+    add_output_arguments(parser)
+    args = parser.parse_args(["--osc", "127.0.0.1:9", "--vmc-mirror", "--osc-rate", "20"])
+    sinks = LiveSinks.from_args(args, 30.0)
+    try:
+        assert sinks.osc.encoder.mirror is True and sinks.osc.encoder.min_interval_s == pytest.approx(0.05)
+    finally:
+        sinks.close()
+    plain = LiveSinks.from_args(parser.parse_args(["--osc"]), 30.0)
+    try:
+        assert plain.osc.address[1] == 39539 and not plain.osc.encoder.mirror and plain.osc.encoder.min_interval_s == 0
+    finally:
+        plain.close()
+    for bad in ("0", "-5", "x", "nan"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--osc", "--osc-rate", bad])
