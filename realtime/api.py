@@ -368,7 +368,8 @@ class Estimator:
 
 def write(frames: Iterable[PoseFrame], path: str | Path, fps: float = DEFAULT_FPS) -> Path:
     """Write poses to `path`; the format follows the extension (.npz, .json, .csv, .bvh, as
-    realtime.writers). `fps` is the frame rate recorded in the file (BVH frame time). The
+    realtime.writers). `fps` is the frame rate recorded in the file (a .bvh takes its frame
+    time from the poses' timestamps, and `fps` only when they cannot tell). The
     file is finalised even if `frames` raises part-way (every pose written so far is kept).
     Returns the path."""
     from realtime.writers import open_writer

@@ -49,7 +49,9 @@ def test_video_to_npz_and_bvh(tmp_path: Path, lifter: Path, capsys):
     assert main(["video", str(DEMO), "--out", str(bvh), "--model", str(lifter), "--backend", "torch",
                  "--max-frames", "3", "--no-progress"]) == 0
     names, _, _, motion, frame_time = read_bvh(bvh)
-    assert motion.shape[0] == 3 and len(names) == 17 and frame_time == pytest.approx(1 / 30, abs=1e-6)
+    # the default skeleton: the Mixamo-style humanoid (realtime/bvh.py)
+    assert motion.shape[0] == 3 and names[0] == "Hips" and len(names) == 24
+    assert frame_time == pytest.approx(1 / 30, abs=1e-6)
 
 
 @needs_mediapipe_model
