@@ -33,9 +33,27 @@ INPUT_NORMALIZATION = "engines.normalize.features_2d v1: (uv-c)/f, pelvis-centre
 FINAL_MODEL, BASE_MODEL = "final", "base_gt"
 
 
+def shipped(name: str) -> bool:
+    """Is models/NAME.{pt,onnx} present?"""
+    return any((MODELS_DIR / f"{name}{s}").is_file() for s in (".pt", ".onnx"))
+
+
 def default_app_model() -> str:
-    """`final` if models/final.{pt,onnx} is present, else `base_gt`."""
-    return FINAL_MODEL if any((MODELS_DIR / f"{FINAL_MODEL}{s}").is_file() for s in (".pt", ".onnx")) else BASE_MODEL
+    """The single-frame default (still images): `final` if shipped, else `base_gt`."""
+    return FINAL_MODEL if shipped(FINAL_MODEL) else BASE_MODEL
+
+
+# The temporal lifters on MediaPipe-like 2D: centred for files (`posestream video`), causal for
+# live use (`posestream webcam`, `video --realtime`). Until shipped, the single-frame default.
+FILE_MODEL, LIVE_MODEL = "temporal_mp", "temporal_mp_causal"
+
+
+def default_file_model() -> str:
+    return FILE_MODEL if shipped(FILE_MODEL) else default_app_model()
+
+
+def default_live_model() -> str:
+    return LIVE_MODEL if shipped(LIVE_MODEL) else default_app_model()
 
 
 def cache_root() -> Path:

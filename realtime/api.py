@@ -29,18 +29,23 @@ import numpy as np
 from engines.errors import UserError
 from realtime.filters import PoseSmoother, SmootherConfig
 from realtime.frames import Frame, PoseFrame
-from realtime.pipeline import Pipeline, Stage, StageGroup
+from realtime.pipeline import Pipeline, Stage, StageGroup, StreamStage, run_inline
+from realtime.trajectory import FILE_ROOT_LAG_S, RootFilterConfig
 
 QUEUE_SIZE = 4  # file mode, threads overlapping: queues between them (back-pressure, nothing dropped)
 DEFAULT_FPS = 30.0  # frame rate assumed for image folders and iterators of images
 
 
-def default_model(live: bool = False) -> str:
-    """The shipped model used when none is named, for a file (live=False) or a live source.
-    The one place the commands and the API take it from."""
-    from engines.checkpoint import default_app_model
+def default_model(live: bool = False, stills: bool = False) -> str:
+    """The shipped model used when none is named: the centred temporal model for a file
+    (live=False), the causal one for a live source, the single-frame model for unrelated
+    stills (each falls back to the single-frame default until shipped). The one place the
+    commands and the API take it from."""
+    from engines.checkpoint import default_app_model, default_file_model, default_live_model
 
-    return default_app_model()
+    if stills:
+        return default_app_model()
+    return default_live_model() if live else default_file_model()
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,11 @@ class Options:
     smooth:     One Euro + bone-length smoothing: None = on for live sources, off for files
                 (files are for accuracy); True/False force it.
     smoothing:  the filter's settings when it is on.
+    sequence:   an image folder holds consecutive frames of one video (tracked and lifted as
+                a video); False = unrelated stills (MediaPipe's IMAGE mode on each, the
+                single-frame model, no trajectory).
+    root_filter: the root trajectory filter over time (realtime.trajectory.RootTrajectory:
+                smoothed for files, causal live); False = each frame's own root solve.
     """
 
     model: str | None = None
@@ -70,6 +80,8 @@ class Options:
     image_mode: bool = False
     smooth: bool | None = None
     smoothing: SmootherConfig = field(default_factory=SmootherConfig)
+    sequence: bool = False
+    root_filter: bool = True
 
     def __post_init__(self) -> None:
         """Bad settings fail here, before any camera, file or model is opened."""
@@ -189,26 +201,27 @@ def paced(frames: Iterable[Frame], fps: float) -> Iterator[Frame]:
         yield frame
 
 
-def inline(frames: Iterable[Frame], steps: list[StageGroup]) -> Iterator[PoseFrame]:
-    """The pipeline's stages applied in this thread, frame after frame."""
-    stages = [stage for group in steps for stage in ((group,) if isinstance(group, Stage) else group)]
-    for frame in frames:
-        out: Any = frame
-        for stage in stages:
-            out = stage.fn(out)
-        yield out
-
-
-def pipeline_steps(estimator: Any, smoother: PoseSmoother | None = None,
-                   tap: Any = None) -> list[StageGroup]:
-    """detect in one thread; lift (+ trajectory inside the estimator) and smoothing in the
-    next. `estimator` has `detect(Frame)` and `lift(detected) -> PoseFrame`
-    (realtime.estimator.PoseEstimator, or a fake in tests)."""
+def pipeline_steps(estimator: Any, smoother: PoseSmoother | None = None, tap: Any = None,
+                   root: RootFilterConfig | None = RootFilterConfig()) -> list[StageGroup]:
+    """detect in one thread; the lifting of the sequence (temporal model, root trajectory:
+    realtime.sequence.SequenceLifter, which may answer a frame after later ones arrived) and
+    smoothing in the next. `estimator` is a realtime.estimator.PoseEstimator (or a fake with
+    `detect(Frame)` and `sequence(root)`); root: the root filter (default causal, for live
+    use; files pass a lag; None = each frame's own root solve)."""
     detect = estimator.detect if tap is None else tap.wrap(estimator.detect)
-    lift: tuple[Stage, ...] = (Stage("lift", estimator.lift),)
+    lifter = estimator.sequence(root)
+    lift: tuple[Stage | StreamStage, ...] = (StreamStage("lift", lifter.push, lifter.flush),)
     if smoother is not None:
         lift += (Stage("smooth", smoother),)
     return [Stage("detect", detect), lift]
+
+
+def root_filter(options: "Options", live: bool, stills: bool) -> RootFilterConfig | None:
+    """The root trajectory filter of a stream: smoothed over a second of context for files,
+    causal for live (and paced) sources, none for unrelated stills or when turned off."""
+    if stills or not options.root_filter:
+        return None
+    return RootFilterConfig() if live else RootFilterConfig(lag_s=FILE_ROOT_LAG_S)
 
 
 class PoseStream:
@@ -221,18 +234,20 @@ class PoseStream:
 
     def __init__(self, source: Any, estimator: Any, smoother: PoseSmoother | None, *, live: bool,
                  realtime: bool = False, overlap: bool = False, tap: Any = None,
-                 stall_timeout_s: float | None = None) -> None:
+                 stall_timeout_s: float | None = None, root: RootFilterConfig | None = None) -> None:
         self.source = source
         self.estimator = estimator
         self.live = live
         self.fps = float(getattr(source, "fps", DEFAULT_FPS))
         self.frame_count: int | None = getattr(source, "frame_count", None)
         self.backend_name = str(getattr(estimator, "backend_name", "?"))
-        steps = pipeline_steps(estimator, smoother, tap)
+        describe = getattr(estimator, "describe", None)
+        self.lifting = describe() if callable(describe) else "lifter"  # which lifting runs, for the user
+        steps = pipeline_steps(estimator, smoother, tap, root)
         frames: Iterable[Frame] = paced(source, self.fps) if realtime and not live else source
         self.pipeline = (Pipeline(frames, steps, live=live, queue_size=QUEUE_SIZE, stall_timeout_s=stall_timeout_s)
                          if live or overlap else None)
-        poses = self.pipeline if self.pipeline is not None else inline(frames, steps)
+        poses = self.pipeline if self.pipeline is not None else run_inline(frames, steps)
         self._poses = poses if live else every_frame(poses, source)
         self._closed = False
 
@@ -293,6 +308,7 @@ class Estimator:
                  calib: str | Path | None = None, **options: Any) -> None:
         self.options = Options(model, backend, fov, calib, **options)
         self._frame_estimator: Any = None
+        self._frame_lifter: Any = None
         self._frame_smoother: PoseSmoother | None = None
         self._next_index = 0
 
@@ -300,23 +316,44 @@ class Estimator:
     def from_options(cls, options: Options) -> "Estimator":
         return cls(**{f.name: getattr(options, f.name) for f in fields(options)})
 
-    def _open(self, live: bool) -> Any:
-        from realtime.estimator import PoseEstimator
+    def _open(self, live: bool, stills: bool = False, realtime: bool = False) -> Any:
+        """The PoseEstimator of a stream: a live source (the causal default model, no
+        re-detection: it would add a frame's latency), a file (the centred default model, the
+        causal one when paced in real time; a frame where the tracker lost the person is
+        searched again) or unrelated stills (IMAGE mode on each, the single-frame default
+        model; a temporal one is refused)."""
+        from realtime.estimator import PoseEstimator, open_lifter
+        from realtime.history import TemporalSpec
 
         o = self.options
-        return PoseEstimator(o.model or default_model(live), o.backend, o.fov, o.calib,
-                             detector_mode="image" if o.image_mode else "video", num_poses=o.num_poses,
-                             threads=o.threads)
+        model = o.model or default_model(live or realtime, stills)
+        lifter = open_lifter(model, o.backend, o.threads)
+        if stills and TemporalSpec.from_metadata(getattr(lifter, "metadata", {})) is not None:
+            lifter.close()
+            raise UserError(f"{model} is a temporal model: it needs a video, not unrelated images "
+                            f"(a folder of consecutive frames: sequence=True, --sequence)")
+        return PoseEstimator(model, o.backend, o.fov, o.calib, lifter=lifter,
+                             detector_mode="image" if o.image_mode or stills else "video", num_poses=o.num_poses,
+                             threads=o.threads, redetect=not live)
 
     def process(self, image_rgb: np.ndarray, timestamp_s: float) -> PoseFrame:
         """The pose in one image (H, W, 3) uint8 RGB, taken at `timestamp_s` seconds. Calls
-        form a stream (MediaPipe tracks the person from the previous call), so timestamps
-        must increase; the result is final at once (live semantics: smoothing as `live`)."""
+        form a stream (MediaPipe tracks the person from the previous call; a causal temporal
+        model reads the 2D of the previous calls), so timestamps must increase; the result is
+        final at once (live semantics: the causal default model, causal root filter,
+        smoothing as `live`). A centred temporal model is refused here: it needs later frames."""
         image = as_rgb_image(image_rgb)
         if self._frame_estimator is None:
-            self._frame_estimator = self._open(live=True)
+            est = self._open(live=True)
+            if est.temporal is not None and not est.temporal.causal:
+                est.close()
+                raise UserError("process() answers each frame at once: it needs a causal temporal or a "
+                                "single-frame model (stream() runs centred ones)")
+            self._frame_estimator = est
+            self._frame_lifter = est.sequence(root_filter(self.options, live=True, stills=False))
             self._frame_smoother = self.options.smoother(live=True)
-        pose = self._frame_estimator.process(Frame(self._next_index, float(timestamp_s), image))
+        est = self._frame_estimator
+        (pose,) = self._frame_lifter.push(est.detect(Frame(self._next_index, float(timestamp_s), image)))
         self._next_index += 1
         return self._frame_smoother(pose) if self._frame_smoother is not None else pose
 
@@ -341,23 +378,27 @@ class Estimator:
         closes them when it ends."""
         if max_frames is not None and max_frames < 1:
             raise UserError("max_frames must be at least 1")
+        from realtime.sources import ImageFolderSource
+
         live = _is_camera(source) if live is None else bool(live)
         smoother = self.options.smoother(live)
         src = open_input(source, live, max_frames, fps)
+        stills = isinstance(src, ImageFolderSource) and not self.options.sequence
         try:
-            estimator = self._open(live)
+            # a file paced in real time is lifted as live (causal: what a viewer sees as it plays)
+            estimator = self._open(live, stills, realtime)
         except BaseException:
             close = getattr(src, "close", None)
             if callable(close):
                 close()
             raise
         return PoseStream(src, estimator, smoother, live=live, realtime=realtime, overlap=overlap, tap=tap,
-                          stall_timeout_s=stall_timeout_s)
+                          stall_timeout_s=stall_timeout_s, root=root_filter(self.options, live or realtime, stills))
 
     def close(self) -> None:
         if self._frame_estimator is not None:
             self._frame_estimator.close()
-            self._frame_estimator = None
+            self._frame_estimator = self._frame_lifter = None
 
     def __enter__(self) -> "Estimator":
         return self

@@ -40,6 +40,7 @@ APP_COMMANDS: dict[str, tuple[str, str]] = {
     "webcam": ("realtime.webcam_cmd", "live 3D pose from a webcam (or a video as one): viewer, Open3D, file, OSC"),
     "serve": ("realtime.serve_cmd", "replay a pose file (.npz or viewer .jsonl) to browser viewers"),
     "recover": ("realtime.recover_cmd", "rebuild the outputs of an interrupted run from its journal (OUT.part)"),
+    "stability": ("realtime.stability", "jitter, bone-length CV, root steps and lag of a pose file (vs MediaPipe)"),
 }
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("realtime.bench", "frame rate of MediaPipe alone vs MediaPipe + lifter + writing"),

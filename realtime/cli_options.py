@@ -64,8 +64,11 @@ def smoother_from_args(args: argparse.Namespace) -> PoseSmoother | None:
 def add_model_arguments(parser: argparse.ArgumentParser, live: bool) -> None:
     """--model, --backend, --threads, --fov, --calib: the realtime.api.Options fields, with
     their defaults (the commands and the Python API share them)."""
+    default = (default_model(live) if live else
+               f"{default_model(False)} for a video, {default_model(True)} with --realtime, "
+               f"{default_model(stills=True)} for a folder of unrelated images")
     parser.add_argument("--model", default=Options.model,
-                        help=f"shipped model name or .onnx/.pt/.engine path (default {default_model(live)}); "
+                        help=f"shipped model name or .onnx/.pt/.engine path (default {default}); "
                              f"a model of another kind is refused with the list of those this command runs")
     parser.add_argument("--backend", default=Options.backend,
                         help=f"auto, onnxruntime, tensorrt or torch (default {Options.backend}: TensorRT if usable, "
@@ -85,7 +88,9 @@ def options_from_args(args: argparse.Namespace) -> Any:
     on, config = smoothing_options(args)
     return Options(model=args.model, backend=args.backend, fov=args.fov, calib=args.calib, threads=args.threads,
                    num_poses=getattr(args, "num_poses", Options.num_poses),
-                   image_mode=getattr(args, "image_mode", Options.image_mode), smooth=on, smoothing=config)
+                   image_mode=getattr(args, "image_mode", Options.image_mode), smooth=on, smoothing=config,
+                   sequence=getattr(args, "sequence", Options.sequence),
+                   root_filter=not getattr(args, "raw_root", not Options.root_filter))
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = True) -> None:

@@ -14,6 +14,13 @@ person" instead of the wrong one. IMAGE mode (the person detector on every frame
 returns both people, and the gate keeps the same one.
 With num_poses = 1 no gate is applied (there is no other candidate to prefer).
 
+Re-detection (`redetect=True`, VIDEO mode): MediaPipe's tracker answers "nobody" on a frame
+where it loses the person (a cut between unrelated images, a fast move) and only searches the
+whole image again on the next frame. With redetect, such a frame is searched again at once by
+a second landmarker in IMAGE mode (created on first use), so the frame is not lost; the
+tracker picks the person up again on the next frame by itself. It costs one IMAGE-mode run
+(~50 ms) per frame without a person, which files can afford and live streams (latency) need not.
+
 Pixel convention: MediaPipe returns coordinates normalised to the image extent; we convert
 with u = x * W - 0.5, so integer coordinates are pixel centres, as in engines/crop.py and
 OpenCV.
@@ -117,7 +124,7 @@ class PoseDetector:
 
     def __init__(self, model_path: str | Path | None = None, mode: str = "video", num_poses: int = 1,
                  min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
-                 min_tracking_confidence: float = 0.5) -> None:
+                 min_tracking_confidence: float = 0.5, redetect: bool = False) -> None:
         if mode not in MODES:
             raise UserError(f"detector mode must be one of {MODES}, got {mode!r}")
         path = Path(model_path) if model_path else DEFAULT_MODEL
@@ -130,14 +137,22 @@ class PoseDetector:
 
         self._mp = mp
         self.mode = mode
-        opts = PoseLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=str(path)),
-            running_mode=RunningMode.VIDEO if mode == "video" else RunningMode.IMAGE,
-            num_poses=int(num_poses), min_pose_detection_confidence=min_detection_confidence,
-            min_pose_presence_confidence=min_presence_confidence,
-            min_tracking_confidence=min_tracking_confidence)
+        self.redetect = bool(redetect) and mode == "video"
+
+        def options(running_mode: str) -> PoseLandmarkerOptions:
+            return PoseLandmarkerOptions(
+                base_options=BaseOptions(model_asset_path=str(path)),
+                running_mode=RunningMode.VIDEO if running_mode == "video" else RunningMode.IMAGE,
+                num_poses=int(num_poses), min_pose_detection_confidence=min_detection_confidence,
+                min_pose_presence_confidence=min_presence_confidence,
+                min_tracking_confidence=min_tracking_confidence)
+
+        self._options = options
+        self._create = PoseLandmarker.create_from_options
         with _quiet_native_stderr():
-            self._landmarker = PoseLandmarker.create_from_options(opts)
+            self._landmarker = self._create(options(mode))
+        self._still = None  # the IMAGE-mode landmarker of re-detection, made on first use
+        self.redetected = 0  # frames the tracker lost and re-detection found a person on
         self._last_ts_ms = -1
         self._calls = 0
         self._lost = 0
@@ -151,10 +166,12 @@ class PoseDetector:
         self.close()
 
     def close(self) -> None:
-        if self._landmarker is not None:
-            with _quiet_native_stderr():
-                self._landmarker.close()
-            self._landmarker = None
+        for name in ("_landmarker", "_still"):
+            lm = getattr(self, name)
+            if lm is not None:
+                setattr(self, name, None)
+                with _quiet_native_stderr():
+                    lm.close()
 
     def reset_track(self) -> None:
         """Forget the tracked person (e.g. after a scene cut)."""
@@ -181,11 +198,15 @@ class PoseDetector:
             else:
                 result = self._landmarker.detect(mp_image)
         h, w = image.shape[:2]
-        people = [self._to_detection(lms, wlms, w, h)
-                  for lms, wlms in zip(result.pose_landmarks, result.pose_world_landmarks)]
-        people = [p for p in people if p is not None]
+        people = self._people(result, w, h)
         track = self._previous if self.num_poses > 1 else None
         i = select_person([p.box for p in people], (w, h), track) if people else None
+        if i is None and self.redetect:  # the tracker lost the person: search this frame again
+            again = self._people(self._detect_still(mp_image), w, h)
+            j = select_person([p.box for p in again], (w, h), track) if again else None
+            if j is not None or (not people and again):
+                people, i = again, j
+                self.redetected += int(j is not None)
         if i is None and track is not None:
             self._lost += 1
             if self._lost <= HOLD_FRAMES or not people:
@@ -197,6 +218,17 @@ class PoseDetector:
         self._lost = 0
         self._previous = people[i].box
         return people[i]
+
+    def _detect_still(self, mp_image: object) -> object:
+        with _quiet_native_stderr():
+            if self._still is None:
+                self._still = self._create(self._options("image"))
+            return self._still.detect(mp_image)
+
+    def _people(self, result: object, w: int, h: int) -> list[Detection]:
+        people = [self._to_detection(lms, wlms, w, h)
+                  for lms, wlms in zip(result.pose_landmarks, result.pose_world_landmarks)]
+        return [p for p in people if p is not None]
 
     @staticmethod
     def _to_detection(lms: list, wlms: list, w: int, h: int) -> Detection | None:

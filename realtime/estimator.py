@@ -1,15 +1,24 @@
-"""Per-frame 3D pose estimation: MediaPipe 2D -> lifter -> metric root trajectory.
+"""3D pose estimation: MediaPipe 2D -> lifter -> metric root trajectory.
 
-The lifter is a Base lifter (2D only) or the Final model (engines.final: the 256 crop through
-the generator's depth and FBI branches, then the refiner); PoseFrame.fbi is filled by Final.
+The lifter is a single-frame model (a Base lifter on 2D only, or the Final model:
+engines.final, the 256 crop through the generator's depth and FBI branches, then the refiner;
+PoseFrame.fbi is filled by Final) or a temporal lifter (engines.temporal: a window of 2D
+frames at the model's spacing, centred for files, causal for live use).
 
-`PoseEstimator.process(frame) -> PoseFrame` does everything for one frame; the two halves
-`detect(frame) -> Detected` and `lift(detected) -> PoseFrame` can run in different threads
-(realtime/pipeline.py). The lifter input is `engines.normalize.features_2d(uv, f, c)` with
-intrinsics from `realtime.trajectory.intrinsics_for` (calibration file, else a pinhole
-camera with --fov, default 60 degrees horizontal). With `trajectory=True` (default) the
-TrajectoryStage fills translation_mm (the pelvis in camera space: camera-space joints are
-joints_mm + translation_mm); joints_mm is always root-relative, translation_mm NaN without it.
+Two halves that can run in different threads (realtime/pipeline.py):
+    detect(frame) -> Detected        MediaPipe on one frame: per frame, independent of the rest
+    sequence(root) -> SequenceLifter the lifting of a *sequence* of detections (one person):
+                                     push(Detected) -> PoseFrames that became ready, flush()
+`realtime.sequence.lift_sequence(detections, estimator)` is the second half as a pure function
+of the detections and their timestamps, so 2D found in any order or in parallel chunks lifts
+to the same result. `process(frame)` and `lift(detected)` remain for single-frame models
+(every frame alone, per-frame root solve).
+
+The lifter input is `engines.normalize.features_2d(uv, f, c)` with intrinsics from
+`realtime.trajectory.intrinsics_for` (calibration file, else a pinhole camera with --fov,
+default 60 degrees horizontal). With `trajectory=True` (default) the root translation is solved
+per frame (TrajectoryStage) and, in `sequence`, filtered over time (RootTrajectory);
+joints_mm is always root-relative, translation_mm NaN without it.
 Needs torch only when the torch backend is chosen.
 """
 from __future__ import annotations
@@ -26,7 +35,9 @@ from engines.normalize import features_2d
 from engines.skeleton import NUM_JOINTS
 from realtime.detector import Detection, PoseDetector
 from realtime.frames import Frame, PoseFrame
-from realtime.trajectory import TrajectoryStage, intrinsics_for
+from realtime.history import TemporalSpec
+from realtime.sequence import SequenceLifter, usable
+from realtime.trajectory import RootFilterConfig, TrajectoryStage, intrinsics_for
 
 
 @dataclass(frozen=True)
@@ -41,17 +52,29 @@ class Detected:
     image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, kept only when the lifter needs the crop
 
 
-# The model stages PoseEstimator lifts with: a Base lifter (2D only), or the Final model's
-# refiner (its generator runs on the person crop). Other shipped models (the generator alone,
-# the temporal lifters, evaluation-only forms) are refused by name, with this list.
+# The single-frame stages PoseEstimator lifts with: a Base lifter (2D only), or the Final
+# model's refiner (its generator runs on the person crop). Temporal lifters are recognised by
+# the window in their metadata (realtime.history.TemporalSpec). Other shipped models (the
+# generator alone, evaluation-only sequence forms) are refused by name, with the list.
 LIFT_STAGES = frozenset({"lifter", "refiner"})
+
+
+def liftable(meta: dict) -> bool:
+    """Can PoseEstimator lift with a model of this artifact metadata?"""
+    stage = str(meta.get("stage"))
+    if stage in LIFT_STAGES:
+        return True
+    try:
+        return TemporalSpec.from_metadata(meta) is not None and not stage.endswith("_sequence")
+    except (TypeError, ValueError):
+        return False
 
 
 def runnable_models() -> list[str]:
     """The shipped models `posestream video` / `webcam` and the API can run."""
     from engines.backends import shipped_models
 
-    return sorted(name for name, meta in shipped_models().items() if meta.get("stage") in LIFT_STAGES)
+    return sorted(name for name, meta in shipped_models().items() if liftable(meta))
 
 
 def open_lifter(model: str, backend: str = "auto", threads: int | None = None):
@@ -71,7 +94,7 @@ def open_lifter(model: str, backend: str = "auto", threads: int | None = None):
                             f"{', '.join(runnable_models()) or 'none shipped'} (or a .onnx/.pt/.engine of those)")
         be = open_backend(model, backend, threads=threads)
         stage = be.metadata.get("stage")
-        if stage not in LIFT_STAGES:
+        if not liftable(be.metadata):
             be.close()
             raise UserError(f"{model} is a {stage} model, which this command cannot run; use one of: "
                             f"{', '.join(runnable_models()) or 'none shipped'} (or a .onnx/.pt/.engine of those)")
@@ -89,19 +112,29 @@ def open_lifter(model: str, backend: str = "auto", threads: int | None = None):
 
 
 class PoseEstimator:
-    """MediaPipe + lifter for a stream of frames (one person). Close it when done."""
+    """MediaPipe + lifter (one person). Close it when done.
+
+    detector_mode "video" tracks the person from frame to frame (with `redetect`, a frame where
+    the tracker lost the person is searched again in IMAGE mode); "image" finds the person
+    anew on every frame (unrelated stills)."""
 
     def __init__(self, model: str = BASE_MODEL, backend: str = "auto", fov_deg: float | None = None,
                  calib: str | Path | None = None, detector_mode: str = "video", num_poses: int = 1,
                  trajectory: bool = True, threads: int | None = None,
-                 detector: PoseDetector | None = None, lifter=None) -> None:
+                 detector: PoseDetector | None = None, lifter=None, redetect: bool = False) -> None:
         intrinsics_for((640, 480), fov_deg, calib)  # bad --fov / --calib fail now, not on frame 1
         self.lifter = lifter if lifter is not None else open_lifter(model, backend, threads)
-        self.detector = detector if detector is not None else PoseDetector(mode=detector_mode, num_poses=num_poses)
+        try:
+            self.temporal = TemporalSpec.from_metadata(getattr(self.lifter, "metadata", {}))
+            self.detector = detector if detector is not None else PoseDetector(
+                mode=detector_mode, num_poses=num_poses, redetect=redetect)
+        except BaseException:
+            self.lifter.close()
+            raise
         self.trajectory = TrajectoryStage(fov_deg, calib) if trajectory else None
         # The camera model, resolved once per frame size (TrajectoryStage.intrinsics caches it):
         # the trajectory stage's own when there is one, so both use the same intrinsics.
-        self._camera = self.trajectory or TrajectoryStage(fov_deg, calib)
+        self.camera = self.trajectory or TrajectoryStage(fov_deg, calib)
         # The Final model needs the crop: detect() then keeps the frame's pixels for lift().
         self.needs_image = callable(getattr(self.lifter, "lift", None))
 
@@ -119,6 +152,14 @@ class PoseEstimator:
     def backend_name(self) -> str:
         return str(getattr(self.lifter, "name", "?"))
 
+    def describe(self) -> str:
+        """One line for the user: which kind of lifting runs."""
+        t = self.temporal
+        if t is None:
+            return "single-frame lifter"
+        kind = "causal" if t.causal else f"centred, output {t.lookahead_s:.1f} s behind detection"
+        return f"temporal lifter ({t.window} frames {t.spacing_s * 1000:g} ms apart, {kind})"
+
     def detect(self, frame: Frame) -> Detected:
         h, w = frame.image.shape[:2]
         t0 = time.perf_counter()
@@ -127,32 +168,58 @@ class PoseEstimator:
         return Detected(frame.index, frame.timestamp_s, (int(w), int(h)), det, {"detect": ms},
                         frame.image if self.needs_image and det is not None else None)
 
-    def lift(self, d: Detected) -> PoseFrame:
-        if d.detection is None or not np.isfinite(d.detection.joints_2d_px).all():
-            # nobody, or a detection with unusable 2D: an empty frame in its place, never a crash
-            return PoseFrame.empty(d.index, d.timestamp_s, d.image_size, d.timings_ms)
-        t0 = time.perf_counter()
-        intr = self._camera.intrinsics(d.image_size)
+    # ---- lifting -------------------------------------------------------------------------
+    def pose_of(self, d: Detected) -> tuple[np.ndarray, np.ndarray | None]:
+        """A single-frame model on one usable detection: root-relative joints (17, 3) mm and
+        FBI (14, 3) or None."""
+        intr = self.camera.intrinsics(d.image_size)
         uv = d.detection.joints_2d_px
-        fbi = None
         if self.needs_image:
             if d.image is None:
                 raise UserError("the Final model needs the frame's pixels: detect() did not keep them")
             out = self.lifter.lift(d.image, uv, intr.f, intr.c)
-            rel, fbi = out.joints_mm, out.fbi_prob
-        else:
-            feats = features_2d(uv, intr.f, intr.c)[None]
-            joints = np.asarray(self.lifter.run({"features": feats})["joints_mm"], np.float32)
-            assert joints.shape == (1, NUM_JOINTS, 3), joints.shape
-            rel = joints[0] - joints[0, 0]
-        timings = dict(d.timings_ms, lift=(time.perf_counter() - t0) * 1000.0)
+            return out.joints_mm, out.fbi_prob
+        feats = features_2d(uv, intr.f, intr.c)[None]
+        joints = np.asarray(self.lifter.run({"features": feats})["joints_mm"], np.float32)
+        assert joints.shape == (1, NUM_JOINTS, 3), joints.shape
+        return joints[0] - joints[0, 0], None
+
+    def poses_of_windows(self, uv_windows: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """The temporal model on (N, window, 17, 2) px windows of frames of `image_size`:
+        root-relative joints (N, 17, 3) float32 mm of each window's reference frame."""
+        intr = self.camera.intrinsics(image_size)
+        feats = features_2d(uv_windows, intr.f, intr.c)
+        joints = np.asarray(self.lifter.run({"features": feats})["joints_mm"], np.float32)
+        assert joints.shape == (len(uv_windows), NUM_JOINTS, 3), joints.shape
+        return joints - joints[:, :1]
+
+    def pose_frame(self, d: Detected, rel: np.ndarray, fbi: np.ndarray | None, timings: dict[str, float],
+                   cold_start: bool = False) -> PoseFrame:
+        """The PoseFrame of a usable detection and its lifted pose, with the per-frame root solve."""
         det = d.detection
-        pose = PoseFrame(d.index, d.timestamp_s, True, rel, np.full(3, np.nan, np.float32), uv,
+        pose = PoseFrame(d.index, d.timestamp_s, True, rel, np.full(3, np.nan, np.float32), det.joints_2d_px,
                          det.confidence, d.image_size, fbi, timings, landmarks_px=det.landmarks_px,
-                         landmarks_world_mm=det.landmarks_world_mm, landmarks_visibility=det.visibility)
-        if self.trajectory is not None:
-            pose = self.trajectory(pose)
-        return pose
+                         landmarks_world_mm=det.landmarks_world_mm, landmarks_visibility=det.visibility,
+                         cold_start=cold_start)
+        return self.trajectory(pose) if self.trajectory is not None else pose
+
+    def lift(self, d: Detected) -> PoseFrame:
+        """A single-frame model on one detection (an empty frame for nobody); per-frame root.
+        Temporal models need the frames around it: use `sequence()`."""
+        if self.temporal is not None:
+            raise UserError("a temporal model lifts sequences: use PoseEstimator.sequence()")
+        if not usable(d):
+            # nobody, or a detection with unusable 2D: an empty frame in its place, never a crash
+            return PoseFrame.empty(d.index, d.timestamp_s, d.image_size, d.timings_ms)
+        t0 = time.perf_counter()
+        rel, fbi = self.pose_of(d)
+        return self.pose_frame(d, rel, fbi, dict(d.timings_ms, lift=(time.perf_counter() - t0) * 1000.0))
 
     def process(self, frame: Frame) -> PoseFrame:
         return self.lift(self.detect(frame))
+
+    def sequence(self, root: RootFilterConfig | None = None) -> SequenceLifter:
+        """A fresh SequenceLifter (one person's history and root filter) on this estimator.
+        root: the root filter's settings (lag_s 0 = causal, live; > 0 = smoothed, files), or
+        None for the per-frame solve alone (unrelated stills)."""
+        return SequenceLifter(self, root)

@@ -37,6 +37,12 @@ class PoseFrame:
     landmarks_visibility: (33,) float32 MediaPipe visibility in [0, 1], or None.
     The landmarks keep what the 17 joints drop (heels, toes, hands, face) for the outputs
     that want them.
+    cold_start:   True when a temporal lifter produced this pose without a full window of
+                  real 2D around it: the first frames of a person's track (or after the
+                  person was lost for longer than the window), and, for a centred model, the
+                  last frames of a file. The missing part of the window repeats the nearest
+                  detection (edge padding), so the pose is closer to a single-frame estimate,
+                  a little less steady and accurate. Always False for single-frame models.
     """
 
     index: int
@@ -53,6 +59,7 @@ class PoseFrame:
     landmarks_px: np.ndarray | None = None
     landmarks_world_mm: np.ndarray | None = None
     landmarks_visibility: np.ndarray | None = None
+    cold_start: bool = False
 
     @staticmethod
     def empty(index: int, timestamp_s: float, image_size: tuple[int, int],

@@ -20,6 +20,16 @@ each later one takes the previous one's return value, and the last must return a
 smoothing are each well under a millisecond: a thread each would only add hand-offs).
 Tests pass fakes (a detector that sleeps, a stage that raises).
 
+A `StreamStage(name, push, flush)` answers each input with 0..n outputs: a centred temporal
+lifter holds a frame back until the frames after it have arrived, a smoother until its lag
+has passed. `push(item)` returns the outputs that became ready (in frame order), `flush()`
+those still held when the stream ends (called once, at the end sentinel, before it travels
+on). Every input must be answered exactly once, in order, by push or flush; an output names
+the input it answers by its `index` (Frame.index, carried by every payload), which is how the
+pipeline keeps each frame's capture time and timings. A held frame's latency includes the
+wait. `run_inline(items, steps)` runs the same steps without threads (files without live
+outputs).
+
 Timings, per frame, into `PoseFrame.timings_ms` (milliseconds): "capture" (reading the frame
 from the source), one entry per stage name, and "latency" = capture-to-output: from the
 moment the source returned the frame to the moment the caller receives the PoseFrame
@@ -68,7 +78,18 @@ class Stage:
     fn: Callable[[Any], Any]
 
 
-StageGroup = Stage | tuple[Stage, ...] | list[Stage]
+@dataclass(frozen=True)
+class StreamStage:
+    """A step with 0..n outputs per input: `push(item) -> outputs`, `flush() -> outputs` at the
+    end of the stream (module docstring)."""
+
+    name: str
+    push: Callable[[Any], Iterable[Any]]
+    flush: Callable[[], Iterable[Any]]
+
+
+AnyStage = Stage | StreamStage
+StageGroup = AnyStage | tuple[AnyStage, ...] | list[AnyStage]
 
 
 class StageError(RuntimeError):
@@ -140,6 +161,14 @@ class _Packet:
 _END = object()  # sentinel: the source is exhausted, sent down every queue
 
 
+class _Failed(Exception):
+    """A stage raised inside a worker: which stage, on which frame, and the exception."""
+
+    def __init__(self, stage: str, index: Any, cause: BaseException) -> None:
+        super().__init__(stage)
+        self.stage, self.index, self.cause = stage, index, cause
+
+
 class _LatestSlot:
     """A one-item mailbox where the newest item wins (live capture -> detection).
     `put` never blocks; it returns True if it replaced (dropped) an item not yet taken.
@@ -168,11 +197,34 @@ class _LatestSlot:
             return item
 
 
-def _as_group(group: StageGroup) -> tuple[Stage, ...]:
-    stages = (group,) if isinstance(group, Stage) else tuple(group)
-    if not stages or not all(isinstance(s, Stage) for s in stages):
+def _as_group(group: StageGroup) -> tuple[AnyStage, ...]:
+    stages = (group,) if isinstance(group, (Stage, StreamStage)) else tuple(group)
+    if not stages or not all(isinstance(s, (Stage, StreamStage)) for s in stages):
         raise TypeError(f"a pipeline step must be a Stage or a non-empty tuple of Stages, got {group!r}")
     return stages
+
+
+def _through(stages: Sequence[AnyStage], item: Any) -> Iterator[Any]:
+    """`item` through `stages` in turn, in this thread: what comes out of the last one."""
+    if not stages:
+        yield item
+        return
+    first, rest = stages[0], stages[1:]
+    outs = first.push(item) if isinstance(first, StreamStage) else (first.fn(item),)
+    for out in outs:
+        yield from _through(rest, out)
+
+
+def run_inline(items: Iterable[Any], steps: Sequence[StageGroup]) -> Iterator[Any]:
+    """The steps applied in the caller's thread, item after item, stream stages flushed at
+    the end: the same outputs, in the same order, as a file-mode Pipeline."""
+    stages = [stage for group in steps for stage in _as_group(group)]
+    for item in items:
+        yield from _through(stages, item)
+    for j, stage in enumerate(stages):
+        if isinstance(stage, StreamStage):
+            for out in stage.flush():
+                yield from _through(stages[j + 1:], out)
 
 
 class Pipeline:
@@ -371,30 +423,82 @@ class Pipeline:
                     except Exception as exc:  # noqa: BLE001
                         log.warning("closing the source failed: %s", exc)
 
-    def _work(self, i: int, group: tuple[Stage, ...]) -> None:
+    def _work(self, i: int, group: tuple[AnyStage, ...]) -> None:
         inq, outq = self._queues[i], self._queues[i + 1]
         halt = self._halts[i + 1]
+        # Per stream stage of the group: the packets it holds, by frame index.
+        held: list[dict[Any, _Packet]] = [{} for _ in group]
         while not (self._stop.is_set() or halt.is_set()):
             try:
                 pkt = inq.get(timeout=POLL_S)
             except queue.Empty:
                 continue
-            if pkt is _END:
-                self._put(outq, _END, halt)
-                return
-            for stage in group:
-                t0 = time.perf_counter()
-                self._busy[stage.name] = (stage.name, t0)
-                try:
-                    pkt.payload = stage.fn(pkt.payload)
-                except BaseException as exc:  # noqa: BLE001
-                    self._fail(stage.name, pkt.index, exc, upto=i + 1)
+            try:
+                if pkt is _END:
+                    for j, stage in enumerate(group):  # flush in order: j's leftovers pass j + 1
+                        if isinstance(stage, StreamStage):
+                            flushed = self._answers(stage, held[j], self._timed(stage, None, stage.flush))
+                            for out in self._run(group, j + 1, flushed, held):
+                                if not self._put(outq, out, halt):
+                                    return
+                    if any(held):
+                        log.warning("pipeline: %d frame(s) never answered by a stream stage",
+                                    sum(len(h) for h in held))
                     self._put(outq, _END, halt)
                     return
-                pkt.timings[stage.name] = (time.perf_counter() - t0) * 1e3
-                self._busy.pop(stage.name, None)
-            if not self._put(outq, pkt, halt):
+                for out in self._run(group, 0, [pkt], held):
+                    if not self._put(outq, out, halt):
+                        return
+            except _Failed as failed:
+                self._fail(failed.stage, failed.index, failed.cause, upto=i + 1)
+                self._put(outq, _END, halt)
                 return
+
+    def _timed(self, stage: AnyStage, pkt: _Packet | None, call: Callable[..., Any], *args: Any) -> Any:
+        """call(*args) timed into pkt's timings (if any); a failure becomes _Failed."""
+        t0 = time.perf_counter()
+        self._busy[stage.name] = (stage.name, t0)
+        try:
+            result = call(*args)
+            if isinstance(stage, StreamStage):
+                result = list(result)
+        except BaseException as exc:  # noqa: BLE001
+            raise _Failed(stage.name, pkt.index if pkt is not None else None, exc) from exc
+        if pkt is not None:
+            pkt.timings[stage.name] = (time.perf_counter() - t0) * 1e3
+        self._busy.pop(stage.name, None)
+        return result
+
+    @staticmethod
+    def _answers(stage: StreamStage, held: dict[Any, _Packet], outputs: list[Any]) -> list[_Packet]:
+        """The held packets that a stream stage's outputs answer, carrying those outputs."""
+        pkts = []
+        for out in outputs:
+            index = getattr(out, "index", None)
+            if index not in held:
+                raise _Failed(stage.name, index, TypeError(
+                    f"stream stage output for frame {index} answers no frame it holds"))
+            p = held.pop(index)
+            p.payload = out
+            pkts.append(p)
+        return pkts
+
+    def _run(self, group: tuple[AnyStage, ...], start: int, pkts: list[_Packet],
+             held: list[dict[Any, _Packet]]) -> list[_Packet]:
+        """Packets through group[start:]; what comes out of the group's last stage."""
+        for j in range(start, len(group)):
+            stage = group[j]
+            nxt: list[_Packet] = []
+            for pkt in pkts:
+                if isinstance(stage, StreamStage):
+                    held[j][pkt.index] = pkt
+                    outs = self._timed(stage, pkt, stage.push, pkt.payload)
+                    nxt += self._answers(stage, held[j], outs)
+                else:
+                    pkt.payload = self._timed(stage, pkt, stage.fn, pkt.payload)
+                    nxt.append(pkt)
+            pkts = nxt
+        return pkts
 
     def _finish(self, pkt: _Packet) -> PoseFrame:
         """Caller thread: stamp the timings into the PoseFrame and count it."""

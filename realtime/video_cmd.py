@@ -1,6 +1,12 @@
 """Estimate 3D pose over a whole video (or image folder) and write it to files.
 
-MediaPipe Pose (2D) + the lifter on every frame, with a progress bar. Each --out (repeat it
+MediaPipe Pose (2D) on every frame, then the lifting of the sequence of detections
+(realtime/sequence.py: a video uses the centred temporal model, each frame seeing the 2D of
+the frames around it; --realtime the causal one; a folder of images is a set of unrelated
+stills, each searched afresh by MediaPipe and lifted by the single-frame model, unless
+--sequence; --model overrides), with a progress bar. In a video, a frame where MediaPipe's
+tracker loses the person is searched again at once. The root trajectory is smoothed over a
+second of context on each side (causal with --realtime; --raw-root: per frame). Each --out (repeat it
 for several outputs, written in one pass) picks its format by extension: .npz, .json,
 .csv, .bvh, or a .openpose folder (realtime/writers.py, docs/outputs.md); --landmarks adds
 MediaPipe's 33 landmarks to .npz/.json. --preview VIDEO also writes the input with the
@@ -61,7 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="people MediaPipe may find; the largest/most central one is tracked (default 1)")
     p.add_argument("--image-mode", action="store_true",
                    help="run MediaPipe's person detector on every frame (IMAGE mode) instead of tracking")
+    p.add_argument("--sequence", action="store_true",
+                   help="the folder's images are consecutive frames of one video (default: unrelated stills, "
+                        "each searched afresh and lifted alone)")
     p.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frame rate of an image folder (default {DEFAULT_FPS:g})")
+    p.add_argument("--raw-root", action="store_true",
+                   help="each frame's own root solve, without the trajectory filter (to compare)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_smoothing_arguments(p, default_on=False)
@@ -189,7 +200,8 @@ def _process(args: argparse.Namespace, poses: PoseStream, sinks: LiveSinks,
     what = f"wrote {names}" if n_written and not failures else "processed"
     print(f"{'stopped (' + stopped_by + '): ' if stopped_by else ''}"
           f"{what}: {n_written} frames ({n_valid} with a person, {len(poses.skipped)} undecodable) "
-          f"in {dt:.1f} s = {n_written / max(dt, 1e-9):.1f} frames/s, lifter on {poses.backend_name}", flush=True)
+          f"in {dt:.1f} s = {n_written / max(dt, 1e-9):.1f} frames/s, {poses.lifting} on {poses.backend_name}",
+          flush=True)
     for failure in failures:
         print(f"posestream video: error: {failure}", file=sys.stderr, flush=True)
     if failures:

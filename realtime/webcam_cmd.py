@@ -121,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
             interrupt.check()
             poses = estimator.stream(source, live=True, tap=tap, stall_timeout_s=args.stall_timeout)
             interrupt.check()
+            if not getattr(args, "quiet", False):
+                print(f"lifting: {poses.lifting} on {poses.backend_name}", file=sys.stderr)
             if sinks.url:
                 print(f"viewer: {sinks.url}", file=sys.stderr)
             status = StatusLine(not getattr(args, "quiet", False))  # -q (posestream's global option): no status line

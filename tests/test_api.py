@@ -70,7 +70,11 @@ def test_stream_of_image_pairs_and_of_a_folder_match_the_file(demo_frames, cli_p
     for i, (rgb, _) in enumerate(demo_frames):
         cv2.imwrite(str(folder / f"{i:04d}.png"), rgb[:, :, ::-1])
     fps = 1.0 / demo_frames[1][1]
-    _same(list(est.stream(folder, fps=fps)), cli_poses)  # lossless PNGs: the same pixels
+    # a folder of consecutive frames (sequence=True) is a video: lossless PNGs, the same pixels
+    _same(list(posestream.Estimator(model="base_gt", sequence=True).stream(folder, fps=fps)), cli_poses)
+    # by default a folder holds unrelated stills: each image searched afresh, every one answered
+    stills = list(est.stream(folder, fps=fps))
+    assert [p.index for p in stills] == list(range(N)) and all(p.valid for p in stills)
 
 
 def test_process_frame_by_frame(demo_frames):

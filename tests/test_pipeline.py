@@ -4,13 +4,14 @@ from __future__ import annotations
 import _thread
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from engines.errors import UserError
 from realtime.frames import Frame, PoseFrame
-from realtime.pipeline import Pipeline, Stage, StageError
+from realtime.pipeline import Pipeline, Stage, StageError, StreamStage, run_inline
 
 SIZE = (64, 48)
 
@@ -104,6 +105,63 @@ def test_grouped_stages_run_in_one_thread_with_separate_timings():
     out = list(p)
     assert len(out) == 5 and set(seen) == {"posestream-lift+smooth"}
     assert {"lift", "smooth"} <= set(out[0].timings_ms)
+
+
+class HoldBack:
+    """A stream stage that answers each frame `delay` frames later (a centred model's wait),
+    with the end of the stream flushing the rest; `fail_in_flush` raises there instead."""
+
+    def __init__(self, delay: int, fail_in_flush: bool = False) -> None:
+        self.delay, self.fail_in_flush = delay, fail_in_flush
+        self.held: list = []
+
+    def push(self, item):
+        self.held.append(fake_lift(item))
+        out, self.held = self.held[:-self.delay], self.held[-self.delay:]
+        return out
+
+    def flush(self):
+        if self.fail_in_flush:
+            raise RuntimeError("flush failed")
+        out, self.held = self.held, []
+        return out
+
+
+def _tag(pf: PoseFrame) -> PoseFrame:
+    return replace(pf, timings_ms={**pf.timings_ms, "tagged": 1.0})
+
+
+def test_stream_stage_holds_frames_and_flushes_them_at_the_end():
+    """0..n outputs per input: every frame answered once, in order, with its own capture
+    time (the wait counts in its latency), through the rest of its group; the inline run
+    gives the same frames."""
+    hb = HoldBack(5)
+    p = Pipeline(frames(40), [Stage("detect", fake_detect()), (StreamStage("lift", hb.push, hb.flush),
+                                                                Stage("tag", _tag))], live=False)
+    out = list(p)
+    assert [f.index for f in out] == list(range(40))
+    assert all("tagged" in f.timings_ms and "lift" in f.timings_ms for f in out)
+    assert p.stats.processed == 40
+    hb2 = HoldBack(5)
+    inline = list(run_inline(frames(40), [Stage("detect", fake_detect()),
+                                          (StreamStage("lift", hb2.push, hb2.flush), Stage("tag", _tag))]))
+    assert [(f.index, f.valid) for f in inline] == [(f.index, f.valid) for f in out]
+
+
+def test_stream_stage_failures_are_reported_after_what_was_answered():
+    hb = HoldBack(3, fail_in_flush=True)
+    got = []
+    with pytest.raises(StageError, match="stage 'lift' failed: RuntimeError: flush failed"):
+        for f in Pipeline(frames(10), [Stage("detect", fake_detect()), StreamStage("lift", hb.push, hb.flush)],
+                          live=False):
+            got.append(f.index)
+    assert got == list(range(7))
+
+    def stranger(item):  # answers a frame it was never given
+        return [replace(fake_lift(item), index=1000)]
+
+    with pytest.raises(StageError, match="answers no frame it holds"):
+        list(Pipeline(frames(3), [Stage("detect", fake_detect()), StreamStage("lift", stranger, list)], live=False))
 
 
 def test_failing_stage_stops_everything_and_reraises():
