@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bvh_reader import read_bvh  # noqa: E402
 from writer_driver import frame  # noqa: E402
 
+from engines.errors import UserError  # noqa: E402
 from realtime.writers import Recording, read_pose_npz, recover  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,12 @@ def _trial(tmp: Path, how: str, at_s: float) -> str:
         assert proc.returncode == (143 if how == "TERM" else 130), context
     if journal.exists():  # SIGKILL (or an abort while rendering): the journal has every written frame
         new = [n for n, c in counts.items() if c != OLD_FRAMES]
-        recovered = recover(journal, say=lambda _m: None)
+        try:
+            recovered = recover(journal, say=lambda _m: None)
+        except UserError as exc:  # killed before its first frame reached the journal
+            assert reported == 0 and "no complete frame" in str(exc), (exc, context)
+            assert set(counts.values()) == {OLD_FRAMES}, context  # the earlier take is intact
+            return "killed before the first frame"
         counts = {o.name: _frames_in(o) for o in recovered}
         assert len(set(counts.values())) == 1, (counts, context)
         m = next(iter(counts.values()))
