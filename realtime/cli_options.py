@@ -105,7 +105,8 @@ def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = Tr
     g.add_argument("--serve", action="store_true", help="stream to the browser viewer (websocket + HTTP)")
     g.add_argument("--host", default="127.0.0.1", help="--serve address (default 127.0.0.1, this machine only)")
     g.add_argument("--port", type=int, default=8765, help="--serve port (default 8765; 0 = any free port)")
-    g.add_argument("--token", help="--serve: viewers must present this token")
+    from realtime.server import add_token_arguments
+    add_token_arguments(g, "--serve: viewers must present this token")
     g.add_argument("--open3d", action="store_true", help="show the skeleton in an Open3D window")
     g.add_argument("--osc", metavar="[HOST:]PORT", nargs="?", const="39539",
                    help="stream the pose to a VMC protocol receiver over UDP (default 127.0.0.1:39539; "

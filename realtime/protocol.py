@@ -1,5 +1,6 @@
 """The viewer wire protocol, sans I/O: message encoding and decoding, size limits, the token
-check, per-client token-bucket rate limiting, the connection limit and the thumbnail throttle.
+check and its per-address back-off, per-client token-bucket rate limiting, the connection limit,
+the HTTP method check and the thumbnail throttle.
 
 Nothing here touches a socket or a clock: callers pass `now` (monotonic seconds) and send
 what the functions return, so every rule is testable without a server. `realtime.server`
@@ -20,9 +21,12 @@ Client -> server text messages: auth, ping, subscribe (see `ClientSession.on_mes
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import math
+import re
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 from urllib.parse import urlsplit
@@ -77,15 +81,21 @@ class Limits:
     max_thumb_bytes: int = 256 * 1024    # larger thumbnails are dropped (and logged)
     max_token_chars: int = 256           # longer tokens are rejected without comparing
     send_timeout_s: float = 10.0         # a client that takes longer to accept one message is dropped
+    auth_backoff_free: int = 5           # wrong tokens per address before its tokens are slowed down ...
+    auth_backoff_base_s: float = 1.0     # ... then each wrong one locks the address this long, doubling ...
+    auth_backoff_max_s: float = 60.0     # ... up to this (see AuthBackoff)
+    max_path_chars: int = 1024           # longer URL paths are answered 414
 
     def __post_init__(self) -> None:
         for name in ("max_inbound_bytes", "max_clients", "burst", "max_violations", "max_auth_failures",
-                     "max_thumb_bytes", "max_token_chars"):
+                     "max_thumb_bytes", "max_token_chars", "max_path_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1")
-        for name in ("rate_per_s", "auth_timeout_s", "thumb_max_fps", "send_timeout_s"):
+        for name in ("rate_per_s", "auth_timeout_s", "thumb_max_fps", "send_timeout_s", "auth_backoff_base_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Limits.{name} must be > 0")
+        if self.auth_backoff_free < 0 or self.auth_backoff_max_s < self.auth_backoff_base_s:
+            raise ValueError("Limits.auth_backoff_free must be >= 0 and auth_backoff_max_s >= auth_backoff_base_s")
 
 
 # ----------------------------------------------------------------------------- encoding helpers
@@ -264,9 +274,12 @@ def simple_message(type_: str, **fields: Any) -> str:
     return _dumps({"v": PROTOCOL_VERSION, "type": type_, **fields})
 
 
-def stats_message(*, clients: int, published: int, dropped: int) -> str:
-    """Per-client statistics: `dropped` = frames this client never got (latest-only mailbox)."""
-    return simple_message("stats", clients=int(clients), published=int(published), dropped=int(dropped))
+def stats_message(*, clients: int, published: int, dropped: int, sent: int) -> str:
+    """Per-client statistics: `published` = frames published so far (all clients), `sent` =
+    frames sent to this client, `dropped` = frames published while it was connected that it
+    will never get (it was slower than the stream: latest-only mailboxes)."""
+    return simple_message("stats", clients=int(clients), published=int(published), dropped=int(dropped),
+                          sent=int(sent))
 
 
 def encode_thumb(index: int, jpeg: bytes) -> bytes:
@@ -446,6 +459,93 @@ class Throttle:
         return False
 
 
+HTTP_METHODS = ("GET", "HEAD")  # what the server answers; any other method gets 405
+_METHOD_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # an RFC 9110 token (method name)
+
+
+def refused_method(head: bytes) -> bool | None:
+    """Whether a connection whose first bytes are `head` asks for an HTTP method the server does
+    not serve (answer 405 before reading the rest: such requests may carry a body, which the
+    websocket handshake parser refuses without any answer). None: not enough bytes to tell yet.
+    False for GET/HEAD, and for bytes that are not an HTTP request line at all (the handshake
+    parser rejects those)."""
+    end = min((i for i in (head.find(b" "), head.find(b"\r"), head.find(b"\n")) if i >= 0), default=-1)
+    if end < 0:
+        return None if len(head) <= 32 else False
+    method = head[:end]
+    if head[end:end + 1] != b" " or not _METHOD_TOKEN.fullmatch(method):
+        return False
+    return method.decode("ascii") not in HTTP_METHODS
+
+
+def address_key(ip: str) -> str:
+    """The unit the token back-off counts by: an IPv4 address, or an IPv6 /64 network (one
+    host usually owns a whole /64); anything unparsable as itself."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
+@dataclass
+class _Failures:
+    count: int
+    last: float
+    locked_until: float
+
+
+class AuthBackoff:
+    """Slows down token guessing per address (sans I/O; `now` in monotonic seconds).
+
+    The first `free` wrong tokens from an address cost nothing (typos). After that, each
+    wrong token locks the address for `base_s`, doubling with every further one up to `max_s`:
+    while locked, every token from that address is refused *unchecked*, even a right one
+    (otherwise a guesser could keep trying at full speed and learn the moment it hits). So an
+    address gets at most one verdict per lock period, however many connections it opens.
+    A right token clears the address's record; a record quiet for `forget_s` is dropped; at
+    most `max_addresses` are tracked (the least recently failed dropped first), so memory is
+    bounded whatever the number of addresses."""
+
+    def __init__(self, free: int = 5, base_s: float = 1.0, max_s: float = 60.0, forget_s: float = 900.0,
+                 max_addresses: int = 4096) -> None:
+        if free < 0 or not 0 < base_s <= max_s or forget_s < max_s or max_addresses < 1:
+            raise ValueError("AuthBackoff needs free >= 0, 0 < base_s <= max_s <= forget_s, max_addresses >= 1")
+        self.free, self.base_s, self.max_s, self.forget_s = free, base_s, max_s, forget_s
+        self.max_addresses = max_addresses
+        self._failures: OrderedDict[str, _Failures] = OrderedDict()
+
+    def retry_after(self, address: str, now: float) -> float:
+        """0 when a token from `address` may be checked now, else the seconds until it may."""
+        f = self._failures.get(address)
+        if f is None:
+            return 0.0
+        if now - f.last >= self.forget_s:
+            del self._failures[address]
+            return 0.0
+        return max(0.0, f.locked_until - now)
+
+    def record(self, address: str, ok: bool, now: float) -> None:
+        """The verdict on a token from `address` that `retry_after` allowed to be checked."""
+        if ok:
+            self._failures.pop(address, None)
+            return
+        f = self._failures.pop(address, None)
+        if f is None or now - f.last >= self.forget_s:
+            f = _Failures(0, now, now)
+        f.count += 1
+        f.last = now
+        if f.count > self.free:
+            f.locked_until = now + min(self.max_s, self.base_s * 2.0 ** min(f.count - self.free - 1, 60))
+        self._failures[address] = f           # most recently failed last
+        while len(self._failures) > self.max_addresses:
+            self._failures.popitem(last=False)
+
+
 # ----------------------------------------------------------------------------- one client's state
 
 @dataclass
@@ -465,6 +565,9 @@ class ClientSession:
 
     token:       the server's token, or None when none is required.
     query_token: the `?token=` of the websocket URL, or None.
+    backoff, address: the server's AuthBackoff (shared by all connections) and this client's
+                 `address_key`: tokens from a locked address are refused unchecked
+                 (`error rate_limited`, "retry in N s") and count as wrong ones.
     Client messages:
         {"v":1, "type":"auth", "token": str}       -> auth_ok | error auth_failed
         {"v":1, "type":"ping", "t": number}        -> pong {"t", "server_ms"}
@@ -474,9 +577,11 @@ class ClientSession:
     """
 
     def __init__(self, limits: Limits, token: str | None, query_token: str | None, now: float,
-                 thumbs: bool = False) -> None:
+                 thumbs: bool = False, backoff: AuthBackoff | None = None, address: str = "") -> None:
         self.limits = limits
         self._token = token
+        self.backoff = backoff
+        self.address = address
         self.bucket = TokenBucket(limits.rate_per_s, limits.burst)
         self.opened_at = now
         self.violations = 0
@@ -484,21 +589,40 @@ class ClientSession:
         self.thumbs = thumbs
         self._rate_warned = False
         self.authorised = token is None
-        self._query_failed = False
+        self._query_error: str | None = None
         if not self.authorised and query_token is not None:
-            if check_token(token, query_token, limits.max_token_chars):
+            ok, wait = self._try_token(query_token, now)
+            if ok:
                 self.authorised = True
             else:
                 self.auth_failures += 1
-                self._query_failed = True
+                self._query_error = (self._locked_error(wait) if wait else
+                                     error_message(ERR_AUTH_FAILED, "the token in the URL is wrong"))
+
+    def _try_token(self, given: object, now: float) -> tuple[bool, float]:
+        """(accepted, retry_after): when the address is locked by the back-off, the token is not
+        checked and retry_after > 0 says for how long."""
+        if self.backoff is not None:
+            wait = self.backoff.retry_after(self.address, now)
+            if wait > 0:
+                return False, wait
+        ok = check_token(self._token, given, self.limits.max_token_chars)
+        if self.backoff is not None:
+            self.backoff.record(self.address, ok, now)
+        return ok, 0.0
+
+    @staticmethod
+    def _locked_error(wait: float) -> str:
+        return error_message(ERR_RATE_LIMITED, f"too many wrong tokens from this address: retry in "
+                                               f"{math.ceil(wait)} s")
 
     def opening(self) -> list[str]:
         """Messages to send right after the handshake, before hello (empty when authorised)."""
         if self.authorised:
             return []
         out = []
-        if self._query_failed:
-            out.append(error_message(ERR_AUTH_FAILED, "the token in the URL is wrong"))
+        if self._query_error is not None:
+            out.append(self._query_error)
         out.append(simple_message("auth_required", message="send {\"v\":1,\"type\":\"auth\",\"token\":...}"))
         return out
 
@@ -539,17 +663,19 @@ class ClientSession:
             if self.authorised:
                 reply.send.append(simple_message("auth_ok"))
                 return reply
-            if check_token(self._token, msg.get("token"), self.limits.max_token_chars):
+            ok, wait = self._try_token(msg.get("token"), now)
+            if ok:
                 self.authorised = True
                 reply.authorised = True
                 reply.send.append(simple_message("auth_ok"))
                 return reply
             self.auth_failures += 1
-            reply.log = f"{ERR_AUTH_FAILED} ({self.auth_failures}/{self.limits.max_auth_failures})"
+            reply.log = (f"{ERR_RATE_LIMITED if wait else ERR_AUTH_FAILED} "
+                         f"({self.auth_failures}/{self.limits.max_auth_failures})")
             if self.auth_failures >= self.limits.max_auth_failures:
                 reply.close = (CLOSE_POLICY, "authentication failed")
             else:
-                reply.send.append(error_message(ERR_AUTH_FAILED, "wrong token"))
+                reply.send.append(self._locked_error(wait) if wait else error_message(ERR_AUTH_FAILED, "wrong token"))
             return reply
         if not self.authorised:
             return self._violation(reply, ERR_AUTH_REQUIRED, f"{kind!r} before authentication")

@@ -2,14 +2,14 @@
 
 FILE is a pose file written by `posestream video --out X.npz` (or the live recorder), or a
 viewer recording (`.jsonl`, saved by the viewer's Record button). Open the printed URL in a
-browser. The server listens on 127.0.0.1 unless --host says otherwise; use --token when it
-listens on a network.
+browser. The server listens on 127.0.0.1 unless --host says otherwise; on a network, give
+viewers a token: in $POSESTREAM_TOKEN or a file (--token-file) rather than --token, which
+other users can read in the process list.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
 
@@ -26,15 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="pose file (.npz) or viewer recording (.jsonl)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port for the page and the stream (default 8765)")
-    parser.add_argument("--token", default=os.environ.get("POSESTREAM_TOKEN"),
-                        help="access token viewers must present (default: $POSESTREAM_TOKEN, else none)")
+    from realtime.server import add_token_arguments
+    add_token_arguments(parser, "access token viewers must present")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="another web page origin allowed to open the stream, e.g. http://host:9000 "
                              "(repeatable; the viewer's own page is always allowed)")
     parser.add_argument("--fps", type=float, default=None,
                         help="replay rate (default: the file's timestamps / recorded fps)")
     parser.add_argument("--loop", action="store_true", help="replay forever")
-    parser.add_argument("--wait", action="store_true", help="start playing when the first viewer connects")
+    parser.add_argument("--wait", action="store_true",
+                        help="start playing when the first viewer is connected (and authorised)")
     parser.add_argument("--duration", type=float, default=None,
                         help="stop after this many seconds (default: run until Ctrl-C; after the last "
                              "frame, without --loop, viewers keep seeing it)")
@@ -91,26 +92,25 @@ def schedule(frames: list[PoseFrame], fps: float | None, nominal_fps: float | No
 
 
 def run(args: argparse.Namespace) -> int:
-    from realtime.server import PoseServer
+    from realtime.server import PoseServer, token_from_args
 
+    token = token_from_args(args)
     frames, nominal = load_frames(args.file)
     times, rate = schedule(frames, args.fps, nominal)
     if args.duration is not None and args.duration <= 0:
         raise UserError("--duration must be positive")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
-        print(f"warning: serving on {args.host} without --token: anyone on the network can watch")
     period = float(times[-1]) + 1.0 / rate
-    server = PoseServer(host=args.host, port=args.port, token=args.token,
+    server = PoseServer(host=args.host, port=args.port, token=token,
                         source={"kind": "replay", "file": args.file.name, "frames": len(frames), "fps": round(rate, 3)},
                         allowed_origins=tuple(args.allow_origin))
     with server:
         print(f"serving {args.file.name} ({len(frames)} frames at {rate:.1f} fps) at {server.url}"
-              f"{' - token required' if args.token else ''}", flush=True)
+              f"{' - token required' if token else ''}", flush=True)
         started = time.monotonic()
         deadline = started + args.duration if args.duration is not None else math.inf
         if args.wait:
             print("waiting for a viewer...", flush=True)
-            while server.stats()["clients"] == 0 and time.monotonic() < deadline:
+            while not any(c["live"] for c in server.stats()["per_client"]) and time.monotonic() < deadline:
                 time.sleep(0.05)
         t0 = time.monotonic()
         sent = 0

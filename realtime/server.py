@@ -12,15 +12,23 @@ Backpressure is latest-only at every step: `publish` overwrites a 1-slot server 
 wakes the loop once; the loop overwrites each client's 1-slot mailbox; each client has its own
 sender task. A slow client therefore only misses frames (counted, reported in `stats`
 messages); it never slows the pipeline or the other clients. Late joiners get hello and the
-current frame at once. Inbound rules (size, rate, auth, garbage) live in `realtime.protocol`.
+current frame at once. Inbound rules (size, rate, auth and its back-off, garbage) live in
+`realtime.protocol`.
+
+Each websocket connection holds a slot under `Limits.max_clients` from its handshake until its
+TCP connection is lost (whatever the path: see `_connection_class`). Every HTTP request gets a
+status (404/405/414/400/403/503), never a traceback; repeated warnings go through a
+`realtime.loglimit.LogLimiter`, so a storm of clients costs a few log lines a minute.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import errno
 import functools
+import ipaddress
 import logging
-import mimetypes
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -31,8 +39,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from engines.errors import UserError
 from realtime.frames import PoseFrame
-from realtime.protocol import (CLOSE_GOING_AWAY, ClientSession, ConnectionLimiter, Limits, Slot, Throttle,
-                               encode_frame, encode_hello, encode_thumb, host_allowed, origin_allowed, stats_message)
+from realtime.loglimit import LogLimiter
+from realtime.protocol import (CLOSE_GOING_AWAY, HTTP_METHODS, LOOPBACK_HOSTS, AuthBackoff, ClientSession,
+                               ConnectionLimiter, Limits, Slot, Throttle, address_key, encode_frame, encode_hello,
+                               encode_thumb, host_allowed, origin_allowed, refused_method, stats_message)
 
 log = logging.getLogger("posestream.server")
 # websockets' own messages: it logs every static file as "connection rejected (200 OK)" at INFO,
@@ -40,6 +50,9 @@ log = logging.getLogger("posestream.server")
 ws_log = logging.getLogger("posestream.server.websockets")
 if ws_log.level == logging.NOTSET:
     ws_log.setLevel(logging.WARNING)
+ws_log.addFilter(LogLimiter())  # its errors come with tracebacks: never a flood of them
+
+TOKEN_ENV = "POSESTREAM_TOKEN"
 
 WS_PATH = "/ws"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -47,6 +60,58 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
                 ".png": "image/png", ".svg": "image/svg+xml", ".json": "application/json"}
 MAX_STATIC_BYTES = 8 * 1024 * 1024
 STATS_INTERVAL_S = 1.0
+MAX_DISCARD_BYTES = 1024 * 1024  # request body read (and dropped) after a 405, then the connection is cut
+_NOT_ALLOWED_BODY = b"method not allowed\n"
+_METHOD_NOT_ALLOWED = (b"HTTP/1.1 405 Method Not Allowed\r\nAllow: " + ", ".join(HTTP_METHODS).encode()
+                       + b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "
+                       + str(len(_NOT_ALLOWED_BODY)).encode() + b"\r\nConnection: close\r\n\r\n" + _NOT_ALLOWED_BODY)
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host name or address that only this machine can reach."""
+    name = host.lower().strip("[]")
+    if name in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def add_token_arguments(group: argparse._ActionsContainer, what: str = "viewers must present this token") -> None:
+    """--token / --token-file, shared by `serve` and the live commands' --serve."""
+    group.add_argument("--token", help=f"{what} (default: ${TOKEN_ENV} if set, else none). Other users can read "
+                                       f"a command line (ps, /proc/PID/cmdline): prefer --token-file or ${TOKEN_ENV}")
+    group.add_argument("--token-file", type=Path, metavar="FILE",
+                       help="read the token from FILE (its first line; keep the file private)")
+
+
+def token_from_args(args: argparse.Namespace, environ: Any = None) -> str | None:
+    """The token the options ask for: --token, else --token-file, else $POSESTREAM_TOKEN, else
+    None. An empty variable counts as unset (with a warning); an empty option or file, or both
+    options at once, are UserErrors."""
+    environ = os.environ if environ is None else environ
+    token, token_file = getattr(args, "token", None), getattr(args, "token_file", None)
+    if token is not None and token_file is not None:
+        raise UserError("give --token or --token-file, not both")
+    if token is not None:
+        if not token:
+            raise UserError("--token must not be empty")
+        return token
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as fh:
+                token = fh.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read --token-file {token_file}: {exc}") from None
+        if not token:
+            raise UserError(f"--token-file {token_file} is empty")
+        return token
+    token = environ.get(TOKEN_ENV)
+    if token is not None and not token.strip():
+        log.warning("%s is set but empty: ignored (no token)", TOKEN_ENV)
+        return None
+    return token.strip() if token is not None else None
 
 
 def default_static_dir() -> Path:
@@ -55,7 +120,8 @@ def default_static_dir() -> Path:
 
 
 def resolve_static(static_dir: Path, url_path: str) -> Path | None:
-    """Map a URL path to a file under static_dir, or None (outside it, hidden, unknown type)."""
+    """Map a URL path to a file under static_dir, or None (outside it, hidden, unknown type, or a
+    path the file system refuses, e.g. a name too long)."""
     path = unquote(url_path)
     if path in ("", "/"):
         path = "/index.html"
@@ -64,9 +130,12 @@ def resolve_static(static_dir: Path, url_path: str) -> Path | None:
         return None
     if "node_modules" in parts:
         return None
-    root = static_dir.resolve()
-    target = (root / Path(*parts)).resolve()
-    if not target.is_relative_to(root) or not target.is_file() or target.suffix not in STATIC_TYPES:
+    try:
+        root = static_dir.resolve()
+        target = (root / Path(*parts)).resolve()
+        if not target.is_relative_to(root) or target.suffix not in STATIC_TYPES or not target.is_file():
+            return None
+    except (OSError, ValueError):
         return None
     return target
 
@@ -81,7 +150,44 @@ def _connection_class() -> type:
     from websockets.asyncio.server import ServerConnection
 
     class ViewerConnection(ServerConnection):
+        """Also answers methods other than GET/HEAD with 405 from the request's first bytes:
+        websockets' handshake parser would close such a request (POST with a body) unanswered.
+        After the 405, the rest of the request is read and dropped (up to MAX_DISCARD_BYTES, and
+        `open_timeout`) so the client reads the answer rather than a reset."""
+
         slot: Slot | None = None
+        _head = b""             # the first bytes, until the method is known
+        _sniffing = True
+        _refused = False
+        _discarded = 0
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                self._discarded += len(data)
+                if self._discarded > MAX_DISCARD_BYTES:
+                    self.transport.abort()
+                return
+            if self._sniffing:
+                head = self._head + data
+                verdict = refused_method(head)
+                if verdict is None:
+                    self._head = head
+                    return
+                self._sniffing, self._head, data = False, b"", head
+                if verdict:
+                    self._refused = True
+                    self.transport.write(_METHOD_NOT_ALLOWED)
+                    self.transport.write_eof()
+                    return
+            super().data_received(data)
+
+        def eof_received(self) -> None:
+            if self._refused:
+                return None     # the transport closes once the 405 is written
+            if self._sniffing and self._head:
+                self._sniffing, head, self._head = False, self._head, b""
+                super().data_received(head)
+            return super().eof_received()
 
         def connection_lost(self, exc: Exception | None) -> None:
             try:
@@ -101,8 +207,8 @@ class _Client:
     session: ClientSession
     frame: str | None = None        # 1-slot mailbox: latest frame text not yet sent
     thumb: bytes | None = None      # 1-slot mailbox for the thumbnail channel
-    dropped: int = 0                # frames overwritten before they were sent
-    sent: int = 0
+    dropped: int = 0                # frames published while live that this client will never get
+    sent: int = 0                   # frame messages sent to it
     wake: asyncio.Event | None = None
     live: bool = False              # authorised and hello sent: frames may be delivered
 
@@ -120,7 +226,7 @@ class PoseServer:
                  limits: Limits | None = None, static_dir: Path | None = None,
                  source: dict[str, Any] | None = None, allowed_origins: tuple[str, ...] = ()) -> None:
         if token is not None and not token:
-            raise UserError("--token must not be empty")
+            raise UserError("the token must not be empty")
         self.host = host
         self.requested_port = port
         self.port: int | None = None
@@ -131,6 +237,7 @@ class PoseServer:
         self.allowed_origins = tuple(allowed_origins)
         self._lock = threading.Lock()
         self._pending: tuple[str, bytes | None] | None = None
+        self._skipped = 0           # frames overwritten in the server mailbox since the last fan-out
         self._wakeup_scheduled = False
         self._thumb_throttle = Throttle(self.limits.thumb_max_fps)
         self._thumb_subscribers = 0
@@ -141,6 +248,10 @@ class PoseServer:
         self._startup_error: BaseException | None = None
         self._clients: set[_Client] = set()
         self._conn_limit = ConnectionLimiter(self.limits.max_clients)
+        self._backoff = AuthBackoff(free=self.limits.auth_backoff_free, base_s=self.limits.auth_backoff_base_s,
+                                    max_s=self.limits.auth_backoff_max_s,
+                                    forget_s=max(900.0, 15 * self.limits.auth_backoff_max_s))
+        self._log = LogLimiter(burst=5, period_s=30.0)   # repeated warnings: a few, then summaries
         self._current: str | None = None
         self._current_thumb: bytes | None = None
         self.published = 0
@@ -160,6 +271,9 @@ class PoseServer:
             raise RuntimeError("server already started")
         if not (self.static_dir / "index.html").is_file():
             raise UserError(f"viewer files not found in {self.static_dir}")
+        if self.token is None and not is_loopback(self.host):
+            log.warning("serving on %s without a token: anyone who can reach port %s can watch; set %s or "
+                        "use --token-file", self.host, self.requested_port, TOKEN_ENV)
         if not (self.static_dir / "vendor" / "three" / "three.module.js").is_file():
             log.warning("three.js is not vendored in %s/vendor: the page cannot render; "
                         "run `npm ci --prefix web_viewer`", self.static_dir)
@@ -213,7 +327,8 @@ class PoseServer:
         mailbox. Thumbnails beyond `Limits.thumb_max_fps` or `max_thumb_bytes` are dropped."""
         text = encode_frame(frame, pub_ms=time.time() * 1000.0)
         if jpeg is not None and len(jpeg) > self.limits.max_thumb_bytes:
-            log.warning("thumbnail of %d bytes dropped (limit %d)", len(jpeg), self.limits.max_thumb_bytes)
+            self._log.log(log, logging.WARNING, "thumbnail of %d bytes dropped (limit %d)", len(jpeg),
+                          self.limits.max_thumb_bytes)
             jpeg = None
         with self._lock:
             thumb = None
@@ -223,6 +338,8 @@ class PoseServer:
             elif self._pending is not None and self._pending[1] is not None:
                 thumb = self._pending[1]  # keep an undelivered thumbnail
             self.published += 1
+            if self._pending is not None:
+                self._skipped += 1   # never fanned out: every live client misses it
             self._pending = (text, thumb)
             loop = self._loop
             if self._wakeup_scheduled or loop is None:
@@ -238,6 +355,7 @@ class PoseServer:
         clients = list(self._clients)
         return {"clients": len(clients), "published": self.published, "thumbs_published": self.thumbs_published,
                 "rejected_connections": self.rejected_connections,
+                "slots_held": self._conn_limit.active,
                 "per_client": [{"sent": c.sent, "dropped": c.dropped, "live": c.live} for c in clients]}
 
     # ------------------------------------------------------------------ loop thread
@@ -271,6 +389,7 @@ class PoseServer:
             await self._stop_event.wait()
             stats_task.cancel()
             await self._close_all()
+        self._log.flush(force=True)
         self._loop = None
 
     async def _close_all(self, timeout_s: float = 2.0) -> None:
@@ -286,43 +405,82 @@ class PoseServer:
         for c in clients:
             transport = getattr(c.conn, "transport", None)
             if transport is not None and not transport.is_closing():
-                log.warning("client %s did not close in %.1f s: aborted", c.conn.remote_address, timeout_s)
+                self._log.log(log, logging.WARNING, "client %s did not close in %.1f s: aborted",
+                              c.conn.remote_address, timeout_s)
                 transport.abort()
         await asyncio.gather(*closers, return_exceptions=True)
 
     def _process_request(self, connection: Any, request: Any) -> Any:
-        """HTTP side: static files for any path but /ws; connection limit for /ws."""
+        """HTTP side: static files for any path but /ws; checks and the connection limit for /ws.
+        Whatever a request holds, the answer is an HTTP status, never a traceback in the log."""
+        try:
+            return self._answer(connection, request)
+        except Exception as exc:  # noqa: BLE001 - a bug here must cost one log line, not a traceback per request
+            self._log.log(log, logging.ERROR, "request %s %.80s failed: %s: %s", request.method, request.path,
+                          type(exc).__name__, exc)
+            log.debug("request failed", exc_info=True)
+            return connection.respond(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+
+    def _refuse(self, connection: Any, status: HTTPStatus, text: str, why: str, *args: Any) -> Any:
+        self._log.log(log, logging.WARNING, "request refused (%d): " + why, status.value, *args)
+        return connection.respond(status, text)
+
+    def _answer(self, connection: Any, request: Any) -> Any:
         from websockets.datastructures import Headers
         from websockets.http11 import Response
 
-        parts = urlsplit(request.path)
-        host = request.headers.get("Host")
+        try:
+            parts = urlsplit(request.path)
+        except ValueError:
+            return self._refuse(connection, HTTPStatus.BAD_REQUEST, "bad request\n", "unparsable path %.80r",
+                                request.path)
+        if len(parts.path) > self.limits.max_path_chars:
+            return connection.respond(HTTPStatus.REQUEST_URI_TOO_LONG, "path too long\n")
+        hosts = request.headers.get_all("Host")
+        if len(hosts) > 1:
+            return self._refuse(connection, HTTPStatus.BAD_REQUEST, "more than one Host header\n",
+                                "%d Host headers", len(hosts))
+        host = hosts[0] if hosts else None
         if not host_allowed(host, self.host):
-            log.warning("request refused: Host %r is not a loopback name (DNS rebinding guard)", host)
-            return connection.respond(HTTPStatus.FORBIDDEN, "forbidden host\n")
+            return self._refuse(connection, HTTPStatus.FORBIDDEN, "forbidden host\n",
+                                "Host %.80r is not a loopback name (DNS rebinding guard)", host)
+        if request.method not in HTTP_METHODS:  # normally answered from the first bytes (ViewerConnection)
+            response = connection.respond(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed\n")
+            response.headers["Allow"] = ", ".join(HTTP_METHODS)
+            return response
         if parts.path == WS_PATH:
-            origin = request.headers.get("Origin")
+            if request.method != "GET":
+                response = connection.respond(HTTPStatus.METHOD_NOT_ALLOWED, "the stream needs a GET upgrade\n")
+                response.headers["Allow"] = "GET"
+                return response
+            origins = request.headers.get_all("Origin")
+            if len(origins) > 1:
+                return self._refuse(connection, HTTPStatus.FORBIDDEN, "more than one Origin header\n",
+                                    "%d Origin headers", len(origins))
+            origin = origins[0] if origins else None
             if not origin_allowed(origin, host, self.allowed_origins):
-                log.warning("websocket refused: cross-site Origin %r", origin)
-                return connection.respond(HTTPStatus.FORBIDDEN, "cross-site websocket refused\n")
+                return self._refuse(connection, HTTPStatus.FORBIDDEN, "cross-site websocket refused\n",
+                                    "cross-site Origin %.80r", origin)
             slot = self._conn_limit.try_acquire()
             if slot is None:
                 self.rejected_connections += 1
-                log.warning("connection refused: %d clients already (limit)", self.limits.max_clients)
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many viewers\n")
+                return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many viewers\n",
+                                    "%d viewers already (limit)", self.limits.max_clients)
             connection.slot = slot  # released when the connection is lost (or below if the upgrade fails)
             return None
         target = resolve_static(self.static_dir, parts.path)
         if target is None:
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
-        size = target.stat().st_size
-        if size > MAX_STATIC_BYTES:
-            return connection.respond(HTTPStatus.FORBIDDEN, "file too large\n")
-        body = target.read_bytes()
+        try:
+            if target.stat().st_size > MAX_STATIC_BYTES:
+                return connection.respond(HTTPStatus.FORBIDDEN, "file too large\n")
+            body = target.read_bytes()
+        except OSError:
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         headers = Headers([("Content-Type", STATIC_TYPES[target.suffix]), ("Content-Length", str(len(body))),
                            ("Cache-Control", "no-cache"), ("Connection", "close"),
                            ("X-Content-Type-Options", "nosniff")])
-        return Response(HTTPStatus.OK.value, "OK", headers, body)
+        return Response(HTTPStatus.OK.value, "OK", headers, b"" if request.method == "HEAD" else body)
 
     def _process_response(self, connection: Any, request: Any, response: Any) -> None:
         """Give the connection slot back at once when a /ws handshake did not upgrade."""
@@ -335,10 +493,11 @@ class PoseServer:
         token = query.get("token", [None])[0]
         thumbs = query.get("thumbs", ["0"])[0] in ("1", "true")
         now = time.monotonic()
-        client = _Client(conn, ClientSession(self.limits, self.token, token, now, thumbs=thumbs),
-                         wake=asyncio.Event())
-        self._clients.add(client)
         peer = conn.remote_address
+        address = address_key(str(peer[0])) if peer else ""
+        client = _Client(conn, ClientSession(self.limits, self.token, token, now, thumbs=thumbs,
+                                             backoff=self._backoff, address=address), wake=asyncio.Event())
+        self._clients.add(client)
         sender = asyncio.create_task(self._sender(client))
         auth_timer = None
         try:
@@ -351,28 +510,29 @@ class PoseServer:
             async for data in conn:
                 reply = client.session.on_message(data, time.monotonic(), time.time() * 1000.0)
                 if reply.log:
-                    log.info("client %s: %s", peer, reply.log)
+                    self._log.log(log, logging.INFO, "client %s: %s", peer, reply.log)
                 for text in reply.send:
                     await conn.send(text)
                 if reply.authorised:
                     await self._go_live(client)
                 if reply.close is not None:
-                    log.warning("closing client %s: %s", peer, reply.close[1])
+                    self._log.log(log, logging.WARNING, "closing client %s: %s", peer, reply.close[1])
                     await conn.close(*reply.close)
                     break
                 self._update_thumb_subscribers()
         except Exception as exc:  # noqa: BLE001 - a client must never take the server down
             from websockets.exceptions import ConnectionClosed
             if not isinstance(exc, ConnectionClosed):
-                log.exception("client %s: unexpected error", peer)
+                self._log.log(log, logging.ERROR, "client %s: unexpected error", peer, exc_info=True)
         finally:
             sender.cancel()
             if auth_timer is not None:
                 auth_timer.cancel()
             self._clients.discard(client)
             sent_close = getattr(conn.protocol, "close_sent", None)
-            log.info("client %s left (close received %s, sent %s; frames sent %d, dropped %d)", peer,
-                     conn.close_code, sent_close.code if sent_close is not None else None, client.sent, client.dropped)
+            self._log.log(log, logging.INFO, "client %s left (close received %s, sent %s; frames sent %d, dropped %d)",
+                          peer, conn.close_code, sent_close.code if sent_close is not None else None, client.sent,
+                          client.dropped)
             self._update_thumb_subscribers()
 
     async def _go_live(self, client: _Client) -> None:
@@ -389,8 +549,8 @@ class PoseServer:
     async def _auth_timeout(self, client: _Client) -> None:
         await asyncio.sleep(self.limits.auth_timeout_s)
         if client.session.auth_expired(time.monotonic()):
-            log.warning("closing client %s: no token within %.0f s", client.conn.remote_address,
-                        self.limits.auth_timeout_s)
+            self._log.log(log, logging.WARNING, "closing client %s: no token within %.0f s",
+                          client.conn.remote_address, self.limits.auth_timeout_s)
             await client.conn.close(1008, "authentication timeout")
 
     def _update_thumb_subscribers(self) -> None:
@@ -399,6 +559,7 @@ class PoseServer:
     def _fanout(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, None
+            skipped, self._skipped = self._skipped, 0
             self._wakeup_scheduled = False
         if pending is None:
             return
@@ -409,8 +570,9 @@ class PoseServer:
         for c in self._clients:
             if not c.live:
                 continue
-            if c.frame is not None:
-                c.dropped += 1
+            # Lost for this client: frames overwritten in the server mailbox before this fan-out,
+            # and the one still unsent in its own mailbox.
+            c.dropped += skipped + (c.frame is not None)
             c.frame = text
             if thumb is not None and c.session.thumbs:
                 c.thumb = thumb
@@ -434,8 +596,8 @@ class PoseServer:
         except asyncio.CancelledError:
             raise
         except TimeoutError:
-            log.warning("client %s stalled for %.1f s: dropped", client.conn.remote_address,
-                        self.limits.send_timeout_s)
+            self._log.log(log, logging.WARNING, "client %s stalled for %.1f s: dropped", client.conn.remote_address,
+                          self.limits.send_timeout_s)
             client.conn.transport.abort()
         except Exception:  # noqa: BLE001 - connection closed while sending: the handler cleans up
             return
@@ -443,10 +605,12 @@ class PoseServer:
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL_S)
+            self._log.flush()
             for c in list(self._clients):
                 if c.live:
                     try:
                         await asyncio.wait_for(c.conn.send(stats_message(
-                            clients=len(self._clients), published=self.published, dropped=c.dropped)), 0.05)
+                            clients=len(self._clients), published=self.published, dropped=c.dropped,
+                            sent=c.sent)), 0.05)
                     except Exception:  # noqa: BLE001 - slow or closed: skip this round
                         pass

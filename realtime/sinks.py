@@ -70,10 +70,12 @@ class LiveSinks:
     def from_args(args: argparse.Namespace, fps: float, tap: ImageTap | None = None,
                   source_info: dict | None = None, preview: Any = None) -> "LiveSinks":
         from realtime.osc_sink import vmc_options
+        from realtime.server import token_from_args
         from realtime.writers import output_specs
 
+        token = token_from_args(args) if args.serve else None
         return LiveSinks(output_specs(getattr(args, "out", None), args), fps, args.serve, args.host, args.port,
-                         args.token, args.open3d, tap, source_info, getattr(args, "osc", None),
+                         token, args.open3d, tap, source_info, getattr(args, "osc", None),
                          overwrite=not getattr(args, "no_overwrite", False), preview=preview,
                          say=log.info if getattr(args, "quiet", False) else None,  # -q: errors only
                          osc_options=vmc_options(args))

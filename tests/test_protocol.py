@@ -260,3 +260,76 @@ def test_recording_hello_is_checked():
     for bad in ({**hello, "source": "webcam"}, {**hello, "joint_names": ["a", "b"]}):
         with pytest.raises(ProtocolError, match="line 2: hello"):
             parse_recording([head, json.dumps(bad)])
+
+
+def test_refused_method():
+    from realtime.protocol import refused_method
+    assert refused_method(b"GET / HTTP/1.1\r\n") is False and refused_method(b"HEAD /x HTTP/1.1") is False
+    for m in [b"POST", b"PUT", b"DELETE", b"TRACE", b"OPTIONS", b"PATCH", b"get", b"BREW"]:
+        assert refused_method(m + b" / HTTP/1.1\r\n") is True, m
+    assert refused_method(b"POS") is None and refused_method(b"") is None          # not enough bytes yet
+    assert refused_method(b"\x16\x03\x01\x02\x00garbage\r\n") is False               # not HTTP: left to the parser
+    assert refused_method(b"GE(T / HTTP/1.1") is False and refused_method(b"A" * 40) is False
+
+
+def test_address_key():
+    from realtime.protocol import address_key
+    assert address_key("127.0.0.1") == "127.0.0.1"
+    assert address_key("2001:db8::1") == address_key("2001:db8::ffff") == "2001:db8::/64"
+    assert address_key("::ffff:10.0.0.7") == "10.0.0.7" and address_key("not-an-ip") == "not-an-ip"
+
+
+def test_auth_backoff_doubles_then_caps_and_forgets():
+    from realtime.protocol import AuthBackoff
+    b = AuthBackoff(free=3, base_s=1.0, max_s=8.0, forget_s=60.0, max_addresses=100)
+    t = 0.0
+    for _ in range(3):                                      # free failures: no wait
+        assert b.retry_after("a", t) == 0
+        b.record("a", False, t)
+    waits = []
+    for _ in range(6):
+        assert b.retry_after("a", t) == 0
+        b.record("a", False, t)
+        waits.append(b.retry_after("a", t))
+        t += waits[-1]                                      # a patient guesser: once per lock
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert b.retry_after("b", t) == 0                       # per address
+    b.record("a", True, t)                                  # a right token clears the record
+    assert b.retry_after("a", t) == 0
+    for _ in range(4):
+        b.record("a", False, t)
+    assert b.retry_after("a", t) == 1.0 and b.retry_after("a", t + 61) == 0   # forgotten after 60 s
+    # Guess rate over an hour of trying as fast as allowed: bounded by the lock, not the client.
+    b = AuthBackoff(free=5, base_s=1.0, max_s=60.0)
+    verdicts, t = 0, 0.0
+    while t < 3600:
+        if b.retry_after("x", t) == 0:
+            b.record("x", False, t)
+            verdicts += 1
+        t += 0.001                                          # 1,000 attempts/s offered
+    assert verdicts <= 5 + 7 + 3600 / 60, verdicts          # free + doublings to the cap + one a minute
+    # Memory is bounded whatever the number of addresses; huge counts do not overflow.
+    b = AuthBackoff(free=0, base_s=1.0, max_s=60.0, max_addresses=50)
+    for i in range(1000):
+        b.record(f"10.0.{i // 256}.{i % 256}", False, 0.0)
+    assert len(b._failures) == 50
+    for _ in range(2000):
+        b.record("y", False, 0.0)
+    assert b.retry_after("y", 0.0) == 60.0
+
+
+def test_session_token_back_off():
+    from realtime.protocol import AuthBackoff
+    lim = Limits(max_auth_failures=10)
+    backoff = AuthBackoff(free=1, base_s=5.0, max_s=5.0)
+    s = ClientSession(lim, token="tok", query_token=None, now=0, backoff=backoff, address="1.2.3.4")
+    assert json.loads(s.on_message(msg("auth", token="bad"), now=0.1).send[0])["code"] == "auth_failed"
+    assert json.loads(s.on_message(msg("auth", token="bad"), now=0.2).send[0])["code"] == "auth_failed"  # locks
+    r = s.on_message(msg("auth", token="tok"), now=0.3)           # right, but refused unchecked
+    err = json.loads(r.send[0])
+    assert err["code"] == "rate_limited" and "retry in 5 s" in err["message"] and not s.authorised
+    assert ClientSession(lim, token="tok", query_token="tok", now=1.0, backoff=backoff,
+                         address="5.6.7.8").authorised               # another address
+    q = ClientSession(lim, token="tok", query_token="tok", now=1.0, backoff=backoff, address="1.2.3.4")
+    assert not q.authorised and json.loads(q.opening()[0])["code"] == "rate_limited"
+    assert s.on_message(msg("auth", token="tok"), now=5.3).authorised
