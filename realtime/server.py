@@ -211,6 +211,9 @@ class _Client:
     sent: int = 0                   # frame messages sent to it
     wake: asyncio.Event | None = None
     live: bool = False              # authorised and hello sent: frames may be delivered
+    stats_due: bool = False         # the sender sends a stats message (built when sent)
+    done: bool = False              # the handler has finished: the sender stops
+    sender: asyncio.Task[None] | None = None
 
 
 class PoseServer:
@@ -498,7 +501,7 @@ class PoseServer:
         client = _Client(conn, ClientSession(self.limits, self.token, token, now, thumbs=thumbs,
                                              backoff=self._backoff, address=address), wake=asyncio.Event())
         self._clients.add(client)
-        sender = asyncio.create_task(self._sender(client))
+        client.sender = asyncio.create_task(self._sender(client))
         auth_timer = None
         try:
             for text in client.session.opening():
@@ -525,7 +528,8 @@ class PoseServer:
             if not isinstance(exc, ConnectionClosed):
                 self._log.log(log, logging.ERROR, "client %s: unexpected error", peer, exc_info=True)
         finally:
-            sender.cancel()
+            client.done = True      # the sender stops by itself (never cancelled mid-send; see _sender)
+            client.wake.set()
             if auth_timer is not None:
                 auth_timer.cancel()
             self._clients.discard(client)
@@ -579,38 +583,55 @@ class PoseServer:
             c.wake.set()
 
     async def _sender(self, client: _Client) -> None:
-        """Per-client task: send whatever is in the mailbox; awaiting a slow socket here only
-        delays this client."""
-        try:
-            while True:
-                await client.wake.wait()
-                client.wake.clear()
-                text, client.frame = client.frame, None
-                thumb, client.thumb = client.thumb, None
-                for message in (text, thumb):
-                    if message is None:
+        """Per-client task, the only one that sends frames, thumbnails and stats to this client:
+        send whatever is in the mailbox; awaiting a slow socket here only delays this client.
+        A send is never cancelled (websockets advises against it; a cancelled send left tasks
+        pending forever): one that takes longer than `send_timeout_s` aborts the connection,
+        which ends the send."""
+        while not client.done:
+            await client.wake.wait()
+            client.wake.clear()
+            if client.done:
+                return
+            text, client.frame = client.frame, None
+            thumb, client.thumb = client.thumb, None
+            for message in (text, thumb, "stats"):
+                if message == "stats":
+                    if not client.stats_due:
                         continue
-                    await asyncio.wait_for(client.conn.send(message), self.limits.send_timeout_s)
-                    if message is text:
-                        client.sent += 1
-        except asyncio.CancelledError:
-            raise
-        except TimeoutError:
+                    client.stats_due = False
+                    message = stats_message(clients=len(self._clients), published=self.published,
+                                            dropped=client.dropped, sent=client.sent)
+                elif message is None:
+                    continue
+                if not await self._send(client, message):
+                    return
+                if message is text:
+                    client.sent += 1
+
+    async def _send(self, client: _Client, message: str | bytes) -> bool:
+        """Send one message; False when the connection is closed or was aborted as stalled."""
+        send = asyncio.ensure_future(client.conn.send(message))
+        done, _ = await asyncio.wait({send}, timeout=self.limits.send_timeout_s)
+        if not done:
             self._log.log(log, logging.WARNING, "client %s stalled for %.1f s: dropped", client.conn.remote_address,
                           self.limits.send_timeout_s)
+            send.add_done_callback(_retrieve)   # ends with ConnectionClosed once the abort is processed
             client.conn.transport.abort()
-        except Exception:  # noqa: BLE001 - connection closed while sending: the handler cleans up
-            return
+            return False
+        return send.exception() is None
 
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL_S)
             self._log.flush()
-            for c in list(self._clients):
+            for c in self._clients:
                 if c.live:
-                    try:
-                        await asyncio.wait_for(c.conn.send(stats_message(
-                            clients=len(self._clients), published=self.published, dropped=c.dropped,
-                            sent=c.sent)), 0.05)
-                    except Exception:  # noqa: BLE001 - slow or closed: skip this round
-                        pass
+                    c.stats_due = True
+                    c.wake.set()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Done callback: fetch a task's exception so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
