@@ -184,13 +184,18 @@ class PoseEstimator:
         assert joints.shape == (1, NUM_JOINTS, 3), joints.shape
         return joints[0] - joints[0, 0], None
 
-    def poses_of_windows(self, uv_windows: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-        """The temporal model on (N, window, 17, 2) px windows of frames of `image_size`:
+    def frame_input(self, d: Detected) -> np.ndarray:
+        """A temporal model's per-frame input of one usable detection: (37,) float32
+        engines.normalize.features_2d of its 2D with the intrinsics of its frame size. The
+        history resamples these (as the evaluation of the temporal models does)."""
+        intr = self.camera.intrinsics(d.image_size)
+        return features_2d(d.detection.joints_2d_px, intr.f, intr.c)
+
+    def poses_of_windows(self, windows: np.ndarray) -> np.ndarray:
+        """The temporal model on (N, window, D) windows of per-frame inputs (frame_input):
         root-relative joints (N, 17, 3) float32 mm of each window's reference frame."""
-        intr = self.camera.intrinsics(image_size)
-        feats = features_2d(uv_windows, intr.f, intr.c)
-        joints = np.asarray(self.lifter.run({"features": feats})["joints_mm"], np.float32)
-        assert joints.shape == (len(uv_windows), NUM_JOINTS, 3), joints.shape
+        joints = np.asarray(self.lifter.run({"features": np.asarray(windows, np.float32)})["joints_mm"], np.float32)
+        assert joints.shape == (len(windows), NUM_JOINTS, 3), joints.shape
         return joints - joints[:, :1]
 
     def pose_frame(self, d: Detected, rel: np.ndarray, fbi: np.ndarray | None, timings: dict[str, float],

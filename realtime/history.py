@@ -6,7 +6,8 @@ ending at its reference frame (causal) or centred on it. Cameras and files deliv
 cannot keep up with) and gaps (frames where nobody was found). `History` keeps the person's
 recent detections with their timestamps and answers `window(t_ref)`: the 2D at
 t_ref + spacing * offset for every offset of the window, linearly interpolated between the
-two detections around each sample time. Sample times outside the history take its first or
+two detections around each sample time (the samples are the model's per-frame inputs, e.g.
+engines.normalize.features_2d of the frame's 2D). Sample times outside the history take its first or
 last detection: the edge padding the models were trained with at the ends of a sequence.
 Such a window is *padded*: the person has not been seen for the whole window (the first
 frames of a track, after a reset, or the last frames of a file); `SequenceLifter` marks the
@@ -80,8 +81,8 @@ class TemporalSpec:
 
 
 class History:
-    """Timestamped per-frame samples of one person (any fixed shape, e.g. (17, 2) px) and
-    their resampling onto a TemporalSpec's window. Timestamps must increase."""
+    """Timestamped per-frame samples of one person (any fixed shape, e.g. a (37,) feature
+    vector) and their resampling onto a TemporalSpec's window. Timestamps must increase."""
 
     def __init__(self, spec: TemporalSpec, max_gap_s: float | None = None) -> None:
         self.spec = spec

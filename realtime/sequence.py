@@ -66,7 +66,7 @@ class SequenceLifter:
         if self.history is not None and usable(d):
             if self.history.gap_too_long(d.timestamp_s):
                 out += self._lift_ready(force=True)  # the old track ends: its frames padded at its end
-            self.history.push(d.timestamp_s, d.detection.joints_2d_px)
+            self.history.push(d.timestamp_s, self.est.frame_input(d))
         self._pending.append(d)
         self._now = d.timestamp_s
         return out + self._lift_ready()
@@ -105,11 +105,9 @@ class SequenceLifter:
         poses: dict[int, tuple[np.ndarray, np.ndarray | None, bool]] = {}
         if self.history is not None and people:
             windows, padded = zip(*(self.history.window(d.timestamp_s) for d in people))
-            for size in {d.image_size for d in people}:  # one batch per frame size (one in a video)
-                group = [k for k, d in enumerate(people) if d.image_size == size]
-                rel = self.est.poses_of_windows(np.stack([windows[k] for k in group]), size)
-                for k, r in zip(group, rel):
-                    poses[id(people[k])] = (r, None, padded[k])
+            rel = self.est.poses_of_windows(np.stack(windows))  # one batch
+            for d, r, cold in zip(people, rel, padded):
+                poses[id(d)] = (r, None, cold)
         else:
             for d in people:
                 rel, fbi = self.est.pose_of(d)

@@ -1,0 +1,126 @@
+"""The real-video stability table of docs/realtime_temporal.md, with one MediaPipe pass per clip.
+
+    python scripts/stability_table.py CLIP [CLIP ...] [--temporal MODEL] [--single MODEL] [--json FILE]
+
+`posestream video` is detection over the frames, then `realtime.sequence.lift_sequence` over
+the detections (and the One Euro smoother with --smooth): this script detects each clip once,
+exactly as the command does (VIDEO mode with re-detection), and lifts the detections several
+ways, which gives what these commands write, without running MediaPipe once per row:
+
+    single-frame, per-frame root     posestream video CLIP --model SINGLE --raw-root --out a.npz
+    single-frame                     posestream video CLIP --model SINGLE --out b.npz
+    single-frame + --smooth          posestream video CLIP --model SINGLE --smooth --out c.npz
+    temporal                         posestream video CLIP --model TEMPORAL --out d.npz
+    temporal, per-frame root         posestream video CLIP --model TEMPORAL --raw-root --out e.npz
+
+and prints, per clip, the figures `posestream stability X.npz --against-mediapipe CLIP
+--lag-against a.npz` prints for each (realtime.stability), MediaPipe's world landmarks first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engines.checkpoint import default_app_model, default_file_model  # noqa: E402
+from realtime.estimator import PoseEstimator, open_lifter  # noqa: E402
+from realtime.filters import PoseSmoother  # noqa: E402
+from realtime.sequence import lift_sequence  # noqa: E402
+from realtime.sources import VideoFileSource  # noqa: E402
+from realtime.stability import lag_frames, measure  # noqa: E402
+from realtime.trajectory import FILE_ROOT_LAG_S, RootFilterConfig  # noqa: E402
+
+
+def detect(clip: str, keep_images: bool) -> tuple[list, list[np.ndarray | None]]:
+    """The app's detections of every frame (VIDEO mode + re-detection), and MediaPipe's world
+    joints (17, 3) mm per frame (None without a person)."""
+    est = PoseEstimator(lifter=_NoLifter(keep_images), redetect=True)
+    dets, world = [], []
+    with VideoFileSource(clip) as src:
+        for frame in src:
+            d = est.detect(frame)
+            dets.append(d)
+            world.append(None if d.detection is None else np.asarray(d.detection.world_mm, np.float64))
+    est.detector.close()
+    return dets, world
+
+
+class _NoLifter:
+    """Stands in for the lifter while detecting (the estimator keeps the pixels if asked)."""
+
+    metadata: dict = {}
+    name = "-"
+
+    def __init__(self, keep_images: bool) -> None:
+        if keep_images:  # a callable `lift` (the Final model's) makes detect() keep the frame
+            self.lift = lambda *a: None
+
+    def close(self) -> None:
+        pass
+
+
+def arrays(poses: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (np.stack([p.joints_mm for p in poses]).astype(np.float64),
+            np.stack([p.translation_mm for p in poses]).astype(np.float64),
+            np.array([p.valid for p in poses]), np.array([p.index for p in poses]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("clips", nargs="+")
+    ap.add_argument("--single", default=default_app_model())
+    ap.add_argument("--temporal", default=default_file_model())
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    single, temporal = open_lifter(args.single, "auto", 1), open_lifter(args.temporal, "auto", 1)
+    report: dict[str, dict] = {}
+    for clip in args.clips:
+        dets, world = detect(clip, keep_images=callable(getattr(single, "lift", None)))
+        smoothed_root = RootFilterConfig(lag_s=FILE_ROOT_LAG_S)
+
+        def lifted(lifter, root):
+            return list(lift_sequence(dets, PoseEstimator(lifter=lifter, detector=_Closed()), root))
+
+        rows = {"single-frame, per-frame root": lifted(single, None)}
+        rows["single-frame"] = lifted(single, smoothed_root)
+        smoother = PoseSmoother()
+        rows["single-frame + --smooth"] = [smoother(p) for p in rows["single-frame"]]
+        rows["temporal"] = lifted(temporal, smoothed_root)
+        rows["temporal, per-frame root"] = lifted(temporal, None)
+        j_ref, _, ok_ref, index = arrays(rows["single-frame, per-frame root"])
+        mp_ok = np.array([w is not None for w in world])
+        mp_j = np.stack([w if w is not None else np.full((17, 3), np.nan) for w in world])
+        table = {"MediaPipe world landmarks": dict(asdict(measure(mp_j, mp_ok & ok_ref, index)),
+                                                   lag_frames=lag_frames(mp_j, j_ref, mp_ok & ok_ref, index))}
+        for name, poses in rows.items():
+            j, t, ok, idx = arrays(poses)
+            both = ok & mp_ok
+            table[name] = dict(asdict(measure(j, both, idx, t)), lag_frames=lag_frames(j, j_ref, both & ok_ref, idx))
+        report[Path(clip).name] = table
+        print(f"\n{Path(clip).name}: {len(dets)} frames; single {args.single}, temporal {args.temporal}")
+        print(f"{'output':<30} {'accel':>6} {'bone CV':>7} {'lag':>6} {'root step med':>13} {'p95':>6} "
+              f"{'max':>6} {'depth med':>9}")
+        for name, r in table.items():
+            print(f"{name:<30} {r['acceleration_mm']:>6.2f} {r['bone_cv']:>7.3f} {r['lag_frames']:>+6.2f} "
+                  f"{r['root_step_median_mm']:>13.1f} {r['root_step_p95_mm']:>6.1f} {r['root_step_max_mm']:>6.1f} "
+                  f"{r['depth_median_mm']:>9.0f}")
+    single.close()
+    temporal.close()
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+class _Closed:
+    def close(self) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
