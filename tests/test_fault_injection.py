@@ -79,8 +79,13 @@ def _trial(tmp: Path, how: str, at_s: float) -> str:
         # it had written everything before the signal (which may have come during interpreter exit)
         assert set(counts.values()) == {N_FRAMES} and not journal.exists(), context
         return "finished"
-    if how in ("TERM", "INT"):
-        assert proc.returncode == (143 if how == "TERM" else 130), context
+    if how == "TERM":
+        assert proc.returncode == 143, context
+    elif how == "INT":
+        # 130; or killed by SIGINT when the second Ctrl-C came after the driver had completed
+        # its files and restored the default handler (the interpreter reports a late Ctrl-C so)
+        assert proc.returncode in (130, -signal.SIGINT), context
+        assert proc.returncode == 130 or not journal.exists(), context
     if journal.exists():  # SIGKILL (or an abort while rendering): the journal has every written frame
         new = [n for n, c in counts.items() if c != OLD_FRAMES]
         try:

@@ -32,6 +32,16 @@ def _start(*argv: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def _wait_for_library(proc: subprocess.Popen, name: str, timeout_s: float = 60.0) -> None:
+    """Until the process has mapped a shared library whose path contains `name`: a point in
+    its start-up that does not depend on how fast the machine is."""
+    deadline = time.monotonic() + timeout_s
+    while name not in Path(f"/proc/{proc.pid}/maps").read_text():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{name} never loaded"
+        time.sleep(0.002)
+
+
 def _signal_mid_run(proc: subprocess.Popen, part: Path, signals: list[int], gap_s: float = 0.05,
                     after_frames: int = 10) -> tuple[str, str]:
     deadline = time.monotonic() + 120
@@ -80,8 +90,7 @@ def test_a_signal_during_start_up_prints_one_line(tmp_path: Path, sig: int, code
     out = tmp_path / "s.npz"
     out.write_text("an earlier take")
     proc = _start("video", str(DEMO), "--out", str(out), "--no-progress", *MODEL)
-    time.sleep(1.0)  # importing modules, or loading the models
-    assert proc.poll() is None
+    _wait_for_library(proc, "onnxruntime")  # start-up is under way, MediaPipe and the models still to load
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     lines = [ln for ln in err.splitlines() if ln.strip()]
