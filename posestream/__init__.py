@@ -12,8 +12,9 @@ same code); this package is the public face: the version, the API and the data t
 """
 from posestream._version import __version__
 from realtime.api import Estimator, Options, PoseStream, default_model, read, write
+from realtime.batch import BatchReport, batch
 from realtime.filters import SmootherConfig
 from realtime.frames import Frame, PoseFrame
 
-__all__ = ["Estimator", "Frame", "Options", "PoseFrame", "PoseStream", "SmootherConfig", "__version__",
-           "default_model", "read", "write"]
+__all__ = ["BatchReport", "Estimator", "Frame", "Options", "PoseFrame", "PoseStream", "SmootherConfig",
+           "__version__", "batch", "default_model", "read", "write"]

@@ -224,6 +224,36 @@ def root_filter(options: "Options", live: bool, stills: bool) -> RootFilterConfi
     return RootFilterConfig() if live else RootFilterConfig(lag_s=FILE_ROOT_LAG_S)
 
 
+def open_pose_estimator(options: Options, live: bool, stills: bool = False, realtime: bool = False,
+                        lifter: Any = None, restart_frames: int | None = None) -> Any:
+    """The realtime.estimator.PoseEstimator of a stream: a live source (the causal default model, no
+    re-detection: it would add a frame's latency), a file (the centred default model, the
+    causal one when paced in real time; a frame where the tracker lost the person is
+    searched again) or unrelated stills (IMAGE mode on each, the single-frame default
+    model; a temporal one is refused). `lifter`: an already opened lifter to use (kept open
+    if refused). Files restart MediaPipe's tracking at every multiple of `restart_frames`
+    (None: realtime.detector.RESTART_FRAMES), so any stretch of a file that starts at such a
+    frame gets the same 2D on its own as in a run over the whole file (posestream batch
+    splits long videos there); live sources and stills never restart."""
+    from realtime import detector
+    from realtime.estimator import PoseEstimator, open_lifter
+    from realtime.history import TemporalSpec
+
+    o = options
+    model = o.model or default_model(live or realtime, stills)
+    own = lifter is None
+    lifter = open_lifter(model, o.backend, o.threads) if own else lifter
+    if stills and TemporalSpec.from_metadata(getattr(lifter, "metadata", {})) is not None:
+        if own:
+            lifter.close()
+        raise UserError(f"{model} is a temporal model: it needs a video, not unrelated images "
+                        f"(a folder of consecutive frames: sequence=True, --sequence)")
+    restart = None if live or stills else (detector.RESTART_FRAMES if restart_frames is None else restart_frames)
+    return PoseEstimator(model, o.backend, o.fov, o.calib, lifter=lifter,
+                         detector_mode="image" if o.image_mode or stills else "video", num_poses=o.num_poses,
+                         threads=o.threads, redetect=not live, restart_frames=restart)
+
+
 class PoseStream:
     """The poses of one source, from `Estimator.stream`: iterate it (once) for PoseFrames;
     use it as a context manager, or call `close()`, to release the source, the threads and
@@ -317,24 +347,8 @@ class Estimator:
         return cls(**{f.name: getattr(options, f.name) for f in fields(options)})
 
     def _open(self, live: bool, stills: bool = False, realtime: bool = False) -> Any:
-        """The PoseEstimator of a stream: a live source (the causal default model, no
-        re-detection: it would add a frame's latency), a file (the centred default model, the
-        causal one when paced in real time; a frame where the tracker lost the person is
-        searched again) or unrelated stills (IMAGE mode on each, the single-frame default
-        model; a temporal one is refused)."""
-        from realtime.estimator import PoseEstimator, open_lifter
-        from realtime.history import TemporalSpec
-
-        o = self.options
-        model = o.model or default_model(live or realtime, stills)
-        lifter = open_lifter(model, o.backend, o.threads)
-        if stills and TemporalSpec.from_metadata(getattr(lifter, "metadata", {})) is not None:
-            lifter.close()
-            raise UserError(f"{model} is a temporal model: it needs a video, not unrelated images "
-                            f"(a folder of consecutive frames: sequence=True, --sequence)")
-        return PoseEstimator(model, o.backend, o.fov, o.calib, lifter=lifter,
-                             detector_mode="image" if o.image_mode or stills else "video", num_poses=o.num_poses,
-                             threads=o.threads, redetect=not live)
+        """The PoseEstimator of a stream (open_pose_estimator)."""
+        return open_pose_estimator(self.options, live, stills, realtime)
 
     def process(self, image_rgb: np.ndarray, timestamp_s: float) -> PoseFrame:
         """The pose in one image (H, W, 3) uint8 RGB, taken at `timestamp_s` seconds. Calls

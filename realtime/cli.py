@@ -41,6 +41,7 @@ APP_COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("realtime.serve_cmd", "replay a pose file (.npz or viewer .jsonl) to browser viewers"),
     "recover": ("realtime.recover_cmd", "rebuild the outputs of an interrupted run from its journal (OUT.part)"),
     "stability": ("realtime.stability", "jitter, bone-length CV, root steps and lag of a pose file (vs MediaPipe)"),
+    "batch": ("realtime.batch_cmd", "3D pose files for many videos at once, on Ray (this machine or a cluster)"),
 }
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("realtime.bench", "frame rate of MediaPipe alone vs MediaPipe + lifter + writing"),

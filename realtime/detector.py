@@ -49,6 +49,13 @@ MODES = ("video", "image")
 MAX_JUMP = 0.25
 # Frames the track survives without its person before any person may be picked again.
 HOLD_FRAMES = 15
+# Offline runs (files) restart VIDEO-mode tracking at every multiple of this frame index, so
+# the 2D of frames k*RESTART_FRAMES.. depends only on the frames from there on: a chunk of a
+# video that starts at such a boundary (posestream batch) reproduces a single run's 2D
+# exactly. A landmarker started mid-video differs from one that tracked from frame 0 for
+# many frames, so without fixed restarts no chunking could. A restart costs one landmarker
+# load and one person-detector frame; live sources never restart.
+RESTART_FRAMES = 600
 
 
 @contextlib.contextmanager
@@ -149,14 +156,25 @@ class PoseDetector:
 
         self._options = options
         self._create = PoseLandmarker.create_from_options
-        with _quiet_native_stderr():
-            self._landmarker = self._create(options(mode))
+        self._landmarker = None
         self._still = None  # the IMAGE-mode landmarker of re-detection, made on first use
         self.redetected = 0  # frames the tracker lost and re-detection found a person on
+        self.num_poses = int(num_poses)
+        self.restart()
+
+    def restart(self) -> None:
+        """A fresh tracking landmarker and track, as if this detector had just been created:
+        what it finds from here on depends only on the frames from here on. (The re-detection
+        landmarker runs in IMAGE mode, which keeps nothing between frames: it stays.)"""
+        if self._landmarker is not None:
+            lm, self._landmarker = self._landmarker, None
+            with _quiet_native_stderr():
+                lm.close()
+        with _quiet_native_stderr():
+            self._landmarker = self._create(self._options(self.mode))
         self._last_ts_ms = -1
         self._calls = 0
         self._lost = 0
-        self.num_poses = int(num_poses)
         self._previous: CropBox | None = None
 
     def __enter__(self) -> "PoseDetector":

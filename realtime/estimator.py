@@ -121,7 +121,12 @@ class PoseEstimator:
     def __init__(self, model: str = BASE_MODEL, backend: str = "auto", fov_deg: float | None = None,
                  calib: str | Path | None = None, detector_mode: str = "video", num_poses: int = 1,
                  trajectory: bool = True, threads: int | None = None,
-                 detector: PoseDetector | None = None, lifter=None, redetect: bool = False) -> None:
+                 detector: PoseDetector | None = None, lifter=None, redetect: bool = False,
+                 restart_frames: int | None = None) -> None:
+        """restart_frames: restart the detector's tracking whenever the frame index enters a
+        new multiple of it (realtime.detector.RESTART_FRAMES for files; None for live)."""
+        if restart_frames is not None and restart_frames < 1:
+            raise ValueError(f"restart_frames must be at least 1, got {restart_frames}")
         intrinsics_for((640, 480), fov_deg, calib)  # bad --fov / --calib fail now, not on frame 1
         self.lifter = lifter if lifter is not None else open_lifter(model, backend, threads)
         try:
@@ -137,6 +142,8 @@ class PoseEstimator:
         self.camera = self.trajectory or TrajectoryStage(fov_deg, calib)
         # The Final model needs the crop: detect() then keeps the frame's pixels for lift().
         self.needs_image = callable(getattr(self.lifter, "lift", None))
+        self.restart_frames = restart_frames
+        self._segment: int | None = None  # index // restart_frames of the last detected frame
 
     def __enter__(self) -> "PoseEstimator":
         return self
@@ -163,6 +170,11 @@ class PoseEstimator:
     def detect(self, frame: Frame) -> Detected:
         h, w = frame.image.shape[:2]
         t0 = time.perf_counter()
+        if self.restart_frames is not None:
+            segment = frame.index // self.restart_frames
+            if self._segment is not None and segment != self._segment:
+                self.detector.restart()
+            self._segment = segment
         det = self.detector.detect(frame.image, frame.timestamp_s)
         ms = (time.perf_counter() - t0) * 1000.0
         return Detected(frame.index, frame.timestamp_s, (int(w), int(h)), det, {"detect": ms},

@@ -54,9 +54,13 @@ class _ClosingSource:
 
 
 class VideoFileSource(_ClosingSource):
-    """Frames of a video file decoded by OpenCV (FFmpeg backend)."""
+    """Frames of a video file decoded by OpenCV (FFmpeg backend).
 
-    def __init__(self, path: str | Path, max_frames: int | None = None) -> None:
+    start > 0 seeks to that frame index first (a chunk of the file: frames start to
+    max_frames - 1). A container's seek can land on the wrong frame: callers that need
+    exactness check what they got (realtime/batch.py compares frame hashes at the seams)."""
+
+    def __init__(self, path: str | Path, max_frames: int | None = None, start: int = 0) -> None:
         import cv2
 
         self.path = Path(path)
@@ -75,6 +79,7 @@ class VideoFileSource(_ClosingSource):
         if max_frames is not None and self.frame_count is not None:
             self.frame_count = min(self.frame_count, max_frames)
         self.max_frames = max_frames
+        self.start = int(start)
         self.size = (int(first.shape[1]), int(first.shape[0]))  # (width, height)
         self.skipped: list[int] = []
 
@@ -86,6 +91,11 @@ class VideoFileSource(_ClosingSource):
         index, fails = 0, 0
         pending: list[int] = []  # undecodable indices not yet followed by a good frame
         bgr = self._first
+        if self.start > 0:
+            import cv2
+
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, self.start)
+            bgr, index = None, self.start
         while self.max_frames is None or index < self.max_frames:
             if bgr is None:
                 ok, bgr = self._cap.read()

@@ -408,11 +408,17 @@ def add_file_arguments(parser: argparse.ArgumentParser, out_required: bool = Fal
                                     f"({', '.join(FORMATS)}: the extension picks the format)")
     g.add_argument("--no-overwrite", action="store_true",
                    help="refuse to replace an existing output (default: replaced, with a note, once complete)")
+    add_format_arguments(g)
+
+
+def add_format_arguments(group: Any) -> None:
+    """Every format's own options (each added once), e.g. for a command that names its
+    outputs itself (posestream batch)."""
     done: set[int] = set()
     for fmt in FORMATS.values():
         if fmt.add_arguments is not None and id(fmt.add_arguments) not in done:
             done.add(id(fmt.add_arguments))
-            fmt.add_arguments(g)
+            fmt.add_arguments(group)
 
 
 def _npz_json_arguments(group: Any) -> None:

@@ -33,12 +33,12 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import posestream, engines, realtime, train, torch, mediapipe, onnxruntime, websockets, open3d, playwright" 2>/dev/null \
+if ! .venv/bin/python -c "import posestream, engines, realtime, train, torch, mediapipe, onnxruntime, websockets, open3d, playwright, ray" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.posestream-installed ] || [ setup.py -nt .venv/.posestream-installed ] \
    || [ constraints.txt -nt .venv/.posestream-installed ]; then
   log "installing Python packages (constraints.txt; torch==2.13.0 CPU)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[train,viz,test]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[train,viz,test,batch]"
   touch .venv/.posestream-installed
 fi
 

@@ -1,0 +1,422 @@
+"""`posestream batch` (realtime/batch.py): inputs, chunk plans, the detector's restarts at
+fixed frame boundaries, seam checks, atomic outputs, chunked output == `posestream video`
+output, and whole runs on a local Ray with 2 CPUs (a corrupt file, a re-run, a resumed run).
+Slow: a clip longer than the real restart interval, and two Ray nodes started with `ray start`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import posestream
+
+from engines.errors import UserError
+from realtime import batch as B
+from realtime.api import Options, default_model
+from realtime.cli import main
+from realtime.detector import DEFAULT_MODEL
+from realtime.estimator import PoseEstimator
+from realtime.frames import Frame
+from realtime.sources import VideoFileSource
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "assets" / "demo.mp4"
+SHARED_VIDEOS = REPO.parent / "shared" / "data" / "media" / "videos"
+MODEL = "base_gt"  # the small 2D-only lifter: these tests are about orchestration, not accuracy
+RESTART = 10  # a small restart interval, so a 30-frame clip makes 3 chunks
+needs_mediapipe_model = pytest.mark.skipif(not DEFAULT_MODEL.is_file(),
+                                           reason=f"{DEFAULT_MODEL} missing: run scripts/build_mediapipe_model.py")
+
+
+def write_clip(path: Path, frames: int, source: Path = DEMO, fourcc: str = "mp4v") -> Path:
+    """The first `frames` frames of `source` (looped if shorter) re-encoded into `path`."""
+    cap = cv2.VideoCapture(str(source))
+    images = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        images.append(img)
+    cap.release()
+    h, w = images[0].shape[:2]
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 30, (w, h))
+    for i in range(frames):
+        out.write(images[i % len(images)])
+    out.release()
+    return path
+
+
+def npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as d:
+        return {k: d[k] for k in d.files}
+
+
+def assert_same_poses(a: Path, b: Path, tol_mm: float = 1e-3) -> None:
+    """Same frames, same validity, joints and translation within tol_mm, 2D within 1e-3 px."""
+    x, y = npz_arrays(a), npz_arrays(b)
+    assert x["index"].tolist() == y["index"].tolist()
+    assert x["valid"].tolist() == y["valid"].tolist()
+    assert np.array_equal(x["timestamps_s"], y["timestamps_s"])
+    for key, tol in (("joints_mm", tol_mm), ("translation_mm", tol_mm), ("joints_2d_px", 1e-3)):
+        assert np.array_equal(np.isnan(x[key]), np.isnan(y[key])), key
+        ok = ~np.isnan(x[key])
+        assert np.abs(x[key][ok] - y[key][ok]).max(initial=0.0) <= tol, key
+
+
+# --------------------------------------------------------------------------- inputs and plans
+def test_find_videos_folders_files_globs(tmp_path: Path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for rel in ("a.mp4", "sub/b.AVI", "notes.txt", ".hidden.mp4", "sub/.cache/c.mp4"):
+        (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / rel).write_bytes(b"x")
+    (tmp_path / "d.mov").write_bytes(b"x")
+    (tmp_path / "e.data").write_bytes(b"x")
+    found = B.find_videos([str(tmp_path / "in"), str(tmp_path / "d.mov"), str(tmp_path / "e.*"),
+                           str(tmp_path / "in" / "a.mp4")])  # a.mp4 twice: listed once
+    assert [(p.name, name) for p, name in found] == [("a.mp4", "a"), ("b.AVI", "sub/b"), ("d.mov", "d"),
+                                                     ("e.data", "e")]
+    with pytest.raises(UserError, match="no such file or folder"):
+        B.find_videos([str(tmp_path / "missing.mp4")])
+    with pytest.raises(UserError, match="no file matches"):
+        B.find_videos([str(tmp_path / "*.mkv")])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.mp4").write_bytes(b"x")
+    with pytest.raises(UserError, match="would both write a"):
+        B.find_videos([str(tmp_path / "in" / "a.mp4"), str(tmp_path / "other" / "a.mp4")])
+
+
+def test_plan_chunks():
+    assert B.plan_chunks(None, 10) == ((0, None),)
+    assert B.plan_chunks(10, 10) == ((0, None),)
+    assert B.plan_chunks(30, 10) == ((0, 10), (10, 20), (20, None))
+    assert B.plan_chunks(34, 10) == ((0, 10), (10, 20), (20, None))  # 4 left over: joins the last chunk
+    assert B.plan_chunks(35, 10) == ((0, 10), (10, 20), (20, 30), (30, None))
+
+
+def test_options_are_checked():
+    opts = B.BatchOptions(formats=("BVH", ".npz", "bvh"), restart_frames=10, chunk_frames=20).resolved()
+    assert opts.formats == ("bvh", "npz") and opts.chunk_frames == 20 and opts.pose.model == default_model()
+    for bad, match in ((dict(formats=("mp4",)), "unknown format"), (dict(formats=()), "no output format"),
+                       (dict(restart_frames=10, chunk_frames=15), "multiple of 10"),
+                       (dict(cpus_per_task=0), "--cpus-per-task"), (dict(retries=-1), "--retries")):
+        with pytest.raises(UserError, match=match):
+            B.BatchOptions(**bad).resolved()
+
+
+# --------------------------------------------------------------------------- the shared detection path
+class _CountingDetector:
+    """Stands in for PoseDetector: records before which frames it was restarted; finds nobody."""
+
+    def __init__(self) -> None:
+        self.restarted_before: list[int] = []
+        self._pending = False
+
+    def detect(self, image, timestamp_s):
+        if self._pending:
+            self.restarted_before.append(int(round(timestamp_s * 30)))
+            self._pending = False
+        return None
+
+    def restart(self) -> None:
+        self._pending = True
+
+    def close(self) -> None:
+        pass
+
+
+class _NoLifter:
+    name = "none"
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("interval, indices, restarts", [
+    (10, range(0, 25), [10, 20]),
+    (5, [0, 1, 2, 3, 5, 6, 7], [5]),  # frame 4 undecodable: the restart comes before frame 5
+    (5, [0, 1, 2, 3, 6, 7], [6]),
+    (10, range(10, 20), []),  # a chunk starting on a boundary: its detector is already fresh
+    (10, range(8, 12), [10]),
+])
+def test_detector_restarts_at_fixed_frame_boundaries(interval, indices, restarts):
+    det = _CountingDetector()
+    est = PoseEstimator(detector=det, lifter=_NoLifter(), restart_frames=interval)
+    image = np.zeros((8, 8, 3), np.uint8)
+    for i in indices:
+        est.detect(Frame(i, i / 30, image))
+    assert det.restarted_before == restarts
+    live = _CountingDetector()
+    est = PoseEstimator(detector=live, lifter=_NoLifter())  # live sources: never restarted
+    for i in indices:
+        est.detect(Frame(i, i / 30, image))
+    assert live.restarted_before == []
+
+
+def _hashes(source: VideoFileSource) -> dict[int, str]:
+    with source:
+        return {f.index: hashlib.blake2b(f.image.tobytes()).hexdigest() for f in source}
+
+
+def test_source_start_seeks_to_the_frame_a_straight_decode_reaches():
+    straight = _hashes(VideoFileSource(DEMO))
+    chunk = _hashes(VideoFileSource(DEMO, start=40, max_frames=46))
+    assert list(chunk) == list(range(40, 46)) and all(chunk[i] == straight[i] for i in chunk)
+
+
+def test_seam_check():
+    def chunk(start, stop, head, tail, reached):
+        return B.ChunkResult(start, stop, head=head, tail=tail, reached=reached)
+
+    good = [chunk(0, 10, {0: "a", 1: "b"}, {10: "k", 11: "l"}, 11), chunk(10, None, {10: "k", 11: "l"}, {}, 29)]
+    assert B.seams_ok(good) is None
+    wrong = [good[0], chunk(10, None, {10: "l", 11: "m"}, {}, 29)]
+    assert "seeking to frame 10" in B.seams_ok(wrong)
+    undecodable = [chunk(0, 10, {0: "a"}, {10: None, 11: "l"}, 11), chunk(10, None, {10: None, 11: "l"}, {}, 29)]
+    assert B.seams_ok(undecodable) is not None
+    short = [chunk(0, 10, {0: "a"}, {}, 7), chunk(10, None, {}, {}, -1)]
+    assert "ended at frame 8" in B.seams_ok(short)
+
+
+def test_outputs_go_through_the_file_framework(tmp_path: Path):
+    from realtime.frames import PoseFrame
+
+    finals = [tmp_path / "sub" / "clip.npz", tmp_path / "sub" / "clip.bvh", tmp_path / "sub" / "clip.csv"]
+    opts = B.BatchOptions(output_options=B.format_options({"landmarks": True})).resolved()
+
+    def poses(fail_at: int | None):
+        for i in range(5):
+            if i == fail_at:
+                raise RuntimeError("killed")
+            yield PoseFrame.empty(i, i / 30, (64, 48))
+
+    with pytest.raises(RuntimeError):
+        B.write_outputs(poses(3), finals, 30.0, opts)
+    assert list((tmp_path / "sub").iterdir()) == []  # no output, no journal, no temporary left
+    assert B.write_outputs(poses(None), finals, 30.0, opts) == (5, 0)
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["clip.bvh", "clip.csv", "clip.npz"]
+    arrays = npz_arrays(finals[0])
+    assert arrays["index"].tolist() == [0, 1, 2, 3, 4] and arrays["landmarks_px"].shape == (5, 33, 2)
+
+
+def test_format_options():
+    assert B.format_options({"landmarks": True})[".npz"] == {"landmarks": True}
+    assert B.format_options(None)[".json"] == {"landmarks": False}
+    with pytest.raises(UserError, match="unknown output option 'colour'"):
+        B.format_options({"colour": 1})
+
+
+# --------------------------------------------------------------------------- chunked == single run
+@pytest.fixture(scope="module")
+def clip30(tmp_path_factory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("clips") / "walk30.mp4", 30)
+
+
+@pytest.fixture(scope="module")
+def single_run(clip30: Path, tmp_path_factory) -> Path:
+    """`posestream video` on clip30, with the detector restarting every RESTART frames."""
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip(f"{DEFAULT_MODEL} missing")
+    out = tmp_path_factory.mktemp("single") / "walk30.npz"
+    mp = pytest.MonkeyPatch()
+    mp.setattr("realtime.detector.RESTART_FRAMES", RESTART)
+    try:
+        assert main(["video", str(clip30), "--out", str(out), "--model", MODEL, "--no-progress"]) == 0
+    finally:
+        mp.undo()
+    return out
+
+
+def _options(**kw) -> B.BatchOptions:
+    return B.BatchOptions(**{"pose": Options(model=MODEL), "formats": ("npz", "bvh"), "restart_frames": RESTART,
+                             "chunk_frames": RESTART, **kw}).resolved()
+
+
+@needs_mediapipe_model
+def test_chunks_stitched_equal_a_single_run(clip30: Path, single_run: Path, tmp_path: Path):
+    opts = _options()
+    job = B.VideoJob(str(clip30), "walk30", 30, B.plan_chunks(30, RESTART))
+    assert len(job.chunks) == 3
+    chunks = [B.detect_chunk(job.path, s, e, opts) for s, e in job.chunks]
+    assert [c.poses[0].index for c in chunks] == [0, 10, 20]
+    row = B.finish_video(job, str(tmp_path), opts, chunks)
+    assert row.status == "done" and row.note == "" and row.frames == 30 and row.chunks == 3, row
+    assert_same_poses(tmp_path / "walk30.npz", single_run)
+
+
+@needs_mediapipe_model
+def test_smoothing_runs_once_over_the_stitched_chunks(clip30: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("realtime.detector.RESTART_FRAMES", RESTART)
+    single = tmp_path / "single.npz"
+    assert main(["video", str(clip30), "--out", str(single), "--model", MODEL, "--smooth", "--no-progress"]) == 0
+    opts = _options(pose=Options(model=MODEL, smooth=True))
+    job = B.VideoJob(str(clip30), "walk30", 30, B.plan_chunks(30, RESTART))
+    row = B.finish_video(job, str(tmp_path), opts, [B.detect_chunk(job.path, s, e, opts) for s, e in job.chunks])
+    assert row.status == "done" and row.chunks == 3
+    assert_same_poses(tmp_path / "walk30.npz", single)
+
+
+@needs_mediapipe_model
+def test_a_seam_that_does_not_verify_is_reprocessed_in_one_pass(clip30: Path, single_run: Path, tmp_path: Path):
+    opts = _options()
+    job = B.VideoJob(str(clip30), "walk30", 30, ((0, 10), (10, None)))
+    first = B.detect_chunk(job.path, 0, 10, opts)
+    # A seek that landed one frame late: the second chunk starts with the pixels of frame 11.
+    late = B.detect_chunk(job.path, 11, None, opts)
+    late = dataclasses.replace(late, start=10, head={i - 1: h for i, h in late.head.items()})
+    row = B.finish_video(job, str(tmp_path), opts, [first, late])
+    assert row.status == "done" and "reprocessed in one pass" in row.note
+    assert_same_poses(tmp_path / "walk30.npz", single_run)
+
+
+# --------------------------------------------------------------------------- on Ray (2 CPUs)
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    started = B._init_ray(None, 2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+# A process that dies while writing: it leaves its journal, as a killed batch task would.
+KILLED_WRITER = """
+import os, sys
+from realtime.frames import PoseFrame
+from realtime.writers import Recording
+rec = Recording(sys.argv[1:], 30.0)
+for i in range(3):
+    rec.write(PoseFrame.empty(i, i / 30, (640, 360)))
+os._exit(9)
+"""
+
+
+@pytest.fixture
+def collection(tmp_path: Path, clip30: Path) -> Path:
+    """A folder of videos: a 30-frame clip (3 chunks), a 5-frame clip, random bytes named
+    .mp4 and a real .mp4 cut in half (its index is at the end: unreadable)."""
+    d = tmp_path / "videos"
+    (d / "more").mkdir(parents=True)
+    (d / "walk30.mp4").write_bytes(clip30.read_bytes())
+    write_clip(d / "more" / "short.mp4", 5)
+    (d / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 20000, np.uint8).tobytes())
+    data = DEMO.read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    return d
+
+
+@needs_mediapipe_model
+def test_batch_on_ray_isolates_failures_and_resumes(local_ray, collection: Path, single_run: Path, tmp_path: Path,
+                                                    capsys):
+    out = tmp_path / "out"
+    opts = B.BatchOptions(Options(model=MODEL), ("bvh", "npz"), restart_frames=RESTART, chunk_frames=RESTART)
+    report = B.run_batch([str(collection)], out, opts, workers=2, progress=True)
+    rows = {Path(r.input).name: r for r in report.rows}
+    assert set(rows) == {"walk30.mp4", "short.mp4", "corrupt.mp4", "truncated.mp4"}
+    assert {n: r.status for n, r in rows.items()} == {"walk30.mp4": "done", "short.mp4": "done",
+                                                     "corrupt.mp4": "error", "truncated.mp4": "error"}
+    assert "cannot decode" in rows["corrupt.mp4"].error and "\n" not in rows["corrupt.mp4"].error
+    walk, short = rows["walk30.mp4"], rows["short.mp4"]
+    assert (walk.frames, walk.chunks, walk.frames_with_person, walk.note) == (30, 3, 30, "")
+    assert (short.frames, short.chunks) == (5, 1)
+    assert walk.model == MODEL and walk.backend and walk.wall_s > 0 and walk.fps > 0 and walk.nodes
+    assert_same_poses(out / "walk30.npz", single_run)  # chunks on Ray == one `posestream video` run
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert names == ["more/short.bvh", "more/short.npz", "report.csv", "report.json", "walk30.bvh", "walk30.npz"]
+    on_disk = json.loads((out / "report.json").read_text())["videos"]
+    assert [dataclasses.asdict(r) for r in report.rows] == on_disk
+    assert (out / "report.csv").read_text().count("\n") == 5
+    assert "videos 4/4" in capsys.readouterr().err  # the progress bar
+
+    # Again: finished videos are skipped (their files untouched), the broken ones fail again.
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")}
+    again = {Path(r.input).name: r for r in posestream.batch(collection, out, "bvh,npz", model=MODEL,
+                                                               progress=False).rows}
+    assert {n: r.status for n, r in again.items()} == {"walk30.mp4": "skipped", "short.mp4": "skipped",
+                                                      "corrupt.mp4": "error", "truncated.mp4": "error"}
+    assert again["walk30.mp4"].frames == 30  # carried over from the first report
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")} == mtimes
+
+    # A run killed while walk30's outputs were being written (its journal left behind, the
+    # .bvh not renamed yet): only walk30 is done again, from its start.
+    (out / "walk30.bvh").unlink()
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out / "walk30.bvh"), str(out / "walk30.npz")],
+                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    assert killed.returncode == 9 and (out / "walk30.bvh.part").is_file(), killed.stderr
+    third = {Path(r.input).name: r.status for r in B.run_batch([str(collection)], out, opts, progress=False).rows}
+    assert third["walk30.mp4"] == "done" and third["short.mp4"] == "skipped"
+    assert not list(out.glob("*.part")) and not list(out.glob("*recovered*")) and not list(out.glob("*.tmp"))
+    assert_same_poses(out / "walk30.npz", single_run)
+
+
+@needs_mediapipe_model
+def test_a_task_that_raises_is_retried_then_reported(local_ray, tmp_path: Path):
+    """A failure that is not the input's fault (here a file where the output's temporary
+    folder goes: OSError inside the writers, not a UserError) is retried by Ray, then
+    reported; the other video completes."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_clip(videos / "a.mp4", 3)
+    write_clip(videos / "b.mp4", 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.npz.tmp").write_text("in the way")
+    report = B.run_batch([str(videos)], out, B.BatchOptions(Options(model=MODEL), retries=1), progress=False)
+    rows = {Path(r.input).name: r for r in report.rows}
+    assert rows["a.mp4"].status == "done" and (out / "a.npz").is_file()
+    assert rows["b.mp4"].status == "error" and "b.npz.tmp" in rows["b.mp4"].error and "\n" not in rows["b.mp4"].error
+    assert not (out / "b.npz").exists()
+
+
+def test_cli_refuses_bad_arguments_in_one_line(tmp_path: Path, capsys):
+    assert main(["batch", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "o")]) == 2
+    assert main(["batch", str(DEMO), "--out-dir", str(tmp_path / "o"), "--format", "gif"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "no such file or folder" in err[0] and "unknown format" in err[1]
+
+
+# --------------------------------------------------------------------------- slow
+@pytest.mark.slow
+@needs_mediapipe_model
+def test_long_clip_on_ray_equals_posestream_video(local_ray, tmp_path: Path):
+    """The real restart interval and default model: a clip of 2.2 intervals makes 2 chunks."""
+    from realtime.detector import RESTART_FRAMES
+
+    n = RESTART_FRAMES * 2 + RESTART_FRAMES // 5
+    clip = write_clip(tmp_path / "long.mp4", n)
+    single = tmp_path / "single.npz"
+    assert main(["video", str(clip), "--out", str(single), "--no-progress"]) == 0
+    report = B.run_batch([str(clip)], tmp_path / "out", B.BatchOptions(formats=("npz",)), progress=False)
+    (row,) = report.rows
+    assert (row.status, row.frames, row.chunks, row.note) == ("done", n, 2, "")
+    assert_same_poses(tmp_path / "out" / "long.npz", single)
+
+
+@pytest.mark.slow
+@needs_mediapipe_model
+def test_two_ray_nodes_share_the_videos(tmp_path: Path):
+    """Two Ray nodes with 1 CPU each, started with `ray start` by LocalRayNodes (on
+    127.0.0.1, with a token only it knows) and stopped by it; `posestream batch --address`
+    fans the videos out over both."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(4):
+        write_clip(videos / f"clip{i}.mp4", 20)
+    out = tmp_path / "out"
+    with B.LocalRayNodes(nodes=2, cpus=1) as cluster:
+        run = subprocess.run([sys.executable, "-m", "realtime.cli", "batch", str(videos), "--out-dir", str(out),
+                              "--model", MODEL, "--address", cluster.address, "--no-progress"],
+                             env=cluster.env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert not cluster.temp_dir.exists()
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    rows = json.loads((out / "report.json").read_text())["videos"]
+    assert [r["status"] for r in rows] == ["done"] * 4
+    assert len({r["nodes"] for r in rows}) == 2, rows  # both nodes ran videos
