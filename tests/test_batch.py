@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo.mp4"
 SHARED_VIDEOS = REPO.parent / "shared" / "data" / "media" / "videos"
 MODEL = "base_gt"  # the small 2D-only lifter: these tests are about orchestration, not accuracy
+TEMPORAL = "temporal_sh"  # a centred temporal lifter (its accuracy on MediaPipe 2D does not matter here)
 RESTART = 10  # a small restart interval, so a 30-frame clip makes 3 chunks
 needs_mediapipe_model = pytest.mark.skipif(not DEFAULT_MODEL.is_file(),
                                            reason=f"{DEFAULT_MODEL} missing: run scripts/build_mediapipe_model.py")
@@ -246,10 +247,26 @@ def test_chunks_stitched_equal_a_single_run(clip30: Path, single_run: Path, tmp_
     job = B.VideoJob(str(clip30), "walk30", 30, B.plan_chunks(30, RESTART))
     assert len(job.chunks) == 3
     chunks = [B.detect_chunk(job.path, s, e, opts) for s, e in job.chunks]
-    assert [c.poses[0].index for c in chunks] == [0, 10, 20]
+    assert [c.detections[0].index for c in chunks] == [0, 10, 20]
     row = B.finish_video(job, str(tmp_path), opts, chunks)
     assert row.status == "done" and row.note == "" and row.frames == 30 and row.chunks == 3, row
     assert_same_poses(tmp_path / "walk30.npz", single_run)
+
+
+@needs_mediapipe_model
+def test_a_temporal_model_lifts_the_stitched_chunks_once(clip30: Path, tmp_path: Path, monkeypatch):
+    """A centred temporal model and the root filter see the whole stitched sequence (no
+    overlap between chunks), as in a single run."""
+    monkeypatch.setattr("realtime.detector.RESTART_FRAMES", RESTART)
+    single = tmp_path / "single.npz"
+    assert main(["video", str(clip30), "--out", str(single), "--model", TEMPORAL, "--no-progress"]) == 0
+    opts = _options(pose=Options(model=TEMPORAL))
+    job = B.VideoJob(str(clip30), "walk30", 30, B.plan_chunks(30, RESTART))
+    chunks = [B.detect_chunk(job.path, s, e, opts) for s, e in job.chunks]
+    assert not any(c.poses for c in chunks)  # a temporal model lifts in phase 2 only
+    row = B.finish_video(job, str(tmp_path), opts, chunks)
+    assert row.status == "done" and row.chunks == 3
+    assert_same_poses(tmp_path / "walk30.npz", single)
 
 
 @needs_mediapipe_model
