@@ -1,7 +1,7 @@
 """Data that crosses pipeline stages: frozen dataclasses with documented shapes and units."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -43,6 +43,13 @@ class PoseFrame:
                   last frames of a file. The missing part of the window repeats the nearest
                   detection (edge padding), so the pose is closer to a single-frame estimate,
                   a little less steady and accurate. Always False for single-frame models.
+    others:       the other people of the same frame (several people, `--people N`), each a
+                  PoseFrame of its own with its own track_id (and `others` empty), ordered by
+                  track_id; all share this frame's index, timestamp and image size, and their
+                  translation_mm are in the same camera space, so their relative positions are
+                  metric. This frame is the person with the lowest track_id found in it (an
+                  empty frame when nobody was). Single-person code reads this frame alone;
+                  person-aware code iterates `people`.
     """
 
     index: int
@@ -60,6 +67,24 @@ class PoseFrame:
     landmarks_world_mm: np.ndarray | None = None
     landmarks_visibility: np.ndarray | None = None
     cold_start: bool = False
+    others: tuple["PoseFrame", ...] = ()
+
+    @property
+    def people(self) -> tuple["PoseFrame", ...]:
+        """Every valid person of the frame: this one (if valid) then `others`."""
+        return tuple(p for p in (self, *self.others) if p.valid)
+
+    @staticmethod
+    def from_people(people: "list[PoseFrame] | tuple[PoseFrame, ...]", index: int, timestamp_s: float,
+                    image_size: tuple[int, int], timings_ms: dict[str, float] | None = None) -> "PoseFrame":
+        """One frame holding `people` (valid PoseFrames of this frame, any order): the lowest
+        track_id first, carrying the rest in `others` and the frame's timings; an empty
+        frame when the list is empty."""
+        ordered = sorted((p for p in people if p.valid), key=lambda p: p.track_id)
+        if not ordered:
+            return PoseFrame.empty(index, timestamp_s, image_size, timings_ms)
+        first, rest = ordered[0], tuple(replace(p, others=()) for p in ordered[1:])
+        return replace(first, others=rest, timings_ms=dict(timings_ms if timings_ms is not None else first.timings_ms))
 
     @staticmethod
     def empty(index: int, timestamp_s: float, image_size: tuple[int, int],
