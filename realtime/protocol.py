@@ -27,7 +27,7 @@ import math
 import re
 import struct
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
@@ -160,24 +160,38 @@ def encode_hello(**kwargs: Any) -> str:
     return _dumps(hello_message(**kwargs))
 
 
-def frame_to_message(frame: PoseFrame, pub_ms: float | None = None) -> dict[str, Any]:
-    """A PoseFrame as the `frame` message.
+MAX_PEOPLE = 64  # `others` entries a frame message may carry
 
-    Fields: index (int), timestamp_s (source time, s), valid (bool), joints_mm (17x3, mm, 0.1 mm
-    precision), translation_mm (3), joints_2d_px (17x2, px), confidence (17, 3 decimals),
-    fbi (14x3 probabilities or null), timings_ms ({stage: ms}), image_size ([w, h]),
-    pub_ms (server wall-clock ms since the epoch when the frame was published, or null).
-    Any array may be null (all unknown) and any element may be null (NaN).
-    """
+
+def _person_fields(frame: PoseFrame) -> dict[str, Any]:
+    """The per-person part of a frame message (also each entry of `others`)."""
     return {
-        "v": PROTOCOL_VERSION, "type": "frame", "index": int(frame.index),
-        "timestamp_s": round(float(frame.timestamp_s), 6) if math.isfinite(frame.timestamp_s) else None,
+        "track_id": int(frame.track_id),
         "valid": bool(frame.valid),
         "joints_mm": _to_list(frame.joints_mm, 1),
         "translation_mm": _to_list(frame.translation_mm, 1),
         "joints_2d_px": _to_list(frame.joints_2d_px, 1),
         "confidence": _to_list(frame.confidence, 3),
         "fbi": _to_list(frame.fbi, 3),
+    }
+
+
+def frame_to_message(frame: PoseFrame, pub_ms: float | None = None) -> dict[str, Any]:
+    """A PoseFrame as the `frame` message.
+
+    Fields: index (int), timestamp_s (source time, s), then the person fields: track_id (int),
+    valid (bool), joints_mm (17x3, mm, 0.1 mm precision), translation_mm (3), joints_2d_px
+    (17x2, px), confidence (17, 3 decimals), fbi (14x3 probabilities or null); others (the
+    frame's other people, each an object with the same person fields; [] for one person),
+    timings_ms ({stage: ms}), image_size ([w, h]), pub_ms (server wall-clock ms since the
+    epoch when the frame was published, or null).
+    Any array may be null (all unknown) and any element may be null (NaN).
+    """
+    return {
+        "v": PROTOCOL_VERSION, "type": "frame", "index": int(frame.index),
+        "timestamp_s": round(float(frame.timestamp_s), 6) if math.isfinite(frame.timestamp_s) else None,
+        **_person_fields(frame),
+        "others": [_person_fields(o) for o in frame.others[:MAX_PEOPLE]],
         "timings_ms": {str(k): round(float(v), 2) for k, v in frame.timings_ms.items() if math.isfinite(float(v))},
         "image_size": [int(frame.image_size[0]), int(frame.image_size[1])],
         "pub_ms": None if pub_ms is None else round(float(pub_ms), 2),
@@ -185,8 +199,27 @@ def frame_to_message(frame: PoseFrame, pub_ms: float | None = None) -> dict[str,
 
 
 def encode_frame(frame: PoseFrame, pub_ms: float | None = None) -> str:
-    """`frame_to_message` as compact JSON text (about 1.2 kB for a valid frame)."""
+    """`frame_to_message` as compact JSON text (about 1.2 kB per valid person)."""
     return _dumps(frame_to_message(frame, pub_ms))
+
+
+def _person_from(msg: dict[str, Any], index: int, ts: float, size: tuple[int, int],
+                 timings: dict[str, float]) -> PoseFrame:
+    """One person's PoseFrame from the person fields of a frame message."""
+    track_id = msg.get("track_id", 0)
+    if isinstance(track_id, bool) or not isinstance(track_id, int):
+        raise ProtocolError(ERR_BAD_MESSAGE, "track_id must be an integer")
+    fbi = None if msg.get("fbi") is None else _from_list(msg["fbi"], (NUM_FBI_BONES, 3), "fbi")
+    conf = msg.get("confidence")
+    return PoseFrame(
+        index=index, timestamp_s=ts, valid=bool(msg.get("valid")),
+        joints_mm=_from_list(msg.get("joints_mm"), (NUM_JOINTS, 3), "joints_mm"),
+        translation_mm=_from_list(msg.get("translation_mm"), (3,), "translation_mm"),
+        joints_2d_px=_from_list(msg.get("joints_2d_px"), (NUM_JOINTS, 2), "joints_2d_px"),
+        confidence=np.nan_to_num(_from_list(conf, (NUM_JOINTS,), "confidence"), nan=0.0) if conf is not None
+        else np.zeros(NUM_JOINTS, np.float32),
+        image_size=size, fbi=fbi, timings_ms=timings, track_id=track_id,
+    )
 
 
 def message_to_frame(msg: dict[str, Any]) -> PoseFrame:
@@ -210,18 +243,13 @@ def message_to_frame(msg: dict[str, Any]) -> PoseFrame:
     if not isinstance(timings, dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in timings.values()):
         raise ProtocolError(ERR_BAD_MESSAGE, "timings_ms must map names to numbers")
-    fbi = None if msg.get("fbi") is None else _from_list(msg["fbi"], (NUM_FBI_BONES, 3), "fbi")
-    conf = msg.get("confidence")
-    return PoseFrame(
-        index=index, timestamp_s=float(ts), valid=bool(msg.get("valid")),
-        joints_mm=_from_list(msg.get("joints_mm"), (NUM_JOINTS, 3), "joints_mm"),
-        translation_mm=_from_list(msg.get("translation_mm"), (3,), "translation_mm"),
-        joints_2d_px=_from_list(msg.get("joints_2d_px"), (NUM_JOINTS, 2), "joints_2d_px"),
-        confidence=np.nan_to_num(_from_list(conf, (NUM_JOINTS,), "confidence"), nan=0.0) if conf is not None
-        else np.zeros(NUM_JOINTS, np.float32),
-        image_size=(size[0], size[1]), fbi=fbi,
-        timings_ms={str(k): float(v) for k, v in timings.items()},
-    )
+    others = msg.get("others") or []
+    if not isinstance(others, list) or len(others) > MAX_PEOPLE or not all(isinstance(o, dict) for o in others):
+        raise ProtocolError(ERR_BAD_MESSAGE, f"others must be a list of at most {MAX_PEOPLE} person objects")
+    timings = {str(k): float(v) for k, v in timings.items()}
+    frame = _person_from(msg, index, float(ts), (size[0], size[1]), timings)
+    people = tuple(_person_from(o, index, float(ts), (size[0], size[1]), {}) for o in others)
+    return replace(frame, others=people) if people else frame
 
 
 MAX_INT_DIGITS = 18  # integers in messages fit an int64; longer digit strings are refused unparsed

@@ -10,7 +10,7 @@
 //              -> receipt, clock offset from ping/pong) + browser: the end-to-end estimate.
 import { Connection } from './connection.js';
 import { Recorder } from './recorder.js';
-import { SkeletonView, toWorld } from './scene.js';
+import { SkeletonView, peopleOf, personColors, toWorld } from './scene.js';
 
 const SAMPLES = 3000;
 const $ = (id) => document.getElementById(id);
@@ -142,19 +142,29 @@ function drawPip(msg) {
     ctx.drawImage(thumb.bitmap, ox, oy, w * scale, h * scale);
     return;
   }
-  const p = msg.joints_2d_px;
-  if (!msg.valid || !Array.isArray(p) || !hello) return;
+  if (!hello) return;
   const side = view.jointSide;
-  const col = { left: '#3b82f6', right: '#ef4444', centre: '#d1d5db' };
   ctx.lineWidth = 2;
-  for (const [a, b] of hello.bones) {
-    if (!p[a]?.every(Number.isFinite) || !p[b]?.every(Number.isFinite)) continue;
-    ctx.strokeStyle = col[side[b]];
-    ctx.beginPath();
-    ctx.moveTo(ox + p[a][0] * scale, oy + p[a][1] * scale);
-    ctx.lineTo(ox + p[b][0] * scale, oy + p[b][1] * scale);
-    ctx.stroke();
+  for (const person of peopleOf(msg)) {
+    const p = person.joints_2d_px;
+    if (!Array.isArray(p)) continue;
+    const cols = personColors(person.track_id);
+    for (const [a, b] of hello.bones) {
+      if (!p[a]?.every(Number.isFinite) || !p[b]?.every(Number.isFinite)) continue;
+      ctx.strokeStyle = `#${cols[side[b]].toString(16).padStart(6, '0')}`;
+      ctx.beginPath();
+      ctx.moveTo(ox + p[a][0] * scale, oy + p[a][1] * scale);
+      ctx.lineTo(ox + p[b][0] * scale, oy + p[b][1] * scale);
+      ctx.stroke();
+    }
   }
+}
+
+function peopleLine(msg) {
+  if (!msg) return '';
+  const ids = peopleOf(msg).map((p) => p.track_id);
+  if (!ids.length) return 'no person in view';
+  return ids.length > 1 || ids[0] !== 0 ? `${ids.length} ${ids.length > 1 ? 'people' : 'person'}: id ${ids.join(', ')}` : '';
 }
 
 function updateHud() {
@@ -166,7 +176,7 @@ function updateHud() {
   $('hud-browser').textContent = fmt(Stats.pct(stats.browser.slice(-60), 50));
   $('hud-dropped').textContent = `${s.dropped}${s.serverDropped ? ` (server ${s.serverDropped})` : ''}`;
   $('hud-index').textContent = lastFrame ? lastFrame.index : '-';
-  $('hud-person').textContent = lastFrame && !lastFrame.valid ? 'no person in view' : '';
+  $('hud-person').textContent = peopleLine(lastFrame);
 }
 setInterval(updateHud, 250);
 
@@ -203,8 +213,10 @@ function loop() {
 
 window.posestream = {
   view, conn, recorder, toWorld,
-  jointPositions: () => view.jointPositions(),
-  bonePositions: () => view.bonePositions(),
+  jointPositions: (trackId) => view.jointPositions(trackId),
+  bonePositions: (trackId) => view.bonePositions(trackId),
+  peoplePositions: () => view.peoplePositions(),
+  labelPositions: () => view.labelPositions(),
   get lastFrameIndex() { return lastFrame ? lastFrame.index : null; },
   get lastFrame() { return lastFrame; },
   get lastWorld() { return lastWorld; },
