@@ -21,7 +21,7 @@ from realtime.writers import read_pose_npz
 from tests.video_serve import DEMO, VideoServe, needs_shipped_model
 
 FRAME_KEYS = {"v", "type", "index", "timestamp_s", "valid", "joints_mm", "translation_mm", "joints_2d_px",
-              "confidence", "fbi", "timings_ms", "image_size", "pub_ms"}
+              "confidence", "fbi", "timings_ms", "image_size", "pub_ms", "track_id", "others"}
 
 
 def recv_frames(ws, until_index: int, timeout_s: float = 20.0) -> list[dict]:
