@@ -94,12 +94,23 @@ class FinalModel:
 
     def lift(self, image_rgb: np.ndarray, uv_px: np.ndarray, f: np.ndarray, c: np.ndarray) -> FinalOutput:
         """One frame: image (H, W, 3) uint8 RGB, 2D joints (17, 2) px, intrinsics f, c (2,) px."""
-        img, jc, box = crop_input(image_rgb, uv_px)
+        return self.lift_batch(image_rgb, np.asarray(uv_px)[None], f, c)[0]
+
+    def lift_batch(self, image_rgb: np.ndarray, uv_px: np.ndarray, f: np.ndarray, c: np.ndarray) -> list[FinalOutput]:
+        """Several people of one frame: image (H, W, 3) uint8 RGB, their 2D joints (P, 17, 2) px,
+        intrinsics f, c (2,) px. One generator and one refiner call for all P crops."""
+        uv = np.asarray(uv_px, np.float64)
+        if uv.ndim != 3 or len(uv) == 0:
+            raise UserError(f"2D joints must be (P, {NUM_JOINTS}, 2) px with P >= 1, got {uv.shape}")
+        inputs = [crop_input(image_rgb, u) for u in uv]
+        img = np.concatenate([i[0] for i in inputs])
+        jc = np.concatenate([i[1] for i in inputs])
         g = self.generator.run({"image": img, "joints_crop": jc})
         coarse = np.asarray(g["coarse_mm"], np.float32)
         prob = np.asarray(g["fbi_prob"], np.float32)
-        assert coarse.shape == (1, NUM_JOINTS, 3) and prob.shape == (1, NUM_FBI_BONES, 3), (coarse.shape, prob.shape)
-        feats = features_2d(np.asarray(uv_px, np.float64), f, c)[None]
+        P = len(uv)
+        assert coarse.shape == (P, NUM_JOINTS, 3) and prob.shape == (P, NUM_FBI_BONES, 3), (coarse.shape, prob.shape)
+        feats = features_2d(uv, f, c)
         joints = np.asarray(self.refiner.run({"features": feats, "coarse_mm": coarse, "fbi_prob": prob})["joints_mm"],
                             np.float32)
-        return FinalOutput(joints[0] - joints[0, 0], coarse[0], prob[0], box)
+        return [FinalOutput(joints[k] - joints[k, 0], coarse[k], prob[k], inputs[k][2]) for k in range(P)]

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -61,6 +62,10 @@ class Options:
                 CPU from MediaPipe).
     num_poses:  people MediaPipe looks for; one is kept and tracked (realtime.detector).
     image_mode: run MediaPipe's person detector on every frame instead of tracking.
+    people:     1 = one person (the fields above); N > 1 = up to N people, each found on
+                every frame (IMAGE mode, num_poses = N), kept under a stable track id,
+                lifted in one batch and smoothed on their own (realtime.people): every
+                PoseFrame then carries the others in `others`.
     smooth:     One Euro + bone-length smoothing: None = on for live sources, off for files
                 (files are for accuracy); True/False force it.
     smoothing:  the filter's settings when it is on.
@@ -78,6 +83,7 @@ class Options:
     threads: int = 1
     num_poses: int = 1
     image_mode: bool = False
+    people: int = 1
     smooth: bool | None = None
     smoothing: SmootherConfig = field(default_factory=SmootherConfig)
     sequence: bool = False
@@ -87,18 +93,26 @@ class Options:
         """Bad settings fail here, before any camera, file or model is opened."""
         from realtime.trajectory import intrinsics_for
 
-        if self.threads < 0 or self.num_poses < 1:
-            raise UserError(f"threads must be >= 0 and num_poses >= 1, got {self.threads} and {self.num_poses}")
+        if self.threads < 0 or self.num_poses < 1 or self.people < 1:
+            raise UserError(f"threads must be >= 0, num_poses and people >= 1, got {self.threads}, "
+                            f"{self.num_poses} and {self.people}")
         intrinsics_for((640, 480), self.fov, self.calib)  # bad fov / unreadable calib file
 
-    def smoother(self, live: bool) -> PoseSmoother | None:
+    def smoother(self, live: bool) -> Callable[[PoseFrame], PoseFrame] | None:
+        """The smoothing stage, or None when off: one PoseSmoother, or with several people
+        one per track id (realtime.people.PerTrack)."""
         on = live if self.smooth is None else self.smooth
         if not on:
             return None
         try:
-            return PoseSmoother(self.smoothing)
+            PoseSmoother(self.smoothing)  # bad settings fail now
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        if self.people > 1:
+            from realtime.people import PerTrack
+
+            return PerTrack(partial(PoseSmoother, self.smoothing))
+        return PoseSmoother(self.smoothing)
 
 
 def as_rgb_image(image: Any) -> np.ndarray:
@@ -201,7 +215,7 @@ def paced(frames: Iterable[Frame], fps: float) -> Iterator[Frame]:
         yield frame
 
 
-def pipeline_steps(estimator: Any, smoother: PoseSmoother | None = None, tap: Any = None,
+def pipeline_steps(estimator: Any, smoother: Callable[[PoseFrame], PoseFrame] | None = None, tap: Any = None,
                    root: RootFilterConfig | None = RootFilterConfig()) -> list[StageGroup]:
     """detect in one thread; the lifting of the sequence (temporal model, root trajectory:
     realtime.sequence.SequenceLifter, which may answer a frame after later ones arrived) and
@@ -248,6 +262,10 @@ def open_pose_estimator(options: Options, live: bool, stills: bool = False, real
             lifter.close()
         raise UserError(f"{model} is a temporal model: it needs a video, not unrelated images "
                         f"(a folder of consecutive frames: sequence=True, --sequence)")
+    if o.people > 1:  # several people: MediaPipe in IMAGE mode on every frame, nothing to restart
+        from realtime.people import open_people
+
+        return open_people(model, o.backend, o.fov, o.calib, o.people, o.threads, lifter=lifter, own_lifter=own)
     restart = None if live or stills else (detector.RESTART_FRAMES if restart_frames is None else restart_frames)
     return PoseEstimator(model, o.backend, o.fov, o.calib, lifter=lifter,
                          detector_mode="image" if o.image_mode or stills else "video", num_poses=o.num_poses,
@@ -262,7 +280,7 @@ class PoseStream:
     poses), `live`, `backend_name` (the lifter's runtime), `stats` (a
     realtime.pipeline.PipelineStats: frames processed and dropped, latency) when threads run."""
 
-    def __init__(self, source: Any, estimator: Any, smoother: PoseSmoother | None, *, live: bool,
+    def __init__(self, source: Any, estimator: Any, smoother: Callable[[PoseFrame], PoseFrame] | None, *, live: bool,
                  realtime: bool = False, overlap: bool = False, tap: Any = None,
                  stall_timeout_s: float | None = None, root: RootFilterConfig | None = None) -> None:
         self.source = source
@@ -339,7 +357,7 @@ class Estimator:
         self.options = Options(model, backend, fov, calib, **options)
         self._frame_estimator: Any = None
         self._frame_lifter: Any = None
-        self._frame_smoother: PoseSmoother | None = None
+        self._frame_smoother: Callable[[PoseFrame], PoseFrame] | None = None
         self._next_index = 0
 
     @classmethod

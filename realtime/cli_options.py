@@ -6,16 +6,18 @@
                                         (default_on=False: off unless --smooth or a setting is given)
     add_output_arguments(parser)        --out (realtime.writers), --serve/--host/--port/--token,
                                         --open3d, --osc (+ --vmc-mirror, --osc-rate)
+    add_people_argument(parser)         --people N (several people, realtime.people)
     options_from_args(args)             -> realtime.api.Options
     smoother_from_args(args)            -> the PoseSmoother the options ask for, or None
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 from realtime.api import Options, default_model
-from realtime.filters import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, PoseSmoother, SmootherConfig
+from realtime.filters import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF, SmootherConfig
+from realtime.frames import PoseFrame
 
 DEFAULT_BONES_WINDOW = SmootherConfig.bones_window
 
@@ -55,7 +57,7 @@ def smoothing_options(args: argparse.Namespace) -> tuple[bool, SmootherConfig]:
     return not off, SmootherConfig(min_cutoff, beta, d_cutoff, bones_window=bones_window)
 
 
-def smoother_from_args(args: argparse.Namespace) -> PoseSmoother | None:
+def smoother_from_args(args: argparse.Namespace) -> Callable[[PoseFrame], PoseFrame] | None:
     """The smoother the options ask for, or None (smoothing off)."""
     on, config = smoothing_options(args)
     return Options(smooth=on, smoothing=config).smoother(live=on)
@@ -88,9 +90,17 @@ def options_from_args(args: argparse.Namespace) -> Any:
     on, config = smoothing_options(args)
     return Options(model=args.model, backend=args.backend, fov=args.fov, calib=args.calib, threads=args.threads,
                    num_poses=getattr(args, "num_poses", Options.num_poses),
-                   image_mode=getattr(args, "image_mode", Options.image_mode), smooth=on, smoothing=config,
+                   image_mode=getattr(args, "image_mode", Options.image_mode),
+                   people=getattr(args, "people", Options.people), smooth=on, smoothing=config,
                    sequence=getattr(args, "sequence", Options.sequence),
                    root_filter=not getattr(args, "raw_root", not Options.root_filter))
+
+
+def add_people_argument(parser: argparse.ArgumentParser) -> None:
+    """--people N: track and lift up to N people (realtime.people)."""
+    parser.add_argument("--people", type=int, default=Options.people, metavar="N",
+                        help=f"track up to N people, each with a stable id, all lifted into one camera space "
+                             f"(default {Options.people}: one person, the fastest)")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = True) -> None:

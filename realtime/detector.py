@@ -196,10 +196,15 @@ class PoseDetector:
         self._previous = None
         self._lost = 0
 
-    def detect(self, image: np.ndarray, timestamp_s: float | None = None) -> Detection | None:
-        """image: (H, W, 3) uint8 RGB. timestamp_s is needed in VIDEO mode; it is made
-        strictly increasing in whole milliseconds (MediaPipe rejects repeats). Returns the
-        kept person, or None when nobody is found."""
+    def detect_people(self, image: np.ndarray, timestamp_s: float | None = None) -> list[Detection]:
+        """Every person MediaPipe finds in image (H, W, 3) uint8 RGB (at most num_poses), in
+        its order, with no track gate (several people: realtime.tracker keeps identities).
+        timestamp_s is needed in VIDEO mode; it is made strictly increasing in whole
+        milliseconds (MediaPipe rejects repeats)."""
+        return self._landmarks(image, timestamp_s)[0]
+
+    def _landmarks(self, image: np.ndarray, timestamp_s: float | None) -> tuple[list[Detection], object]:
+        """MediaPipe on one image: its people and the MediaPipe image (for a second search)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
@@ -216,7 +221,14 @@ class PoseDetector:
             else:
                 result = self._landmarker.detect(mp_image)
         h, w = image.shape[:2]
-        people = self._people(result, w, h)
+        return self._people(result, w, h), mp_image
+
+    def detect(self, image: np.ndarray, timestamp_s: float | None = None) -> Detection | None:
+        """image: (H, W, 3) uint8 RGB. timestamp_s is needed in VIDEO mode; it is made
+        strictly increasing in whole milliseconds (MediaPipe rejects repeats). Returns the
+        kept person, or None when nobody is found."""
+        people, mp_image = self._landmarks(image, timestamp_s)
+        h, w = image.shape[:2]
         track = self._previous if self.num_poses > 1 else None
         i = select_person([p.box for p in people], (w, h), track) if people else None
         if i is None and self.redetect:  # the tracker lost the person: search this frame again

@@ -50,6 +50,7 @@ class Detected:
     detection: Detection | None
     timings_ms: dict[str, float] = field(default_factory=dict)
     image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, kept only when the lifter needs the crop
+    track_id: int = 0  # the person's identity (realtime.tracker) when several people are tracked
 
 
 # The single-frame stages PoseEstimator lifts with: a Base lifter (2D only), or the Final
@@ -184,17 +185,26 @@ class PoseEstimator:
     def pose_of(self, d: Detected) -> tuple[np.ndarray, np.ndarray | None]:
         """A single-frame model on one usable detection: root-relative joints (17, 3) mm and
         FBI (14, 3) or None."""
-        intr = self.camera.intrinsics(d.image_size)
-        uv = d.detection.joints_2d_px
+        rel, fbi = self.poses_of([d])
+        return rel[0], fbi[0]
+
+    def poses_of(self, people: list[Detected]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """A single-frame model on usable detections of one frame (several people), in one
+        batch: one lifter call (the Final model: one generator and one refiner call).
+        Returns root-relative joints (N, 17, 3) float32 mm and each person's FBI (14, 3) or
+        None, in the order of `people`."""
+        d0 = people[0]
+        assert all(d.image_size == d0.image_size and d.index == d0.index for d in people), "one frame's people"
+        intr = self.camera.intrinsics(d0.image_size)
+        uv = np.stack([d.detection.joints_2d_px for d in people])
         if self.needs_image:
-            if d.image is None:
+            if d0.image is None:
                 raise UserError("the Final model needs the frame's pixels: detect() did not keep them")
-            out = self.lifter.lift(d.image, uv, intr.f, intr.c)
-            return out.joints_mm, out.fbi_prob
-        feats = features_2d(uv, intr.f, intr.c)[None]
-        joints = np.asarray(self.lifter.run({"features": feats})["joints_mm"], np.float32)
-        assert joints.shape == (1, NUM_JOINTS, 3), joints.shape
-        return joints[0] - joints[0, 0], None
+            outs = self.lifter.lift_batch(d0.image, uv, intr.f, intr.c)
+            return np.stack([o.joints_mm for o in outs]).astype(np.float32), [o.fbi_prob for o in outs]
+        joints = np.asarray(self.lifter.run({"features": features_2d(uv, intr.f, intr.c)})["joints_mm"], np.float32)
+        assert joints.shape == (len(people), NUM_JOINTS, 3), joints.shape
+        return joints - joints[:, :1], [None] * len(people)
 
     def frame_input(self, d: Detected) -> np.ndarray:
         """A temporal model's per-frame input of one usable detection: (37,) float32
@@ -212,12 +222,13 @@ class PoseEstimator:
 
     def pose_frame(self, d: Detected, rel: np.ndarray, fbi: np.ndarray | None, timings: dict[str, float],
                    cold_start: bool = False) -> PoseFrame:
-        """The PoseFrame of a usable detection and its lifted pose, with the per-frame root solve."""
+        """The PoseFrame of a usable detection and its lifted pose (with the detection's
+        track_id), with the per-frame root solve."""
         det = d.detection
         pose = PoseFrame(d.index, d.timestamp_s, True, rel, np.full(3, np.nan, np.float32), det.joints_2d_px,
-                         det.confidence, d.image_size, fbi, timings, landmarks_px=det.landmarks_px,
-                         landmarks_world_mm=det.landmarks_world_mm, landmarks_visibility=det.visibility,
-                         cold_start=cold_start)
+                         det.confidence, d.image_size, fbi, timings, track_id=d.track_id,
+                         landmarks_px=det.landmarks_px, landmarks_world_mm=det.landmarks_world_mm,
+                         landmarks_visibility=det.visibility, cold_start=cold_start)
         return self.trajectory(pose) if self.trajectory is not None else pose
 
     def lift(self, d: Detected) -> PoseFrame:

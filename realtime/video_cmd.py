@@ -47,7 +47,8 @@ from typing import Any
 
 from engines.errors import UserError
 from realtime.api import DEFAULT_FPS, QUEUE_SIZE, Options, PoseStream
-from realtime.cli_options import add_model_arguments, add_output_arguments, add_smoothing_arguments
+from realtime.cli_options import (add_model_arguments, add_output_arguments, add_people_argument,
+                                  add_smoothing_arguments)
 from realtime.interrupts import DeferredInterrupt
 from realtime.sinks import LiveSinks
 from realtime.preview import add_preview_arguments
@@ -63,6 +64,7 @@ STOP_MESSAGE = "stopping after the current frame ({again} again to abort)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN", help="video file or folder of images")
     add_model_arguments(p, live=False)
+    add_people_argument(p)
     p.add_argument("--num-poses", type=int, default=Options.num_poses,
                    help="people MediaPipe may find; the largest/most central one is tracked (default 1)")
     p.add_argument("--image-mode", action="store_true",

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from engines.errors import UserError
-from realtime.cli_options import add_model_arguments, add_output_arguments, add_smoothing_arguments
+from realtime.cli_options import (add_model_arguments, add_output_arguments, add_people_argument,
+                                  add_smoothing_arguments)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, help="ask the webcam for this frame width")
     parser.add_argument("--height", type=int, help="ask the webcam for this frame height")
     add_model_arguments(parser, live=True)
+    add_people_argument(parser)
     parser.add_argument("--max-frames", type=int, help="stop after this many camera frames")
     parser.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
                         help="give up when no pose came out for S seconds (camera unplugged; default 10)")

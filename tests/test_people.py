@@ -1,0 +1,231 @@
+"""Several people: the batched lifter (one call per frame for everyone), the people
+estimator (MediaPipe's people -> tracker ids -> lifted, each in camera space), per-track
+stages, and the frame message carrying everyone."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from engines.crop import box_from_joints
+from engines.skeleton import NUM_JOINTS
+from realtime.detector import Detection
+from realtime.estimator import Detected, PoseEstimator
+from realtime.frames import Frame, PoseFrame
+from realtime.trajectory import intrinsics_for
+
+from pose_fixtures import standing_pose
+
+SIZE = (640, 480)
+
+
+def project(rel_mm: np.ndarray, trans_mm: np.ndarray) -> np.ndarray:
+    """(17, 2) px of a root-relative pose placed at trans_mm, with the app's default camera."""
+    intr = intrinsics_for(SIZE)
+    cam = rel_mm + trans_mm
+    return (intr.f * cam[:, :2] / cam[:, 2:3] + intr.c).astype(np.float32)
+
+
+def detection(uv: np.ndarray) -> Detection:
+    return Detection(uv, np.ones(NUM_JOINTS, np.float32), np.zeros((NUM_JOINTS, 3), np.float32), box_from_joints(uv),
+                     np.zeros((33, 2), np.float32), np.ones(33, np.float32))
+
+
+class CountingLifter:
+    """A lifter (backend protocol) that returns the standing pose for every row, or wraps a
+    real backend; counts calls and rows."""
+
+    name = "counting"
+    metadata: dict = {}
+
+    def __init__(self, inner=None) -> None:
+        self.inner = inner
+        self.calls: list[int] = []
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(inputs["features"])
+        self.calls.append(n)
+        if self.inner is not None:
+            return self.inner.run(inputs)
+        return {"joints_mm": np.repeat(standing_pose()[None].astype(np.float32), n, axis=0)}
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+
+class ScriptedDetector:
+    """detect_people returns the scripted people of each call (a list per frame)."""
+
+    def __init__(self, script: list[list[np.ndarray]]) -> None:
+        self.script = script
+        self.calls = 0
+
+    def detect_people(self, image: np.ndarray, timestamp_s: float | None = None) -> list[Detection]:
+        people = self.script[self.calls]
+        self.calls += 1
+        return [detection(uv) for uv in people]
+
+    def close(self) -> None:
+        pass
+
+
+def detected(uv: np.ndarray, track_id: int, index: int = 0) -> Detected:
+    return Detected(index, index / 30.0, SIZE, detection(uv), {"detect": 1.0}, None, track_id=track_id)
+
+
+def test_batched_lifter_is_one_call_and_equals_one_by_one():
+    from engines.backends import open_backend
+
+    lifter = CountingLifter(open_backend("base_gt", "onnxruntime", threads=1))
+    est = PoseEstimator(detector=ScriptedDetector([]), lifter=lifter)
+    rng = np.random.default_rng(0)
+    people = []
+    for k, tr in enumerate(([-900.0, 200.0, 3500.0], [300.0, 150.0, 4200.0], [1200.0, 250.0, 5000.0])):
+        rel = standing_pose() + rng.normal(0, 20, (17, 3))
+        people.append(detected(project(rel - rel[0], np.array(tr)), track_id=k + 4))
+    together = est.lift_many(people)
+    assert lifter.calls == [3]
+    alone = [est.lift(d) for d in people]
+    assert lifter.calls == [3, 1, 1, 1]
+    for a, b, d in zip(together, alone, people):
+        assert a.track_id == d.track_id and a.valid
+        np.testing.assert_allclose(a.joints_mm, b.joints_mm, atol=1e-3)
+        np.testing.assert_allclose(a.translation_mm, b.translation_mm, atol=1e-2)
+        assert a.timings_ms["lift"] > 0
+    # each placed where it stands: the depth order of the people is kept
+    assert together[0].translation_mm[2] < together[1].translation_mm[2] < together[2].translation_mm[2]
+    assert est.lift_many([]) == []
+    est.close()
+
+
+def test_final_model_batch_equals_one_by_one():
+    from engines.final import FinalModel
+
+    with FinalModel.open("final", "onnxruntime", threads=1) as m:
+        calls = []
+        run = m.generator.run
+        m.generator.run = lambda inputs: calls.append(len(inputs["image"])) or run(inputs)
+        rng = np.random.default_rng(1)
+        image = rng.integers(0, 255, (480, 640, 3), np.uint8)
+        uv = np.stack([project(standing_pose(), np.array([x, 200.0, 4000.0])) for x in (-800.0, 700.0)])
+        intr = intrinsics_for(SIZE)
+        batch = m.lift_batch(image, uv, intr.f, intr.c)
+        assert calls == [2]
+        for k in range(2):
+            one = m.lift(image, uv[k], intr.f, intr.c)
+            np.testing.assert_allclose(batch[k].joints_mm, one.joints_mm, atol=1e-2)
+            np.testing.assert_allclose(batch[k].fbi_prob, one.fbi_prob, atol=1e-4)
+        assert calls == [2, 1, 1]
+
+
+def walk_script(n: int) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """Two people crossing at different depths; the far one hidden for 6 frames at the
+    crossing. Returns (2D per frame, true translations per frame) in a shuffled order."""
+    rng = np.random.default_rng(2)
+    uvs, trans = [], []
+    for i in range(n):
+        ta = np.array([-1500.0 + 100 * i, 200.0, 3500.0])
+        tb = np.array([1500.0 - 100 * i, 200.0, 5000.0])
+        people = [(ta, project(standing_pose(), ta))]
+        if abs(i - n / 2) > 3:
+            people.append((tb, project(standing_pose(), tb)))
+        order = rng.permutation(len(people))
+        uvs.append([people[k][1] for k in order])
+        trans.append([people[k][0] for k in order])
+    return uvs, trans
+
+
+def test_people_estimator_keeps_ids_and_places_everyone():
+    from realtime.people import PeopleEstimator
+
+    uvs, trans = walk_script(30)
+    lifter = CountingLifter()
+    est = PeopleEstimator(PoseEstimator(detector=ScriptedDetector(uvs), lifter=lifter), appearance=False)
+    blank = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    out = [est.process(Frame(i, i / 30.0, blank)) for i in range(30)]
+    assert lifter.calls == [len(u) for u in uvs]  # one lifter call per frame, for everyone
+    # The near person (x increasing) is id 0 or 1 throughout, the far one the other id.
+    ids_near = {p.track_id for pf in out for p in pf.people if p.translation_mm[2] < 4200}
+    ids_far = {p.track_id for pf in out for p in pf.people if p.translation_mm[2] > 4200}
+    assert len(ids_near) == 1 and len(ids_far) == 1 and ids_near != ids_far
+    for pf in out:
+        assert [p.track_id for p in pf.people] == sorted(p.track_id for p in pf.people)
+        assert pf.track_id == pf.people[0].track_id and pf.others == pf.people[1:]
+        assert "detect" in pf.timings_ms and "track" in pf.timings_ms and "lift" in pf.timings_ms
+    # metric positions: the distance between the two people is right
+    for pf, tr in zip(out, trans):
+        if len(tr) == 2:
+            got = np.linalg.norm(pf.people[0].translation_mm - pf.people[1].translation_mm)
+            assert got == pytest.approx(np.linalg.norm(tr[0] - tr[1]), abs=1.0)
+    est.close()
+
+
+def test_nobody_gives_an_empty_frame():
+    from realtime.people import PeopleEstimator
+
+    est = PeopleEstimator(PoseEstimator(detector=ScriptedDetector([[]]), lifter=CountingLifter()))
+    pf = est.process(Frame(0, 0.0, np.zeros((SIZE[1], SIZE[0], 3), np.uint8)))
+    assert not pf.valid and pf.people == () and pf.image_size == SIZE
+
+
+def test_per_track_stage_keeps_one_state_per_person():
+    from realtime.filters import PoseSmoother
+    from realtime.people import PerTrack
+
+    rng = np.random.default_rng(3)
+    frames, streams = [], {0: [], 1: []}
+    for i in range(40):
+        people = []
+        for tid in ((0, 1) if i % 7 else (1,)):  # id 0 missing now and then
+            p = PoseFrame(i, i / 30.0, True, (standing_pose() + rng.normal(0, 15, (17, 3))).astype(np.float32),
+                          np.array([tid * 1000.0, 0, 3000.0], np.float32), np.zeros((17, 2), np.float32),
+                          np.ones(17, np.float32), SIZE, track_id=tid)
+            people.append(p)
+            streams[tid].append(p)
+        frames.append(PoseFrame.from_people(people, i, i / 30.0, SIZE))
+    per = PerTrack(PoseSmoother)
+    got = [per(f) for f in frames]
+    for tid in (0, 1):
+        ref = PoseSmoother()
+        want = [ref(p) for p in streams[tid]]
+        mine = [p for f in got for p in f.people if p.track_id == tid]
+        assert len(mine) == len(want)
+        for a, b in zip(mine, want):
+            np.testing.assert_allclose(a.joints_mm, b.joints_mm, atol=1e-4)
+            np.testing.assert_allclose(a.translation_mm, b.translation_mm, atol=1e-4)
+    # a track unseen for longer than forget_s starts afresh
+    per2 = PerTrack(PoseSmoother, forget_s=0.1)
+    per2(frames[1])
+    per2(dataclasses.replace(frames[10], others=()))
+    assert set(per2._stages) == {0}
+
+
+def test_frame_message_carries_everyone():
+    from realtime.protocol import decode_json, encode_frame, message_to_frame
+
+    people = [PoseFrame(3, 0.1, True, standing_pose().astype(np.float32), np.array([x, 0, 3000.0], np.float32),
+                        np.full((17, 2), 5.0, np.float32), np.ones(17, np.float32), SIZE, track_id=tid)
+              for tid, x in ((2, -500.0), (7, 500.0))]
+    f = PoseFrame.from_people(people, 3, 0.1, SIZE, {"lift": 0.5})
+    msg = decode_json(encode_frame(f))
+    assert msg["track_id"] == 2 and [o["track_id"] for o in msg["others"]] == [7]
+    back = message_to_frame(msg)
+    assert [p.track_id for p in back.people] == [2, 7]
+    np.testing.assert_allclose(back.others[0].translation_mm, [500, 0, 3000], atol=0.05)
+    one = decode_json(encode_frame(people[0]))
+    assert one["others"] == []
+
+
+def test_people_option():
+    from engines.errors import UserError
+    from realtime.api import Options
+    from realtime.filters import PoseSmoother
+    from realtime.people import PerTrack
+
+    with pytest.raises(UserError):
+        Options(people=0)
+    assert isinstance(Options(people=3).smoother(live=True), PerTrack)
+    assert isinstance(Options().smoother(live=True), PoseSmoother)
+    assert Options(people=3).smoother(live=False) is None
