@@ -4,6 +4,10 @@ The frames of a video (default: the demo clip) are decoded into memory first, so
 not timed. Then, on the same frames, interleaved frame by frame (to spread the noise of a shared machine):
   A  MediaPipe Pose Landmarker alone (VIDEO mode, its own tracker);
   B  MediaPipe + lifter + metric trajectory + writing an .npz (PoseEstimator + NpzWriter).
+With --people N (N > 1) both use MediaPipe as `--people N` does (IMAGE mode, num_poses = N),
+and B is the several-people product (realtime.people: tracker with appearance, the lifter
+batched over the people, a root per person); the batched lifter's own cost for N people is
+then compared with one person's on the same detections (the target is <= 2x).
 Prints the median fps of each over --repeats runs and the ratio B/A (target >= 0.85:
 lifting must cost little next to 2D detection). Numbers are measured, never asserted.
 
@@ -32,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"or a Base lifter (default {default_app_model()})")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default auto)")
     p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
+    p.add_argument("--people", type=int, default=1, metavar="N",
+                   help="benchmark `--people N` (MediaPipe with num_poses = N on both sides; default 1)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (default 3)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for the lifter runtime (default 1: see realtime/video_cmd.py; 0 = the runtime default)")
@@ -53,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
         return _run_stages(list(args.stages))
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
+    if args.people < 1:
+        raise UserError("--people must be at least 1")
     from realtime.detector import PoseDetector
     from realtime.estimator import PoseEstimator, open_lifter
+    from realtime.people import MIN_CONFIDENCE, PeopleEstimator
     from realtime.sources import VideoFileSource
     from realtime.writers import open_writer
 
@@ -65,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no decodable frames in {args.video}")
     lifter = open_lifter(args.model, args.backend, args.threads)
     print(f"{len(frames)} frames of {args.video} ({frames[0].image.shape[1]}x{frames[0].image.shape[0]}), "
-          f"lifter {args.model} on {lifter.name}, {args.repeats} alternating runs each")
+          f"lifter {args.model} on {lifter.name}, {args.repeats} alternating runs each"
+          + (f", --people {args.people}" if args.people > 1 else ""))
+    mode = "image" if args.people > 1 else "video"
 
     # Interleaved per frame: two independent trackers see the same sequence; on each frame
     # A (MediaPipe alone) and then B (the whole product) run back to back, so load bursts
@@ -74,31 +85,38 @@ def run(args: argparse.Namespace) -> int:
     tot_a, tot_b, med_a, med_b = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            det_a = PoseDetector(mode="video")
-            est = PoseEstimator(detector=PoseDetector(mode="video"), lifter=lifter)
+            conf = {} if args.people == 1 else {"min_detection_confidence": MIN_CONFIDENCE,
+                                                "min_presence_confidence": MIN_CONFIDENCE}
+            det_a = PoseDetector(mode=mode, num_poses=args.people, **conf)
+            est = PoseEstimator(detector=PoseDetector(mode=mode, num_poses=args.people, **conf), lifter=lifter)
+            if args.people > 1:
+                est = PeopleEstimator(est)
             writer = open_writer(Path(tmp) / f"bench{r}.npz", fps_src)
             ta, tb = np.zeros(len(frames)), np.zeros(len(frames))
             na = nb = 0
             for i, f in enumerate(frames):
                 t0 = time.perf_counter()
-                na += det_a.detect(f.image, f.timestamp_s) is not None
+                na += len(det_a.detect_people(f.image, f.timestamp_s)) if args.people > 1 \
+                    else det_a.detect(f.image, f.timestamp_s) is not None
                 t1 = time.perf_counter()
                 pose = est.process(f)
                 writer.write(pose)
                 t2 = time.perf_counter()
-                nb += int(pose.valid)
+                nb += len(pose.people)
                 ta[i], tb[i] = t1 - t0, t2 - t1
             t0 = time.perf_counter()
             writer.close()  # finalising the .npz is part of B's cost
             tb[-1] += time.perf_counter() - t0
             det_a.close()
-            est.detector.close()  # the lifter is shared between runs
+            (est.est if args.people > 1 else est).detector.close()  # the lifter is shared between runs
             tot_a.append(len(frames) / ta.sum())
             tot_b.append(len(frames) / tb.sum())
             med_a.append(1.0 / np.median(ta))
             med_b.append(1.0 / np.median(tb))
-            print(f"  run {r + 1}: MediaPipe {tot_a[-1]:.1f} fps ({na} with a person), "
-                  f"+ lifter + npz {tot_b[-1]:.1f} fps ({nb} with a person)")
+            print(f"  run {r + 1}: MediaPipe {tot_a[-1]:.1f} fps ({na} people found), "
+                  f"+ lifter + npz {tot_b[-1]:.1f} fps ({nb} people lifted)")
+    if args.people > 1:
+        _lifter_cost(frames, lifter, args.people)
     lifter.close()
     ma, mb = statistics.median(tot_a), statistics.median(tot_b)
     pa, pb = statistics.median(med_a), statistics.median(med_b)
@@ -106,3 +124,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"MediaPipe + lifter + write: {mb:.1f} fps ({1000 / mb:.1f} ms/frame; median frame {1000 / pb:.1f} ms)")
     print(f"ratio: {mb / ma:.3f} (median-frame ratio {pb / pa:.3f}; target >= 0.85)")
     return 0
+
+
+def _lifter_cost(frames: list, lifter: object, people: int, repeats: int = 20) -> None:
+    """The batched lift (PoseEstimator.lift_many: lifter + root solves) of `people` people
+    against one person's, on the first frames' detections (the first person found repeated
+    to make `people`), median time over the frames and repeats. Prints the ratio."""
+    from realtime.detector import PoseDetector
+    from realtime.estimator import Detected, PoseEstimator
+
+    with PoseDetector(mode="image", num_poses=people, min_detection_confidence=0.3, min_presence_confidence=0.3) as det:
+        est = PoseEstimator(detector=det, lifter=lifter)
+        t1, tn = [], []
+        for f in frames[: max(1, min(len(frames), 10))]:
+            found = det.detect_people(f.image, f.timestamp_s)
+            if not found:
+                continue
+            h, w = f.image.shape[:2]
+            ds = [Detected(f.index, f.timestamp_s, (w, h), found[k % len(found)], {}, f.image, track_id=k)
+                  for k in range(people)]
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                est.lift_many(ds[:1])
+                t_1 = time.perf_counter()
+                est.lift_many(ds)
+                t1.append(t_1 - t0)
+                tn.append(time.perf_counter() - t_1)
+    if not t1:
+        print("lifter cost: no person found in the first frames")
+        return
+    a, b = 1000 * float(np.median(t1)), 1000 * float(np.median(tn))
+    print(f"lifter cost (batched lift + root solves): 1 person {a:.2f} ms, {people} people {b:.2f} ms, "
+          f"ratio {b / a:.2f} (target <= 2)")

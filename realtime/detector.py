@@ -196,17 +196,32 @@ class PoseDetector:
         self._previous = None
         self._lost = 0
 
-    def detect_people(self, image: np.ndarray, timestamp_s: float | None = None) -> list[Detection]:
+    def detect_people(self, image: np.ndarray, timestamp_s: float | None = None,
+                      roi: tuple[int, int, int, int] | None = None) -> list[Detection]:
         """Every person MediaPipe finds in image (H, W, 3) uint8 RGB (at most num_poses), in
         its order, with no track gate (several people: realtime.tracker keeps identities).
         timestamp_s is needed in VIDEO mode; it is made strictly increasing in whole
-        milliseconds (MediaPipe rejects repeats)."""
-        return self._landmarks(image, timestamp_s)[0]
+        milliseconds (MediaPipe rejects repeats). roi (x0, y0, x1, y1) px, IMAGE mode only:
+        look in that part of the image alone (people are larger there for MediaPipe's
+        person detector); coordinates come back in the full image's pixels."""
+        return self._landmarks(image, timestamp_s, roi)[0]
 
-    def _landmarks(self, image: np.ndarray, timestamp_s: float | None) -> tuple[list[Detection], object]:
-        """MediaPipe on one image: its people and the MediaPipe image (for a second search)."""
+    def _landmarks(self, image: np.ndarray, timestamp_s: float | None,
+                   roi: tuple[int, int, int, int] | None = None) -> tuple[list[Detection], object]:
+        """MediaPipe on one image (or its roi): its people and the MediaPipe image (for a
+        second search)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        full_h, full_w = image.shape[:2]
+        x0 = y0 = 0
+        if roi is not None:
+            if self.mode == "video":
+                raise ValueError("a region of interest needs IMAGE mode (VIDEO mode tracks the whole frame)")
+            x0, y0 = max(int(roi[0]), 0), max(int(roi[1]), 0)
+            x1, y1 = min(int(roi[2]), full_w), min(int(roi[3]), full_h)
+            if x1 - x0 < 16 or y1 - y0 < 16:
+                return [], None
+            image = image[y0:y1, x0:x1]
         mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
         # The first call logs one-time graph warnings (alignment, NORM_RECT) to fd 2.
         quiet = _quiet_native_stderr() if self._calls == 0 else contextlib.nullcontext()
@@ -221,7 +236,7 @@ class PoseDetector:
             else:
                 result = self._landmarker.detect(mp_image)
         h, w = image.shape[:2]
-        return self._people(result, w, h), mp_image
+        return self._people(result, w, h, (x0, y0)), mp_image
 
     def detect(self, image: np.ndarray, timestamp_s: float | None = None) -> Detection | None:
         """image: (H, W, 3) uint8 RGB. timestamp_s is needed in VIDEO mode; it is made
@@ -255,13 +270,13 @@ class PoseDetector:
                 self._still = self._create(self._options("image"))
             return self._still.detect(mp_image)
 
-    def _people(self, result: object, w: int, h: int) -> list[Detection]:
-        people = [self._to_detection(lms, wlms, w, h)
+    def _people(self, result: object, w: int, h: int, offset: tuple[int, int] = (0, 0)) -> list[Detection]:
+        people = [self._to_detection(lms, wlms, w, h, offset)
                   for lms, wlms in zip(result.pose_landmarks, result.pose_world_landmarks)]
         return [p for p in people if p is not None]
 
     @staticmethod
-    def _to_detection(lms: list, wlms: list, w: int, h: int) -> Detection | None:
+    def _to_detection(lms: list, wlms: list, w: int, h: int, offset: tuple[int, int] = (0, 0)) -> Detection | None:
         if len(lms) != NUM_MP_LANDMARKS or len(wlms) != NUM_MP_LANDMARKS:
             return None
         norm = np.array([[p.x, p.y] for p in lms], np.float64)
@@ -269,7 +284,7 @@ class PoseDetector:
         world = np.array([[p.x, p.y, p.z] for p in wlms], np.float64)
         if not (np.isfinite(norm).all() and np.isfinite(world).all()):
             return None
-        px = norm * np.array([w, h]) - 0.5
+        px = norm * np.array([w, h]) - 0.5 + np.asarray(offset, np.float64)
         joints, conf = landmarks_to_joints_2d(px, vis)
         try:
             box = box_from_joints(joints)

@@ -74,6 +74,16 @@ class PoseFrame:
         """Every valid person of the frame: this one (if valid) then `others`."""
         return tuple(p for p in (self, *self.others) if p.valid)
 
+    def person(self, track_id: int | None) -> "PoseFrame":
+        """The person with this track id in the frame (None: this frame itself, the one with
+        the lowest id), alone (no `others`); an empty frame when they are not in it."""
+        if track_id is None:
+            return replace(self, others=()) if self.others else self
+        for p in self.people:
+            if p.track_id == track_id:
+                return p if p is self and not self.others else replace(p, others=(), timings_ms=self.timings_ms)
+        return PoseFrame.empty(self.index, self.timestamp_s, self.image_size, self.timings_ms)
+
     @staticmethod
     def from_people(people: "list[PoseFrame] | tuple[PoseFrame, ...]", index: int, timestamp_s: float,
                     image_size: tuple[int, int], timings_ms: dict[str, float] | None = None) -> "PoseFrame":

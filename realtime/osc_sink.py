@@ -31,6 +31,9 @@ view) with the same side: their left hand moves the avatar's left hand. With mir
 (--vmc-mirror) left and right swap and the motion is mirrored, as in a selfie view.
 /posestream/joint positions are camera space (root-relative when the trajectory is
 unknown), engines.skeleton's names and axes (x right, y down, z forward).
+Several people (`--people N`): one avatar is driven by one person, the one with track id
+`person` (--osc-person ID; default: the frame's own person, the lowest id in view). While
+that person is not in view, /VMC/Ext/OK is 0.
 Default target 127.0.0.1:39539 (VMC's usual Marionette port). A receiver that is not
 listening is not an error (UDP): datagrams are just lost; send errors are counted.
 """
@@ -154,8 +157,9 @@ class VmcEncoder:
     running rest and level (realtime.rig.RunningRest), the first tracked hips position (the
     root's origin) and the last sent frame time (for `rate_hz`)."""
 
-    def __init__(self, mirror: bool = False, rate_hz: float | None = None) -> None:
+    def __init__(self, mirror: bool = False, rate_hz: float | None = None, person: int | None = None) -> None:
         self.rig = HUMANOID_VMC
+        self.person = person
         self.mirror = mirror
         self.min_interval_s = 0.0 if not rate_hz else 1.0 / rate_hz
         self.running = RunningRest(self.rig)
@@ -173,6 +177,7 @@ class VmcEncoder:
         """The encoded messages of the frame's bundle, or None when the rate limit skips it."""
         if not self.due(pf):
             return None
+        pf = pf.person(self.person)
         self._last_t = float(pf.timestamp_s)
         tracked = bool(pf.valid) and np.isfinite(np.asarray(pf.joints_mm, np.float64)).all()
         msgs = [encode_message("/VMC/Ext/OK", 1 if tracked else 0), encode_message("/VMC/Ext/T", float(pf.timestamp_s))]
@@ -223,6 +228,9 @@ def add_vmc_arguments(group: argparse._ActionsContainer) -> None:
                             "the avatar's left); default: it moves as the person in the image")
     group.add_argument("--osc-rate", type=_rate, default=None, metavar="HZ",
                        help="--osc: at most HZ bundles per second, by frame time (default: every frame)")
+    group.add_argument("--osc-person", type=int, default=None, metavar="ID",
+                       help="--osc with --people N: the track id of the person who drives the avatar "
+                            "(default: the lowest id in view)")
 
 
 def vmc_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -247,7 +255,7 @@ class OscSink:
     a full send buffer or an unreachable receiver loses the datagram, counted in `errors`)."""
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, mirror: bool = False,
-                 rate_hz: float | None = None) -> None:
+                 rate_hz: float | None = None, person: int | None = None) -> None:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         except OSError as exc:
@@ -256,7 +264,7 @@ class OscSink:
         self.address = addr
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
-        self.encoder = VmcEncoder(mirror, rate_hz)
+        self.encoder = VmcEncoder(mirror, rate_hz, person)
         self.sent = 0
         self.errors = 0
 

@@ -271,9 +271,9 @@ def run_video(path: Path, people: int, model: str | None) -> list:
     out = []
     with open_source(str(path)) as src:
         if people > 1:
-            from realtime.people import PeopleEstimator
+            from realtime.people import open_people
 
-            est = PeopleEstimator(PoseEstimator(model, detector_mode="image", num_poses=people, threads=1))
+            est = open_people(model, people=people, threads=1)
         else:
             est = PoseEstimator(model, threads=1)
         with est:

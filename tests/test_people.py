@@ -56,16 +56,30 @@ class CountingLifter:
 
 
 class ScriptedDetector:
-    """detect_people returns the scripted people of each call (a list per frame)."""
+    """detect_people finds the scripted people of the frame at `timestamp_s` (a list per
+    frame, at 30 fps) as MediaPipe would: inside the region of interest when one is given,
+    and only people whose pelvis is not painted over (realtime.people.painted_over) in the
+    (black) test image. Counts calls."""
+
+    num_poses = 4
+    mode = "image"
 
     def __init__(self, script: list[list[np.ndarray]]) -> None:
         self.script = script
         self.calls = 0
 
-    def detect_people(self, image: np.ndarray, timestamp_s: float | None = None) -> list[Detection]:
-        people = self.script[self.calls]
+    def detect_people(self, image: np.ndarray, timestamp_s: float | None = None,
+                      roi: tuple[int, int, int, int] | None = None) -> list[Detection]:
         self.calls += 1
-        return [detection(uv) for uv in people]
+        out = []
+        for uv in self.script[int(round(timestamp_s * 30))]:
+            u, v = int(uv[0, 0]), int(uv[0, 1])
+            if roi is not None and not (roi[0] <= u < roi[2] and roi[1] <= v < roi[3]):
+                continue
+            if 0 <= v < image.shape[0] and 0 <= u < image.shape[1] and image[v, u].any():
+                continue  # painted over: already found
+            out.append(detection(uv))
+        return out
 
     def close(self) -> None:
         pass
@@ -229,3 +243,24 @@ def test_people_option():
     assert isinstance(Options(people=3).smoother(live=True), PerTrack)
     assert isinstance(Options().smoother(live=True), PoseSmoother)
     assert Options(people=3).smoother(live=False) is None
+
+
+def test_osc_drives_the_avatar_with_the_selected_person():
+    from realtime.osc_sink import VmcEncoder, parse_packet
+
+    people = [PoseFrame(0, 0.0, True, standing_pose().astype(np.float32), np.array([x, 0, 3000.0], np.float32),
+                        np.zeros((17, 2), np.float32), np.ones(17, np.float32), SIZE, track_id=tid)
+              for tid, x in ((1, -800.0), (4, 900.0))]
+    f = PoseFrame.from_people(people, 0, 0.0, SIZE)
+    assert f.person(4).track_id == 4 and f.person(4).others == () and f.person(None).track_id == 1
+    assert not f.person(9).valid
+
+    def joints_x(msgs: list[bytes]) -> list[float]:
+        out = [parse_packet(m)[0] for m in msgs]
+        assert [a for a, v in out if a == "/VMC/Ext/OK"][0:1] and out[0][1] == [1]
+        return [v[1] for a, v in out if a == "/posestream/joint" and v[0] == "pelvis"]
+
+    assert joints_x(VmcEncoder(person=4).messages(f)) == [pytest.approx(900.0)]
+    assert joints_x(VmcEncoder().messages(f)) == [pytest.approx(-800.0)]
+    gone = VmcEncoder(person=9).messages(f)
+    assert parse_packet(gone[0])[0] == ("/VMC/Ext/OK", [0])
