@@ -61,8 +61,11 @@ _LEGACY_DEFAULT_FPS = 30.0
 
 @dataclass(frozen=True)
 class Clip:
-    """Every frame of a run as arrays (T = frames, in order, none dropped). Units as in
+    """Every frame of a run as arrays (T = records, in order, none dropped). Units as in
     PoseFrame: millimetres in camera axes (x right, y down, z forward), pixels for 2D.
+    A record is one person of one frame: one per frame for one person (a frame without a
+    person is one record with valid=False); with several people (`--people N`) one per person
+    found, consecutive records of a frame sharing its index (`groups`, `people`).
 
     index (T,) int64; timestamps_s (T,) float64; valid (T,) bool; track_id (T,) int32;
     image_size (T, 2) int32 (width, height); joints_mm (T, 17, 3) float32 root-relative;
@@ -92,21 +95,88 @@ class Clip:
         return len(self.index)
 
     @property
+    def multi(self) -> bool:
+        """Whether the run tracked several people (source "people" > 1), or the records say
+        so (a frame with several records, or a track id other than 0): the outputs then
+        have a person axis."""
+        return (int(self.source.get("people", 1) or 1) > 1 or bool((self.track_id != 0).any())
+                or bool(len(self.index) > 1 and (np.diff(self.index) == 0).any()))
+
+    def groups(self) -> list[np.ndarray]:
+        """The record rows of each frame (consecutive records with the same index), in order."""
+        if len(self.index) == 0:
+            return []
+        starts = np.flatnonzero(np.concatenate([[True], np.diff(self.index) != 0]))
+        return np.split(np.arange(len(self.index)), starts[1:])
+
+    def people(self) -> "People":
+        """The clip on a person axis: F frames x P tracks (every track id with a valid record)."""
+        groups = self.groups()
+        ids = np.unique(self.track_id[self.valid]).astype(np.int32)
+        F, P = len(groups), len(ids)
+        col = {int(t): k for k, t in enumerate(ids)}
+        first = np.array([g[0] for g in groups], np.int64)
+
+        def axis(a: np.ndarray) -> np.ndarray:
+            out = np.full((F, P) + a.shape[1:], np.nan if a.dtype.kind == "f" else 0, a.dtype)
+            for f, g in enumerate(groups):
+                for r in g:
+                    if self.valid[r]:
+                        out[f, col[int(self.track_id[r])]] = a[r]
+            return out
+
+        return People(self.fps, ids, self.index[first], self.timestamps_s[first], self.image_size[first],
+                      axis(self.valid), *(axis(a) for a in (self.joints_mm, self.translation_mm, self.joints_2d_px,
+                                                            self.confidence, self.fbi, self.landmarks_px,
+                                                            self.landmarks_world_mm, self.landmarks_visibility)),
+                      source=self.source)
+
+    def track(self, track_id: int) -> "Clip":
+        """One person's clip: a record per frame, theirs where they were found, an empty one
+        (valid=False) elsewhere."""
+        groups = self.groups()
+        rows = np.empty(len(groups), np.int64)
+        found = np.zeros(len(groups), bool)
+        for f, g in enumerate(groups):
+            mine = [r for r in g if self.valid[r] and self.track_id[r] == track_id]
+            rows[f], found[f] = (mine[0], True) if mine else (g[0], False)
+
+        def take(a: np.ndarray) -> np.ndarray:
+            out = a[rows].copy()
+            if out.dtype.kind == "f":
+                out[~found] = np.nan
+            return out
+
+        return Clip(self.fps, self.index[rows], self.timestamps_s[rows], found, np.full(len(rows), track_id, np.int32),
+                    self.image_size[rows], *(take(a) for a in (self.joints_mm, self.translation_mm, self.joints_2d_px,
+                                                               self.confidence, self.fbi, self.landmarks_px,
+                                                               self.landmarks_world_mm, self.landmarks_visibility)),
+                    source=self.source)
+
+    @property
     def has_landmarks(self) -> np.ndarray:
         """(T,) bool: frames that carry MediaPipe's landmarks."""
         return np.isfinite(self.landmarks_px).all(axis=(1, 2))
 
     def frames(self) -> Iterator[PoseFrame]:
-        """The clip as PoseFrames again (fbi and landmarks None where absent)."""
-        for i in range(len(self)):
-            lm = bool(np.isfinite(self.landmarks_px[i]).all())
-            fbi = self.fbi[i]
-            yield PoseFrame(int(self.index[i]), float(self.timestamps_s[i]), bool(self.valid[i]), self.joints_mm[i],
-                            self.translation_mm[i], self.joints_2d_px[i], self.confidence[i],
-                            (int(self.image_size[i, 0]), int(self.image_size[i, 1])),
-                            None if np.isnan(fbi).all() else fbi, {}, int(self.track_id[i]),
-                            self.landmarks_px[i] if lm else None, self.landmarks_world_mm[i] if lm else None,
-                            self.landmarks_visibility[i] if lm else None)
+        """The clip as PoseFrames again (fbi and landmarks None where absent), one per frame:
+        a frame's several people as one PoseFrame with `others`."""
+        for g in self.groups():
+            if len(g) == 1:
+                yield self._record(g[0])
+                continue
+            people = [self._record(r) for r in g]
+            yield PoseFrame.from_people(people, people[0].index, people[0].timestamp_s, people[0].image_size)
+
+    def _record(self, i: int) -> PoseFrame:
+        lm = bool(np.isfinite(self.landmarks_px[i]).all())
+        fbi = self.fbi[i]
+        return PoseFrame(int(self.index[i]), float(self.timestamps_s[i]), bool(self.valid[i]), self.joints_mm[i],
+                         self.translation_mm[i], self.joints_2d_px[i], self.confidence[i],
+                         (int(self.image_size[i, 0]), int(self.image_size[i, 1])),
+                         None if np.isnan(fbi).all() else fbi, {}, int(self.track_id[i]),
+                         self.landmarks_px[i] if lm else None, self.landmarks_world_mm[i] if lm else None,
+                         self.landmarks_visibility[i] if lm else None)
 
     @staticmethod
     def from_records(records: np.ndarray, fps: float, source: dict[str, Any] | None = None) -> "Clip":
@@ -130,8 +200,41 @@ class Clip:
     @staticmethod
     def from_frames(frames: Iterable[PoseFrame], fps: float, source: dict[str, Any] | None = None) -> "Clip":
         """A Clip from PoseFrames (what the journal would hold for them)."""
-        recs = [encode(p) for p in frames]
+        recs = [encode_frame(p) for p in frames]
         return Clip.from_records(np.frombuffer(b"".join(recs), RECORD_DTYPE), fps, source)
+
+
+@dataclass(frozen=True)
+class People:
+    """A clip of several people on a person axis (F frames, P tracks in track id order),
+    from `Clip.people()`. track_ids (P,) int32; index (F,) int64; timestamps_s (F,) float64;
+    image_size (F, 2) int32; valid (F, P) bool: track p was found in frame f; joints_mm
+    (F, P, 17, 3), translation_mm (F, P, 3), joints_2d_px (F, P, 17, 2), confidence (F, P, 17),
+    fbi (F, P, 14, 3), landmarks_px (F, P, 33, 2), landmarks_world_mm (F, P, 33, 3),
+    landmarks_visibility (F, P, 33): float32, units as in Clip, NaN where not found. All
+    translations are in the one camera space, so the people's relative positions are metric."""
+
+    fps: float
+    track_ids: np.ndarray
+    index: np.ndarray
+    timestamps_s: np.ndarray
+    image_size: np.ndarray
+    valid: np.ndarray
+    joints_mm: np.ndarray
+    translation_mm: np.ndarray
+    joints_2d_px: np.ndarray
+    confidence: np.ndarray
+    fbi: np.ndarray
+    landmarks_px: np.ndarray
+    landmarks_world_mm: np.ndarray
+    landmarks_visibility: np.ndarray
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_frame(pose: PoseFrame) -> bytes:
+    """The records of one frame: one per person of it (PoseFrame.people), or the frame's own
+    record when nobody was found."""
+    return b"".join(encode(p) for p in (pose.people or (pose,)))
 
 
 def encode(p: PoseFrame) -> bytes:
@@ -186,7 +289,8 @@ class JournalWriter:
             view = view[n:]
 
     def append(self, pose: PoseFrame) -> None:
-        self._write(encode(pose))
+        """One frame: its records (`encode_frame`: one per person) in one write."""
+        self._write(encode_frame(pose))
         self.frames += 1
 
     @property

@@ -106,9 +106,11 @@ def render_openpose(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
     path.mkdir()
     name = path.stem
     has_lm = clip.has_landmarks
-    for i in range(len(clip)):
+    for g in clip.groups():  # a frame's records: one per person found (or one empty record)
         people = []
-        if clip.valid[i]:
+        for i in g:
+            if not clip.valid[i]:
+                continue
             lm = has_lm[i]
             kp2 = body25_2d(clip.landmarks_px[i] if lm else None, clip.landmarks_visibility[i] if lm else None,
                             clip.joints_2d_px[i], clip.confidence[i])
@@ -117,6 +119,7 @@ def render_openpose(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
                            "face_keypoints_2d": [], "hand_left_keypoints_2d": [], "hand_right_keypoints_2d": [],
                            "pose_keypoints_3d": _flat(kp3), "face_keypoints_3d": [], "hand_left_keypoints_3d": [],
                            "hand_right_keypoints_3d": []})
+        i = int(g[0])
         doc = {"version": 1.3, "people": people,
                "posestream": {"layout": "BODY_25", "index": int(clip.index[i]),
                               "timestamp_s": round(float(clip.timestamps_s[i]), 6), "units_3d": UNITS_3D}}

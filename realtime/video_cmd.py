@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
                                      overwrite=not args.no_overwrite) if args.preview else None)
             sinks = LiveSinks.from_args(args, poses.fps, tap, {"kind": "video", "file": Path(args.input).name,
                                                                "frames": poses.frame_count, "fps": poses.fps,
-                                                               "realtime": bool(args.realtime)}, preview=preview)
+                                                               "realtime": bool(args.realtime), "people": args.people},
+                                        preview=preview)
             try:
                 ctrl_c.check()
                 ctrl_c.message = STOP_MESSAGE

@@ -61,6 +61,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import zipfile
@@ -79,9 +80,11 @@ from realtime.frames import PoseFrame
 from realtime.journal import Clip, Journal, JournalWriter, is_locked, read_journal, relative_to_journal
 
 NPZ_FORMAT = "posestream-poses-v1"
+NPZ_PEOPLE_FORMAT = "posestream-people-v1"
 NPZ_UNITS = ("joints_mm: camera-space millimetres (x right, y down, z forward), root-relative; "
              "translation_mm: camera-space pelvis mm; joints_2d_px: image pixels; timestamps_s: seconds")
 JSON_FORMAT = "posestream-poses-json-v1"
+JSON_PEOPLE_FORMAT = "posestream-people-json-v1"
 
 
 class PoseWriter(Protocol):
@@ -225,6 +228,15 @@ def write_output(clip: Clip, spec: OutputSpec, overwrite: bool = True) -> None:
     tmp.parent.mkdir()
     try:
         spec.format.render(clip, tmp, spec.options)
+        if not tmp.exists():  # one file per person (per_person): each renamed beside `path`
+            made = sorted(p for p in tmp.parent.iterdir() if p.name != path.name + ".old")
+            for p in made:
+                _fsync(p)
+            if not overwrite and any(path.with_name(p.name).exists() for p in made):
+                raise FileExistsError(f"a person's file of {path} appeared during the run and --no-overwrite is set")
+            for p in made:
+                os.replace(p, path.with_name(p.name))
+            return
         _fsync(tmp)
         if not overwrite and path.exists():
             raise FileExistsError(f"{path} appeared during the run and --no-overwrite is set")
@@ -240,7 +252,10 @@ def clear_temp(folder: Path, name: str) -> None:
     killed run left; anything else under that name is the user's and is refused."""
     if not (folder.exists() or folder.is_symlink()):
         return
-    if folder.is_symlink() or not folder.is_dir() or any(p.name not in (name, name + ".old") for p in folder.iterdir()):
+    stem, suffix = Path(name).stem, Path(name).suffix
+    person_file = re.compile(re.escape(stem) + r"\.person\d+" + re.escape(suffix) + "$")
+    if folder.is_symlink() or not folder.is_dir() or any(
+            p.name not in (name, name + ".old") and not person_file.match(p.name) for p in folder.iterdir()):
         raise FileExistsError(f"{folder} is in the way of the temporary output: move it away")
     shutil.rmtree(folder)
 
@@ -432,6 +447,9 @@ def _npz_json_options(args: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- npz
 def render_npz(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
+    if clip.multi:
+        _render_npz_people(clip, path, options)
+        return
     arrays: dict[str, np.ndarray] = dict(
         joints_mm=clip.joints_mm, translation_mm=clip.translation_mm, joints_2d_px=clip.joints_2d_px,
         confidence=clip.confidence, fbi=clip.fbi, valid=clip.valid, index=clip.index,
@@ -441,6 +459,23 @@ def render_npz(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
     if options.get("landmarks"):
         arrays.update(landmarks_px=clip.landmarks_px, landmarks_world_mm=clip.landmarks_world_mm,
                       landmarks_visibility=clip.landmarks_visibility, landmark_names=np.array(MP_LANDMARK_NAMES))
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _render_npz_people(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
+    """Several people (format posestream-people-v1): the arrays of the one-person file with a
+    person axis after the frame axis (realtime.journal.People), and track_ids (P,)."""
+    pp = clip.people()
+    arrays: dict[str, np.ndarray] = dict(
+        joints_mm=pp.joints_mm, translation_mm=pp.translation_mm, joints_2d_px=pp.joints_2d_px,
+        confidence=pp.confidence, fbi=pp.fbi, valid=pp.valid, track_ids=pp.track_ids, index=pp.index,
+        timestamps_s=pp.timestamps_s, fps=np.float64(clip.fps), image_size=pp.image_size,
+        joint_names=np.array(JOINT_NAMES), parents=np.array(PARENTS, np.int64),
+        units=np.array(NPZ_UNITS), format=np.array(NPZ_PEOPLE_FORMAT))
+    if options.get("landmarks"):
+        arrays.update(landmarks_px=pp.landmarks_px, landmarks_world_mm=pp.landmarks_world_mm,
+                      landmarks_visibility=pp.landmarks_visibility, landmark_names=np.array(MP_LANDMARK_NAMES))
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
 
@@ -483,6 +518,8 @@ def read_pose_npz(path: str | Path) -> list[PoseFrame]:
         raise UserError(f"{path} is not a posestream pose file: not an .npz archive (empty, truncated or another format)")
     try:
         with np.load(path, allow_pickle=False) as d:
+            if "format" in d.files and str(d["format"]) == NPZ_PEOPLE_FORMAT:
+                return _read_people_npz(path, d)
             if "format" not in d.files or str(d["format"]) != NPZ_FORMAT:
                 raise UserError(f"{path} is not a posestream pose file (format {NPZ_FORMAT!r} expected)")
             missing = [k for k in _NPZ_FIELDS if k not in d.files]
@@ -515,6 +552,32 @@ def read_pose_npz(path: str | Path) -> list[PoseFrame]:
     return out
 
 
+def _read_people_npz(path: Path, d: Any) -> list[PoseFrame]:
+    """The frames of a several-people file (posestream-people-v1), each with its people."""
+    need = {"valid": 2, "track_ids": 1, "joints_mm": 4, "translation_mm": 3, "joints_2d_px": 4, "confidence": 3,
+            "fbi": 4, "index": 1, "timestamps_s": 1, "image_size": 2}
+    missing = [k for k in need if k not in d.files]
+    if missing:
+        raise UserError(f"{path} is not a complete posestream people file: no {', '.join(missing)}")
+    a = {k: d[k] for k in need}
+    F, P = a["valid"].shape if a["valid"].ndim == 2 else (-1, -1)
+    want = {"valid": (F, P), "track_ids": (P,), "joints_mm": (F, P, NUM_JOINTS, 3), "translation_mm": (F, P, 3),
+            "joints_2d_px": (F, P, NUM_JOINTS, 2), "confidence": (F, P, NUM_JOINTS), "fbi": (F, P, NUM_FBI_BONES, 3),
+            "index": (F,), "timestamps_s": (F,), "image_size": (F, 2)}
+    for k, shape in want.items():
+        if a[k].shape != shape:
+            raise UserError(f"{path}: {k} has shape {a[k].shape}, expected {shape} (F frames, P people)")
+    out = []
+    for f in range(F):
+        size = (int(a["image_size"][f, 0]), int(a["image_size"][f, 1]))
+        people = [PoseFrame(int(a["index"][f]), float(a["timestamps_s"][f]), True, a["joints_mm"][f, p],
+                            a["translation_mm"][f, p], a["joints_2d_px"][f, p], a["confidence"][f, p], size,
+                            None if np.isnan(a["fbi"][f, p]).all() else a["fbi"][f, p], {}, int(a["track_ids"][p]))
+                  for p in range(P) if a["valid"][f, p]]
+        out.append(PoseFrame.from_people(people, int(a["index"][f]), float(a["timestamps_s"][f]), size))
+    return out
+
+
 # --------------------------------------------------------------------------- json / csv
 def _nested(a: np.ndarray) -> list:
     return [_nested(x) for x in a] if a.ndim > 1 else [_f(v) for v in a]
@@ -527,26 +590,40 @@ def render_json(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
     if landmarks:
         meta["landmark_names"] = list(MP_LANDMARK_NAMES)
     has_lm = clip.has_landmarks
+
+    def person(i: int) -> dict[str, Any]:
+        obj = {"track_id": int(clip.track_id[i]),
+               "joints_mm": _nested(clip.joints_mm[i]), "translation_mm": _nested(clip.translation_mm[i]),
+               "joints_2d_px": _nested(clip.joints_2d_px[i]), "confidence": _nested(clip.confidence[i])}
+        if not np.isnan(clip.fbi[i]).all():
+            obj["fbi"] = _nested(clip.fbi[i])
+        if landmarks and has_lm[i]:
+            obj["landmarks_px"] = _nested(clip.landmarks_px[i])
+            obj["landmarks_world_mm"] = _nested(clip.landmarks_world_mm[i])
+            obj["landmarks_visibility"] = _nested(clip.landmarks_visibility[i])
+        return obj
+
+    multi = clip.multi
+    if multi:
+        meta["format"] = JSON_PEOPLE_FORMAT
     with open(path, "w") as fh:
         fh.write('{"meta": ' + json.dumps(meta) + ',\n"frames": [\n')
-        for i in range(len(clip)):
-            obj = {"index": int(clip.index[i]), "timestamp_s": round(float(clip.timestamps_s[i]), 6),
-                   "valid": bool(clip.valid[i]), "image_size": [int(v) for v in clip.image_size[i]],
-                   "track_id": int(clip.track_id[i]),
-                   "joints_mm": _nested(clip.joints_mm[i]), "translation_mm": _nested(clip.translation_mm[i]),
-                   "joints_2d_px": _nested(clip.joints_2d_px[i]), "confidence": _nested(clip.confidence[i])}
-            if not np.isnan(clip.fbi[i]).all():
-                obj["fbi"] = _nested(clip.fbi[i])
-            if landmarks and has_lm[i]:
-                obj["landmarks_px"] = _nested(clip.landmarks_px[i])
-                obj["landmarks_world_mm"] = _nested(clip.landmarks_world_mm[i])
-                obj["landmarks_visibility"] = _nested(clip.landmarks_visibility[i])
-            fh.write(("" if i == 0 else ",\n") + json.dumps(obj, allow_nan=False))
+        for k, g in enumerate(clip.groups()):
+            i = int(g[0])
+            obj = {"index": int(clip.index[i]), "timestamp_s": round(float(clip.timestamps_s[i]), 6)}
+            if multi:  # the people found in the frame, by track id
+                obj.update(image_size=[int(v) for v in clip.image_size[i]],
+                           people=[person(int(r)) for r in sorted(g, key=lambda r: clip.track_id[r]) if clip.valid[r]])
+            else:
+                obj.update(valid=bool(clip.valid[i]), image_size=[int(v) for v in clip.image_size[i]], **person(i))
+            fh.write(("" if k == 0 else ",\n") + json.dumps(obj, allow_nan=False))
         fh.write("\n]}\n")
 
 
-def csv_header() -> list[str]:
+def csv_header(people: bool = False) -> list[str]:
     cols = ["index", "timestamp_s", "valid", "image_w", "image_h", "tx_mm", "ty_mm", "tz_mm"]
+    if people:
+        cols.insert(1, "track_id")
     for n in JOINT_NAMES:
         cols += [f"{n}_x_mm", f"{n}_y_mm", f"{n}_z_mm", f"{n}_u_px", f"{n}_v_px", f"{n}_conf"]
     return cols
@@ -556,16 +633,41 @@ def render_csv(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
     def s(v: float) -> str:
         return "" if not math.isfinite(v) else f"{v:.3f}"
 
+    multi = clip.multi
     with open(path, "w", newline="") as fh:
-        fh.write(",".join(csv_header()) + "\n")
+        fh.write(",".join(csv_header(multi)) + "\n")
         for i in range(len(clip)):
-            vals = [str(int(clip.index[i])), f"{clip.timestamps_s[i]:.6f}", str(int(clip.valid[i])),
+            vals = [str(int(clip.index[i]))] + ([str(int(clip.track_id[i])) if clip.valid[i] else ""] if multi else [])
+            vals += [f"{clip.timestamps_s[i]:.6f}", str(int(clip.valid[i])),
                     str(int(clip.image_size[i, 0])), str(int(clip.image_size[i, 1]))]
             vals += [s(v) for v in clip.translation_mm[i].astype(np.float64)]
             J, UV, C = (a[i].astype(np.float64) for a in (clip.joints_mm, clip.joints_2d_px, clip.confidence))
             for j in range(NUM_JOINTS):
                 vals += [s(v) for v in J[j]] + [s(v) for v in UV[j]] + [s(C[j])]
             fh.write(",".join(vals) + "\n")
+
+
+# --------------------------------------------------------------------------- one file per person
+def person_path(path: Path, track_id: int) -> Path:
+    """Where one person's file of a several-people output goes: clip.bvh -> clip.person3.bvh."""
+    return path.with_name(f"{path.stem}.person{int(track_id)}{path.suffix}")
+
+
+def per_person(render: Callable[[Clip, Path, Mapping[str, Any]], None]) -> Callable[[Clip, Path, Mapping[str, Any]], None]:
+    """A one-person renderer made to write one file per track of a several-people clip
+    (`person_path`; each track's clip has every frame, theirs where they were found)."""
+    def render_each(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
+        if not clip.multi:
+            render(clip, path, options)
+            return
+        ids = np.unique(clip.track_id[clip.valid])
+        if not len(ids):  # nobody was ever found: the one-person file (every frame empty)
+            render(clip, path, options)
+        for tid in ids:
+            render(clip.track(int(tid)), person_path(path, int(tid)), options)
+
+    render_each.__doc__ = f"{render.__doc__} Several people: one file per track (person_path)."
+    return render_each
 
 
 # --------------------------------------------------------------------------- formats
@@ -581,8 +683,8 @@ FORMATS: dict[str, OutputFormat] = {f.suffix: f for f in (
     OutputFormat(".json", "one JSON document, a frame per line", render_json,
                  add_arguments=_npz_json_arguments, options=_npz_json_options),
     OutputFormat(".csv", "a row per frame", render_csv),
-    OutputFormat(".bvh", "motion capture for animation tools", render_bvh,
-                 add_arguments=add_bvh_arguments, options=bvh_options),
+    OutputFormat(".bvh", "motion capture for animation tools (several people: a file per person)",
+                 per_person(render_bvh), add_arguments=add_bvh_arguments, options=bvh_options),
     OutputFormat(".openpose", "a folder of OpenPose-style per-frame JSON (BODY_25)", _render_openpose, folder=True),
 )}
 WRITERS = FORMATS  # the name earlier versions exported
