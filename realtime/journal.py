@@ -97,9 +97,8 @@ class Clip:
     @property
     def multi(self) -> bool:
         """Whether the run tracked several people (source "people" > 1), or the records say
-        so (a frame with several records, or a track id other than 0): the outputs then
-        have a person axis."""
-        return (int(self.source.get("people", 1) or 1) > 1 or bool((self.track_id != 0).any())
+        so (a frame with several records): the outputs then have a person axis."""
+        return (int(self.source.get("people", 1) or 1) > 1
                 or bool(len(self.index) > 1 and (np.diff(self.index) == 0).any()))
 
     def groups(self) -> list[np.ndarray]:
