@@ -30,6 +30,8 @@ the same person rendered alone ("single-person"), whose frames with a person are
 from __future__ import annotations
 
 import json
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -303,8 +305,12 @@ def evaluate_dir(folder: Path, model: str | None = None, json_out: str | None = 
         scen = truth_path.parent
         truth = Truth.load(truth_path)
         P = truth.occlusion.shape[1]
+        t0 = time.perf_counter()
         multi = run_video(scen / "scene.avi", P, model)
+        t1 = time.perf_counter()
         single = {k: run_video(scen / f"person{k}.avi", 1, model) for k in range(P)}
+        print(f"{scen.name}: {P} people, {len(multi)} frames: --people {P} in {t1 - t0:.0f} s, "
+              f"each person alone in {time.perf_counter() - t1:.0f} s", file=sys.stderr, flush=True)
         counted, ignored = truth.boxes()
         scores, matches = score_tracks(counted, prediction_boxes(multi), ignored)
         acc = person_accuracy(truth, multi, matches, single)
