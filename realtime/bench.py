@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             est = PoseEstimator(detector=PoseDetector(mode=mode, num_poses=args.people, **conf), lifter=lifter)
             if args.people > 1:
                 est = PeopleEstimator(est)
+            lift = est.sequence(None)  # each frame's own root solve
             writer = open_writer(Path(tmp) / f"bench{r}.npz", fps_src)
             ta, tb = np.zeros(len(frames)), np.zeros(len(frames))
             na = nb = 0
@@ -99,12 +100,15 @@ def run(args: argparse.Namespace) -> int:
                 na += len(det_a.detect_people(f.image, f.timestamp_s)) if args.people > 1 \
                     else det_a.detect(f.image, f.timestamp_s) is not None
                 t1 = time.perf_counter()
-                pose = est.process(f)
-                writer.write(pose)
+                for pose in lift.push(est.detect(f)):
+                    writer.write(pose)
+                    nb += len(pose.people)
                 t2 = time.perf_counter()
-                nb += len(pose.people)
                 ta[i], tb[i] = t1 - t0, t2 - t1
             t0 = time.perf_counter()
+            for pose in lift.flush():  # a centred model's last frames
+                writer.write(pose)
+                nb += len(pose.people)
             writer.close()  # finalising the .npz is part of B's cost
             tb[-1] += time.perf_counter() - t0
             det_a.close()
@@ -127,14 +131,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _lifter_cost(frames: list, lifter: object, people: int, repeats: int = 20) -> None:
-    """The batched lift (PoseEstimator.lift_many: lifter + root solves) of `people` people
-    against one person's, on the first frames' detections (the first person found repeated
-    to make `people`), median time over the frames and repeats. Prints the ratio."""
+    """The batched lift of `people` people (realtime.sequence.lift_jobs: one model call for
+    everyone, then each person's PoseFrame with its root solve) against one person's, on the
+    first frames' detections (the first person found repeated to make `people`; a temporal
+    model gets each person's window of that frame's input), median time over the frames and
+    repeats. Prints the ratio."""
     from realtime.detector import PoseDetector
     from realtime.estimator import Detected, PoseEstimator
+    from realtime.sequence import LiftJob, lift_jobs
 
     with PoseDetector(mode="image", num_poses=people, min_detection_confidence=0.3, min_presence_confidence=0.3) as det:
         est = PoseEstimator(detector=det, lifter=lifter)
+
+        def jobs(ds: list) -> list:
+            if est.temporal is None:
+                return [LiftJob([d], [d]) for d in ds]
+            return [LiftJob([d], [d], np.repeat(est.frame_input(d)[None, None], est.temporal.window, axis=1), (False,))
+                    for d in ds]
+
+        def lift(ds: list) -> None:
+            js = jobs(ds)
+            for job, (rel, fbi, ms) in zip(js, lift_jobs(est, js)):
+                est.pose_frame(job.people[0], rel[0], fbi[0], {"lift": ms})
+
         t1, tn = [], []
         for f in frames[: max(1, min(len(frames), 10))]:
             found = det.detect_people(f.image, f.timestamp_s)
@@ -145,9 +164,9 @@ def _lifter_cost(frames: list, lifter: object, people: int, repeats: int = 20) -
                   for k in range(people)]
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                est.lift_many(ds[:1])
+                lift(ds[:1])
                 t_1 = time.perf_counter()
-                est.lift_many(ds)
+                lift(ds)
                 t1.append(t_1 - t0)
                 tn.append(time.perf_counter() - t_1)
     if not t1:

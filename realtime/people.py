@@ -1,15 +1,22 @@
-"""Several people (`--people N`): MediaPipe with num_poses = N -> identities -> the lifter
-batched over the people -> one PoseFrame per frame carrying everyone.
+"""Several people (`--people N`): MediaPipe with num_poses = N -> identities -> each person
+lifted with their own temporal context, the lifter batched over the people -> one PoseFrame
+per frame carrying everyone.
 
-    detect(frame) -> PeopleDetected   MediaPipe (every pose it finds), an appearance
-                                      descriptor per person, and realtime.tracker's ids
-    lift(people)  -> PoseFrame        every person lifted in one batch (one lifter call per
-                                      frame), each placed in camera space by its own metric
-                                      root solve from the camera intrinsics: the people's
-                                      relative positions and distances are metric
+    detect(frame)  -> PeopleDetected        MediaPipe (every pose it finds), an appearance
+                                            descriptor per person, and realtime.tracker's ids
+    sequence(root) -> PeopleSequenceLifter  push(PeopleDetected) -> the PoseFrames that became
+                                            ready, flush() at the end
+`PeopleSequenceLifter` keeps one realtime.sequence.SequenceLifter per track id: each person
+has their own 2D history for a temporal model (a centred one holds each person's frames
+until the window after them has arrived), their own cold start and their own root
+trajectory filter. Their ready windows (or, for a single-frame model, their detections) go
+to the model in one batch per frame (realtime.sequence.lift_jobs: one lifter call for
+everyone), each pose placed in camera space by its own metric root solve from the camera
+intrinsics: the people's relative positions and distances are metric. A track unseen for
+`forget_s` is flushed and forgotten. Frames come out in order, each once every person in it
+has been lifted.
 `PerTrack(factory)` runs a per-person stage (the smoother, a filter) with one state per track
-id, so each person keeps their own smoothing and history; a track unseen for `forget_s` is
-forgotten.
+id, so each person keeps their own smoothing; a track unseen for `forget_s` is forgotten.
 
 The output PoseFrame is the person with the lowest track id, the others in `others`
 (realtime.frames.PoseFrame.from_people): single-person outputs keep working on it, person-aware
@@ -30,6 +37,7 @@ calls), where MediaPipe alone with num_poses = N makes one call and misses most 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -37,6 +45,8 @@ import numpy as np
 
 from realtime.estimator import Detected, PoseEstimator
 from realtime.frames import Frame, PoseFrame
+from realtime.sequence import SequenceLifter, lift_jobs
+from realtime.trajectory import RootFilterConfig
 from realtime.tracker import Observation, PersonTracker, TrackerConfig, appearance_descriptor, keypoint_box
 
 DEFAULT_FORGET_S = 5.0
@@ -156,26 +166,115 @@ class PeopleEstimator:
             known += [b for b in (keypoint_box(d.joints_2d_px, d.confidence) for d in new) if b is not None]
         return found
 
-    def lift(self, pd: PeopleDetected) -> PoseFrame:
-        poses = self.est.lift_many(list(pd.people))
-        timings = dict(poses[0].timings_ms) if poses else dict(pd.timings_ms)
-        return PoseFrame.from_people(poses, pd.index, pd.timestamp_s, pd.image_size, timings)
+    @property
+    def temporal(self):
+        """The lifter's realtime.history.TemporalSpec, None for a single-frame model."""
+        return self.est.temporal
 
-    def process(self, frame: Frame) -> PoseFrame:
-        return self.lift(self.detect(frame))
+    def describe(self) -> str:
+        return f"{self.est.describe()}, up to {self.people} people"
+
+    def sequence(self, root: RootFilterConfig | None = None, forget_s: float = DEFAULT_FORGET_S
+                 ) -> "PeopleSequenceLifter":
+        """A fresh PeopleSequenceLifter: every person's lifting state (root: each person's
+        root filter settings, as PoseEstimator.sequence)."""
+        return PeopleSequenceLifter(self.est, root, forget_s)
+
+
+@dataclass
+class _Slot:
+    """A frame waiting for its people's poses: `waiting` lifters still owe it one."""
+
+    pd: PeopleDetected
+    waiting: int = 0
+    poses: list[PoseFrame] = field(default_factory=list)
+
+
+class PeopleSequenceLifter:
+    """Several people's lifting state (module docstring): one SequenceLifter per track id,
+    one model call per pushed frame for everyone. Not thread-safe: one thread pushes."""
+
+    def __init__(self, estimator: PoseEstimator, root: RootFilterConfig | None = None,
+                 forget_s: float = DEFAULT_FORGET_S) -> None:
+        self.est = estimator
+        self.root = root
+        self.forget_s = float(forget_s)
+        self._lifters: dict[int, SequenceLifter] = {}
+        self._owed: dict[int, deque[_Slot]] = {}  # per track: the frames its lifter still owes
+        self._seen: dict[int, float] = {}
+        self._slots: deque[_Slot] = deque()
+
+    def push(self, pd: PeopleDetected) -> list[PoseFrame]:
+        t = pd.timestamp_s
+        here = {d.track_id: d for d in pd.people}
+        for tid in [k for k, s in self._seen.items() if k not in here and t - s > self.forget_s]:
+            self._take(tid, self._lifters.pop(tid).flush())  # gone: the frames it holds, then forget it
+            del self._seen[tid], self._owed[tid]
+        for tid in here:
+            self._seen[tid] = t
+            if tid not in self._lifters:
+                self._lifters[tid] = self.est.sequence(self.root)
+                self._owed[tid] = deque()
+        slot = _Slot(pd)
+        self._slots.append(slot)
+        submitted = []
+        for tid, lifter in self._lifters.items():
+            d = here.get(tid)
+            if d is None:  # not found in this frame: an empty detection keeps the person's clock
+                d = Detected(pd.index, pd.timestamp_s, pd.image_size, None, pd.timings_ms, track_id=tid)
+            self._owed[tid].append(slot)
+            slot.waiting += 1
+            submitted.append((tid, lifter.submit(d)))
+        lifted = iter(lift_jobs(self.est, [job for _, jobs in submitted for job in jobs]))
+        for tid, jobs in submitted:
+            self._take(tid, self._lifters[tid].complete(jobs, [next(lifted) for _ in jobs]))
+        return self._ready()
+
+    def flush(self) -> list[PoseFrame]:
+        """Every person's held frames (end of stream), then every frame still waiting."""
+        for tid, lifter in self._lifters.items():
+            self._take(tid, lifter.flush())
+        self._lifters.clear(), self._owed.clear(), self._seen.clear()
+        return self._ready()
+
+    def _take(self, tid: int, poses: list[PoseFrame]) -> None:
+        """Poses a track's lifter gave back (in the order of its frames) into their frames."""
+        owed = self._owed[tid]
+        for pf in poses:
+            slot = owed.popleft()
+            slot.waiting -= 1
+            if pf.valid:
+                slot.poses.append(pf)
+
+    def _ready(self) -> list[PoseFrame]:
+        out = []
+        while self._slots and self._slots[0].waiting == 0:
+            slot = self._slots.popleft()
+            pd = slot.pd
+            timings = dict(pd.timings_ms)
+            if slot.poses:
+                timings["lift"] = slot.poses[0].timings_ms.get("lift", 0.0)
+            out.append(PoseFrame.from_people(slot.poses, pd.index, pd.timestamp_s, pd.image_size, timings))
+        return out
 
 
 def open_people(model: str, backend: str = "auto", fov_deg: float | None = None, calib: str | None = None,
-                people: int = 2, threads: int | None = None) -> PeopleEstimator:
+                people: int = 2, threads: int | None = None, lifter=None) -> PeopleEstimator:
     """The several-people estimator as `--people N` runs it: MediaPipe in IMAGE mode with
-    MIN_CONFIDENCE thresholds, the tracker with appearance, up to `people` people."""
+    MIN_CONFIDENCE thresholds, the tracker with appearance, up to `people` people; `lifter`
+    an opened lifter of `model` (closed with the estimator), else opened here."""
     from realtime.detector import PoseDetector
 
-    detector = PoseDetector(mode="image", num_poses=people, min_detection_confidence=MIN_CONFIDENCE,
-                            min_presence_confidence=MIN_CONFIDENCE)
     try:
-        return PeopleEstimator(PoseEstimator(model, backend, fov_deg, calib, threads=threads, detector=detector),
-                               people=people)
+        detector = PoseDetector(mode="image", num_poses=people, min_detection_confidence=MIN_CONFIDENCE,
+                                min_presence_confidence=MIN_CONFIDENCE)
+    except BaseException:
+        if lifter is not None:
+            lifter.close()
+        raise
+    try:
+        return PeopleEstimator(PoseEstimator(model, backend, fov_deg, calib, threads=threads, detector=detector,
+                                             lifter=lifter), people=people)
     except BaseException:
         detector.close()
         raise

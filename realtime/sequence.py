@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -48,8 +49,62 @@ def usable(d: Detected) -> bool:
 READY_TOLERANCE_S = 1e-6
 
 
+@dataclass
+class LiftJob:
+    """Frames of one person that became ready to lift, in order, and what the model needs
+    for the usable ones: `windows` (len(people), window, D) of per-frame inputs with their
+    `padded` flags for a temporal model, None for a single-frame one (its input is each
+    detection). Made by `SequenceLifter.submit`, lifted by `lift_jobs`."""
+
+    ready: list[Detected]
+    people: list[Detected]
+    windows: np.ndarray | None = None
+    padded: tuple[bool, ...] = ()
+
+
+# The model's answer for one LiftJob: root-relative joints (len(people), 17, 3) float32 mm,
+# FBI (14, 3) or None per person, and the lift time per person in ms.
+Lifted = tuple[np.ndarray, list, float]
+
+
+def lift_jobs(estimator: PoseEstimator, jobs: list[LiftJob]) -> list[Lifted]:
+    """The model on every job's usable detections in one batch (one call for all of them; a
+    single-frame model: one call per frame index among them, its people batched), split back
+    per job. Several people's SequenceLifters share this call (realtime.people)."""
+    t0 = time.perf_counter()
+    counts = [len(j.people) for j in jobs]
+    total = sum(counts)
+    if total == 0:
+        return [(np.zeros((0, 17, 3), np.float32), [], 0.0) for _ in jobs]
+    people = [d for j in jobs for d in j.people]
+    if any(j.windows is not None for j in jobs):
+        rel = estimator.poses_of_windows(np.concatenate([j.windows for j in jobs if j.people]))
+        fbi: list = [None] * total
+    else:
+        by_frame: dict[int, list[int]] = {}
+        for k, d in enumerate(people):
+            by_frame.setdefault(d.index, []).append(k)
+        rel = np.zeros((total, 17, 3), np.float32)
+        fbi = [None] * total
+        for ks in by_frame.values():
+            r, f = estimator.poses_of([people[k] for k in ks])
+            for k, rk, fk in zip(ks, r, f):
+                rel[k], fbi[k] = rk, fk
+    ms = (time.perf_counter() - t0) * 1000.0 / total
+    out, start = [], 0
+    for n in counts:
+        out.append((rel[start:start + n], fbi[start:start + n], ms))
+        start += n
+    return out
+
+
 class SequenceLifter:
-    """One person's lifting state (module docstring). Not thread-safe: one thread pushes."""
+    """One person's lifting state (module docstring). Not thread-safe: one thread pushes.
+
+    `push(d)` is `submit(d)` (the history's part: which frames are ready, their windows)
+    followed by `complete(jobs, lift_jobs(estimator, jobs))` (the model's poses placed in
+    camera space, the root filter); several people's lifters submit, share one `lift_jobs`
+    call, then complete (realtime.people)."""
 
     def __init__(self, estimator: PoseEstimator, root: RootFilterConfig | None = None) -> None:
         self.est = estimator
@@ -60,24 +115,46 @@ class SequenceLifter:
         self._now = -np.inf
 
     def push(self, d: Detected) -> list[PoseFrame]:
-        if d.timestamp_s < self._now:
-            raise ValueError(f"detections must come in timestamp order: {d.timestamp_s} after {self._now}")
-        out: list[PoseFrame] = []
-        if self.history is not None and usable(d):
-            if self.history.gap_too_long(d.timestamp_s):
-                out += self._lift_ready(force=True)  # the old track ends: its frames padded at its end
-            self.history.push(d.timestamp_s, self.est.frame_input(d))
-        self._pending.append(d)
-        self._now = d.timestamp_s
-        return out + self._lift_ready()
+        jobs = self.submit(d)
+        return self.complete(jobs, lift_jobs(self.est, jobs))
 
     def flush(self) -> list[PoseFrame]:
         """Everything still held (end of stream), then the root filter's buffer."""
-        out = self._lift_ready(force=True)
+        jobs = self._take_ready(force=True)
+        out = self.complete(jobs, lift_jobs(self.est, jobs))
         if self.root is not None:
             out += self.root.flush()
         if self.history is not None:
             self.history.reset()
+        return out
+
+    def submit(self, d: Detected) -> list[LiftJob]:
+        """Take one detection (timestamp order); returns the frames that became ready."""
+        if d.timestamp_s < self._now:
+            raise ValueError(f"detections must come in timestamp order: {d.timestamp_s} after {self._now}")
+        jobs: list[LiftJob] = []
+        if self.history is not None and usable(d):
+            if self.history.gap_too_long(d.timestamp_s):
+                jobs += self._take_ready(force=True)  # the old track ends: its frames padded at its end
+            self.history.push(d.timestamp_s, self.est.frame_input(d))
+        self._pending.append(d)
+        self._now = d.timestamp_s
+        return jobs + self._take_ready()
+
+    def complete(self, jobs: list[LiftJob], lifted: list[Lifted]) -> list[PoseFrame]:
+        """The PoseFrames of submitted jobs (in order) from the model's answers (`lift_jobs`):
+        empty ones for nobody, through the root filter when there is one."""
+        out: list[PoseFrame] = []
+        for job, (rel, fbi, ms) in zip(jobs, lifted, strict=True):
+            poses = {id(d): k for k, d in enumerate(job.people)}
+            for d in job.ready:
+                k = poses.get(id(d))
+                if k is None:
+                    pf = PoseFrame.empty(d.index, d.timestamp_s, d.image_size, d.timings_ms)
+                else:
+                    cold = bool(job.padded[k]) if job.windows is not None else False
+                    pf = self.est.pose_frame(d, rel[k], fbi[k], dict(d.timings_ms, lift=ms), cold_start=cold)
+                out += self.root.push(pf) if self.root is not None else [pf]
         return out
 
     def _waits(self, d: Detected) -> bool:
@@ -85,42 +162,20 @@ class SequenceLifter:
         return (self.spec is not None and not self.spec.causal and usable(d)
                 and self._now + READY_TOLERANCE_S < d.timestamp_s + self.spec.lookahead_s)
 
-    def _lift_ready(self, force: bool = False) -> list[PoseFrame]:
+    def _take_ready(self, force: bool = False) -> list[LiftJob]:
         ready: list[Detected] = []
         while self._pending and (force or not self._waits(self._pending[0])):
             ready.append(self._pending.popleft())
         if not ready:
             return []
-        lifted = self._lift(ready)
-        if self.history is not None:
-            self.history.forget_before(self._pending[0].timestamp_s if self._pending else self._now)
-        if self.root is None:
-            return lifted
-        return [q for pf in lifted for q in self.root.push(pf)]
-
-    def _lift(self, ready: list[Detected]) -> list[PoseFrame]:
-        """PoseFrames of `ready` (in order): empty ones for nobody, the model's poses otherwise."""
-        t0 = time.perf_counter()
         people = [d for d in ready if usable(d)]
-        poses: dict[int, tuple[np.ndarray, np.ndarray | None, bool]] = {}
-        if self.history is not None and people:
-            windows, padded = zip(*(self.history.window(d.timestamp_s) for d in people))
-            rel = self.est.poses_of_windows(np.stack(windows))  # one batch
-            for d, r, cold in zip(people, rel, padded):
-                poses[id(d)] = (r, None, cold)
-        else:
-            for d in people:
-                rel, fbi = self.est.pose_of(d)
-                poses[id(d)] = (rel, fbi, False)
-        ms = (time.perf_counter() - t0) * 1000.0 / max(len(people), 1)
-        out = []
-        for d in ready:
-            if id(d) not in poses:
-                out.append(PoseFrame.empty(d.index, d.timestamp_s, d.image_size, d.timings_ms))
-                continue
-            rel, fbi, cold = poses[id(d)]
-            out.append(self.est.pose_frame(d, rel, fbi, dict(d.timings_ms, lift=ms), cold_start=cold))
-        return out
+        job = LiftJob(ready, people)
+        if self.history is not None:
+            if people:  # the windows now, before the history forgets what they read
+                windows, padded = zip(*(self.history.window(d.timestamp_s) for d in people))
+                job.windows, job.padded = np.stack(windows), tuple(bool(p) for p in padded)
+            self.history.forget_before(self._pending[0].timestamp_s if self._pending else self._now)
+        return [job]
 
 
 def lift_sequence(detections: Iterable[Detected], estimator: PoseEstimator,

@@ -89,8 +89,17 @@ def detected(uv: np.ndarray, track_id: int, index: int = 0) -> Detected:
     return Detected(index, index / 30.0, SIZE, detection(uv), {"detect": 1.0}, None, track_id=track_id)
 
 
+def lift_all(est, frames: list[Frame], root=None) -> list[PoseFrame]:
+    """A several-people estimator over frames as the app runs it: detect, the people's
+    sequence lifter, flushed at the end."""
+    lifter = est.sequence(root)
+    out = [pf for f in frames for pf in lifter.push(est.detect(f))]
+    return out + lifter.flush()
+
+
 def test_batched_lifter_is_one_call_and_equals_one_by_one():
     from engines.backends import open_backend
+    from realtime.people import PeopleDetected, PeopleEstimator
 
     lifter = CountingLifter(open_backend("base_gt", "onnxruntime", threads=1))
     est = PoseEstimator(detector=ScriptedDetector([]), lifter=lifter)
@@ -99,10 +108,11 @@ def test_batched_lifter_is_one_call_and_equals_one_by_one():
     for k, tr in enumerate(([-900.0, 200.0, 3500.0], [300.0, 150.0, 4200.0], [1200.0, 250.0, 5000.0])):
         rel = standing_pose() + rng.normal(0, 20, (17, 3))
         people.append(detected(project(rel - rel[0], np.array(tr)), track_id=k + 4))
-    together = est.lift_many(people)
+    (frame,) = PeopleEstimator(est).sequence(None).push(PeopleDetected(0, 0.0, SIZE, tuple(people), {"detect": 1.0}))
     assert lifter.calls == [3]
     alone = [est.lift(d) for d in people]
     assert lifter.calls == [3, 1, 1, 1]
+    together = frame.people
     for a, b, d in zip(together, alone, people):
         assert a.track_id == d.track_id and a.valid
         np.testing.assert_allclose(a.joints_mm, b.joints_mm, atol=1e-3)
@@ -110,8 +120,73 @@ def test_batched_lifter_is_one_call_and_equals_one_by_one():
         assert a.timings_ms["lift"] > 0
     # each placed where it stands: the depth order of the people is kept
     assert together[0].translation_mm[2] < together[1].translation_mm[2] < together[2].translation_mm[2]
-    assert est.lift_many([]) == []
     est.close()
+
+
+class WindowLifter(CountingLifter):
+    """A temporal lifter (centred, 5 frames 1/30 s apart) whose pose depends on every frame
+    of its window, so two people's histories mixed up would show."""
+
+    metadata = {"window": 5, "spacing_ms": 1000.0 / 30.0, "causal": False}
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        w = inputs["features"]
+        self.calls.append(len(w))
+        v = (w * np.arange(1, w.shape[1] + 1)[None, :, None]).sum(axis=1)  # (N, D)
+        return {"joints_mm": (standing_pose()[None] + 50.0 * v[:, :NUM_JOINTS, None]).astype(np.float32)}
+
+
+def test_each_person_has_their_own_temporal_history_and_root_filter():
+    from realtime.people import PeopleEstimator
+    from realtime.sequence import lift_sequence
+    from realtime.trajectory import RootFilterConfig
+
+    n = 30
+    uvs, _ = walk_script(n)
+    est = PeopleEstimator(PoseEstimator(detector=ScriptedDetector(uvs), lifter=WindowLifter()), appearance=False)
+    blank = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    frames = [Frame(i, i / 30.0, blank) for i in range(n)]
+    root = RootFilterConfig(lag_s=0.2)
+    out = lift_all(est, frames, root)
+    assert [pf.index for pf in out] == list(range(n))  # every frame once, in order
+    assert max(est.est.lifter.calls) > 1 and len(est.est.lifter.calls) <= n + 2  # batched over the people
+    # Each person's poses are exactly those of their detections lifted alone (a person of
+    # their own: their history, centred hold-back, edge padding and root filter).
+    est2 = PeopleEstimator(PoseEstimator(detector=ScriptedDetector(uvs), lifter=WindowLifter()), appearance=False)
+    tracked = [est2.detect(f) for f in frames]
+    for tid in (0, 1):
+        mine = [next((d for d in pd.people if d.track_id == tid), None) for pd in tracked]
+        alone = list(lift_sequence([Detected(f.index, f.timestamp_s, SIZE, d.detection if d else None, {}, track_id=tid)
+                                    for f, d in zip(frames, mine)], est2.est, root))
+        got = [next((p for p in pf.people if p.track_id == tid), None) for pf in out]
+        assert sum(g is not None for g in got) == sum(a.valid for a in alone) > 0
+        for g, a in zip(got, alone):
+            assert (g is not None) == a.valid
+            if g is not None:
+                np.testing.assert_allclose(g.joints_mm, a.joints_mm, atol=1e-4)
+                np.testing.assert_allclose(g.translation_mm, a.translation_mm, atol=1e-3)
+                assert g.cold_start == a.cold_start
+    firsts = {}
+    for pf in out:
+        for p in pf.people:
+            firsts.setdefault(p.track_id, p)
+    assert all(p.cold_start for p in firsts.values())  # a track's first frames are edge-padded
+
+
+def test_a_track_gone_for_good_is_flushed_and_forgotten():
+    from realtime.people import PeopleDetected, PeopleEstimator
+
+    est = PeopleEstimator(PoseEstimator(detector=ScriptedDetector([]), lifter=WindowLifter()))
+    lifter = est.sequence(None, forget_s=0.5)
+    uv = project(standing_pose(), np.array([0.0, 200.0, 4000.0]))
+    out = []
+    for i in range(40):
+        people = (detected(uv, 3, i),) if i < 10 else ()
+        out += lifter.push(PeopleDetected(i, i / 30.0, SIZE, people))
+    assert 3 not in lifter._lifters
+    out += lifter.flush()
+    assert [pf.index for pf in out] == list(range(40))
+    assert [pf.valid for pf in out] == [True] * 10 + [False] * 30
 
 
 def test_final_model_batch_equals_one_by_one():
@@ -158,7 +233,7 @@ def test_people_estimator_keeps_ids_and_places_everyone():
     lifter = CountingLifter()
     est = PeopleEstimator(PoseEstimator(detector=ScriptedDetector(uvs), lifter=lifter), appearance=False)
     blank = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
-    out = [est.process(Frame(i, i / 30.0, blank)) for i in range(30)]
+    out = lift_all(est, [Frame(i, i / 30.0, blank) for i in range(30)])
     assert lifter.calls == [len(u) for u in uvs]  # one lifter call per frame, for everyone
     # The near person (x increasing) is id 0 or 1 throughout, the far one the other id.
     ids_near = {p.track_id for pf in out for p in pf.people if p.translation_mm[2] < 4200}
@@ -180,7 +255,7 @@ def test_nobody_gives_an_empty_frame():
     from realtime.people import PeopleEstimator
 
     est = PeopleEstimator(PoseEstimator(detector=ScriptedDetector([[]]), lifter=CountingLifter()))
-    pf = est.process(Frame(0, 0.0, np.zeros((SIZE[1], SIZE[0], 3), np.uint8)))
+    (pf,) = lift_all(est, [Frame(0, 0.0, np.zeros((SIZE[1], SIZE[0], 3), np.uint8))])
     assert not pf.valid and pf.people == () and pf.image_size == SIZE
 
 

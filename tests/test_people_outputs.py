@@ -128,15 +128,19 @@ def test_serve_replays_every_person(tmp_path):
     assert ids_per_frame(frames) == EXPECTED_IDS
 
 
-def test_video_command_writes_two_tracks(tmp_path):
+@pytest.mark.parametrize("model", ["base_gt", "temporal_sh"])
+def test_video_command_writes_two_tracks(tmp_path, model):
     """`posestream video two_people.mp4 --people 2 --out o.npz`: both people of the shared
-    clip tracked on its first frames, each under one id."""
+    clip tracked on its first frames, each under one id; with a single-frame and with a
+    (centred) temporal model, each person then lifted from their own history."""
+    if not (Path(__file__).resolve().parents[1] / "models" / f"{model}.onnx").is_file():
+        pytest.skip(f"{model} is not shipped")
     clip = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "media" / "videos" / "mmaction2_demo_skeleton.mp4"
     if not clip.is_file():
         pytest.skip(f"the shared two-person clip is not here ({clip})")
     out = tmp_path / "o.npz"
     r = subprocess.run([sys.executable, "-m", "realtime.cli", "video", str(clip), "--people", "2", "--max-frames", "8",
-                        "--model", "base_gt", "--out", str(out), "--no-progress"],
+                        "--model", model, "--out", str(out), "--no-progress"],
                        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     d = np.load(out)
