@@ -447,35 +447,27 @@ def _npz_json_options(args: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- npz
 def render_npz(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
+    """One person: posestream-poses-v1 (a frame axis). Several people (clip.multi):
+    posestream-people-v1, the same arrays with a person axis after the frame axis
+    (realtime.journal.People) and track_ids (P,) instead of track_id (F,)."""
     if clip.multi:
-        _render_npz_people(clip, path, options)
-        return
-    arrays: dict[str, np.ndarray] = dict(
-        joints_mm=clip.joints_mm, translation_mm=clip.translation_mm, joints_2d_px=clip.joints_2d_px,
-        confidence=clip.confidence, fbi=clip.fbi, valid=clip.valid, index=clip.index,
-        timestamps_s=clip.timestamps_s, fps=np.float64(clip.fps), image_size=clip.image_size,
-        track_id=clip.track_id, joint_names=np.array(JOINT_NAMES), parents=np.array(PARENTS, np.int64),
-        units=np.array(NPZ_UNITS), format=np.array(NPZ_FORMAT))
-    if options.get("landmarks"):
-        arrays.update(landmarks_px=clip.landmarks_px, landmarks_world_mm=clip.landmarks_world_mm,
-                      landmarks_visibility=clip.landmarks_visibility, landmark_names=np.array(MP_LANDMARK_NAMES))
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+        pp = clip.people()
+        _save_npz(path, pp, clip.fps, NPZ_PEOPLE_FORMAT, options, track_ids=pp.track_ids)
+    else:
+        _save_npz(path, clip, clip.fps, NPZ_FORMAT, options, track_id=clip.track_id)
 
 
-def _render_npz_people(clip: Clip, path: Path, options: Mapping[str, Any]) -> None:
-    """Several people (format posestream-people-v1): the arrays of the one-person file with a
-    person axis after the frame axis (realtime.journal.People), and track_ids (P,)."""
-    pp = clip.people()
+def _save_npz(path: Path, src: Any, fps: float, fmt: str, options: Mapping[str, Any], **ids: np.ndarray) -> None:
+    """The .npz of `src` (a Clip or its People: the same array names)."""
     arrays: dict[str, np.ndarray] = dict(
-        joints_mm=pp.joints_mm, translation_mm=pp.translation_mm, joints_2d_px=pp.joints_2d_px,
-        confidence=pp.confidence, fbi=pp.fbi, valid=pp.valid, track_ids=pp.track_ids, index=pp.index,
-        timestamps_s=pp.timestamps_s, fps=np.float64(clip.fps), image_size=pp.image_size,
+        joints_mm=src.joints_mm, translation_mm=src.translation_mm, joints_2d_px=src.joints_2d_px,
+        confidence=src.confidence, fbi=src.fbi, valid=src.valid, index=src.index,
+        timestamps_s=src.timestamps_s, fps=np.float64(fps), image_size=src.image_size, **ids,
         joint_names=np.array(JOINT_NAMES), parents=np.array(PARENTS, np.int64),
-        units=np.array(NPZ_UNITS), format=np.array(NPZ_PEOPLE_FORMAT))
+        units=np.array(NPZ_UNITS), format=np.array(fmt))
     if options.get("landmarks"):
-        arrays.update(landmarks_px=pp.landmarks_px, landmarks_world_mm=pp.landmarks_world_mm,
-                      landmarks_visibility=pp.landmarks_visibility, landmark_names=np.array(MP_LANDMARK_NAMES))
+        arrays.update(landmarks_px=src.landmarks_px, landmarks_world_mm=src.landmarks_world_mm,
+                      landmarks_visibility=src.landmarks_visibility, landmark_names=np.array(MP_LANDMARK_NAMES))
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
 
