@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
                                      overwrite=not args.no_overwrite) if args.preview else None)
             sinks = LiveSinks.from_args(args, poses.fps, tap, {"kind": "video", "file": Path(args.input).name,
                                                                "frames": poses.frame_count, "fps": poses.fps,
-                                                               "realtime": bool(args.realtime), "people": args.people},
+                                                               "realtime": bool(args.realtime),
+                                                               **({"people": args.people} if args.people > 1 else {})},
                                         preview=preview)
             try:
                 ctrl_c.check()

@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         sinks = poses = None
         try:
             sinks = LiveSinks.from_args(args, source.fps, tap, {"kind": "webcam", "camera": args.camera,
-                                                                "fps": source.fps, "people": args.people})
+                                                                "fps": source.fps,
+                                                                **({"people": args.people} if args.people > 1 else {})})
             interrupt.check()
             poses = estimator.stream(source, live=True, tap=tap, stall_timeout_s=args.stall_timeout)
             interrupt.check()
