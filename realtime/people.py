@@ -259,24 +259,25 @@ class PeopleSequenceLifter:
 
 
 def open_people(model: str, backend: str = "auto", fov_deg: float | None = None, calib: str | None = None,
-                people: int = 2, threads: int | None = None, lifter=None) -> PeopleEstimator:
+                people: int = 2, threads: int | None = None, lifter=None, own_lifter: bool = True
+                ) -> PeopleEstimator:
     """The several-people estimator as `--people N` runs it: MediaPipe in IMAGE mode with
-    MIN_CONFIDENCE thresholds, the tracker with appearance, up to `people` people; `lifter`
-    an opened lifter of `model` (closed with the estimator), else opened here."""
+    MIN_CONFIDENCE thresholds, the tracker with appearance, up to `people` people. `lifter`:
+    an opened lifter of `model` (else opened here); when this fails, it is closed if
+    `own_lifter` (else left open for its owner)."""
     from realtime.detector import PoseDetector
 
+    detector = None
     try:
         detector = PoseDetector(mode="image", num_poses=people, min_detection_confidence=MIN_CONFIDENCE,
                                 min_presence_confidence=MIN_CONFIDENCE)
-    except BaseException:
-        if lifter is not None:
-            lifter.close()
-        raise
-    try:
         return PeopleEstimator(PoseEstimator(model, backend, fov_deg, calib, threads=threads, detector=detector,
                                              lifter=lifter), people=people)
     except BaseException:
-        detector.close()
+        if detector is not None:
+            detector.close()
+        if lifter is not None and own_lifter:
+            lifter.close()
         raise
 
 
