@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from engines.normalize import LIFT_INPUT_DIM, features_flip, mirror_map
 from engines.skeleton import FLIP_PERMUTATION, NUM_JOINTS
+from engines.temporal import DEFAULT_SPACING_MS, WindowSpec
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,14 @@ class LifterConfig:
     window: int = 1                 # frames per input (TemporalLifter; 1 = the single-frame Lifter)
     causal: bool = False            # TemporalLifter: the reference frame is the window's last, not centre
     conv: bool = False              # TemporalConvLifter: strided temporal convolution, window 3**(num_blocks+1)
+    spacing_ms: float = DEFAULT_SPACING_MS  # temporal: time between the window's frames
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def window_spec(self) -> WindowSpec:
+        """The window contract of a temporal lifter (engines.temporal)."""
+        return WindowSpec(self.window, self.causal, self.spacing_ms)
 
 
 class _ResidualBlock(nn.Module):
@@ -115,7 +121,7 @@ class Lifter(nn.Module):
 
 
 class TemporalLifter(Lifter):
-    """features (B, window, 37), frames engines.temporal.SPACING_MS apart -> root-relative 3D
+    """features (B, window, 37), frames cfg.spacing_ms apart -> root-relative 3D
     joints (B, 17, 3), mm, of the reference frame (engines.temporal). The same Martinez network
     on the flattened window: a fully connected layer over a short window is as cheap as a
     dilated convolution and keeps the single-frame recipe (max-norm, BatchNorm, flip averaging

@@ -52,6 +52,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, trace_batch: int = 2, s
     from engines import artifact
     from engines.checkpoint import contract_metadata, file_sha256, load_checkpoint
     from engines.stages import resolve_stage
+    from engines.temporal import window_metadata
 
     checkpoint, out = Path(checkpoint), Path(out)
     ck = load_checkpoint(checkpoint)
@@ -72,6 +73,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, trace_batch: int = 2, s
         "opset": OPSET, "exporter": f"torch {torch.__version__} dynamo", "precision": "fp32",
         **(ck.get("artifact_meta") or {}),  # e.g. a refiner's companion generator
     }
+    meta.update(window_metadata(meta))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         raw = Path(tmp) / "raw.onnx"

@@ -23,7 +23,7 @@ import numpy as np
 from engines.errors import UserError
 from engines.normalize import LIFT_INPUT_DIM
 from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
-from engines.temporal import CONV_WINDOW, ENSEMBLE_WINDOW, SEQUENCE_CHUNK
+from engines.temporal import CONV_WINDOWS, ENSEMBLE_WINDOW, SEQUENCE_CHUNK, conv_stage
 from engines.temporal import WINDOW as TEMPORAL_WINDOW
 
 
@@ -205,14 +205,14 @@ _TEMPORAL_STAGES = [_with_sequence_form(spec, window) for spec, window in (
         example=_temporal_example,
         description="engines.temporal: a window of features_2d frames -> root-relative joints (mm) of one frame",
     ), TEMPORAL_WINDOW),
-    (StageSpec(
-        name="temporal_conv",
-        inputs=(TensorSpec("features", (None, CONV_WINDOW, LIFT_INPUT_DIM)),),
+    *((StageSpec(
+        name=conv_stage(window),
+        inputs=(TensorSpec("features", (None, window, LIFT_INPUT_DIM)),),
         outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
-        build=_temporal_builder(CONV_WINDOW, conv=True),
-        example=partial(_temporal_example, window=CONV_WINDOW),
-        description="engines.temporal: the temporal convolution over a longer window -> joints (mm) of one frame",
-    ), CONV_WINDOW),
+        build=_temporal_builder(window, conv=True),
+        example=partial(_temporal_example, window=window),
+        description=f"engines.temporal: the temporal convolution over {window} frames -> joints (mm) of one frame",
+    ), window) for window in CONV_WINDOWS),
     (StageSpec(
         name="temporal_ensemble",
         inputs=(TensorSpec("features", (None, ENSEMBLE_WINDOW, LIFT_INPUT_DIM)),),

@@ -1,19 +1,27 @@
 """Temporal lifting contract: a window of 2D frames -> the 3D pose of one frame in it.
 
-The temporal lifters take a window of engines.normalize.features_2d frames spaced SPACING_MS
-apart: WINDOW frames, shape (B, WINDOW, 37), for the flattened Martinez network
-(engines.models.TemporalLifter, stage "temporal_lifter"), CONV_WINDOW frames for the temporal
-convolution (engines.models.TemporalConvLifter, stage "temporal_conv"), ENSEMBLE_WINDOW frames
-for an average of such models (engines.models.TemporalEnsemble, stage "temporal_ensemble"). Each
-returns the root-relative 3D joints (B, 17, 3), mm, of the window's reference frame: the
-centre frame, or the last frame when the model is causal (LifterConfig.causal; a live stream
-can only use a causal model, an offline file either). Windows never cross a sequence: at the
-ends the first/last frame is repeated (the edge padding VideoPose3D uses).
+The temporal lifters take a window of per-frame inputs spaced a fixed time apart: `window`
+frames `spacing_ms` apart, shape (B, window, 37), computed per frame by the function the model
+names (`frame_input`, today engines.normalize.features_2d of the 17-joint 2D). WindowSpec holds
+that contract; every temporal checkpoint records it in its model config (LifterConfig.window,
+causal, spacing_ms) and its exports carry it in their metadata (WindowSpec.metadata), which is
+what a runtime reads (WindowSpec.from_metadata; checkpoints made before spacing_ms was recorded
+were trained at DEFAULT_SPACING_MS). Models: the flattened Martinez network
+(engines.models.TemporalLifter, stage "temporal_lifter", WINDOW frames), the temporal
+convolution (engines.models.TemporalConvLifter, stages "temporal_conv" over CONV_WINDOW frames
+and "temporal_conv81" over 81), an average of such models (engines.models.TemporalEnsemble,
+stage "temporal_ensemble", ENSEMBLE_WINDOW frames). Each returns the root-relative 3D joints
+(B, 17, 3), mm, of the window's reference frame: the centre frame, or the last frame when the
+model is causal (a live stream can only use a causal model, an offline file either). Windows
+never cross a sequence: at the ends the first/last frame is repeated (the edge padding
+VideoPose3D uses).
 
-Why a fixed spacing in milliseconds, not in frames: the 2D sequences come at different rates
-(Human3.6M train 25 Hz, S9 validation 10 Hz, cameras 30 Hz), and the motion a window sees must
-mean the same thing at every rate. Training takes row strides 2 and 3 of the 25 Hz file (80 and
-120 ms) so that the 100 ms of the 10 Hz validation file lies inside what it has seen.
+Why a fixed spacing in milliseconds, not in frames: the 2D comes at different rates (Human3.6M
+train 25 Hz, S9 validation 10 Hz, cameras 25-60 fps, with dropped frames), and the motion a
+window sees must mean the same thing at every rate. Rows of a file whose rate is a whole multiple
+of the spacing are windowed by row strides (row_stride, windowed_features); any other stream is
+resampled by timestamp (timed_windows: linear interpolation between the two nearest frames,
+clamped to the first/last frame), which is also what a live history buffer does.
 Batch evaluation runs the same models in sequence form (engines.models.SequenceForm, stages
 "*_sequence"): a stretch of SEQUENCE_CHUNK + window - 1 frames in, SEQUENCE_CHUNK outputs out,
 the temporal convolution computing each layer once per frame rather than once per window;
@@ -22,16 +30,96 @@ Numpy only: the realtime app and the evaluation build windows without torch.
 """
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
 import numpy as np
 
 from engines.errors import UserError
 from engines.normalize import LIFT_INPUT_DIM, features_flip
 
-WINDOW = 9             # frames per window of the flattened TemporalLifter (0.8 s at SPACING_MS)
-CONV_WINDOW = 27       # frames per window of the TemporalConvLifter (2.6 s; 3**(blocks+1), blocks = 2)
-ENSEMBLE_WINDOW = 81   # frames per window of a TemporalEnsemble (8 s): its longest member, a conv over 81
-SPACING_MS = 100.0     # time between consecutive frames of a window
+WINDOW = 9             # frames per window of the flattened TemporalLifter stage
+CONV_WINDOW = 27       # frames per window of the TemporalConvLifter stage temporal_conv (3**(blocks+1), blocks = 2)
+CONV_WINDOWS = (27, 81)  # the temporal convolutions with a stage: temporal_conv (27), temporal_conv81
+ENSEMBLE_WINDOW = 81   # frames per window of a TemporalEnsemble: its longest member, a conv over 81
+DEFAULT_SPACING_MS = 100.0   # spacing of checkpoints that predate LifterConfig.spacing_ms
+FRAME_INPUT = "engines.normalize.features_2d"   # the per-frame input of every model so far
 SEQUENCE_CHUNK = 128   # output frames per call of a *_sequence stage (batch evaluation)
+
+
+def conv_stage(window: int) -> str:
+    """Stage name of a temporal convolution over `window` frames (CONV_WINDOWS)."""
+    if window not in CONV_WINDOWS:
+        raise UserError(f"no temporal-convolution stage runs {window}-frame windows (stages run {CONV_WINDOWS})")
+    return "temporal_conv" if window == CONV_WINDOW else f"temporal_conv{window}"
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What a runtime needs to feed a temporal model: `window` frames `spacing_ms` apart, the
+    reference (output) frame last when `causal`, else in the centre; each frame's input is
+    `frame_input` (a dotted engines function, frame_input_function) of that frame's 2D."""
+
+    window: int
+    causal: bool
+    spacing_ms: float
+    frame_input: str = FRAME_INPUT
+
+    def __post_init__(self) -> None:
+        window_offsets(self.window, self.causal)   # refuses an even centred window
+        if not self.spacing_ms > 0:
+            raise ValueError(f"spacing_ms must be positive, got {self.spacing_ms}")
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> "WindowSpec":
+        """From a checkpoint's model config or an artifact's metadata (window, causal and, when
+        recorded, spacing_ms and frame_input). UserError when it has no window."""
+        if "window" not in meta or "causal" not in meta:
+            raise UserError(f"{meta.get('source_file', 'model')}: no temporal window in its metadata")
+        return cls(int(meta["window"]), bool(meta["causal"]), float(meta.get("spacing_ms", DEFAULT_SPACING_MS)),
+                   str(meta.get("frame_input", FRAME_INPUT)))
+
+    def metadata(self) -> dict[str, Any]:
+        """The artifact metadata keys (engines.export writes them into the ONNX)."""
+        return {"window": self.window, "causal": self.causal, "spacing_ms": self.spacing_ms,
+                "frame_input": self.frame_input}
+
+    def offsets_ms(self) -> np.ndarray:
+        """(window,) float64 times of the window's frames relative to its reference frame, ms."""
+        return window_offsets(self.window, self.causal) * self.spacing_ms
+
+    @property
+    def history_ms(self) -> float:
+        """How far back the window reaches from its reference frame, ms."""
+        return float(-self.offsets_ms()[0])
+
+    @property
+    def lookahead_ms(self) -> float:
+        """How far ahead of its reference frame the window reaches, ms (0 when causal)."""
+        return float(self.offsets_ms()[-1])
+
+
+def window_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """The complete window keys (WindowSpec.metadata) of a temporal model's metadata, filling
+    what older checkpoints did not record (spacing_ms, frame_input); {} for a model without
+    a window (single-frame stages)."""
+    return WindowSpec.from_metadata(meta).metadata() if "window" in meta and "causal" in meta else {}
+
+
+def frame_input_function(name: str) -> Callable[..., np.ndarray]:
+    """The engines function a WindowSpec names as its per-frame input (e.g.
+    engines.normalize.features_2d); UserError for anything outside engines or not callable."""
+    module, _, attr = name.rpartition(".")
+    if not module.startswith("engines.") or not attr:
+        raise UserError(f"model input function {name!r} is not an engines function")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        raise UserError(f"model input function {name!r} does not exist in this version of posestream") from None
+    if not callable(fn):
+        raise UserError(f"model input function {name!r} is not callable")
+    return fn
 
 
 def window_offsets(window: int = WINDOW, causal: bool = False) -> np.ndarray:
@@ -70,7 +158,7 @@ def window_indices(first: np.ndarray, last: np.ndarray, centers: np.ndarray, off
     return np.clip(idx, first[centers][:, None], last[centers][:, None])
 
 
-def row_stride(row_ms: float, spacing_ms: float = SPACING_MS) -> int:
+def row_stride(row_ms: float, spacing_ms: float) -> int:
     """Rows per window step for rows `row_ms` apart; UserError when no whole stride comes
     within 25 % of the model's spacing (the model would see motion at the wrong speed)."""
     if not row_ms > 0:
@@ -127,3 +215,27 @@ def sequence_chunks(features: np.ndarray, keys: np.ndarray, stride: int, window:
             slot[frames] = made + np.arange(len(frames))
             made += count * chunk
     return np.ascontiguousarray(features[np.concatenate(rows)], np.float32), slot
+
+
+def timed_windows(times_ms: np.ndarray, frames: np.ndarray, ref_ms: np.ndarray, spec: WindowSpec) -> np.ndarray:
+    """Windows resampled by timestamp: the frames of one sequence at increasing times_ms (T,)
+    (any rate, gaps allowed), per-frame inputs `frames` (T, ...) -> (M, window, ...) float32,
+    the window of each reference time ref_ms (M,): its frames at ref + spec.offsets_ms(), each
+    linearly interpolated between the two frames around it and clamped to the first/last frame
+    outside [times_ms[0], times_ms[-1]] (edge padding). A causal window at a frame's own time
+    uses no later frame."""
+    t = np.asarray(times_ms, np.float64)
+    frames = np.asarray(frames)
+    if t.ndim != 1 or len(t) != len(frames) or len(t) == 0:
+        raise ValueError(f"need (T,) times and (T, ...) frames with T >= 1, got {t.shape} and {frames.shape}")
+    if len(t) > 1 and not (np.diff(t) > 0).all():
+        raise ValueError("frame times must be strictly increasing")
+    q = np.asarray(ref_ms, np.float64).reshape(-1, 1) + spec.offsets_ms()[None]      # (M, window)
+    q = np.clip(q, t[0], t[-1])
+    hi = np.clip(np.searchsorted(t, q, side="left"), 0, len(t) - 1)
+    lo = np.clip(hi - 1, 0, len(t) - 1)
+    span = t[hi] - t[lo]
+    w = np.where(span > 0, (q - t[lo]) / np.where(span > 0, span, 1.0), 1.0)
+    w = w.reshape(w.shape + (1,) * (frames.ndim - 1))
+    flat = frames.astype(np.float64)
+    return ((1.0 - w) * flat[lo] + w * flat[hi]).astype(np.float32)

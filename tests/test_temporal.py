@@ -54,12 +54,15 @@ def test_causal_windows_never_see_the_future():
 
 
 def test_row_stride_matches_frame_rates():
-    assert row_stride(100.0) == 1            # Human3.6M validation, 10 Hz
-    assert row_stride(20.0) == 5             # 50 Hz
-    assert row_stride(1000 / 30) == 3        # a 30 fps camera: 100 ms
-    assert row_stride(40.0) == 2             # 25 Hz: 80 ms, within 25 %
+    assert row_stride(100.0, 100.0) == 1            # Human3.6M validation, 10 Hz
+    assert row_stride(20.0, 100.0) == 5             # 50 Hz
+    assert row_stride(1000 / 30, 100.0) == 3        # a 30 fps camera: 100 ms
+    assert row_stride(40.0, 100.0) == 2             # 25 Hz: 80 ms, within 25 %
+    assert row_stride(40.0, 40.0) == 1              # 25 Hz at a 40 ms model
     with pytest.raises(UserError, match="cannot be windowed"):
-        row_stride(300.0)
+        row_stride(300.0, 100.0)
+    with pytest.raises(UserError, match="cannot be windowed"):
+        row_stride(100.0, 40.0)                     # 10 Hz rows cannot feed a 40 ms model by strides
 
 
 def test_window_mirror_is_the_per_frame_feature_mirror():
@@ -243,7 +246,9 @@ def test_tiny_temporal_training_and_eval(tmp_path, h36m_train, h36m_val, conv):
     assert state["history"][-1]["train_l0"] < state["history"][0]["train_l0"]
     ck = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
     assert ck["kind"] == kind and ck["model_config"]["window"] == window
-    assert ck["artifact_meta"] == {"window": window, "causal": False, "spacing_ms": 100.0}
+    assert ck["artifact_meta"] == {"window": window, "causal": False, "spacing_ms": 100.0,
+                                   "frame_input": "engines.normalize.features_2d"}
+    assert ck["model_config"]["spacing_ms"] == 100.0
     out = tmp_path / "e.json"
     r = subprocess.run([sys.executable, "-m", "realtime.cli", "eval", "--data", str(h36m_val), "--input", "sh",
                         "--model", str(tmp_path / "run" / "best.pt"), "--every", "20", "--json", str(out)],
@@ -332,3 +337,99 @@ def test_ensemble_refuses_members_that_do_not_agree(tmp_path):
     torch.save({"model": {}, "kind": "lifter"}, tmp_path / "l.pt")
     with pytest.raises(UserError, match="not a temporal lifter"):
         build([a, tmp_path / "l.pt"], tmp_path / "x.pt")
+
+
+# ---- the window contract: spacing in the checkpoint and its exports, timestamp resampling ----
+
+def test_window_spec_reads_old_and_new_metadata():
+    from engines.temporal import DEFAULT_SPACING_MS, FRAME_INPUT, WindowSpec, frame_input_function, window_metadata
+
+    old = WindowSpec.from_metadata({"window": 9, "causal": False})          # before spacing_ms was recorded
+    assert old.spacing_ms == DEFAULT_SPACING_MS and old.frame_input == FRAME_INPUT
+    new = WindowSpec.from_metadata({"window": 81, "causal": True, "spacing_ms": 40.0})
+    assert new.history_ms == 3200.0 and new.lookahead_ms == 0.0
+    np.testing.assert_allclose(WindowSpec(5, False, 40.0).offsets_ms(), [-80, -40, 0, 40, 80])
+    assert window_metadata({"stage": "lifter"}) == {}
+    assert window_metadata({"window": 27, "causal": False})["spacing_ms"] == DEFAULT_SPACING_MS
+    assert frame_input_function(FRAME_INPUT) is features_2d
+    for bad in ("os.system", "engines.normalize.nothing", "features_2d"):
+        with pytest.raises(UserError):
+            frame_input_function(bad)
+    with pytest.raises(ValueError):
+        WindowSpec(4, False, 40.0)
+    with pytest.raises(UserError, match="no temporal window"):
+        WindowSpec.from_metadata({"stage": "lifter"})
+
+
+def test_timed_windows_equal_row_windows_on_a_regular_stream():
+    from engines.temporal import WindowSpec, timed_windows
+
+    rng = np.random.default_rng(2)
+    feats = rng.normal(size=(30, LIFT_INPUT_DIM)).astype(np.float32)
+    times = 1000.0 + 20.0 * np.arange(30)                  # 50 Hz rows, a 40 ms model: stride 2
+    for causal in (False, True):
+        spec = WindowSpec(5, causal, 40.0)
+        want = windowed_features(feats, np.zeros(30, np.int64), stride=2, window=5, causal=causal)
+        np.testing.assert_allclose(timed_windows(times, feats, times, spec), want, atol=1e-6)
+
+
+def test_timed_windows_interpolate_uneven_timestamps_and_dropped_frames():
+    from engines.temporal import WindowSpec, timed_windows
+
+    # A linear signal stays exactly linear under the resampling, whatever the frame times.
+    times = np.array([0.0, 31.0, 70.0, 99.0, 240.0, 260.0, 301.0])   # jittered 30 fps, frames 100-240 dropped
+    frames = np.stack([2.0 * times, -times + 5.0], 1)
+    spec = WindowSpec(3, False, 40.0)
+    got = timed_windows(times, frames, np.array([70.0, 150.0, 261.0]), spec)
+    q = np.array([[30.0, 70.0, 110.0], [110.0, 150.0, 190.0], [221.0, 261.0, 301.0]])
+    np.testing.assert_allclose(got, np.stack([2.0 * q, -q + 5.0], -1), atol=1e-4)
+    # Before the first frame and after the last: the edge frame (padding), never extrapolation.
+    edge = timed_windows(times, frames, np.array([0.0, 301.0]), WindowSpec(5, False, 40.0))
+    np.testing.assert_allclose(edge[0, :3], np.repeat(frames[:1], 3, 0), atol=1e-4)
+    np.testing.assert_allclose(edge[1, 2:], np.repeat(frames[-1:], 3, 0), atol=1e-4)
+    with pytest.raises(ValueError, match="increasing"):
+        timed_windows(times[::-1], frames, np.array([0.0]), spec)
+
+
+def test_causal_timed_windows_never_see_the_future():
+    from engines.temporal import WindowSpec, timed_windows
+
+    rng = np.random.default_rng(3)
+    times = np.cumsum(rng.uniform(15, 45, 60))
+    feats = rng.normal(size=(60, LIFT_INPUT_DIM))
+    changed = feats.copy()
+    changed[31:] += 100.0                                   # everything after frame 30
+    spec = WindowSpec(27, True, 40.0)
+    np.testing.assert_array_equal(timed_windows(times, feats, times[:31], spec),
+                                  timed_windows(times, changed, times[:31], spec))
+    centred = WindowSpec(27, False, 40.0)
+    assert not np.array_equal(timed_windows(times, feats, times[30:31], centred),
+                              timed_windows(times, changed, times[30:31], centred))
+
+
+def test_conv81_stage_exports_its_window_contract(tmp_path):
+    from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from engines.backends.torch_backend import TorchBackend
+    from engines.checkpoint import contract_metadata
+    from engines.export import export_onnx
+    from engines.stages import STAGES
+    from engines.temporal import WindowSpec, conv_stage
+
+    assert conv_stage(81) == "temporal_conv81" and conv_stage(27) == "temporal_conv"
+    with pytest.raises(UserError, match="no temporal-convolution stage"):
+        conv_stage(243)
+    torch.manual_seed(0)
+    cfg = LifterConfig(in_dim=81 * LIFT_INPUT_DIM, hidden=32, num_blocks=3, window=81, conv=True, causal=True,
+                       spacing_ms=40.0, flip_tta=True)
+    m = TemporalConvLifter(cfg).eval()
+    pt = tmp_path / "c81.pt"
+    torch.save({"model": m.state_dict(), "kind": "temporal_conv81", "model_config": cfg.to_dict(),
+                "contract": contract_metadata(), "artifact_meta": cfg.window_spec().metadata()}, pt)
+    x = STAGES["temporal_conv81"].example_inputs(3)
+    want = TorchBackend(pt).run(x)["joints_mm"]
+    be = OnnxRuntimeBackend(export_onnx(pt, tmp_path / "c81.onnx"), threads=1)
+    np.testing.assert_allclose(be.run(x)["joints_mm"], want, atol=2e-3)
+    assert WindowSpec.from_metadata(be.metadata) == WindowSpec(81, True, 40.0)
+    assert be.metadata["frame_input"] == "engines.normalize.features_2d"
+    with pytest.raises(UserError, match="this stage runs"):
+        STAGES["temporal_conv"].build(torch.load(pt, weights_only=False))

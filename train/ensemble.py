@@ -23,20 +23,22 @@ def build(members: list[Path], out: Path) -> dict:
     from engines.backends.torch_backend import load_checkpoint
     from engines.checkpoint import contract_metadata, file_sha256
     from engines.models import LifterConfig, TemporalEnsemble
-    from engines.temporal import ENSEMBLE_WINDOW
+    from engines.temporal import ENSEMBLE_WINDOW, CONV_WINDOWS, WindowSpec, conv_stage
 
     if len(members) < 2:
         raise UserError("an ensemble needs at least two --member checkpoints")
     cks = [load_checkpoint(p) for p in members]
     for p, ck in zip(members, cks):
-        if ck.get("kind") not in ("temporal_lifter", "temporal_conv"):
+        if ck.get("kind") not in ("temporal_lifter", *(conv_stage(w) for w in CONV_WINDOWS)):
             raise UserError(f"{p} is a {ck.get('kind')!r} checkpoint, not a temporal lifter")
         if ck.get("contract") != contract_metadata():
             raise UserError(f"{p} was trained under another contract than this code's")
-    metas = [ck["artifact_meta"] for ck in cks]
-    if len({(m["causal"], m["spacing_ms"]) for m in metas}) != 1:
-        raise UserError("members differ in causality or frame spacing: "
-                        + ", ".join(f"{p.name} ({m['causal']}, {m['spacing_ms']} ms)" for p, m in zip(members, metas)))
+    specs = [WindowSpec.from_metadata(ck["artifact_meta"]) for ck in cks]
+    if len({(m.causal, m.spacing_ms, m.frame_input) for m in specs}) != 1:
+        raise UserError("members differ in causality, frame spacing or input: "
+                        + ", ".join(f"{p.name} ({m.causal}, {m.spacing_ms} ms, {m.frame_input})"
+                                    for p, m in zip(members, specs)))
+    spec = WindowSpec(ENSEMBLE_WINDOW, specs[0].causal, specs[0].spacing_ms, specs[0].frame_input)
     configs = [LifterConfig(**ck["model_config"]) for ck in cks]
     try:
         model = TemporalEnsemble(configs, ENSEMBLE_WINDOW)
@@ -45,11 +47,10 @@ def build(members: list[Path], out: Path) -> dict:
     for m, ck in zip(model.members, cks):
         m.load_state_dict(ck["model"])
     ck = {"kind": "temporal_ensemble", "model": model.state_dict(),
-          "model_config": {"window": ENSEMBLE_WINDOW, "causal": metas[0]["causal"],
+          "model_config": {"window": ENSEMBLE_WINDOW, "causal": spec.causal, "spacing_ms": spec.spacing_ms,
                            "members": [c.to_dict() for c in configs]},
           "contract": contract_metadata(),
-          "artifact_meta": {"window": ENSEMBLE_WINDOW, "causal": metas[0]["causal"],
-                            "spacing_ms": metas[0]["spacing_ms"]},
+          "artifact_meta": spec.metadata(),
           "members": [{"source_file": p.name, "source_sha256": file_sha256(p), "epoch": c.get("epoch"),
                        "val_mpjpe_mm": c.get("val_mpjpe_mm"), "train_config": c.get("train_config"),
                        "train_seconds": c.get("train_seconds")} for p, c in zip(members, cks)]}

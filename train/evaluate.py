@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import UserError
+from engines.temporal import WindowSpec
 from train.eval_common import EvalResult, format_table, result_from_json, run_in_chunks, summarize  # noqa: F401
 
 MISALIGNED_SEQUENCES = ("S9/Greeting", "S9/SittingDown 1", "S9/Waiting 1")
@@ -63,15 +64,24 @@ def sequence_predictions(be, s, data: str, every: int):
     from engines.stages import stage_for
     from train import h36m
 
-    meta = be.metadata
-    if "window" not in meta:
-        raise UserError(f"{meta.get('source_file', 'model')}: a temporal lifter without its window metadata")
-    chunk = stage_for(meta["stage"]).outputs[0].shape[1]
-    chunks, slot = h36m.sequence_input(s, data, int(meta["window"]), bool(meta["causal"]),
-                                       float(meta["spacing_ms"]), chunk)
+    spec = WindowSpec.from_metadata(be.metadata)
+    chunk = stage_for(be.metadata["stage"]).outputs[0].shape[1]
+    chunks, slot = h36m.sequence_input(s, data, spec.window, spec.causal, spec.spacing_ms, chunk)
     pred = run_in_chunks(be, {"features": chunks}, chunk=64).reshape(-1, NUM_JOINTS, 3)
     keep = np.arange(0, len(s), every)
     return pred[slot[keep]], s.subset(keep)
+
+
+def _whole_stride(data: str, meta: dict) -> bool:
+    """Whether the rows of `data` reach the model's frame spacing by a whole row stride."""
+    from engines.temporal import row_stride
+    from train import h36m
+
+    try:
+        row_stride(h36m.row_spacing_ms(data), WindowSpec.from_metadata(meta).spacing_ms)
+    except UserError:
+        return False
+    return True
 
 
 def evaluate(data: str, input_kind: str, model: str | None = None, backend: str = "auto",
@@ -86,10 +96,14 @@ def evaluate(data: str, input_kind: str, model: str | None = None, backend: str 
     be, path = open_model(model, backend)
     try:
         sequence = stage_for(be.metadata.get("stage")).sequence
-        if sequence:  # a temporal lifter: evaluate it in sequence form
+        if sequence and _whole_stride(data, be.metadata):  # a temporal lifter: in sequence form
             be.close()
             be, path = open_model(model, backend, stage=sequence)
             pred, s = sequence_predictions(be, h36m.load(data, input_kind), data, every)
+        elif sequence:  # rows no whole stride brings to the model's spacing: windows resampled by time
+            spec = WindowSpec.from_metadata(be.metadata)
+            x, s = h36m.windowed(h36m.load(data, input_kind), data, spec.window, spec.causal, spec.spacing_ms, every)
+            pred = run_in_chunks(be, {"features": x}, chunk=1024)
         else:
             s = h36m.load(data, input_kind, every=every)
             pred = run_in_chunks(be, {"features": features_2d(s.uv, s.f, s.c)})

@@ -148,16 +148,37 @@ def row_spacing_ms(path: str | Path) -> float:
     raise UserError(f"{path}: neither frame_step nor frame indices say how far apart the rows are")
 
 
+def frame_windows(feats: np.ndarray, keys: np.ndarray, row_ms: float, spec) -> np.ndarray:
+    """Windows (M, window, D) of per-frame inputs (M, D) in run order, rows row_ms apart, at
+    spec's spacing: by row strides when a whole stride is within 25 % of it (exact rows,
+    engines.temporal.windowed_features), else resampled by time within each run
+    (engines.temporal.timed_windows), e.g. 10 Hz rows for a 40 ms model."""
+    from engines.temporal import group_bounds, row_stride, timed_windows, windowed_features
+
+    try:
+        return windowed_features(feats, keys, row_stride(row_ms, spec.spacing_ms), spec.window, spec.causal)
+    except UserError:
+        if row_ms > 2.5 * spec.spacing_ms:   # interpolating across more than 2 model steps blurs the motion
+            raise
+    first, last = group_bounds(keys)
+    out = np.empty((len(feats), spec.window, feats.shape[1]), np.float32)
+    for a in np.unique(first):
+        b = int(last[a]) + 1
+        t = np.arange(b - a) * float(row_ms)
+        out[a:b] = timed_windows(t, feats[a:b], t, spec)
+    return out
+
+
 def windowed(s: H36MSet, path: str | Path, window: int, causal: bool, spacing_ms: float,
              every: int = 1) -> tuple[np.ndarray, H36MSet]:
     """Temporal-lifter input for every `every`-th sample of s, which holds all rows of `path`:
-    windows of features_2d built on each run at the row stride closest to spacing_ms
-    (engines.temporal). Returns ((M', window, 37) float32, the M' samples)."""
+    windows of features_2d at spacing_ms (frame_windows: row strides, or resampled by time
+    when no whole stride fits). Returns ((M', window, 37) float32, the M' samples)."""
     from engines.normalize import features_2d
-    from engines.temporal import row_stride, windowed_features
+    from engines.temporal import WindowSpec
 
-    stride = row_stride(row_spacing_ms(path), spacing_ms)
-    win = windowed_features(features_2d(s.uv, s.f, s.c), s.run_keys(), stride, window, causal)
+    win = frame_windows(features_2d(s.uv, s.f, s.c), s.run_keys(), row_spacing_ms(path),
+                        WindowSpec(window, causal, spacing_ms))
     keep = np.arange(0, len(s), every)
     return win[keep], s.subset(keep)
 
@@ -167,7 +188,8 @@ def sequence_input(s: H36MSet, path: str | Path, window: int, causal: bool, spac
     """A sequence stage's input for all samples of s, which holds all rows of `path`: stretches
     of chunk + window - 1 frames at the row stride closest to spacing_ms, and each sample's row
     among the stretches' outputs (engines.temporal.sequence_chunks, the same edge padding as
-    windowed). Returns ((N, chunk + window - 1, 37) float32, slot (M,) int64)."""
+    windowed). Returns ((N, chunk + window - 1, 37) float32, slot (M,) int64). UserError when
+    no whole row stride fits spacing_ms (evaluate such a model per window: windowed)."""
     from engines.normalize import features_2d
     from engines.temporal import row_stride, sequence_chunks
 

@@ -46,6 +46,7 @@ class TrainConfig:
     window: int = 1                 # > 1: a TemporalLifter over this many frames (engines.temporal)
     causal: bool = False            # TemporalLifter: predict the window's last frame, not its centre
     conv: bool = False              # temporal: a TemporalConvLifter (window 3**k), hidden = channels
+    spacing_ms: float = 100.0       # temporal: time between window frames (rows at strides around it)
 
 
 def _features(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -64,12 +65,11 @@ def _flip(uv: np.ndarray, c: np.ndarray, j3: np.ndarray) -> tuple[np.ndarray, np
     return uv2, j2
 
 
-def train_strides(row_ms: float) -> tuple[int, ...]:
-    """Row strides whose spacings bracket engines.temporal.SPACING_MS: (2, 3) for 40 ms rows."""
-    from engines.temporal import SPACING_MS
-
-    x = SPACING_MS / row_ms
-    return tuple(sorted({max(1, math.floor(x)), max(1, math.ceil(x))}))
+def train_strides(row_ms: float, spacing_ms: float) -> tuple[int, ...]:
+    """Row strides whose spacings bracket spacing_ms: (2, 3) for 40 ms rows and 100 ms, (1,)
+    for 40 ms rows and 40 ms."""
+    x = spacing_ms / row_ms
+    return tuple(sorted({max(1, math.floor(x + 1e-9)), max(1, math.ceil(x - 1e-9))}))
 
 
 def conv_blocks(window: int) -> int:
@@ -81,10 +81,9 @@ def conv_blocks(window: int) -> int:
 
 
 def temporal_metadata(mcfg) -> dict:
-    """The window contract of a temporal lifter, stored with the checkpoint and its exports."""
-    from engines.temporal import SPACING_MS
-
-    return {"window": mcfg.window, "causal": mcfg.causal, "spacing_ms": SPACING_MS}
+    """The window contract of a temporal lifter (engines.temporal.WindowSpec), stored with the
+    checkpoint and its exports."""
+    return mcfg.window_spec().metadata()
 
 
 def train(cfg: TrainConfig, out: Path, log=print) -> dict:
@@ -92,6 +91,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
 
     from engines.checkpoint import contract_metadata, file_sha256
     from engines.models import Lifter, LifterConfig, temporal_lifter
+    from engines.temporal import conv_stage
     from train import h36m
     from train.metrics import mpjpe
 
@@ -103,6 +103,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     temporal = cfg.window > 1
     # Refuse a bad --conv window before the minute of loading (conv_blocks also refuses window 1).
     num_blocks = conv_blocks(cfg.window) if cfg.conv else cfg.num_blocks
+    kind = conv_stage(cfg.window) if cfg.conv else "temporal_lifter" if temporal else "lifter"
     # A temporal run needs every row to build windows; `every` then thins the window centres.
     tr = h36m.load(cfg.data, cfg.input_kind, every=1 if temporal else cfg.every)
     if set(np.unique(tr.subject)) - set(TRAIN_SUBJECTS):
@@ -118,10 +119,10 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     Y = j3.reshape(len(j3), -1).astype(np.float32)
     va = h36m.load(cfg.val_data, cfg.input_kind, every=1 if temporal else cfg.val_every)
     if temporal:
-        from engines.temporal import SPACING_MS, group_bounds, window_indices, window_offsets
+        from engines.temporal import group_bounds, window_indices, window_offsets
 
-        Xv_np, va = h36m.windowed(va, cfg.val_data, cfg.window, cfg.causal, SPACING_MS, cfg.val_every)
-        strides = train_strides(h36m.row_spacing_ms(cfg.data))
+        Xv_np, va = h36m.windowed(va, cfg.val_data, cfg.window, cfg.causal, cfg.spacing_ms, cfg.val_every)
+        strides = train_strides(h36m.row_spacing_ms(cfg.data), cfg.spacing_ms)
         run_first, run_last = group_bounds(keys)
         offsets = window_offsets(cfg.window, cfg.causal)
         centers = np.arange(0, len(X), cfg.every)
@@ -136,7 +137,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     mcfg = LifterConfig(in_dim=cfg.window * X.shape[1], hidden=cfg.hidden,
                         num_blocks=num_blocks,
                         dropout=cfg.dropout, max_norm=cfg.max_norm, flip_tta=cfg.flip_tta,
-                        window=cfg.window, causal=cfg.causal, conv=cfg.conv)
+                        window=cfg.window, causal=cfg.causal, conv=cfg.conv, spacing_ms=cfg.spacing_ms)
     model = temporal_lifter(mcfg) if temporal else Lifter(mcfg)
     model.set_normalization(torch.from_numpy(np.tile(X.mean(0), cfg.window)),
                             torch.from_numpy(np.tile(X.std(0), cfg.window)),
@@ -159,7 +160,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
         return float(mpjpe(pred, va.joints_cam).mean())
 
     def make_input(idx):
-        if temporal:  # each window at a random one of the strides: frame spacings around SPACING_MS
+        if temporal:  # each window at a random one of the strides: frame spacings around spacing_ms
             step = rng.choice(strides, len(idx))
             win = window_indices(run_first, run_last, centers[idx.numpy()], offsets, step)
             return Xt[torch.from_numpy(win)].flatten(1)
@@ -174,7 +175,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
                                           cfg.max_norm)
         sched.step()
         val = validate()
-        meta = {"kind": "temporal_conv" if cfg.conv else "temporal_lifter" if temporal else "lifter", "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
+        meta = {"kind": kind, "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
                 "contract": contract_metadata(), "train_subjects": list(TRAIN_SUBJECTS),
                 "data_sha256": file_sha256(cfg.data) if state["epoch"] == 0 else None}
         if temporal:  # what a runtime needs to build the windows; exported with the model
@@ -196,7 +197,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (resumes from OUT/last.pt)")
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("lr-decay", float), ("every", int),
                       ("noise-px", float), ("seed", int), ("threads", int), ("hidden", int), ("window", int),
-                      ("dropout", float)):
+                      ("dropout", float), ("spacing-ms", float), ("val-every", int)):
         p.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_")))
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--causal", action="store_true", help="temporal lifter: predict the last frame of the window")
@@ -210,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
                       every=args.every, flip=not args.no_flip, noise_px=args.noise_px, seed=args.seed,
                       threads=args.threads, hidden=args.hidden, flip_tta=not args.no_flip_tta,
-                      window=args.window, causal=args.causal, conv=args.conv, dropout=args.dropout)
+                      window=args.window, causal=args.causal, conv=args.conv, dropout=args.dropout,
+                      spacing_ms=args.spacing_ms, val_every=args.val_every)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0

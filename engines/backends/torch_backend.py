@@ -12,6 +12,7 @@ import numpy as np
 from engines.checkpoint import load_checkpoint  # noqa: F401 - train/ imports it from here
 from engines.errors import UserError
 from engines.stages import StageSpec, check_inputs, resolve_stage
+from engines.temporal import window_metadata
 
 
 class TorchBackend:
@@ -28,6 +29,7 @@ class TorchBackend:
         self.model = self.stage.build(ck)
         self.metadata = {k: v for k, v in ck.items() if k != "model"}
         self.metadata.update(ck.get("artifact_meta") or {})  # as engines.export records it
+        self.metadata.update(window_metadata(self.metadata))
         self.metadata["stage"] = self.stage.name
         self._torch = torch
 
