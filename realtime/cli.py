@@ -59,6 +59,7 @@ TRAINING_COMMANDS: dict[str, str] = {
     "train-refiner": "train.train_refiner",
     "ensemble": "train.ensemble",
     "render": "train.render_cmd",
+    "mp-error": "train.mp_error",
 }
 GROUPS = ("commands", "benchmarks and tools", "training and evaluation (needs the [train] extra)")
 # Modules the training extra brings; a training command run without them gets a one-line hint.

@@ -347,3 +347,87 @@ def test_render_command_bvh_mode(tmp_path: Path) -> None:
     from engines.skeleton import bone_lengths
     L = bone_lengths(lab["joints_3d"].astype(np.float64))
     assert np.ptp(L[:, 1]) > 1.0  # right thigh, mm
+
+
+# ---- rendered sequences (train.synth.sequences) ----
+
+def test_catmull_rom_is_exact_on_the_samples_and_smooth_between() -> None:
+    from train.synth.sequences import catmull_rom
+    t = np.arange(6) * 100.0
+    v = np.stack([np.sin(t / 150.0), t ** 2 / 1e4], 1)
+    np.testing.assert_allclose(catmull_rom(t, v, t), v, atol=1e-12)
+    q = np.linspace(0, 500, 301)
+    y = catmull_rom(t, v, q)
+    inner = (q >= 100) & (q <= 400)                 # the end segments repeat the end sample
+    np.testing.assert_allclose(y[inner, 1], q[inner] ** 2 / 1e4, atol=1e-9)   # exact on a parabola inside
+    assert np.abs(np.diff(y[:, 0], 2)).max() < 1e-3                  # no kinks at the samples
+
+
+@needs_h36m
+def test_h36m_clips_mark_the_rows_and_keep_the_labels(tmp_path: Path) -> None:
+    from train.synth.sequences import ClipRenderer, H36MClips
+    src = H36MClips(H36M_VAL, (1, 3), fps=30, seconds=1.0)
+    assert len(src) == 29 * 2                       # one clip per sequence and camera
+    clip = src.item(3)                              # sequence 1, camera 3
+    assert clip.camera_index == 3 and len(clip.times_ms) == 31
+    on_row = np.flatnonzero(clip.row >= 0)
+    np.testing.assert_array_equal(on_row, np.arange(0, 31, 3))      # 10 Hz rows in a 30 fps clip
+    pos = np.load(H36M_VAL)["positions_3d"]
+    np.testing.assert_allclose(clip.joints_world[on_row], pos[clip.row[on_row]], atol=1e-3)
+    r = ClipRenderer(use_mediapipe=False)
+    a = r.render(src.item(3), np.random.default_rng([4, 3]))
+    b = r.render(src.item(3), np.random.default_rng([4, 3]))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # One camera, body and scene per clip; labels are the file's joints in that camera.
+    assert (a["f"] == a["f"][:1]).all() and (a["girth"] == a["girth"][0]).all()
+    from engines.camera import world_to_camera
+    from engines.skeleton import root_relative
+    cam = src.cams[(9, 3)]
+    want = root_relative(world_to_camera(pos[clip.row[on_row]].astype(np.float64), cam.R, cam.T))
+    keep = [j for j in range(17) if j != 9]        # neck_nose is the body's own point (train.synth.samples)
+    np.testing.assert_allclose(a["joints_3d"][on_row][:, keep], want[:, keep], atol=1e-3)
+    assert not a["mp_found"].any() and np.isnan(a["mp_joints_2d"]).all()
+
+
+@needs_h36m
+def test_sequence_render_command_shards_clips_and_resumes(tmp_path: Path) -> None:
+    from train.render_cmd import add_arguments, run
+    from train.synth.dataset import SynthDataset
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    out = tmp_path / "seq"
+    argv = ["--sequence", "--data", str(H36M_VAL), "--out", str(out), "--cameras", "0", "--fps", "30",
+            "--seconds", "0.5", "--limit", "3", "--shard-size", "2", "--no-mediapipe"]
+    assert run(p.parse_args(argv)) == 0
+    ds = SynthDataset(out)
+    assert ds.manifest["complete"] and len(ds) == 3 and ds.manifest["stats"]["frames"] == 3 * 16
+    lab = ds.labels()
+    assert lab["index"].tolist() == [0] * 16 + [1] * 16 + [2] * 16
+    assert np.allclose(np.diff(lab["time_ms"][:16]), 1000 / 30) and "mp_world_mm" in ds.manifest["fields"]
+    mtimes = [os.path.getmtime(f) for f in ds.files]
+    assert run(p.parse_args(argv)) == 0
+    assert mtimes == [os.path.getmtime(f) for f in ds.files]
+    with pytest.raises(UserError, match="apply to --sequence"):
+        run(p.parse_args(argv[1:]))
+
+
+@pytest.mark.slow
+@needs_h36m
+def test_sequence_mediapipe_video_mode_and_cues() -> None:
+    from train.synth.samples import default_model_path
+    from train.synth.sequences import ClipRenderer, H36MClips
+    if not default_model_path().is_file():
+        pytest.skip("MediaPipe model bundle not built")
+    r = ClipRenderer(use_mediapipe=True, generator="generator")
+    try:
+        out = r.render(H36MClips(H36M_VAL, (1,), fps=30, seconds=1.0).item(0), np.random.default_rng(0))
+    finally:
+        r.close()
+    found = out["mp_found"]
+    assert found.mean() > 0.8
+    err = np.linalg.norm(out["mp_joints_2d"][found] - out["joints_2d_image"][found], axis=-1)
+    assert np.median(err) < 25                      # px in a 1000 px image
+    hips = 0.5 * (out["mp_world_mm"][found, 23] + out["mp_world_mm"][found, 24])
+    assert np.abs(hips).max() < 50                  # world landmarks are hip-centred, mm
+    assert np.isfinite(out["coarse_mm"][found]).all() and np.allclose(out["fbi_prob"][found].sum(-1), 1, atol=1e-4)

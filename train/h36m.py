@@ -135,6 +135,8 @@ def row_sequence(d: dict[str, np.ndarray]) -> np.ndarray:
 def row_spacing_ms(path: str | Path) -> float:
     """Time between consecutive rows of a sequence, ms: 20 ms (50 Hz) times the file's
     frame_step, or the median step of its 50 Hz `frame` indices within sequences."""
+    if not Path(path).is_file():
+        raise UserError(f"data file not found: {path}")
     with np.load(path, allow_pickle=False) as z:
         if "frame_step" in z.files:
             return 20.0 * float(z["frame_step"])

@@ -7,6 +7,12 @@ H36M mode renders each (row, camera) of the file from that file's own cameras; t
 labels are the file's joints (see train/synth/samples.py). BVH mode renders random mocap
 frames on random bodies from sampled webcam/H36M-like cameras. Output: shard_XXXXX.npz +
 manifest.json (docs/synthetic.md); rerunning skips finished shards.
+
+--sequence renders clips instead (train/synth/sequences.py, docs/temporal.md): consecutive
+rows of the file per camera (--fps resamples them, --seconds/--clips/--clip-start cut them),
+or --count stretches of BVH clips of --seconds; MediaPipe runs in VIDEO mode over each clip,
+and --cues stores the Final generator's coarse 3D and FBI per frame. --shard-size then counts
+clips (default 4).
 """
 from __future__ import annotations
 
@@ -29,7 +35,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="MediaPipe .task bundle (default models/pose_landmarker_full.task)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes (one per core)")
-    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--shard-size", type=int, default=None, help="samples per shard (256), clips with --sequence (4)")
+    seq = p.add_argument_group("sequences (--sequence)")
+    seq.add_argument("--sequence", action="store_true", help="render clips: a person moving in front of one camera")
+    seq.add_argument("--fps", type=float, default=None, help="H36M: resample the rows to this frame rate")
+    seq.add_argument("--seconds", type=float, default=None,
+                     help="clip length (H36M default: whole runs; BVH default 5)")
+    seq.add_argument("--clips", type=int, default=1, help="H36M with --clip-start random: clips per run")
+    seq.add_argument("--clip-start", choices=("first", "random"), default="first",
+                     help="H36M: each run's first --seconds, or --clips stretches at random starts")
+    seq.add_argument("--cues", nargs="?", const="generator", default=None, metavar="GENERATOR",
+                     help="store the generator's coarse 3D and FBI per frame (default model: generator)")
     p.add_argument("--compress", action="store_true", help="np.savez_compressed shards (smaller, slower)")
 
 
@@ -37,21 +53,33 @@ def run(args: argparse.Namespace) -> int:
     from train.synth.shards import BvhSource, H36MSource, RunConfig, render_shards
 
     out = Path(args.out)
-    if args.every < 1 or args.count < 1 or args.workers < 1 or args.shard_size < 1:
+    shard_size = args.shard_size or (4 if args.sequence else 256)
+    if args.every < 1 or args.count < 1 or args.workers < 1 or shard_size < 1:
         raise UserError("--every, --count, --workers and --shard-size must be >= 1")
-    if args.data:
-        try:
-            cams = tuple(int(c) for c in args.cameras.split(",") if c.strip())
-        except ValueError:
-            raise UserError(f"--cameras must be comma-separated integers, got {args.cameras!r}") from None
-        source = H36MSource(args.data, args.every, cams)
+    if not args.sequence and (args.fps or args.seconds or args.cues or args.clip_start != "first" or args.clips != 1):
+        raise UserError("--fps, --seconds, --clips, --clip-start and --cues apply to --sequence renders")
+    if args.sequence:
+        from train.synth.sequences import BvhClips, H36MClips
+
+        if args.data:
+            source = H36MClips(args.data, _cameras(args.cameras), args.fps, args.seconds, args.clips,
+                               args.clip_start, args.seed)
+        else:
+            if args.fps:
+                raise UserError("--fps applies to --data (BVH clips keep their own frame rate)")
+            source = BvhClips(args.bvh, args.count, args.seconds or 5.0, cache_dir=out, seed=args.seed)
+    elif args.data:
+        source = H36MSource(args.data, args.every, _cameras(args.cameras))
     else:
         source = BvhSource(args.bvh, args.count, cache_dir=out, seed=args.seed)
-    cfg = RunConfig(out=out, seed=args.seed, shard_size=args.shard_size, mediapipe=not args.no_mediapipe,
-                    workers=args.workers, compress=args.compress, limit=args.limit, model=args.model)
+    cfg = RunConfig(out=out, seed=args.seed, shard_size=shard_size, mediapipe=not args.no_mediapipe,
+                    workers=args.workers, compress=args.compress, limit=args.limit, model=args.model,
+                    generator=args.cues)
     m = render_shards(source, cfg)
     st = m["stats"]
-    line = f"render: {st['samples']}/{m['num_samples']} samples in {out}"
+    line = f"render: {st['samples']}/{m['num_samples']} {'clips' if args.sequence else 'samples'} in {out}"
+    if "frames" in st:
+        line += f" ({st['frames']} frames)"
     if "last_run" in m:
         lr = m["last_run"]
         line += (f"; this run {lr['samples']} samples at {lr['samples_per_s']} samples/s with {lr['workers']} "
@@ -60,6 +88,13 @@ def run(args: argparse.Namespace) -> int:
         line += (f"; MediaPipe detected {100 * st['mp_detection_rate']:.1f}%, correct {100 * st['mp_correct_rate']:.1f}%")
     print(line)
     return 0
+
+
+def _cameras(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise UserError(f"--cameras must be comma-separated integers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,8 @@ TRAIN_SUBJECTS = (1, 5, 6, 7, 8)
 class TrainConfig:
     data: str = ""
     val_data: str = ""
-    input_kind: str = "gt"          # 2D input: "gt" projected, "sh" stacked hourglass
+    input_kind: str = "gt"          # 2D input: "gt" projected, "sh" stacked hourglass, "mp" MediaPipe-like
+    error_model: str = ""           # input "mp": train.mp_error model turning gt into MediaPipe-like 2D
     loss: str = "weighted"          # "weighted" (paper), "l2" (Martinez) or "mpjpe" (VideoPose3D)
     epochs: int = 12                # epoch 1 is plain L0 (warm-up) for both losses
     batch_size: int = 256
@@ -47,6 +48,7 @@ class TrainConfig:
     causal: bool = False            # TemporalLifter: predict the window's last frame, not its centre
     conv: bool = False              # temporal: a TemporalConvLifter (window 3**k), hidden = channels
     spacing_ms: float = 100.0       # temporal: time between window frames (rows at strides around it)
+    cold_start: float = 0.0         # temporal: share of windows cut short as at a track's start (and end)
 
 
 def _features(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -86,6 +88,38 @@ def temporal_metadata(mcfg) -> dict:
     return mcfg.window_spec().metadata()
 
 
+def _error_model(cfg: TrainConfig):
+    """The MediaPipe error model of an "mp" run (train.mp_error), else None."""
+    if cfg.input_kind != "mp":
+        if cfg.error_model:
+            raise UserError("--error-model goes with --input mp")
+        return None
+    if not cfg.error_model:
+        raise UserError("--input mp needs --error-model FILE (fit one with `posestream mp-error fit`)")
+    from train.mp_error import ErrorModel
+
+    return ErrorModel.load(cfg.error_model)
+
+
+def _mp_drawer(model, s, row_ms: float):
+    """rng -> MediaPipe-like 2D (M, 17, 2) px of every sample of the H36MSet s (all rows of its
+    file, rows row_ms apart): train.mp_error.simulate, dropouts filled in time as the app's
+    history buffer fills them."""
+    from train.mp_error import fill_dropouts, geometry, simulate
+
+    keys = s.run_keys()
+    first = np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1]
+    times = (np.arange(len(s)) - np.repeat(first, np.diff(np.r_[first, len(s)]))) * row_ms
+    gt = s.uv.astype(np.float64)
+    geom = geometry(gt, s.joints_cam, s.root_cam, s.f, times, keys)
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        uv, det = simulate(model, gt, s.joints_cam, s.root_cam, s.f, times, keys, rng, geom)
+        return fill_dropouts(uv, det, times, keys)
+
+    return draw
+
+
 def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     import torch
 
@@ -104,20 +138,38 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     # Refuse a bad --conv window before the minute of loading (conv_blocks also refuses window 1).
     num_blocks = conv_blocks(cfg.window) if cfg.conv else cfg.num_blocks
     kind = conv_stage(cfg.window) if cfg.conv else "temporal_lifter" if temporal else "lifter"
-    # A temporal run needs every row to build windows; `every` then thins the window centres.
-    tr = h36m.load(cfg.data, cfg.input_kind, every=1 if temporal else cfg.every)
+    mp = _error_model(cfg)
+    # A temporal run needs every row to build windows, and MediaPipe-like 2D every row to draw
+    # its noise in time; `every` then thins the window centres / samples.
+    whole = temporal or mp is not None
+    tr = h36m.load(cfg.data, "gt" if mp else cfg.input_kind, every=1 if whole else cfg.every)
     if set(np.unique(tr.subject)) - set(TRAIN_SUBJECTS):
         raise UserError(f"training data contains subjects {sorted(set(np.unique(tr.subject)))}; only {TRAIN_SUBJECTS} allowed")
-    uv, f, c, j3 = tr.uv, tr.f, tr.c, tr.joints_cam
+    draw = _mp_drawer(mp, tr, h36m.row_spacing_ms(cfg.data)) if mp else None
+    f, c, j3 = tr.f, tr.c, tr.joints_cam
     keys = tr.run_keys()   # contiguous runs: one sequence seen by one camera
     if cfg.flip:
-        uv_f, j3_f = _flip(uv, c, j3)
-        uv, f, c, j3 = (np.concatenate([uv, uv_f]), np.concatenate([f, f]),
-                        np.concatenate([c, c]), np.concatenate([j3, j3_f]))
+        j3 = np.concatenate([j3, _flip(tr.uv, c, j3)[1]])
+        f, c = np.concatenate([f, f]), np.concatenate([c, c])
         keys = np.concatenate([keys, keys + keys.max() + 1])
-    X = _features(uv, f, c)
+
+    def epoch_features(epoch: int) -> np.ndarray:
+        """Per-frame features of every training row (and its mirror): MediaPipe-like 2D drawn
+        anew each epoch, or the fixed 2D."""
+        uv = draw(np.random.default_rng([cfg.seed, epoch, 17])) if draw else tr.uv
+        if cfg.flip:
+            uv = np.concatenate([uv, _flip(uv, tr.c, tr.joints_cam)[0]])
+        return _features(uv, f, c)
+
+    X = epoch_features(0)
     Y = j3.reshape(len(j3), -1).astype(np.float32)
-    va = h36m.load(cfg.val_data, cfg.input_kind, every=1 if temporal else cfg.val_every)
+    va = h36m.load(cfg.val_data, "gt" if mp else cfg.input_kind, every=1 if whole else cfg.val_every)
+    if mp:  # validation on MediaPipe-like 2D of S9, drawn once
+        from dataclasses import replace
+
+        va = replace(va, uv=_mp_drawer(mp, va, h36m.row_spacing_ms(cfg.val_data))(np.random.default_rng(9)))
+        if not temporal:
+            va = va.subset(np.arange(0, len(va), cfg.val_every))
     if temporal:
         from engines.temporal import group_bounds, window_indices, window_offsets
 
@@ -130,7 +182,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
             f"{strides}")
     else:
         Xv_np = _features(va.uv, va.f, va.c)
-        centers = np.arange(len(X))
+        centers = np.arange(0, len(X), cfg.every if whole else 1)
     Xv = torch.from_numpy(Xv_np)
     log(f"loaded {len(centers)} training samples, {len(Xv)} validation samples in {time.time() - t_load:.1f}s")
 
@@ -146,7 +198,11 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y[centers])
     Yn = (Yt - model.out_mean) / model.out_std
-    uv_t = torch.from_numpy(uv.astype(np.float32)) if cfg.noise_px > 0 else None
+    uv_t = None
+    if cfg.noise_px > 0:  # Gaussian noise on the fixed 2D of single-frame samples
+        if temporal or mp:
+            raise UserError("--noise-px applies to single-frame training on --input gt or sh")
+        uv_t = torch.from_numpy(np.concatenate([tr.uv, _flip(tr.uv, tr.c, tr.joints_cam)[0]]) if cfg.flip else tr.uv)
 
     state = {"epoch": 0, "one_minus_a": None, "history": [], "best": math.inf, "train_seconds": 0.0}
     last = out / "last.pt"
@@ -162,7 +218,14 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     def make_input(idx):
         if temporal:  # each window at a random one of the strides: frame spacings around spacing_ms
             step = rng.choice(strides, len(idx))
-            win = window_indices(run_first, run_last, centers[idx.numpy()], offsets, step)
+            ctr = centers[idx.numpy()]
+            win = window_indices(run_first, run_last, ctr, offsets, step)
+            if cfg.cold_start > 0:  # the track began (or, centred, ends) k window steps away
+                cut = np.flatnonzero(rng.random(len(idx)) < cfg.cold_start)
+                k = rng.integers(0, cfg.window, len(cut))
+                win[cut] = np.maximum(win[cut], (ctr[cut] - k * step[cut])[:, None])
+                if not cfg.causal:
+                    win[cut] = np.minimum(win[cut], (ctr[cut] + k * step[cut])[:, None])
             return Xt[torch.from_numpy(win)].flatten(1)
         if uv_t is None:
             return Xt[idx]
@@ -171,6 +234,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
 
     while state["epoch"] < cfg.epochs:
         t0 = time.time()
+        if draw and state["epoch"] > 0:   # new MediaPipe-like 2D each epoch (epoch 0's made the statistics)
+            Xt = torch.from_numpy(epoch_features(state["epoch"]))
         epoch_l0 = run_state.lifter_epoch(model, make_input, Yn, cfg.batch_size, cfg.loss, state, rng, opt,
                                           cfg.max_norm)
         sched.step()
@@ -192,12 +257,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = default_data_dir() / "h36m"
     p.add_argument("--data", default=str(d / "h36m_train.npz"), help="training npz (staged schema)")
     p.add_argument("--val-data", default=str(d / "h36m_val.npz"), help="validation npz (S9)")
-    p.add_argument("--input", choices=("gt", "sh"), default="gt")
+    p.add_argument("--input", choices=("gt", "sh", "mp"), default="gt",
+                   help="2D: projected ground truth, SH detections, or MediaPipe-like (gt through --error-model)")
+    p.add_argument("--error-model", default="", help="--input mp: the MediaPipe error model (posestream mp-error fit)")
     p.add_argument("--loss", choices=LOSSES, default="weighted")
     p.add_argument("--out", required=True, help="run directory (resumes from OUT/last.pt)")
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("lr-decay", float), ("every", int),
                       ("noise-px", float), ("seed", int), ("threads", int), ("hidden", int), ("window", int),
-                      ("dropout", float), ("spacing-ms", float), ("val-every", int)):
+                      ("dropout", float), ("spacing-ms", float), ("val-every", int), ("cold-start", float)):
         p.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_")))
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--causal", action="store_true", help="temporal lifter: predict the last frame of the window")
@@ -212,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
                       every=args.every, flip=not args.no_flip, noise_px=args.noise_px, seed=args.seed,
                       threads=args.threads, hidden=args.hidden, flip_tta=not args.no_flip_tta,
                       window=args.window, causal=args.causal, conv=args.conv, dropout=args.dropout,
-                      spacing_ms=args.spacing_ms, val_every=args.val_every)
+                      spacing_ms=args.spacing_ms, val_every=args.val_every, error_model=args.error_model,
+                      cold_start=args.cold_start)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0

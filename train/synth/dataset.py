@@ -36,9 +36,9 @@ class SynthDataset:
                 continue
             want = min(shard_size, n - k * shard_size)
             count = listed.get(p.name)
-            if count is None:  # not finalised yet: read its index array
+            if count is None:  # not finalised yet: read its index array (per frame for clips)
                 with np.load(p) as z:
-                    count = len(z["index"])
+                    count = len(np.unique(z["index"]))
             if count != want:
                 continue  # a last shard from a smaller run, about to be re-rendered
             self.files.append(p)

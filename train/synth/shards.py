@@ -42,8 +42,18 @@ class H36MSource:
         self.describe = {"kind": "h36m", "data": str(Path(path).resolve()), "every": int(every),
                          "cameras": list(cameras)}
 
+    fields = FIELD_DOC
+
     def __len__(self) -> int:
         return len(self.rows) * len(self.cameras)
+
+    @staticmethod
+    def renderer(cfg: "RunConfig") -> SampleRenderer:
+        return SampleRenderer(use_mediapipe=cfg.mediapipe, model=cfg.model)
+
+    @staticmethod
+    def collate(outputs: list[dict[str, np.ndarray]], indices: list[int]) -> dict[str, np.ndarray]:
+        return stack_samples([{**s, "index": np.int64(i)} for s, i in zip(outputs, indices)])
 
     def item(self, i: int) -> PoseItem:
         row = int(self.rows[i // len(self.cameras)])
@@ -101,8 +111,13 @@ class BvhSource:
         self.describe = {"kind": "bvh", "dir": str(Path(directory).resolve()), "count": int(count),
                          "clips": names, "frames": int(len(self.targets))}
 
+    fields = FIELD_DOC
+
     def __len__(self) -> int:
         return self.count
+
+    renderer = staticmethod(H36MSource.renderer)
+    collate = staticmethod(H36MSource.collate)
 
     def item(self, i: int) -> PoseItem:
         rng = np.random.default_rng([self.seed, i, 1])
@@ -127,6 +142,7 @@ class RunConfig:
     compress: bool = False
     limit: int | None = None  # render only the first `limit` samples (quick runs)
     model: str | None = None
+    generator: str | None = None   # sequences: the generator whose cues are stored (None = none)
     extra: dict = field(default_factory=dict)
 
 
@@ -136,7 +152,7 @@ _W: dict = {}
 def _init_worker(source, cfg: RunConfig) -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")
     _W["source"], _W["cfg"] = source, cfg
-    _W["renderer"] = SampleRenderer(use_mediapipe=cfg.mediapipe, model=cfg.model)
+    _W["renderer"] = source.renderer(cfg)
 
 
 def _shard_path(out: Path, k: int) -> Path:
@@ -146,17 +162,18 @@ def _shard_path(out: Path, k: int) -> Path:
 def _identity(header: dict) -> dict:
     """The manifest fields that define the samples (everything but how many there are)."""
     src = {k: v for k, v in header.get("source", {}).items() if k != "count"}
-    return {**{k: header.get(k) for k in ("format_version", "seed", "shard_size", "mediapipe")}, "source": src}
+    return {**{k: header.get(k) for k in ("format_version", "seed", "shard_size", "mediapipe", "generator")},
+            "source": src}
 
 
 def _shard_done(out: Path, k: int, start: int, stop: int) -> bool:
-    """Shard file present with exactly samples [start, stop) (a last shard written by a
-    smaller run is re-rendered)."""
+    """Shard file present with exactly samples (or clips) [start, stop) (a last shard written
+    by a smaller run is re-rendered)."""
     p = _shard_path(out, k)
     if not p.is_file():
         return False
     with np.load(p) as z:
-        idx = z["index"]
+        idx = np.unique(z["index"])
     return len(idx) == stop - start and int(idx[0]) == start
 
 
@@ -164,12 +181,8 @@ def _render_shard(args: tuple[int, int, int]) -> tuple[int, int, float]:
     k, start, stop = args
     src, cfg, r = _W["source"], _W["cfg"], _W["renderer"]
     t0 = time.perf_counter()
-    samples = []
-    for i in range(start, stop):
-        s = r.render(src.item(i), np.random.default_rng([cfg.seed, i]))
-        s["index"] = np.int64(i)
-        samples.append(s)
-    arrays = stack_samples(samples)
+    samples = [r.render(src.item(i), np.random.default_rng([cfg.seed, i])) for i in range(start, stop)]
+    arrays = src.collate(samples, list(range(start, stop)))
     path = _shard_path(cfg.out, k)
     tmp = path.with_suffix(".tmp.npz")
     (np.savez_compressed if cfg.compress else np.savez)(tmp, **arrays)
@@ -185,6 +198,8 @@ def render_shards(source, cfg: RunConfig, log=print) -> dict:
     S = cfg.shard_size
     header = {"format_version": FORMAT_VERSION, "source": source.describe, "seed": cfg.seed,
               "shard_size": S, "num_samples": n, "mediapipe": cfg.mediapipe}
+    if cfg.generator:
+        header["generator"] = cfg.generator
     mpath = out / MANIFEST
     if mpath.is_file():
         # The sample count may change (sample i does not depend on it): a set can be grown
@@ -194,7 +209,7 @@ def render_shards(source, cfg: RunConfig, log=print) -> dict:
             raise UserError(f"{out} holds a different render set (manifest differs); use a new --out folder")
     shards = [(k, k * S, min((k + 1) * S, n)) for k in range((n + S - 1) // S)]
     todo = [s for s in shards if not _shard_done(out, *s)]
-    mpath.write_text(json.dumps({**header, "fields": FIELD_DOC, "shards": [], "complete": False}, indent=1))
+    mpath.write_text(json.dumps({**header, "fields": source.fields, "shards": [], "complete": False}, indent=1))
     log(f"render: {n} samples in {len(shards)} shards of {S}; {len(shards) - len(todo)} done, "
         f"{len(todo)} to render with {cfg.workers} worker(s), MediaPipe {'on' if cfg.mediapipe else 'off'}")
     t0 = time.perf_counter()
@@ -220,7 +235,7 @@ def render_shards(source, cfg: RunConfig, log=print) -> dict:
         else:
             _W.pop("renderer").close()
     elapsed = time.perf_counter() - t0
-    manifest = finalize_manifest(out, header, shards)
+    manifest = finalize_manifest(out, header, shards, source.fields)
     if done:
         # samples_per_s: wall clock incl. worker start-up; per_worker_samples_per_s: inside
         # the render loop of one process (x workers = steady-state rate).
@@ -231,27 +246,35 @@ def render_shards(source, cfg: RunConfig, log=print) -> dict:
     return manifest
 
 
-def finalize_manifest(out: Path, header: dict, shards: list[tuple[int, int, int]]) -> dict:
+def finalize_manifest(out: Path, header: dict, shards: list[tuple[int, int, int]],
+                      fields: dict[str, str] = FIELD_DOC) -> dict:
+    """Write the manifest of the finished shards, with MediaPipe's rates over their rows
+    (samples, or frames of clips: `frames` is then the row count)."""
     entries, found, ok, from_mp, vis = [], 0, 0, 0, 0.0
-    total = 0
+    total = rows = 0
     for k, a, b in shards:
         p = _shard_path(out, k)
         if not _shard_done(out, k, a, b):
             continue
         z = np.load(p)
         entries.append({"file": p.name, "start": a, "count": b - a})
+        n = len(z["mp_found"])
         found += int(z["mp_found"].sum())
         ok += int(z["mp_ok"].sum())
-        from_mp += int(z["box_from_mp"].sum())
-        vis += float(z["visibility"].mean()) * (b - a)
+        from_mp += int(z["box_from_mp"].sum()) if "box_from_mp" in z.files else 0
+        vis += float(z["visibility"].mean()) * n
         total += b - a
+        rows += n
     stats = {"samples": total}
-    if total:
-        stats["visible_joint_fraction"] = round(vis / total, 4)
+    if rows != total:
+        stats["frames"] = rows
+    if rows:
+        stats["visible_joint_fraction"] = round(vis / rows, 4)
         if header["mediapipe"]:
-            stats.update(mp_detection_rate=round(found / total, 4), mp_correct_rate=round(ok / total, 4),
-                         box_from_mp_rate=round(from_mp / total, 4))
-    m = {**header, "fields": FIELD_DOC, "shards": entries, "complete": total == header["num_samples"],
+            stats.update(mp_detection_rate=round(found / rows, 4), mp_correct_rate=round(ok / rows, 4))
+            if fields is FIELD_DOC:
+                stats["box_from_mp_rate"] = round(from_mp / rows, 4)
+    m = {**header, "fields": fields, "shards": entries, "complete": total == header["num_samples"],
          "stats": stats}
     (out / MANIFEST).write_text(json.dumps(m, indent=1))
     return m
