@@ -59,12 +59,15 @@ def conv_stage(window: int) -> str:
 class WindowSpec:
     """What a runtime needs to feed a temporal model: `window` frames `spacing_ms` apart, the
     reference (output) frame last when `causal`, else in the centre; each frame's input is
-    `frame_input` (a dotted engines function, frame_input_function) of that frame's 2D."""
+    `frame_input` (a dotted engines function, frame_input_function) of that frame's 2D joints
+    (17, 2) px and camera f, c (2,) px, followed by the per-frame cues named in `frame_cues`
+    (none for features_2d; engines.normalize documents the cue names)."""
 
     window: int
     causal: bool
     spacing_ms: float
     frame_input: str = FRAME_INPUT
+    frame_cues: tuple[str, ...] = ()   # arrays frame_input takes after (uv, f, c), by name
 
     def __post_init__(self) -> None:
         window_offsets(self.window, self.causal)   # refuses an even centred window
@@ -78,12 +81,12 @@ class WindowSpec:
         if "window" not in meta or "causal" not in meta:
             raise UserError(f"{meta.get('source_file', 'model')}: no temporal window in its metadata")
         return cls(int(meta["window"]), bool(meta["causal"]), float(meta.get("spacing_ms", DEFAULT_SPACING_MS)),
-                   str(meta.get("frame_input", FRAME_INPUT)))
+                   str(meta.get("frame_input", FRAME_INPUT)), tuple(meta.get("frame_cues", ())))
 
     def metadata(self) -> dict[str, Any]:
         """The artifact metadata keys (engines.export writes them into the ONNX)."""
         return {"window": self.window, "causal": self.causal, "spacing_ms": self.spacing_ms,
-                "frame_input": self.frame_input}
+                "frame_input": self.frame_input, "frame_cues": list(self.frame_cues)}
 
     def offsets_ms(self) -> np.ndarray:
         """(window,) float64 times of the window's frames relative to its reference frame, ms."""

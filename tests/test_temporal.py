@@ -247,7 +247,7 @@ def test_tiny_temporal_training_and_eval(tmp_path, h36m_train, h36m_val, conv):
     ck = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
     assert ck["kind"] == kind and ck["model_config"]["window"] == window
     assert ck["artifact_meta"] == {"window": window, "causal": False, "spacing_ms": 100.0,
-                                   "frame_input": "engines.normalize.features_2d"}
+                                   "frame_input": "engines.normalize.features_2d", "frame_cues": []}
     assert ck["model_config"]["spacing_ms"] == 100.0
     out = tmp_path / "e.json"
     r = subprocess.run([sys.executable, "-m", "realtime.cli", "eval", "--data", str(h36m_val), "--input", "sh",

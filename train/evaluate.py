@@ -152,7 +152,15 @@ def run(args: argparse.Namespace) -> int:
     if data.is_dir():
         from train import eval_renders
 
-        if (data / "manifest.json").is_file():
+        from train.sequence_sets import is_sequence_set
+
+        if is_sequence_set(data):
+            from train import eval_sequences
+
+            models = [args.model, *args.compare] if args.model else list(eval_sequences.DEFAULT_MODELS)
+            out = eval_sequences.evaluate_sequence_set(args.data, models, args.backend)
+            md = eval_sequences.sequence_markdown(out)
+        elif (data / "manifest.json").is_file():
             out = eval_renders.evaluate_render_set(args.data, args.input, args.model or "final", args.compare)
             md = eval_renders.render_markdown(out)
         else:

@@ -42,6 +42,9 @@ VIEW_BINS = 4              # body yaw to the camera: front, one side, back, othe
 OUTLIER_SIGMAS = 4.0       # |residual| above this many noise sigmas (either axis) = outlier
 MIN_CELL = 40              # fewer frames than this in a (joint, view, behind) cell: use the joint's pooled sigma
 BANK_SIZE = 1000           # outlier displacements kept per joint
+POSE_DIM = NUM_JOINTS * 3  # pose_features
+POSE_RIDGE = 50.0          # ridge on the pose-dependent offsets (px^2 per (mm/m)^2 of weight)
+FIT_FRAMES = 60000         # frames (at most) the systematic offsets are fitted on
 LIMB_END = {JI[n]: JI[p] for n, p in (("r_knee", "r_hip"), ("r_ankle", "r_knee"), ("l_knee", "l_hip"),
                                        ("l_ankle", "l_knee"), ("l_elbow", "l_shoulder"), ("l_wrist", "l_elbow"),
                                        ("r_elbow", "r_shoulder"), ("r_wrist", "r_elbow"))}
@@ -120,6 +123,7 @@ class Geometry:
     view: np.ndarray      # (N,) int view bin
     behind: np.ndarray    # (N, 17) bool
     vel: np.ndarray       # (N, 17, 2) px/ms
+    pose: np.ndarray      # (N, POSE_DIM) the pose in the torso's frame, m (pose_features)
 
 
 def geometry(gt2d: np.ndarray, j3: np.ndarray, root: np.ndarray, f: np.ndarray, time_ms: np.ndarray,
@@ -127,9 +131,18 @@ def geometry(gt2d: np.ndarray, j3: np.ndarray, root: np.ndarray, f: np.ndarray, 
     j3, root, f = np.asarray(j3, np.float64), np.asarray(root, np.float64), np.asarray(f, np.float64)
     xyz = j3 + root[:, None]
     frames = body_frames(j3)
-    P = np.einsum("njab,njbc->njac", projection_jacobian(xyz, f), frames)
+    P = np.matmul(projection_jacobian(xyz, f), frames)
     return Geometry(P, f / np.maximum(root[:, 2:3], 1.0), view_bin(frames, root), j3[..., 2] > BEHIND_MM,
-                    velocity(np.asarray(gt2d, np.float64), np.asarray(time_ms, np.float64), keys))
+                    velocity(np.asarray(gt2d, np.float64), np.asarray(time_ms, np.float64), keys),
+                    pose_features(j3, frames))
+
+
+def pose_features(j3: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """(N, POSE_DIM) root-relative joints (N, 17, 3) mm expressed in the torso's frame (the
+    pelvis' body_frames), metres: the pose without the view, which the offsets depend on
+    (e.g. MediaPipe's shoulder landmarks ride up when the arms are raised)."""
+    torso = frames[:, JI["pelvis"]]                                        # (N, 3, 3) columns = axes
+    return (np.matmul(j3, torso) / 1000.0).reshape(len(j3), -1)
 
 
 # ------------------------------------------------------------------ the model
@@ -139,7 +152,9 @@ class ErrorModel:
     """Fitted parameters (module docstring). Units: mm (offsets, noise: at the pelvis depth),
     ms (lags, time constants, durations), 1/s (rates)."""
 
-    offset_mm: np.ndarray        # (17, 3) in each joint's local frame
+    offset_mm: np.ndarray        # (17, 3) in each joint's local frame, at the mean pose
+    pose_weight: np.ndarray      # (17, 3, POSE_DIM) mm per metre of pose_features (minus pose_mean)
+    pose_mean: np.ndarray        # (POSE_DIM,)
     lag_ms: np.ndarray           # (17,)
     sigma_mm: np.ndarray         # (17, VIEW_BINS, 2, 2) [joint, view, behind, axis]
     tau_ms: np.ndarray           # (17, 2) fast and slow OU time constants
@@ -197,6 +212,16 @@ def _autocorr(u: np.ndarray, keys: np.ndarray, lag: int) -> float:
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
+def _hysteresis(high: np.ndarray, low: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(N,) bool: the frames of each stretch of `low` (within a run) that contains a `high` frame."""
+    low = low | high
+    brk = np.r_[True, (keys[1:] != keys[:-1]) | ~low[1:] | ~low[:-1]]      # a new stretch starts
+    label = np.cumsum(brk)
+    hit = np.zeros(label.max() + 1, bool)
+    hit[label[high]] = True
+    return low & hit[label]
+
+
 def fit_ou(ac: np.ndarray, lag_ms: np.ndarray) -> tuple[float, float, float]:
     """Two-component OU fit to autocorrelations ac (L,) at lags lag_ms (L,): (tau_fast,
     tau_slow, weight_fast) minimising sum (w e^{-l/t1} + (1-w) e^{-l/t2} - ac)^2."""
@@ -210,6 +235,14 @@ def fit_ou(ac: np.ndarray, lag_ms: np.ndarray) -> tuple[float, float, float]:
             if err < best[0]:
                 best = (err, TAU_GRID_MS[i], TAU_GRID_MS[k], w)
     return best[1], best[2], best[3]
+
+
+def _design(g: Geometry, dpose: np.ndarray, j: int, idx: np.ndarray) -> np.ndarray:
+    """(2 len(idx), 3 + 3 POSE_DIM + 1) rows of joint j's systematic model at frames idx:
+    columns o (3), W (3 x POSE_DIM, row-major), lag."""
+    P = g.P[idx, j]                                                        # (n, 2, 3)
+    W = (P[:, :, :, None] * dpose[idx, None, None, :]).reshape(len(idx), 2, -1)
+    return np.concatenate([P, W, -g.vel[idx, j, :, None]], -1).reshape(-1, 4 + 3 * POSE_DIM)
 
 
 def swapped(mp2d: np.ndarray, gt2d: np.ndarray, px_per_mm: np.ndarray) -> np.ndarray:
@@ -245,30 +278,52 @@ def fit(gt2d: np.ndarray, mp2d: np.ndarray, found: np.ndarray, j3: np.ndarray, r
             in_swap[:, b] |= swap[:, k]
     usable = ok[:, None] & ~in_swap                                        # (N, 17)
     mm = r / g.px_per_mm[:, None, :]                                       # residual in mm at the pelvis depth
+    # Systematic part, per joint: r ~ P (o + W (pose - mean)) - lag * v, by ridge least squares
+    # on (a sample of) the usable frames, refitted once without the frames it misses by > 4 MADs.
+    pose_mean = g.pose[ok].mean(0) if ok.any() else np.zeros(POSE_DIM)
+    dpose = g.pose - pose_mean
     offset, lag = np.zeros((NUM_JOINTS, 3)), np.zeros(NUM_JOINTS)
+    weight = np.zeros((NUM_JOINTS, 3, POSE_DIM))
+    reg = np.r_[np.zeros(3), np.full(3 * POSE_DIM, POSE_RIDGE), 0.0]
     for j in range(NUM_JOINTS):
         m = usable[:, j] & (np.linalg.norm(mm[:, j], axis=-1) < 300.0)
-        for _ in range(2):                                                 # least squares, then without outliers
-            A = np.concatenate([g.P[m, j], -g.vel[m, j, :, None]], -1).reshape(-1, 4)
-            sol, *_ = np.linalg.lstsq(A, r[m, j].reshape(-1), rcond=None)
-            res = (r[:, j] - np.concatenate([g.P[:, j], -g.vel[:, j, :, None]], -1) @ sol) / g.px_per_mm
+        for _ in range(2):
+            idx = np.flatnonzero(m)
+            idx = idx[rng.permutation(len(idx))[:FIT_FRAMES]]
+            A = _design(g, dpose, j, idx)
+            sol = np.linalg.solve(A.T @ A + np.diag(reg), A.T @ r[idx, j].reshape(-1))
+            res = (r[:, j] - (_design(g, dpose, j, np.arange(len(r))) @ sol).reshape(-1, 2)) / g.px_per_mm
             med = np.nanmedian(np.abs(res[m]), 0) * 1.4826
             m = usable[:, j] & (np.abs(res) < OUTLIER_SIGMAS * med).all(-1)
-        offset[j], lag[j] = sol[:3], sol[3]
-    pred = np.einsum("njab,jb->nja", g.P, offset) - lag[None, :, None] * g.vel
+        offset[j], weight[j], lag[j] = sol[:3], sol[3:-1].reshape(3, POSE_DIM), sol[-1]
+    partial = ErrorModel(offset, weight, pose_mean, lag, *([None] * 10))
+    pred = systematic(partial, g)
     e = (r - pred) / g.px_per_mm[:, None, :]                                # noise, mm
+    def cell_sigma(j: int, keep: np.ndarray, spread) -> np.ndarray:
+        """(VIEW_BINS, 2, 2) per-cell spread of joint j's noise over frames `keep`."""
+        out = np.zeros((VIEW_BINS, 2, 2))
+        pooled = spread(e[keep, j])
+        for v in range(VIEW_BINS):
+            for b in range(2):
+                m = keep & (g.view == v) & (g.behind[:, j] == b)
+                out[v, b] = spread(e[m, j]) if m.sum() >= MIN_CELL else pooled
+        return out
+
+    def mad(x: np.ndarray) -> np.ndarray:
+        return 1.4826 * np.median(np.abs(x), 0)
+
+    # Outlier episodes with hysteresis: a stretch beyond 2 robust sigmas that somewhere
+    # exceeds OUTLIER_SIGMAS (flicker around one threshold would cut episodes short).
     sigma = np.zeros((NUM_JOINTS, VIEW_BINS, 2, 2))
     norm = np.full(e.shape, np.nan)
     outlier = np.zeros(usable.shape, bool)
     for j in range(NUM_JOINTS):
-        pooled = 1.4826 * np.nanmedian(np.abs(e[usable[:, j], j]), 0)
-        for v in range(VIEW_BINS):
-            for b in range(2):
-                m = usable[:, j] & (g.view == v) & (g.behind[:, j] == b)
-                sigma[j, v, b] = 1.4826 * np.median(np.abs(e[m, j]), 0) if m.sum() >= MIN_CELL else pooled
-        s = sigma[j, g.view, g.behind[:, j].astype(int)]                   # (N, 2)
-        norm[:, j] = e[:, j] / s
-        outlier[:, j] = usable[:, j] & (np.abs(norm[:, j]) > OUTLIER_SIGMAS).any(-1)
+        core = cell_sigma(j, usable[:, j], mad)
+        z = np.abs(e[:, j] / core[g.view, g.behind[:, j].astype(int)]).max(-1)
+        outlier[:, j] = usable[:, j] & _hysteresis(z > OUTLIER_SIGMAS, z > 0.5 * OUTLIER_SIGMAS, keys)
+        # The Gaussian part: the standard deviation of what is left.
+        sigma[j] = cell_sigma(j, usable[:, j] & ~outlier[:, j], lambda x: np.sqrt(np.mean(x**2, 0)))
+        norm[:, j] = e[:, j] / sigma[j][g.view, g.behind[:, j].astype(int)]
     inl = np.where((usable & ~outlier)[..., None], norm, np.nan)
     dt = float(np.nanmedian(np.where(keys[1:] == keys[:-1], np.diff(time_ms), np.nan)))
     lags = np.arange(1, 11)
@@ -292,10 +347,19 @@ def fit(gt2d: np.ndarray, mp2d: np.ndarray, found: np.ndarray, j3: np.ndarray, r
             off = (g.view == v) & ~swap[:, k]
             swap_rate[k, v] = start[g.view == v].sum() / max(dt[off].sum() / 1000.0, 1e-9) if off.any() else 0.0
     drop_rate, drop_ms = _episodes(~found, time_ms, keys)
-    return ErrorModel(offset, lag, sigma, tau, wfast, rate, dur, bank, swap_rate, swap_ms, drop_rate, drop_ms)
+    return ErrorModel(offset, weight, pose_mean, lag, sigma, tau, wfast, rate, dur, bank, swap_rate, swap_ms,
+                      drop_rate, drop_ms)
 
 
 # ------------------------------------------------------------------ simulation
+
+def systematic(model: "ErrorModel", g: Geometry) -> np.ndarray:
+    """The modelled mean residual (N, 17, 2) px: each joint's offset in its local frame (mm),
+    a constant plus a linear function of the pose, projected; minus lag (ms) times the 2D
+    velocity."""
+    local = model.offset_mm[None] + np.einsum("jcp,np->njc", model.pose_weight, g.pose - model.pose_mean)
+    return np.matmul(g.P, local[..., None])[..., 0] - model.lag_ms[None, :, None] * g.vel
+
 
 @njit(cache=True)
 def _ou(first: np.ndarray, dt: np.ndarray, tau: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -345,7 +409,7 @@ def simulate(model: ErrorModel, gt2d: np.ndarray, j3: np.ndarray, root: np.ndarr
     n = len(gt2d)
     first = np.r_[True, keys[1:] != keys[:-1]]
     dt = np.r_[0.0, np.diff(time_ms)]
-    uv = gt2d + np.einsum("njab,jb->nja", g.P, model.offset_mm) - model.lag_ms[None, :, None] * g.vel
+    uv = gt2d + systematic(model, g)
     # Noise: two OU components per joint and axis, scaled by the frame's cell sigma.
     cols = NUM_JOINTS * 2
     fast = _ou(first, dt, np.repeat(model.tau_ms[:, 0], 2), rng.standard_normal((n, cols))).reshape(n, NUM_JOINTS, 2)

@@ -1,0 +1,98 @@
+"""`posestream eval` on a sequence render set (train.eval_sequences): which frames count, the
+windows resampled by timestamp from the detected frames only, MPJVE over consecutive rows,
+and one-line refusals. The render's MediaPipe fields are written by the test (exact 2D plus
+noise, some frames undetected), so no MediaPipe run is needed."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from engines.errors import UserError
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def seq_set(tmp_path_factory, h36m_val):
+    from train.render_cmd import add_arguments, run
+
+    out = tmp_path_factory.mktemp("seq") / "s9"
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert run(p.parse_args(["--sequence", "--data", str(h36m_val), "--out", str(out), "--cameras", "1",
+                             "--fps", "30", "--seconds", "1", "--limit", "2", "--shard-size", "2",
+                             "--no-mediapipe"])) == 0
+    shard = out / "shard_00000.npz"
+    z = dict(np.load(shard))
+    rng = np.random.default_rng(0)
+    n = len(z["index"])
+    z["mp_found"] = np.ones(n, bool)
+    z["mp_found"][[4, 5, 6, 20]] = False                      # frames without a person (6 is a row)
+    z["mp_joints_2d"] = np.where(z["mp_found"][:, None, None],
+                                 z["joints_2d_image"] + rng.normal(0, 3, z["joints_2d_image"].shape), np.nan
+                                 ).astype(np.float32)
+    np.savez(shard, **z)
+    return out
+
+
+def _temporal_checkpoint(path, causal: bool):
+    from engines.checkpoint import contract_metadata
+    from engines.models import LifterConfig, TemporalConvLifter
+    from engines.normalize import LIFT_INPUT_DIM
+
+    torch.manual_seed(0)
+    cfg = LifterConfig(in_dim=27 * LIFT_INPUT_DIM, hidden=32, window=27, conv=True, causal=causal, spacing_ms=40.0)
+    m = TemporalConvLifter(cfg).eval()
+    torch.save({"model": m.state_dict(), "kind": "temporal_conv", "model_config": cfg.to_dict(),
+                "contract": contract_metadata(), "artifact_meta": cfg.window_spec().metadata()}, path)
+    return m
+
+
+def test_sequence_eval_counts_rows_and_resamples_windows_by_time(seq_set, tmp_path):
+    from engines.normalize import features_2d
+    from engines.temporal import WindowSpec, timed_windows
+    from train.eval_sequences import evaluate_sequence_set
+    from train.sequence_sets import load_sequence_set
+
+    ss = load_sequence_set(seq_set)
+    assert len(ss) == 62 and (ss.row >= 0).sum() == 22       # 2 clips of 31 frames, every 3rd a 10 Hz row
+    m = _temporal_checkpoint(tmp_path / "c.pt", causal=True)
+    out = evaluate_sequence_set(str(seq_set), ["base_gt", str(tmp_path / "c.pt")], backend="torch")
+    assert out["rows"] == 22 and out["evaluated"] == 21       # the row on frame 6 had no detection
+    base, temporal = out["models"]["base_gt"], out["models"][str(tmp_path / "c.pt")]
+    assert base["stage"] == "lifter" and temporal["stage"] == "temporal_conv"
+    # Consecutive evaluated rows: 11 + 11 rows per clip, minus the two pairs around the missing row.
+    assert base["velocity_pairs"] == 18 and 0 < base["mpjve_mm"] < 200 and base["mpjpe_mm"] < 1000
+    # The temporal model saw, for the last row of clip 0, its window from the detected frames only.
+    own = np.flatnonzero((ss.clip == 0) & ss.found)
+    t = ss.time_ms[own]
+    win = timed_windows(t, features_2d(ss.mp2d[own], ss.f[own], ss.c[own]), t[-1:], WindowSpec(27, True, 40.0))
+    with torch.no_grad():
+        want = m(torch.from_numpy(win)).numpy()[0]
+    from train.eval_sequences import predict
+    got, _, _ = predict(str(tmp_path / "c.pt"), ss, own[-1:], backend="torch")
+    np.testing.assert_allclose(got[0], want, atol=1e-3)
+
+
+def test_sequence_eval_refuses_what_it_cannot_run(seq_set):
+    from train.eval_sequences import evaluate_sequence_set
+
+    with pytest.raises(UserError, match="needs the generator's cues"):
+        evaluate_sequence_set(str(seq_set), ["final"], backend="torch")
+    r = subprocess.run([sys.executable, "-m", "realtime.cli", "eval", "--data", str(seq_set), "--model", "generator"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_eval_cli_on_a_sequence_set(seq_set, tmp_path):
+    out = tmp_path / "e.json"
+    r = subprocess.run([sys.executable, "-m", "realtime.cli", "eval", "--data", str(seq_set), "--model", "base_gt",
+                        "--compare", "single_mp", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "MPJVE" in r.stdout and set(json.loads(out.read_text())["models"]) == {"base_gt", "single_mp"}
