@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engines.normalize import LIFT_INPUT_DIM, features_flip, mirror_map
+from engines.normalize import CUE_FRAME_INPUT, LIFT_INPUT_DIM, features_flip, mirror_map
 from engines.skeleton import FLIP_PERMUTATION, NUM_JOINTS
 from engines.temporal import DEFAULT_SPACING_MS, WindowSpec
 
@@ -40,12 +40,20 @@ class LifterConfig:
     causal: bool = False            # TemporalLifter: the reference frame is the window's last, not centre
     conv: bool = False              # TemporalConvLifter: strided temporal convolution, window 3**(num_blocks+1)
     spacing_ms: float = DEFAULT_SPACING_MS  # temporal: time between the window's frames
+    frame_cues: tuple[str, ...] = ()  # temporal: cues in each frame's input (engines.normalize.features_2d_cues)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def frame_dim(self) -> int:
+        """Inputs per frame of a temporal lifter (LIFT_INPUT_DIM, or CUE_FRAME_DIM with cues)."""
+        return self.in_dim // self.window
+
     def window_spec(self) -> WindowSpec:
         """The window contract of a temporal lifter (engines.temporal)."""
+        if self.frame_cues:
+            return WindowSpec(self.window, self.causal, self.spacing_ms, CUE_FRAME_INPUT, tuple(self.frame_cues))
         return WindowSpec(self.window, self.causal, self.spacing_ms)
 
 
@@ -130,11 +138,12 @@ class TemporalLifter(Lifter):
     def __init__(self, cfg: LifterConfig) -> None:
         from engines.temporal import window_flip
 
-        assert cfg.in_dim == cfg.window * LIFT_INPUT_DIM, (cfg.in_dim, cfg.window)
+        assert cfg.in_dim % cfg.window == 0 and (cfg.frame_dim == LIFT_INPUT_DIM or not cfg.flip_tta), \
+            (cfg.in_dim, cfg.window, cfg.flip_tta)
         super().__init__(cfg, window_flip(cfg.window) if cfg.flip_tta else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert x.ndim == 3 and x.shape[1:] == (self.cfg.window, LIFT_INPUT_DIM), tuple(x.shape)
+        assert x.ndim == 3 and x.shape[1:] == (self.cfg.window, self.cfg.frame_dim), tuple(x.shape)
         return super().forward(x.flatten(1))
 
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,10 +151,11 @@ class TemporalLifter(Lifter):
         17, 3), mm: output t is forward() on frames t .. t + window - 1, so it belongs to frame
         t + window // 2 (centred) or t + window - 1 (causal). Here every window is cut out and
         lifted; TemporalConvLifter shares the work between overlapping windows."""
-        assert x.ndim == 3 and x.shape[2] == LIFT_INPUT_DIM and x.shape[1] >= self.cfg.window, tuple(x.shape)
+        dim = self.cfg.frame_dim
+        assert x.ndim == 3 and x.shape[2] == dim and x.shape[1] >= self.cfg.window, tuple(x.shape)
         batch, n = x.shape[0], x.shape[1] - self.cfg.window + 1
-        windows = x.unfold(1, self.cfg.window, 1).transpose(2, 3)   # (B, n, window, 37)
-        return self.forward(windows.reshape(-1, self.cfg.window, LIFT_INPUT_DIM)).reshape(batch, n, NUM_JOINTS, 3)
+        windows = x.unfold(1, self.cfg.window, 1).transpose(2, 3)   # (B, n, window, dim)
+        return self.forward(windows.reshape(-1, self.cfg.window, dim)).reshape(batch, n, NUM_JOINTS, 3)
 
     def check_sequence_form(self) -> None:
         """ValueError when forward_sequence would not equal forward on each window (never here:
@@ -219,11 +229,11 @@ class TemporalConvLifter(TemporalLifter):
     @staticmethod
     def _body(cfg: LifterConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
         blocks = nn.Sequential(*[_TemporalBlock(cfg.hidden, cfg.dropout, cfg.causal) for _ in range(cfg.num_blocks)])
-        return _FrameGroups(LIFT_INPUT_DIM, cfg.hidden, cfg.dropout), blocks, nn.Linear(cfg.hidden, NUM_JOINTS * 3)
+        return _FrameGroups(cfg.frame_dim, cfg.hidden, cfg.dropout), blocks, nn.Linear(cfg.hidden, NUM_JOINTS * 3)
 
     def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
         """(B, window*37) raw flattened windows -> (B, 51) z-scored outputs."""
-        h = ((x - self.in_mean) / self.in_std).reshape(-1, self.cfg.window, LIFT_INPUT_DIM)
+        h = ((x - self.in_mean) / self.in_std).reshape(-1, self.cfg.window, self.cfg.frame_dim)
         return self.out(self.blocks(self.inp(h)).reshape(-1, self.cfg.hidden))
 
     def check_sequence_form(self) -> None:
@@ -231,7 +241,7 @@ class TemporalConvLifter(TemporalLifter):
         statistics of one frame tiled over the window); ValueError for any other input
         normalisation, under which forward_sequence would not equal forward."""
         for buf in (self.in_mean, self.in_std):
-            if not torch.equal(buf, buf[:LIFT_INPUT_DIM].repeat(self.cfg.window)):
+            if not torch.equal(buf, buf[:self.cfg.frame_dim].repeat(self.cfg.window)):
                 raise ValueError("input statistics differ between the frames of the window: "
                                  "this model has no sequence form")
 
@@ -240,12 +250,13 @@ class TemporalConvLifter(TemporalLifter):
         convolution (dilations 1, 3, 9, ...) over the whole sequence, each layer once per
         frame instead of once per window that contains the frame (eval mode only; see
         check_sequence_form)."""
-        assert x.ndim == 3 and x.shape[2] == LIFT_INPUT_DIM and x.shape[1] >= self.cfg.window, tuple(x.shape)
+        dim = self.cfg.frame_dim
+        assert x.ndim == 3 and x.shape[2] == dim and x.shape[1] >= self.cfg.window, tuple(x.shape)
         batch = x.shape[0]
         if self.cfg.flip_tta:
-            mirror = x.index_select(2, self.flip_in_index[:LIFT_INPUT_DIM]) * self.flip_in_sign[:LIFT_INPUT_DIM]
+            mirror = x.index_select(2, self.flip_in_index[:dim]) * self.flip_in_sign[:dim]
             x = torch.cat([x, mirror], 0)
-        h = ((x - self.in_mean[:LIFT_INPUT_DIM]) / self.in_std[:LIFT_INPUT_DIM]).transpose(1, 2)
+        h = ((x - self.in_mean[:dim]) / self.in_std[:dim]).transpose(1, 2)
         h = self.inp.dilated(h, 1)
         for k, block in enumerate(self.blocks):
             h = block.dilated(h, 3 ** (k + 1))

@@ -16,6 +16,10 @@ import numpy as np
 from engines.skeleton import FLIP_PERMUTATION, NUM_JOINTS, ROOT
 
 LIFT_INPUT_DIM = NUM_JOINTS * 2 + 3
+# Per-frame image cues a temporal model may take besides the 2D (features_2d_cues): name -> width.
+CUE_WIDTHS = {"world_mm": NUM_JOINTS, "coarse_mm": NUM_JOINTS, "fbi_prob": 14 * 3}
+CUE_FRAME_DIM = LIFT_INPUT_DIM + sum(CUE_WIDTHS.values())
+CUE_FRAME_INPUT = "engines.normalize.features_2d_cues"
 
 
 def features_2d(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -53,3 +57,25 @@ def features_flip() -> tuple[np.ndarray, np.ndarray]:
     tail = 2 * NUM_JOINTS + np.arange(3)            # pelvis x, pelvis y, log spread
     return (np.concatenate([index, tail]).astype(np.int64),
             np.concatenate([sign, np.array([-1.0, 1.0, 1.0], np.float32)]))
+
+
+def features_2d_cues(uv: np.ndarray, f: np.ndarray, c: np.ndarray, world_mm: np.ndarray | None = None,
+                     coarse_mm: np.ndarray | None = None, fbi_prob: np.ndarray | None = None) -> np.ndarray:
+    """features_2d plus per-frame image cues, (..., CUE_FRAME_DIM) float32; a cue not given is
+    zeros (one layout for every combination, so models with and without a cue share a stage):
+      world_mm  (..., 17, 3) MediaPipe's world landmarks as our joints, mm
+                (engines.landmarks.world_landmarks_to_joints_mm): their pelvis-relative depth, m;
+      coarse_mm (..., 17, 3) the Final generator's coarse 3D, mm: its root-relative depth, m;
+      fbi_prob  (..., 14, 3) the generator's forward/backward/parallel probabilities."""
+    base = features_2d(uv, f, c)
+    lead = base.shape[:-1]
+
+    def depth(x: np.ndarray | None) -> np.ndarray:
+        if x is None:
+            return np.zeros(lead + (NUM_JOINTS,), np.float32)
+        x = np.asarray(x, np.float64)
+        return ((x[..., 2] - x[..., ROOT:ROOT + 1, 2]) / 1000.0).astype(np.float32)
+
+    fbi = np.zeros(lead + (CUE_WIDTHS["fbi_prob"],), np.float32) if fbi_prob is None else \
+        np.asarray(fbi_prob, np.float32).reshape(lead + (-1,))
+    return np.concatenate([base, depth(world_mm), depth(coarse_mm), fbi], -1)

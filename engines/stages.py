@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from engines.errors import UserError
-from engines.normalize import LIFT_INPUT_DIM
+from engines.normalize import CUE_FRAME_DIM, LIFT_INPUT_DIM
 from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
 from engines.temporal import CONV_WINDOWS, ENSEMBLE_WINDOW, SEQUENCE_CHUNK, conv_stage
 from engines.temporal import WINDOW as TEMPORAL_WINDOW
@@ -88,17 +88,18 @@ def _lifter_example(batch: int, rng: np.random.Generator) -> dict[str, np.ndarra
     return {"features": features_2d(uv, np.array([1000.0, 1000.0]), np.array([500.0, 500.0]))}
 
 
-def _temporal_builder(window: int, conv: bool) -> Callable[[dict], Any]:
+def _temporal_builder(window: int, conv: bool, dim: int = LIFT_INPUT_DIM) -> Callable[[dict], Any]:
     """The build function of a temporal stage: its input shape is static, like the generator's
-    crop, so a checkpoint with another window is refused."""
+    crop, so a checkpoint with another window (or frame width) is refused."""
 
     def build(ck: dict) -> Any:
         from engines.models import LifterConfig, temporal_lifter
 
-        cfg = LifterConfig(**ck["model_config"])
-        if cfg.window != window or cfg.conv != conv:
-            raise UserError(f"temporal lifter has a {cfg.window}-frame window{' (convolution)' * cfg.conv}; "
-                            f"this stage runs {window}-frame {'convolutions' if conv else 'ones'}")
+        cfg = LifterConfig(**{**ck["model_config"], "frame_cues": tuple(ck["model_config"].get("frame_cues", ()))})
+        if cfg.window != window or cfg.conv != conv or cfg.frame_dim != dim:
+            raise UserError(f"temporal lifter has a {cfg.window}-frame window{' (convolution)' * cfg.conv} of "
+                            f"{cfg.frame_dim} inputs; this stage runs {window}-frame "
+                            f"{'convolutions' if conv else 'ones'} of {dim}")
         model = temporal_lifter(cfg)
         model.load_state_dict(ck["model"])
         return model.eval()
@@ -117,14 +118,20 @@ def _build_temporal_ensemble(ck: dict) -> Any:
     return model.eval()
 
 
-def _temporal_example(batch: int, rng: np.random.Generator, window: int = TEMPORAL_WINDOW) -> dict[str, np.ndarray]:
-    """A lifter example pose drifting a little from frame to frame."""
-    from engines.normalize import features_2d
+def _temporal_example(batch: int, rng: np.random.Generator, window: int = TEMPORAL_WINDOW,
+                      cues: bool = False) -> dict[str, np.ndarray]:
+    """A lifter example pose drifting a little from frame to frame (with cues: small random
+    depths and uniform FBI probabilities)."""
+    from engines.normalize import features_2d, features_2d_cues
 
     pose = _STANDING_2D[None] + rng.normal(0, 0.05, (batch, NUM_JOINTS, 2))
     drift = np.cumsum(rng.normal(0, 0.01, (batch, window, NUM_JOINTS, 2)), axis=1)
     uv = (pose[:, None] + drift) * rng.uniform(150, 400, (batch, 1, 1, 1)) + rng.uniform(300, 700, (batch, 1, 1, 2))
-    return {"features": features_2d(uv, np.array([1000.0, 1000.0]), np.array([500.0, 500.0]))}
+    f, c = np.array([1000.0, 1000.0]), np.array([500.0, 500.0])
+    if not cues:
+        return {"features": features_2d(uv, f, c)}
+    depth = rng.normal(0, 100, (batch, window, NUM_JOINTS, 3))
+    return {"features": features_2d_cues(uv, f, c, depth, depth, np.full((batch, window, 14, 3), 1 / 3))}
 
 
 def _build_generator(ck: dict) -> Any:
@@ -184,12 +191,13 @@ def _with_sequence_form(spec: StageSpec, window: int) -> tuple[StageSpec, StageS
     from dataclasses import replace
 
     length = SEQUENCE_CHUNK + window - 1
+    dim = spec.inputs[0].shape[2]
     seq = StageSpec(
         name=f"{spec.name}_sequence",
-        inputs=(TensorSpec("features", (None, length, LIFT_INPUT_DIM)),),
+        inputs=(TensorSpec("features", (None, length, dim)),),
         outputs=(TensorSpec("joints_mm", (None, SEQUENCE_CHUNK, NUM_JOINTS, 3)),),
         build=_sequence_builder(spec.build),
-        example=partial(_temporal_example, window=length),
+        example=partial(_temporal_example, window=length, cues=dim == CUE_FRAME_DIM),
         description=f"{spec.name} over {length} consecutive frames -> joints (mm) of the {SEQUENCE_CHUNK} "
                     f"frames with whole windows",
     )
@@ -212,6 +220,15 @@ _TEMPORAL_STAGES = [_with_sequence_form(spec, window) for spec, window in (
         build=_temporal_builder(window, conv=True),
         example=partial(_temporal_example, window=window),
         description=f"engines.temporal: the temporal convolution over {window} frames -> joints (mm) of one frame",
+    ), window) for window in CONV_WINDOWS),
+    *((StageSpec(
+        name=conv_stage(window, cues=True),
+        inputs=(TensorSpec("features", (None, window, CUE_FRAME_DIM)),),
+        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
+        build=_temporal_builder(window, conv=True, dim=CUE_FRAME_DIM),
+        example=partial(_temporal_example, window=window, cues=True),
+        description=f"engines.temporal: the temporal convolution over {window} features_2d_cues frames "
+                    f"(2D + image cues)",
     ), window) for window in CONV_WINDOWS),
     (StageSpec(
         name="temporal_ensemble",

@@ -9,7 +9,7 @@ what a runtime reads (WindowSpec.from_metadata; checkpoints made before spacing_
 were trained at DEFAULT_SPACING_MS). Models: the flattened Martinez network
 (engines.models.TemporalLifter, stage "temporal_lifter", WINDOW frames), the temporal
 convolution (engines.models.TemporalConvLifter, stages "temporal_conv" over CONV_WINDOW frames
-and "temporal_conv81" over 81), an average of such models (engines.models.TemporalEnsemble,
+and "temporal_conv81" over 81, and their "*_cues" twins whose frames carry image cues), an average of such models (engines.models.TemporalEnsemble,
 stage "temporal_ensemble", ENSEMBLE_WINDOW frames). Each returns the root-relative 3D joints
 (B, 17, 3), mm, of the window's reference frame: the centre frame, or the last frame when the
 model is causal (a live stream can only use a causal model, an offline file either). Windows
@@ -48,11 +48,13 @@ FRAME_INPUT = "engines.normalize.features_2d"   # the per-frame input of every m
 SEQUENCE_CHUNK = 128   # output frames per call of a *_sequence stage (batch evaluation)
 
 
-def conv_stage(window: int) -> str:
-    """Stage name of a temporal convolution over `window` frames (CONV_WINDOWS)."""
+def conv_stage(window: int, cues: bool = False) -> str:
+    """Stage name of a temporal convolution over `window` frames (CONV_WINDOWS): temporal_conv
+    (27), temporal_conv81; with per-frame image cues (engines.normalize.features_2d_cues) the
+    same name + "_cues"."""
     if window not in CONV_WINDOWS:
         raise UserError(f"no temporal-convolution stage runs {window}-frame windows (stages run {CONV_WINDOWS})")
-    return "temporal_conv" if window == CONV_WINDOW else f"temporal_conv{window}"
+    return ("temporal_conv" if window == CONV_WINDOW else f"temporal_conv{window}") + ("_cues" if cues else "")
 
 
 @dataclass(frozen=True)
@@ -60,14 +62,14 @@ class WindowSpec:
     """What a runtime needs to feed a temporal model: `window` frames `spacing_ms` apart, the
     reference (output) frame last when `causal`, else in the centre; each frame's input is
     `frame_input` (a dotted engines function, frame_input_function) of that frame's 2D joints
-    (17, 2) px and camera f, c (2,) px, followed by the per-frame cues named in `frame_cues`
-    (none for features_2d; engines.normalize documents the cue names)."""
+    (17, 2) px and camera f, c (2,) px, with the per-frame cues named in `frame_cues` as
+    keyword arguments (none for features_2d; engines.normalize.features_2d_cues names them)."""
 
     window: int
     causal: bool
     spacing_ms: float
     frame_input: str = FRAME_INPUT
-    frame_cues: tuple[str, ...] = ()   # arrays frame_input takes after (uv, f, c), by name
+    frame_cues: tuple[str, ...] = ()   # keyword arrays frame_input takes besides (uv, f, c)
 
     def __post_init__(self) -> None:
         window_offsets(self.window, self.causal)   # refuses an even centred window

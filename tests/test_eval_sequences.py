@@ -8,6 +8,7 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -37,6 +38,7 @@ def seq_set(tmp_path_factory, h36m_val):
     z["mp_joints_2d"] = np.where(z["mp_found"][:, None, None],
                                  z["joints_2d_image"] + rng.normal(0, 3, z["joints_2d_image"].shape), np.nan
                                  ).astype(np.float32)
+    z["mp_world_mm"] = np.where(z["mp_found"][:, None, None], np.zeros((n, 33, 3)), np.nan).astype(np.float32)
     np.savez(shard, **z)
     return out
 
@@ -96,3 +98,35 @@ def test_eval_cli_on_a_sequence_set(seq_set, tmp_path):
                         "--compare", "single_mp", "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "MPJVE" in r.stdout and set(json.loads(out.read_text())["models"]) == {"base_gt", "single_mp"}
+
+
+def test_training_on_sequence_renders_with_cues(seq_set, tmp_path, h36m_train):
+    """The cue ablation's trainer: windows of MediaPipe 2D (+ cues) from train-subject renders,
+    validated on the S9 set; the checkpoint names its frame input and cues, and eval runs it."""
+    from train.eval_sequences import evaluate_sequence_set
+    from train.render_cmd import add_arguments, run
+    from train.train_lifter import TrainConfig, train
+
+    renders = tmp_path / "s1"
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert run(p.parse_args(["--sequence", "--data", str(h36m_train), "--out", str(renders), "--cameras", "0",
+                             "--fps", "30", "--seconds", "1", "--limit", "2", "--no-mediapipe"])) == 0
+    shard = renders / "shard_00000.npz"
+    z = dict(np.load(shard))
+    z["mp_found"] = np.ones(len(z["index"]), bool)
+    z["mp_joints_2d"] = z["joints_2d_image"] + np.float32(2.0)
+    z["mp_world_mm"] = np.zeros_like(z["mp_world_mm"])
+    np.savez(shard, **z)
+    cfg = TrainConfig(renders=(str(renders),), val_renders=str(seq_set), cues=("world_mm",), flip_tta=False,
+                      window=27, conv=True, spacing_ms=40.0, hidden=16, epochs=1, batch_size=16, loss="mpjpe")
+    with pytest.raises(UserError, match="no flip averaging"):
+        train(replace(cfg, flip_tta=True), tmp_path / "bad", log=lambda s: None)
+    state = train(cfg, tmp_path / "run", log=lambda s: None)
+    assert state["epoch"] == 1
+    ck = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert ck["kind"] == "temporal_conv_cues"
+    assert ck["artifact_meta"]["frame_input"] == "engines.normalize.features_2d_cues"
+    assert ck["artifact_meta"]["frame_cues"] == ["world_mm"]
+    out = evaluate_sequence_set(str(seq_set), [str(tmp_path / "run" / "best.pt")], backend="torch")
+    assert out["models"][str(tmp_path / "run" / "best.pt")]["stage"] == "temporal_conv_cues"

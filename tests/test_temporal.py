@@ -433,3 +433,28 @@ def test_conv81_stage_exports_its_window_contract(tmp_path):
     assert be.metadata["frame_input"] == "engines.normalize.features_2d"
     with pytest.raises(UserError, match="this stage runs"):
         STAGES["temporal_conv"].build(torch.load(pt, weights_only=False))
+
+
+def test_init_from_a_2d_model_keeps_its_output_with_zero_cue_weights(tmp_path):
+    """--init-from: a cue model started from a 2D-only temporal model gives that model's output
+    whatever the cues (their first-layer weights start at zero)."""
+    from engines.checkpoint import contract_metadata
+    from engines.normalize import CUE_FRAME_DIM
+    from train.train_lifter import _init_from
+
+    src = _as_trained(_temporal_model(CONV_WINDOW, flip_tta=False, hidden=32, conv=True))
+    torch.save({"model": src.state_dict(), "kind": "temporal_conv", "model_config": src.cfg.to_dict(),
+                "contract": contract_metadata()}, tmp_path / "src.pt")
+    cfg = LifterConfig(in_dim=CONV_WINDOW * CUE_FRAME_DIM, hidden=32, num_blocks=2, window=CONV_WINDOW, conv=True,
+                       frame_cues=("world_mm",))
+    m = TemporalConvLifter(cfg).eval()
+    m.in_std.fill_(3.0)                             # the cue statistics of the new data stay the model's own
+    _init_from(m, str(tmp_path / "src.pt"), log=lambda s: None)
+    rng = np.random.default_rng(4)
+    x2d = rng.normal(size=(3, CONV_WINDOW, LIFT_INPUT_DIM)).astype(np.float32)
+    cues = rng.normal(size=(3, CONV_WINDOW, CUE_FRAME_DIM - LIFT_INPUT_DIM)).astype(np.float32)
+    with torch.no_grad():
+        want = src(torch.from_numpy(x2d))
+        got = m(torch.from_numpy(np.concatenate([x2d, cues], -1)))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-3)
+    assert float(m.in_std.view(CONV_WINDOW, -1)[0, -1]) == 3.0

@@ -139,16 +139,29 @@ def load_real_frames(root: str | Path) -> list[RealFrame]:
     return out
 
 
+MEDIAPIPE_WORLD = "mediapipe_world"   # MediaPipe's own world landmarks, a reference row of the real-frame table
+# The 13 joints the real-frame P-MPJPE target is set on: the pelvis and the 12 limb joints.
+LIMB_AND_PELVIS = (0, 1, 2, 3, 4, 5, 6, 11, 12, 13, 14, 15, 16)
+
+
+def _frame_errors(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """MPJPE and P-MPJPE (mm) of one frame (1, 17, 3), and P-MPJPE on LIMB_AND_PELVIS."""
+    from train.metrics import mpjpe, p_mpjpe
+
+    sel = list(LIMB_AND_PELVIS)
+    return {"mpjpe_mm": float(mpjpe(pred, gt)[0]), "p_mpjpe_mm": float(p_mpjpe(pred, gt)[0]),
+            "p_mpjpe13_mm": float(p_mpjpe(pred[:, sel], gt[:, sel])[0])}
+
+
 def evaluate_real_frames(root: str, model: str, compare: list[str]) -> dict:
     """MediaPipe (IMAGE mode) on each frame, then every model; per-frame errors."""
     import cv2
 
     from engines.backends import open_backend
     from engines.final import FinalModel
-    from engines.landmarks import landmarks_to_joints_2d
+    from engines.landmarks import landmarks_to_joints_2d, world_landmarks_to_joints_mm
     from engines.normalize import features_2d
     from engines.skeleton import fbi_states, root_relative
-    from train.metrics import mpjpe, p_mpjpe
     from train.synth.samples import MediaPipe2D
 
     frames = load_real_frames(root)
@@ -166,6 +179,9 @@ def evaluate_real_frames(root: str, model: str, compare: list[str]) -> dict:
             if lm is not None:
                 uv, _ = landmarks_to_joints_2d(lm[:, :2], lm[:, 2])
                 gt = root_relative(fr.joints_cam_mm)[None]
+                if mp.last_world_mm is not None:  # MediaPipe's own 3D, for reference
+                    w = world_landmarks_to_joints_mm(mp.last_world_mm / 1000.0)[None]
+                    row[MEDIAPIPE_WORLD] = _frame_errors(w - w[:, :1], gt)
                 for m, be in opened.items():
                     if isinstance(be, FinalModel):
                         o = be.lift(rgb, uv, fr.f, fr.c)
@@ -174,20 +190,18 @@ def evaluate_real_frames(root: str, model: str, compare: list[str]) -> dict:
                         row.setdefault("fbi_hits", hit.astype(int).tolist())
                     else:
                         pred = be.run({"features": features_2d(uv, fr.f, fr.c)[None]})["joints_mm"]
-                    row[m] = {"mpjpe_mm": float(mpjpe(pred, gt)[0]), "p_mpjpe_mm": float(p_mpjpe(pred, gt)[0])}
+                    row[m] = _frame_errors(pred, gt)
             rows.append(row)
     finally:
         for be in opened.values():
             be.close()
         mp.close()
     summary = {}
-    for m in opened:
-        for ds in ("h36m", "3dhp"):
-            r = [x[m] for x in rows if x["dataset"] == ds and m in x]
+    for m in [*opened, MEDIAPIPE_WORLD]:
+        for ds in ("h36m", "3dhp", "all"):
+            r = [x[m] for x in rows if m in x and ds in (x["dataset"], "all")]
             if r:
-                summary.setdefault(m, {})[ds] = {"mpjpe_mm": float(np.mean([v["mpjpe_mm"] for v in r])),
-                                                 "p_mpjpe_mm": float(np.mean([v["p_mpjpe_mm"] for v in r])),
-                                                 "frames": len(r)}
+                summary.setdefault(m, {})[ds] = {k: float(np.mean([v[k] for v in r])) for k in r[0]} | {"frames": len(r)}
     hits = np.array([x["fbi_hits"] for x in rows if "fbi_hits" in x])
     fbi = {}
     if len(hits):
@@ -215,14 +229,18 @@ def render_markdown(out: dict) -> str:
 
 def real_markdown(out: dict) -> str:
     models = list(out["summary"])
-    lines = ["real annotated frames (MediaPipe 2D; few frames: indicative only)", "",
-             "| frame | " + " | ".join(f"{m} MPJPE / P-MPJPE" for m in models) + " |", "|---" * (len(models) + 1) + "|"]
+
+    def cell(d: dict) -> str:
+        return f"{d['mpjpe_mm']:.1f} / {d['p_mpjpe_mm']:.1f} / {d['p_mpjpe13_mm']:.1f}"
+
+    lines = ["real annotated frames (MediaPipe 2D, IMAGE mode; few frames: indicative only); MPJPE / P-MPJPE / "
+             f"P-MPJPE on the pelvis and 12 limb joints; `{MEDIAPIPE_WORLD}` is MediaPipe's own world landmarks", "",
+             "| frame | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for r in out["frames"]:
-        cells = [f"{r[m]['mpjpe_mm']:.1f} / {r[m]['p_mpjpe_mm']:.1f}" if m in r else "not detected" for m in models]
+        cells = [cell(r[m]) if m in r else "not detected" for m in models]
         lines.append(f"| {r['dataset']} {r['frame']} | " + " | ".join(cells) + " |")
-    for ds in ("h36m", "3dhp"):
-        cells = [f"{out['summary'][m][ds]['mpjpe_mm']:.1f} / {out['summary'][m][ds]['p_mpjpe_mm']:.1f}"
-                 if ds in out["summary"].get(m, {}) else "-" for m in models]
+    for ds in ("h36m", "3dhp", "all"):
+        cells = [cell(out["summary"][m][ds]) if ds in out["summary"].get(m, {}) else "-" for m in models]
         lines.append(f"| **{ds} mean** | " + " | ".join(cells) + " |")
     if "fbi_accuracy" in out:
         lines += ["", f"FBI accuracy ({out['model']}): {100 * out['fbi_accuracy']:.1f}% over "

@@ -49,7 +49,7 @@ def frame_inputs(spec, ss, idx: np.ndarray) -> np.ndarray:
         raise UserError(f"the model needs the cues {missing}, which this render set lacks on some detected frames "
                         f"(render it with --cues)")
     fn = frame_input_function(spec.frame_input)
-    return fn(ss.mp2d[idx], ss.f[idx], ss.c[idx], *(cues[k] for k in spec.frame_cues))
+    return fn(ss.mp2d[idx], ss.f[idx], ss.c[idx], **{k: cues[k] for k in spec.frame_cues})
 
 
 def temporal_windows(spec, ss, targets: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ LIMB_END = {JI[n]: JI[p] for n, p in (("r_knee", "r_hip"), ("r_ankle", "r_knee")
 SWAP_GROUPS = {"legs": ((JI["l_knee"], JI["r_knee"]), (JI["l_ankle"], JI["r_ankle"])),
                "arms": ((JI["l_elbow"], JI["r_elbow"]), (JI["l_wrist"], JI["r_wrist"]))}
 TAU_GRID_MS = np.geomspace(5.0, 5000.0, 40)
+JUMP_GRID_MS = (0.0, 40.0, 80.0, 160.0, 320.0)
 
 
 # ------------------------------------------------------------------ geometry of a frame
@@ -166,6 +167,7 @@ class ErrorModel:
     swap_ms: np.ndarray          # (2,) mean duration
     drop_rate: float             # dropout episodes per second
     drop_ms: float               # mean dropout duration
+    jump_ms: float = 0.0         # time constant smoothing outlier and swap jumps in and out
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -347,8 +349,19 @@ def fit(gt2d: np.ndarray, mp2d: np.ndarray, found: np.ndarray, j3: np.ndarray, r
             off = (g.view == v) & ~swap[:, k]
             swap_rate[k, v] = start[g.view == v].sum() / max(dt[off].sum() / 1000.0, 1e-9) if off.any() else 0.0
     drop_rate, drop_ms = _episodes(~found, time_ms, keys)
-    return ErrorModel(offset, weight, pose_mean, lag, sigma, tau, wfast, rate, dur, bank, swap_rate, swap_ms,
-                      drop_rate, drop_ms)
+    model = ErrorModel(offset, weight, pose_mean, lag, sigma, tau, wfast, rate, dur, bank, swap_rate, swap_ms,
+                       drop_rate, drop_ms)
+    # The jump smoothing: the time constant whose simulation best matches the data's
+    # autocorrelation at 1 and 3 frames.
+    real = residual_stats(r, g.px_per_mm, keys, ok)
+
+    def mismatch(jump_ms: float) -> float:
+        sim, det = simulate(replace(model, jump_ms=jump_ms), gt2d, j3, root, f, time_ms, keys,
+                            np.random.default_rng(seed + 1), g)
+        st = residual_stats(sim.astype(np.float64) - gt2d, g.px_per_mm, keys, det)
+        return float(sum(np.abs(st[k] - real[k]).mean() for k in ("ac1", "ac3")))
+
+    return replace(model, jump_ms=min(JUMP_GRID_MS, key=mismatch))
 
 
 # ------------------------------------------------------------------ simulation
@@ -374,6 +387,18 @@ def _ou(first: np.ndarray, dt: np.ndarray, tau: np.ndarray, z: np.ndarray) -> np
                 rho = np.exp(-dt[t] / tau[c])
                 x[t, c] = rho * x[t - 1, c] + np.sqrt(1.0 - rho * rho) * z[t, c]
     return x
+
+
+@njit(cache=True)
+def _lowpass(first: np.ndarray, dt: np.ndarray, tau: float, x: np.ndarray) -> np.ndarray:
+    """First-order low-pass of each column of x (N, C) in time (tau ms; 0 = none), restarted
+    at each run's first frame."""
+    y = np.empty_like(x)
+    for t in range(x.shape[0]):
+        a = 1.0 if (first[t] or tau <= 0) else 1.0 - np.exp(-dt[t] / tau)
+        for c in range(x.shape[1]):
+            y[t, c] = x[t, c] if first[t] else y[t - 1, c] + a * (x[t, c] - y[t - 1, c])
+    return y
 
 
 @njit(cache=True)
@@ -418,25 +443,30 @@ def simulate(model: ErrorModel, gt2d: np.ndarray, j3: np.ndarray, root: np.ndarr
     unit = np.sqrt(w) * fast + np.sqrt(1 - w) * slow
     sig = model.sigma_mm[np.arange(NUM_JOINTS)[None], g.view[:, None], g.behind.astype(int)]    # (N, 17, 2)
     noise = unit * sig
-    # Outlier episodes: one displacement from the bank held for the episode.
+    # Outlier episodes (one displacement from the bank held for the episode) and left/right
+    # swaps of the lower legs and forearms are jumps away from the noisy 2D; MediaPipe's VIDEO
+    # mode smooths them in and out, with time constant jump_ms.
     on = _episode_flags(first, dt, np.repeat(model.outlier_rate[None], n, 0), model.outlier_ms,
                         rng.random((n, NUM_JOINTS)))
     starts = on & ~np.r_[np.zeros((1, NUM_JOINTS), bool), on[:-1] & ~first[1:, None]]
+    jump = np.zeros_like(noise)
     for j in range(NUM_JOINTS):
         bank = model.outlier_bank[j][np.isfinite(model.outlier_bank[j]).all(-1)]
         if not len(bank) or not on[:, j].any():
-            on[:, j] = False
             continue
         pick = np.where(starts[:, j], rng.integers(len(bank), size=n), -1)
         episode = np.maximum.accumulate(np.where(starts[:, j], np.arange(n), 0))   # start of the current episode
-        noise[on[:, j], j] = bank[pick[episode[on[:, j]]]]
+        jump[on[:, j], j] = bank[pick[episode[on[:, j]]]] - noise[on[:, j], j]
     uv = uv + noise * g.px_per_mm[:, None, :]
-    # Left/right swaps of the lower legs and forearms.
+    jump_px = jump * g.px_per_mm[:, None, :]
     swap = _episode_flags(first, dt, model.swap_rate.T[g.view], model.swap_ms, rng.random((n, len(SWAP_GROUPS))))
     for k, pairs in enumerate(SWAP_GROUPS.values()):
         for a, b in pairs:
             m = swap[:, k]
-            uv[m, a], uv[m, b] = uv[m, b].copy(), uv[m, a].copy()
+            d = uv[m, b] - uv[m, a]
+            jump_px[m, a] += d
+            jump_px[m, b] -= d
+    uv = uv + _lowpass(first, dt, float(model.jump_ms), jump_px.reshape(n, -1)).reshape(uv.shape)
     drop = _episode_flags(first, dt, np.full((n, 1), model.drop_rate), np.array([model.drop_ms]), rng.random((n, 1)))[:, 0]
     return uv.astype(np.float32), ~drop
 

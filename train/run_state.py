@@ -13,17 +13,21 @@ from engines.errors import UserError
 
 
 def resume(last: Path, cfg: dict, model: Any, opt: Any, sched: Any, rng: np.random.Generator,
-           state: dict, may_change: tuple[str, ...] = (), log: Callable[[str], None] = print) -> dict:
+           state: dict, may_change: tuple[str, ...] = (), log: Callable[[str], None] = print,
+           defaults: dict | None = None) -> dict:
     """Load `last` (if it exists) into model/opt/sched/rng and return its run state, else
     return `state` unchanged. Only the config keys in `may_change` (e.g. "epochs", to extend
-    a run) may differ from the saved config; anything else means a new run: UserError."""
+    a run) may differ from the saved config; anything else means a new run: UserError. A key
+    the saved config lacks (an option added since) counts as its value in `defaults`, what the
+    code did before the option existed."""
     import torch
 
     if not last.exists():
         return state
     ck = torch.load(last, map_location="cpu", weights_only=False)
     masked = {k: None for k in may_change}
-    if {**ck["train_config"], **masked} != {**cfg, **masked}:
+    saved = {**{k: v for k, v in (defaults or {}).items() if k not in ck["train_config"]}, **ck["train_config"]}
+    if {**saved, **masked} != {**cfg, **masked}:
         raise UserError(f"{last} was written with a different config; use a new --out")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])

@@ -49,6 +49,11 @@ class TrainConfig:
     conv: bool = False              # temporal: a TemporalConvLifter (window 3**k), hidden = channels
     spacing_ms: float = 100.0       # temporal: time between window frames (rows at strides around it)
     cold_start: float = 0.0         # temporal: share of windows cut short as at a track's start (and end)
+    rotate: bool = False            # `every` > 1: each epoch takes the next phase of rows (all rows over `every` epochs)
+    renders: tuple[str, ...] = ()   # train on sequence renders (MediaPipe 2D) instead of --data
+    val_renders: str = ""           # ... and validate on this sequence render set (S9)
+    cues: tuple[str, ...] = ()      # renders: per-frame image cues in the input (engines.normalize.CUE_WIDTHS)
+    init_from: str = ""             # start from this lifter's weights (new cue inputs start at zero weight)
 
 
 def _features(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -123,11 +128,8 @@ def _mp_drawer(model, s, row_ms: float):
 def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     import torch
 
-    from engines.checkpoint import contract_metadata, file_sha256
-    from engines.models import Lifter, LifterConfig, temporal_lifter
     from engines.temporal import conv_stage
     from train import h36m
-    from train.metrics import mpjpe
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -137,7 +139,9 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     temporal = cfg.window > 1
     # Refuse a bad --conv window before the minute of loading (conv_blocks also refuses window 1).
     num_blocks = conv_blocks(cfg.window) if cfg.conv else cfg.num_blocks
-    kind = conv_stage(cfg.window) if cfg.conv else "temporal_lifter" if temporal else "lifter"
+    kind = conv_stage(cfg.window, bool(cfg.cues)) if cfg.conv else "temporal_lifter" if temporal else "lifter"
+    if cfg.renders:
+        return _train(cfg, out, log, kind, num_blocks, *_render_data(cfg, log), t_load=t_load)
     mp = _error_model(cfg)
     # A temporal run needs every row to build windows, and MediaPipe-like 2D every row to draw
     # its noise in time; `every` then thins the window centres / samples.
@@ -177,45 +181,29 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
         strides = train_strides(h36m.row_spacing_ms(cfg.data), cfg.spacing_ms)
         run_first, run_last = group_bounds(keys)
         offsets = window_offsets(cfg.window, cfg.causal)
-        centers = np.arange(0, len(X), cfg.every)
         log(f"temporal: {cfg.window} frames, {'causal' if cfg.causal else 'centred'}, training row strides "
             f"{strides}")
     else:
         Xv_np = _features(va.uv, va.f, va.c)
-        centers = np.arange(0, len(X), cfg.every if whole else 1)
-    Xv = torch.from_numpy(Xv_np)
-    log(f"loaded {len(centers)} training samples, {len(Xv)} validation samples in {time.time() - t_load:.1f}s")
-
-    mcfg = LifterConfig(in_dim=cfg.window * X.shape[1], hidden=cfg.hidden,
-                        num_blocks=num_blocks,
-                        dropout=cfg.dropout, max_norm=cfg.max_norm, flip_tta=cfg.flip_tta,
-                        window=cfg.window, causal=cfg.causal, conv=cfg.conv, spacing_ms=cfg.spacing_ms)
-    model = temporal_lifter(mcfg) if temporal else Lifter(mcfg)
-    model.set_normalization(torch.from_numpy(np.tile(X.mean(0), cfg.window)),
-                            torch.from_numpy(np.tile(X.std(0), cfg.window)),
-                            torch.from_numpy(Y.mean(0)), torch.from_numpy(Y.std(0)))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
-    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y[centers])
-    Yn = (Yt - model.out_mean) / model.out_std
+    step = cfg.every if whole else 1
+    Xt = torch.from_numpy(X)
     uv_t = None
     if cfg.noise_px > 0:  # Gaussian noise on the fixed 2D of single-frame samples
         if temporal or mp:
             raise UserError("--noise-px applies to single-frame training on --input gt or sh")
         uv_t = torch.from_numpy(np.concatenate([tr.uv, _flip(tr.uv, tr.c, tr.joints_cam)[0]]) if cfg.flip else tr.uv)
 
-    state = {"epoch": 0, "one_minus_a": None, "history": [], "best": math.inf, "train_seconds": 0.0}
-    last = out / "last.pt"
-    # Only the epoch count may change on resume (to extend a run); anything else means a new run.
-    state = run_state.resume(last, asdict(cfg), model, opt, sched, rng, state, ("epochs",), log)
+    def samples(epoch: int) -> np.ndarray:
+        """Window centres / samples of an epoch: every `every`-th row, the next phase each
+        epoch when rotating."""
+        return np.arange((epoch % step) if cfg.rotate else 0, len(X), step)
 
-    def validate() -> float:
-        model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(Xv[i:i + 8192]) for i in range(0, len(Xv), 8192)]).numpy()
-        return float(mpjpe(pred, va.joints_cam).mean())
+    def new_epoch(epoch: int) -> None:
+        nonlocal Xt
+        if draw and epoch > 0:   # new MediaPipe-like 2D each epoch (epoch 0's made the statistics)
+            Xt = torch.from_numpy(epoch_features(epoch))
 
-    def make_input(idx):
+    def make_input(idx, centers):
         if temporal:  # each window at a random one of the strides: frame spacings around spacing_ms
             step = rng.choice(strides, len(idx))
             ctr = centers[idx.numpy()]
@@ -228,21 +216,144 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
                     win[cut] = np.minimum(win[cut], (ctr[cut] + k * step[cut])[:, None])
             return Xt[torch.from_numpy(win)].flatten(1)
         if uv_t is None:
-            return Xt[idx]
+            return Xt[torch.from_numpy(centers[idx.numpy()])]
         noisy = uv_t[idx] + cfg.noise_px * torch.randn_like(uv_t[idx])
         return torch.from_numpy(_features(noisy.numpy(), f[idx.numpy()], c[idx.numpy()]))
 
+    return _train(cfg, out, log, kind, num_blocks, X, Y, Xv_np, va.joints_cam, samples, make_input, new_epoch,
+                  rng=rng, t_load=t_load)
+
+
+def _render_data(cfg: TrainConfig, log) -> tuple:
+    """Training and validation windows of sequence renders (MediaPipe's 2D and, with cfg.cues,
+    image cues; engines.normalize.features_2d_cues): the arguments of _train after num_blocks.
+    Training samples: every `every`-th frame with a detection; validation: every `val_every`-th
+    frame showing a Human3.6M row with a detection (train.eval_sequences)."""
+    import torch
+
+    from engines.normalize import CUE_WIDTHS
+    from train.eval_sequences import frame_inputs, temporal_windows
+    from train.sequence_sets import concat_sets, load_sequence_set
+
+    bad = [k for k in cfg.cues if k not in CUE_WIDTHS]
+    if bad or cfg.window < 2 or not cfg.val_renders or cfg.flip_tta and cfg.cues:
+        raise UserError(f"--renders trains a temporal model (--window > 1), validates on --val-renders, takes cues "
+                        f"among {', '.join(CUE_WIDTHS)} (got {', '.join(bad) or 'those'}) and no flip averaging "
+                        f"with cues (--no-flip-tta)")
+    spec = _render_spec(cfg)
+    ss = concat_sets([load_sequence_set(r) for r in cfg.renders])
+    if set(np.unique(ss.subject)) - set(TRAIN_SUBJECTS):
+        raise UserError(f"training renders show subjects {sorted(set(np.unique(ss.subject)))}; only {TRAIN_SUBJECTS} allowed")
+    train_idx = np.flatnonzero(ss.found)[::cfg.every]
+    Xw = temporal_windows(spec, ss, train_idx)
+    vs = load_sequence_set(cfg.val_renders)
+    val_idx = np.flatnonzero((vs.row >= 0) & vs.found)[::cfg.val_every]
+    Xv = temporal_windows(spec, vs, val_idx)
+    X = frame_inputs(spec, ss, np.flatnonzero(ss.found))
+    Y = ss.joints_3d[train_idx].reshape(len(train_idx), -1).astype(np.float32)
+    Xw_t = torch.from_numpy(Xw)
+    log(f"renders: {len(train_idx)} training windows of {spec.window} frames ({', '.join(cfg.cues) or 'no cues'}), "
+        f"{len(val_idx)} validation windows")
+    return (X, Y, Xv, vs.joints_3d[val_idx], lambda epoch: np.arange(len(Y)),
+            lambda idx, centers: Xw_t[idx].flatten(1), lambda epoch: None)
+
+
+def _init_from(model, path: str, log) -> None:
+    """Copy a trained lifter of the same architecture into `model`: every weight, the output
+    statistics and, for the first layer and the input statistics, the per-frame inputs they
+    share (the first LIFT_INPUT_DIM of each frame); extra inputs (image cues) keep zero weight
+    and their own statistics, so the model starts as the one it is initialised from."""
+    import torch
+
+    from engines.backends.torch_backend import load_checkpoint
+    from engines.checkpoint import resolve_model_path
+    from engines.normalize import LIFT_INPUT_DIM
+
+    src = load_checkpoint(resolve_model_path(path))["model"]
+    own = model.state_dict()
+    window, dim = model.cfg.window, model.cfg.frame_dim
+    with torch.no_grad():
+        for k, v in own.items():
+            if k.startswith("flip_") or k not in src:
+                continue
+            w = src[k]
+            if k in ("in_mean", "in_std"):
+                v.view(window, dim)[:, :LIFT_INPUT_DIM] = w.view(window, -1)[:, :LIFT_INPUT_DIM]
+            elif k == "inp.linear.weight" and w.shape != v.shape:
+                v.zero_()
+                v.view(v.shape[0], -1, dim)[:, :, :LIFT_INPUT_DIM] = w.view(w.shape[0], -1, LIFT_INPUT_DIM)
+            elif w.shape == v.shape:
+                v.copy_(w)
+            else:
+                raise UserError(f"--init-from {path}: {k} has shape {tuple(w.shape)}, this model {tuple(v.shape)}")
+    log(f"initialised from {path}")
+
+
+def _render_spec(cfg: TrainConfig):
+    from engines.normalize import CUE_FRAME_INPUT
+    from engines.temporal import WindowSpec
+
+    if cfg.cues:
+        return WindowSpec(cfg.window, cfg.causal, cfg.spacing_ms, CUE_FRAME_INPUT, tuple(cfg.cues))
+    return WindowSpec(cfg.window, cfg.causal, cfg.spacing_ms)
+
+
+def _train(cfg: TrainConfig, out: Path, log, kind: str, num_blocks: int, X: np.ndarray, Y: np.ndarray,
+           Xv_np: np.ndarray, val_y: np.ndarray, samples, make_input, new_epoch, rng=None, t_load: float = 0.0) -> dict:
+    """The model, the optimiser and the resumable epoch loop. X (M, D) per-frame inputs (their
+    statistics normalise every frame), Y (M', 51) targets of all samples, Xv_np / val_y the
+    validation inputs and root-relative joints (mm); samples(epoch) -> the epoch's sample
+    indices into Y, make_input(idx, samples) -> the batch's flattened inputs, new_epoch(epoch)
+    refreshes per-epoch inputs."""
+    import torch
+
+    from engines.checkpoint import contract_metadata, file_sha256
+    from engines.models import Lifter, LifterConfig, temporal_lifter
+    from train.metrics import mpjpe
+
+    rng = rng if rng is not None else np.random.default_rng(cfg.seed)
+    temporal = cfg.window > 1
+    Xv = torch.from_numpy(np.ascontiguousarray(Xv_np).reshape(len(Xv_np), -1) if not temporal else Xv_np)
+    log(f"loaded {len(samples(0))} training samples, {len(Xv)} validation samples in {time.time() - t_load:.1f}s")
+    mcfg = LifterConfig(in_dim=cfg.window * X.shape[1], hidden=cfg.hidden, num_blocks=num_blocks,
+                        dropout=cfg.dropout, max_norm=cfg.max_norm, flip_tta=cfg.flip_tta,
+                        window=cfg.window, causal=cfg.causal, conv=cfg.conv, spacing_ms=cfg.spacing_ms,
+                        frame_cues=tuple(cfg.cues))
+    model = temporal_lifter(mcfg) if temporal else Lifter(mcfg)
+    model.set_normalization(torch.from_numpy(np.tile(X.mean(0), cfg.window)),
+                            torch.from_numpy(np.tile(X.std(0), cfg.window)),
+                            torch.from_numpy(Y.mean(0)), torch.from_numpy(Y.std(0)))
+    if cfg.init_from:
+        _init_from(model, cfg.init_from, log)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+    Yall = torch.from_numpy(Y)
+
+    state = {"epoch": 0, "one_minus_a": None, "history": [], "best": math.inf, "train_seconds": 0.0}
+    last = out / "last.pt"
+    # Only the epoch count may change on resume (to extend a run); anything else means a new run.
+    state = run_state.resume(last, asdict(cfg), model, opt, sched, rng, state, ("epochs",), log,
+                             defaults=asdict(TrainConfig()))
+
+    def validate() -> float:
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(Xv[i:i + 8192]) for i in range(0, len(Xv), 8192)]).numpy()
+        return float(mpjpe(pred, val_y).mean())
+
+    data = [str(p) for p in cfg.renders] or [cfg.data]
     while state["epoch"] < cfg.epochs:
         t0 = time.time()
-        if draw and state["epoch"] > 0:   # new MediaPipe-like 2D each epoch (epoch 0's made the statistics)
-            Xt = torch.from_numpy(epoch_features(state["epoch"]))
-        epoch_l0 = run_state.lifter_epoch(model, make_input, Yn, cfg.batch_size, cfg.loss, state, rng, opt,
-                                          cfg.max_norm)
+        new_epoch(state["epoch"])
+        centers = samples(state["epoch"])
+        Yn = (Yall[torch.from_numpy(centers)] - model.out_mean) / model.out_std
+        epoch_l0 = run_state.lifter_epoch(model, lambda idx: make_input(idx, centers), Yn, cfg.batch_size, cfg.loss,
+                                          state, rng, opt, cfg.max_norm)
         sched.step()
         val = validate()
         meta = {"kind": kind, "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
                 "contract": contract_metadata(), "train_subjects": list(TRAIN_SUBJECTS),
-                "data_sha256": file_sha256(cfg.data) if state["epoch"] == 0 else None}
+                "data_sha256": file_sha256(data[0]) if state["epoch"] == 0 and Path(data[0]).is_file() else None}
         if temporal:  # what a runtime needs to build the windows; exported with the model
             meta["artifact_meta"] = temporal_metadata(mcfg)
         run_state.end_epoch(out, state, cfg.epochs, epoch_l0, val, time.time() - t0, model, meta, log)
@@ -271,6 +382,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conv", action="store_true",
                    help="temporal lifter as a strided temporal convolution (VideoPose3D); --hidden = channels")
     p.add_argument("--no-flip-tta", action="store_true", help="no test-time averaging with the mirrored input")
+    p.add_argument("--rotate", action="store_true",
+                   help="with --every N: each epoch takes the next of the N phases of rows (all rows over N epochs)")
+    g = p.add_argument_group("training on sequence renders (the cue ablation)")
+    g.add_argument("--renders", nargs="+", default=(), help="`posestream render --sequence` folders to train on "
+                   "(their MediaPipe 2D; instead of --data)")
+    g.add_argument("--val-renders", default="", help="sequence render set to validate on (S9)")
+    g.add_argument("--cues", default="", help="comma-separated image cues in each frame's input: world_mm "
+                   "(MediaPipe's world landmarks), coarse_mm and fbi_prob (the Final generator's)")
+    p.add_argument("--init-from", default="", help="start from this lifter (same architecture; cue inputs "
+                   "start at zero weight)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -280,6 +401,8 @@ def run(args: argparse.Namespace) -> int:
                       threads=args.threads, hidden=args.hidden, flip_tta=not args.no_flip_tta,
                       window=args.window, causal=args.causal, conv=args.conv, dropout=args.dropout,
                       spacing_ms=args.spacing_ms, val_every=args.val_every, error_model=args.error_model,
-                      cold_start=args.cold_start)
+                      cold_start=args.cold_start, rotate=args.rotate, renders=tuple(args.renders),
+                      val_renders=args.val_renders, cues=tuple(c for c in args.cues.split(",") if c),
+                      init_from=args.init_from)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0

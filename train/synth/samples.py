@@ -57,9 +57,10 @@ def default_model_path() -> Path:
 
 
 class MediaPipe2D:
-    """MediaPipe Tasks PoseLandmarker in IMAGE mode (one pose), offline model bundle."""
+    """MediaPipe Tasks PoseLandmarker in IMAGE mode (one pose), offline model bundle; with
+    video=True in VIDEO mode (detect_video: tracking from frame to frame, as the app runs it)."""
 
-    def __init__(self, model: str | Path | None = None):
+    def __init__(self, model: str | Path | None = None, video: bool = False):
         import mediapipe as mp
         from mediapipe.tasks.python import BaseOptions
         from mediapipe.tasks.python.vision import PoseLandmarker, PoseLandmarkerOptions, RunningMode
@@ -69,7 +70,7 @@ class MediaPipe2D:
             raise UserError(f"MediaPipe model not found: {path} (or pass --no-mediapipe)")
         self._mp = mp
         opts = PoseLandmarkerOptions(base_options=BaseOptions(model_asset_path=str(path)),
-                                     running_mode=RunningMode.IMAGE, num_poses=1)
+                                     running_mode=RunningMode.VIDEO if video else RunningMode.IMAGE, num_poses=1)
         self._lm = PoseLandmarker.create_from_options(opts)
 
     def close(self) -> None:
@@ -81,6 +82,22 @@ class MediaPipe2D:
 
     MAX_SIDE = 640  # frames are shrunk to this long side first, as a webcam app feeds it
 
+    def detect_video(self, rgb: np.ndarray, ts_ms: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """VIDEO mode: rgb (H, W, 3) uint8 at time ts_ms (increasing) -> (landmarks (33, 3)
+        [u px, v px, visibility] in this image's pixel-centre convention, as the app's detector
+        converts them; world landmarks (33, 3) mm) or None."""
+        res = self._lm.detect_for_video(self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
+                                                       data=np.ascontiguousarray(rgb)), int(ts_ms))
+        if not res.pose_landmarks or not res.pose_world_landmarks:
+            return None
+        H, W = rgb.shape[:2]
+        lm = np.array([[p.x * W - 0.5, p.y * H - 0.5, 1.0 if p.visibility is None else p.visibility]
+                       for p in res.pose_landmarks[0]], np.float32)
+        world = np.array([[p.x, p.y, p.z] for p in res.pose_world_landmarks[0]], np.float32) * 1000.0
+        if lm.shape != (33, 3) or not (np.isfinite(lm).all() and np.isfinite(world).all()):
+            return None
+        return lm, world
+
     def detect(self, rgb: np.ndarray) -> np.ndarray | None:
         """rgb (H,W,3) uint8 -> (33,3) [x px, y px, visibility] (input-image px) or None."""
         import cv2
@@ -90,8 +107,11 @@ class MediaPipe2D:
             rgb = cv2.resize(rgb, (int(round(W * s)), int(round(H * s))), interpolation=cv2.INTER_AREA)
         img = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         res = self._lm.detect(img)
+        self.last_world_mm = None
         if not res.pose_landmarks:
             return None
+        if res.pose_world_landmarks:  # (33, 3) mm, kept for callers that compare with MediaPipe's own 3D
+            self.last_world_mm = np.array([[p.x, p.y, p.z] for p in res.pose_world_landmarks[0]], np.float32) * 1000.0
         # Normalised landmarks * original size: the resize does not change them (up to
         # its half-pixel convention, < 1 px here).
         return np.array([[p.x * W, p.y * H, p.visibility if p.visibility is not None else 1.0]

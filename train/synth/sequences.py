@@ -32,7 +32,7 @@ import numpy as np
 from engines.camera import Camera, project_camera, world_to_camera
 from engines.errors import UserError
 from engines.skeleton import NUM_JOINTS, bone_lengths, root_relative
-from train.synth.samples import MP_LIMB_JOINTS, MP_LIMB_LANDMARKS, SOURCE_BVH, SOURCE_H36M, default_model_path
+from train.synth.samples import MP_LIMB_JOINTS, MP_LIMB_LANDMARKS, SOURCE_BVH, SOURCE_H36M
 
 NUM_LANDMARKS = 33
 
@@ -199,44 +199,6 @@ class BvhClips:
                     SOURCE_BVH, seq=k, h36m_like=like)
 
 
-class MediaPipeVideo:
-    """MediaPipe PoseLandmarker in VIDEO mode (one pose) for one clip: a fresh landmarker per
-    clip, so its tracking starts cold as the app's does on a new file."""
-
-    def __init__(self, model: str | Path | None = None):
-        import mediapipe as mp
-        from mediapipe.tasks.python import BaseOptions
-        from mediapipe.tasks.python.vision import PoseLandmarker, PoseLandmarkerOptions, RunningMode
-
-        path = Path(model) if model else default_model_path()
-        if not path.is_file():
-            raise UserError(f"MediaPipe model not found: {path}")
-        self._mp = mp
-        opts = PoseLandmarkerOptions(base_options=BaseOptions(model_asset_path=str(path)),
-                                     running_mode=RunningMode.VIDEO, num_poses=1)
-        self._lm = PoseLandmarker.create_from_options(opts)
-
-    def close(self) -> None:
-        if self._lm is not None:
-            self._lm.close()
-            self._lm = None
-
-    def detect(self, rgb: np.ndarray, ts_ms: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """rgb (H, W, 3) uint8 -> (landmarks (33, 3) [u px, v px, visibility] in this image's
-        pixel-centre convention, world (33, 3) mm) or None."""
-        res = self._lm.detect_for_video(self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
-                                                       data=np.ascontiguousarray(rgb)), int(ts_ms))
-        if not res.pose_landmarks or not res.pose_world_landmarks:
-            return None
-        H, W = rgb.shape[:2]
-        lm = np.array([[p.x * W - 0.5, p.y * H - 0.5, 1.0 if p.visibility is None else p.visibility]
-                       for p in res.pose_landmarks[0]], np.float32)
-        world = np.array([[p.x, p.y, p.z] for p in res.pose_world_landmarks[0]], np.float32) * 1000.0
-        if lm.shape != (NUM_LANDMARKS, 3) or not (np.isfinite(lm).all() and np.isfinite(world).all()):
-            return None
-        return lm, world
-
-
 class ClipRenderer:
     """Renders clips (see module docstring). generator: a generator model (name or path) run on
     the crop the app would cut, for the coarse-3D and FBI cues; None = no cues."""
@@ -293,7 +255,8 @@ class ClipRenderer:
         found = np.zeros(T, bool)
         ok = np.zeros(T, bool)
         vis = np.zeros((T, NUM_JOINTS), bool)
-        mp = MediaPipeVideo(self.model) if self.use_mediapipe else None
+        # A fresh VIDEO-mode landmarker per clip: its tracking starts cold, as the app's does on a new file.
+        mp = MediaPipe2D(self.model, video=True) if self.use_mediapipe else None
         try:
             for t in range(T):
                 A = camera_affines(posed[t].affine, cam)
@@ -302,7 +265,7 @@ class ClipRenderer:
                     & (uv[t, :, 1] <= H - 1) & (jc[t, :, 2] > 0)
                 uv_buf = uv[t] * vp[:, 0:2].diagonal() + vp[:, 2]
                 vis[t] = _visibility(uv_buf, jc[t, :, 2], zbuf, idbuf, r.allowed, occ, r.radius * girth, inside)
-                det = mp.detect(frame, int(round(clip.times_ms[t]))) if mp is not None else None
+                det = mp.detect_video(frame, int(round(clip.times_ms[t]))) if mp is not None else None
                 if det is None:
                     continue
                 lm, world = det
