@@ -67,7 +67,7 @@ def liftable(meta: dict) -> bool:
         return True
     try:
         return TemporalSpec.from_metadata(meta) is not None and not stage.endswith("_sequence")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, UserError):
         return False
 
 

@@ -30,7 +30,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from engines.temporal import window_offsets
+from engines.errors import UserError
+from engines.temporal import FRAME_INPUT, WindowSpec, window_offsets
 
 # Sample times within this much of the history's ends count as covered (timestamps of
 # files are index / fps and carry float rounding; a millisecond is far below any spacing).
@@ -53,12 +54,19 @@ class TemporalSpec:
 
     @staticmethod
     def from_metadata(meta: Mapping[str, Any]) -> "TemporalSpec | None":
-        """The spec in a model's metadata (engines.artifact: "window", "spacing_ms", "causal"),
-        or None for a single-frame model."""
+        """The spec in a model's metadata, read as engines.temporal.WindowSpec (the one window
+        contract: window, causal, spacing_ms, frame input), or None for a single-frame model.
+        UserError for a model whose frames take more than engines.normalize.features_2d (image
+        cues), which this history does not compute."""
         window = meta.get("window")
         if window is None or int(window) <= 1:
             return None
-        return TemporalSpec(int(window), float(meta.get("spacing_ms", 100.0)) / 1000.0, bool(meta.get("causal", False)))
+        spec = WindowSpec.from_metadata({**meta, "causal": meta.get("causal", False)})
+        if spec.frame_input != FRAME_INPUT or spec.frame_cues:
+            raise UserError(f"{meta.get('source_file', 'model')}: its frames take {spec.frame_input}"
+                            f"{' with ' + ', '.join(spec.frame_cues) if spec.frame_cues else ''}; "
+                            f"the app feeds temporal models {FRAME_INPUT} only")
+        return TemporalSpec(spec.window, spec.spacing_ms / 1000.0, spec.causal)
 
     @property
     def offsets_s(self) -> np.ndarray:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from engines.camera import project_camera
+from engines.errors import UserError
 from realtime.detector import Detection
 from realtime.estimator import Detected, PoseEstimator
 from realtime.frames import PoseFrame
@@ -67,6 +68,12 @@ def test_temporal_spec_from_metadata():
     assert (s.window, s.spacing_s, s.causal, s.lookahead_s) == (27, 0.1, False, pytest.approx(1.3))
     with pytest.raises(ValueError):
         TemporalSpec(4, 0.1, causal=False)  # a centred window needs an odd length
+    # One window contract (engines.temporal.WindowSpec): a model whose frames carry image cues
+    # is refused with a clear error, not fed features_2d.
+    cue_meta = {"window": 81, "causal": True, "spacing_ms": 40.0, "source_file": "cues.pt",
+                "frame_input": "engines.normalize.features_2d_cues", "frame_cues": ["world_mm"]}
+    with pytest.raises(UserError, match="cues.pt: its frames take engines.normalize.features_2d_cues with world_mm"):
+        TemporalSpec.from_metadata(cue_meta)
 
 
 # ---- sequence lifter --------------------------------------------------------------------------
