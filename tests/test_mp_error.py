@@ -56,8 +56,17 @@ def test_fit_recovers_a_known_model_and_its_statistics(fixture_walks):
     real, sim = cmp["real"], cmp["simulated"]
     assert np.abs(np.subtract(real["mean"], sim["mean"])).max() < 3.0       # mm, per joint and axis
     assert np.abs(np.log(np.divide(sim["std"], real["std"]))).mean() < 0.15
-    for lag in ("ac1", "ac3"):
-        assert np.abs(np.subtract(real[lag], sim[lag])).mean() < 0.06
+    # The autocorrelations of one simulation differ from the data's by sampling noise as large
+    # as the tolerance (the generating model itself misses by ~0.06 at 3 frames on some seeds):
+    # over the same 4 simulation seeds, the refit matches them about as well as the true model.
+
+    def ac_mismatch(model: ErrorModel) -> np.ndarray:
+        runs = [compare(model, gt, mp, det, j3, root, f, t, keys, seed=seed) for seed in range(2, 6)]
+        return np.mean([[np.abs(np.subtract(c["real"][k], c["simulated"][k])).mean() for k in ("ac1", "ac3")]
+                        for c in runs], 0)
+
+    refit, truth = ac_mismatch(est), ac_mismatch(true)
+    assert (refit < truth + 0.015).all() and (refit < 0.08).all(), (refit, truth)
 
 
 def test_noise_correlation_is_set_in_time_not_frames(fixture_walks):
