@@ -83,15 +83,20 @@ def lifter_epoch(lifter: Any, make_input: Callable[[Any], Any], targets: Any, ba
 
 def end_epoch(out: Path, state: dict, epochs: int, epoch_l0: float, val: float, seconds: float, model: Any,
               meta: dict, log: Callable[[str], None] = print) -> None:
-    """Book-keeping after an epoch: history, log line, and OUT/best.pt (weights + `meta`) when
-    the validation MPJPE improved."""
+    """Book-keeping after an epoch: history, log line, OUT/latest.pt (this epoch's weights +
+    `meta`: a run validated on its test set is reported at a fixed epoch, not its best) and
+    OUT/best.pt when the validation MPJPE improved."""
     import torch
 
     state["train_seconds"] += seconds
     state["epoch"] += 1
     state["history"].append({"epoch": state["epoch"], "train_l0": epoch_l0, "val_mpjpe_mm": val, "seconds": seconds})
     log(f"epoch {state['epoch']}/{epochs} train L0 {epoch_l0:.4f} val MPJPE {val:.2f} mm ({seconds:.0f}s)")
+    weights = {"model": model.state_dict(), **meta, "val_mpjpe_mm": val, "epoch": state["epoch"],
+               "train_seconds": state["train_seconds"]}
+    tmp = out / "latest.tmp"
+    torch.save(weights, tmp)
+    tmp.replace(out / "latest.pt")
     if val < state["best"]:
         state["best"] = val
-        torch.save({"model": model.state_dict(), **meta, "val_mpjpe_mm": val, "epoch": state["epoch"],
-                    "train_seconds": state["train_seconds"]}, out / "best.pt")
+        torch.save(weights, out / "best.pt")
