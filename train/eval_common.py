@@ -1,5 +1,5 @@
 """What the evaluation commands share (train.evaluate for Human3.6M files, train.eval_renders
-for render sets and real frames): the per-action result table and chunked inference."""
+for render sets and real frames): the per-action result table, opening a model and chunked inference."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,3 +59,18 @@ def result_from_json(d: dict) -> EvalResult:
     return EvalResult(d["mpjpe_mm"], d["p_mpjpe_mm"],
                       {a: (v["mpjpe_mm"], v["p_mpjpe_mm"], v["frames"]) for a, v in d["per_action"].items()},
                       d["frames"])
+
+
+def open_model(model: str, backend: str = "torch", stage: str | None = None):
+    """(backend, resolved .pt path) for a shipped name or checkpoint path; stage: run it as its
+    sequence form (engines.stages.resolve_stage)."""
+    from engines.checkpoint import resolve_model_path
+
+    path = resolve_model_path(model)
+    try:
+        from engines.backends import open_backend  # ONNX Runtime / TensorRT when available
+        be = open_backend(str(path), backend, stage=stage)
+    except ImportError:
+        from engines.backends.torch_backend import TorchBackend
+        be = TorchBackend(path, stage=stage)
+    return be, str(path)

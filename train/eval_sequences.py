@@ -75,8 +75,7 @@ def predict(model: str, ss, targets: np.ndarray, backend: str = "auto", generato
     from engines.normalize import features_2d
     from engines.stages import stage_for
     from engines.temporal import WindowSpec
-    from train.eval_common import run_in_chunks
-    from train.evaluate import open_model
+    from train.eval_common import open_model, run_in_chunks
 
     be, path = open_model(model, backend)
     try:

@@ -33,25 +33,10 @@ import numpy as np
 
 from engines.errors import UserError
 from engines.temporal import WindowSpec
-from train.eval_common import EvalResult, format_table, result_from_json, run_in_chunks, summarize  # noqa: F401
+from train.eval_common import EvalResult, format_table, open_model, result_from_json, run_in_chunks, summarize  # noqa: F401
 
 MISALIGNED_SEQUENCES = ("S9/Greeting", "S9/SittingDown 1", "S9/Waiting 1")
 DEFAULT_MODEL = {"gt": "base_gt", "sh": "temporal_ensemble_sh"}
-
-
-def open_model(model: str, backend: str = "torch", stage: str | None = None):
-    """(backend, resolved .pt path) for a shipped name or checkpoint path; stage: run it as its
-    sequence form (engines.stages.resolve_stage)."""
-    from engines.checkpoint import resolve_model_path
-
-    path = resolve_model_path(model)
-    try:
-        from engines.backends import open_backend  # ONNX Runtime / TensorRT when available
-        be = open_backend(str(path), backend, stage=stage)
-    except ImportError:
-        from engines.backends.torch_backend import TorchBackend
-        be = TorchBackend(path, stage=stage)
-    return be, str(path)
 
 
 def sequence_predictions(be, s, data: str, every: int):
