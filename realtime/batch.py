@@ -592,7 +592,9 @@ class _Progress:
 def _init_ray(address: str | None, workers: int | None) -> bool:
     """Connect to Ray (or start a local one): True if this call started it. Workers get this
     checkout's code first on their path (a local Ray's workers would otherwise import an
-    installed copy)."""
+    installed copy): a cluster's through the job's runtime environment, a local Ray's by
+    inheriting PYTHONPATH from this process when it starts (so the worker processes Ray
+    starts ahead of time serve the tasks; a runtime environment would start new ones)."""
     try:
         import ray
     except ImportError:
@@ -601,26 +603,39 @@ def _init_ray(address: str | None, workers: int | None) -> bool:
         return False
     code_root = str(Path(__file__).resolve().parents[1])
     pythonpath = os.pathsep.join(p for p in (code_root, os.environ.get("PYTHONPATH", "")) if p)
-    kwargs: dict[str, Any] = dict(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, log_to_driver=False,
-                                  logging_level=logging.ERROR)
+    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address:
         try:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"cannot reach Ray at {address}: {_one_line(exc)}") from None
         return True
     # On a heavily loaded machine a local Ray's start-up can time out (its raylet gives up
-    # waiting for a helper process): that is worth another try.
-    for attempt in range(1, RAY_START_ATTEMPTS + 1):
-        try:
-            # "local": a new Ray for this run, never one a `ray start` left behind on this machine.
-            ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, **kwargs)
-            return True
-        except Exception as exc:  # noqa: BLE001 - Ray reports a start-up timeout as a bare Exception
-            ray.shutdown()
-            if attempt == RAY_START_ATTEMPTS:
-                raise UserError(f"cannot start a local Ray ({attempt} tries): {_one_line(exc)}") from None
-            log.warning("a local Ray did not start (%s); trying again", _one_line(exc))
+    # waiting for a helper process): that is worth another try. Ray runs its workers 15
+    # steps nicer than the driver by default; here the workers do all the work (the driver
+    # waits), so a local Ray keeps them at the driver's priority unless RAY_worker_niceness
+    # says otherwise: at +15 they yield to everything else on a busy machine.
+    before = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_worker_niceness")}
+    os.environ["PYTHONPATH"] = pythonpath
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    try:
+        for attempt in range(1, RAY_START_ATTEMPTS + 1):
+            try:
+                # "local": a new Ray for this run, never one a `ray start` left behind on this machine.
+                ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
+                         **kwargs)
+                return True
+            except Exception as exc:  # noqa: BLE001 - Ray reports a start-up timeout as a bare Exception
+                ray.shutdown()
+                if attempt == RAY_START_ATTEMPTS:
+                    raise UserError(f"cannot start a local Ray ({attempt} tries): {_one_line(exc)}") from None
+                log.warning("a local Ray did not start (%s); trying again", _one_line(exc))
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return True
 
 
@@ -835,7 +850,8 @@ class LocalRayNodes:
         code_root = str(Path(__file__).resolve().parents[1])
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (code_root, os.environ.get("PYTHONPATH"))
                                                                  if p),
-                        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0")
+                        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0",
+                        RAY_worker_niceness=os.environ.get("RAY_worker_niceness", "0"))  # as _init_ray's local Ray
         self.env.pop("RAY_ADDRESS", None)
         # Its own short temp folder (Ray's socket paths have a length limit), so the cluster
         # never becomes the one a plain `ray.init()` on this machine would join.
