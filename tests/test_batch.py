@@ -304,6 +304,14 @@ def local_ray():
         ray.shutdown()
 
 
+def test_local_ray_workers_run_at_the_drivers_priority(local_ray):
+    """Ray starts its workers 15 steps nicer than the driver by default: on a busy machine
+    the batch's tasks would then yield to everything else."""
+    niceness = local_ray.remote(lambda: os.nice(0))  # a lambda travels by value (tests/ is not on the workers' path)
+    assert local_ray.get(niceness.remote(), timeout=120) == os.nice(0)
+    assert "RAY_worker_niceness" not in os.environ  # set only while the local Ray started
+
+
 # A process that dies while writing: it leaves its journal, as a killed batch task would.
 KILLED_WRITER = """
 import os, sys
