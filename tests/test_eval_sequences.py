@@ -100,14 +100,12 @@ def test_eval_cli_on_a_sequence_set(seq_set, tmp_path):
     assert "MPJVE" in r.stdout and set(json.loads(out.read_text())["models"]) == {"base_gt", "single_mp"}
 
 
-def test_training_on_sequence_renders_with_cues(seq_set, tmp_path, h36m_train):
-    """The cue ablation's trainer: windows of MediaPipe 2D (+ cues) from train-subject renders,
-    validated on the S9 set; the checkpoint names its frame input and cues, and eval runs it."""
-    from train.eval_sequences import evaluate_sequence_set
+@pytest.fixture(scope="module")
+def train_renders(tmp_path_factory, h36m_train):
+    """Two 1 s clips of S1 (camera 0) with stand-in MediaPipe 2D (exact + 2 px) and world landmarks."""
     from train.render_cmd import add_arguments, run
-    from train.train_lifter import TrainConfig, train
 
-    renders = tmp_path / "s1"
+    renders = tmp_path_factory.mktemp("seq") / "s1"
     p = argparse.ArgumentParser()
     add_arguments(p)
     assert run(p.parse_args(["--sequence", "--data", str(h36m_train), "--out", str(renders), "--cameras", "0",
@@ -118,6 +116,16 @@ def test_training_on_sequence_renders_with_cues(seq_set, tmp_path, h36m_train):
     z["mp_joints_2d"] = z["joints_2d_image"] + np.float32(2.0)
     z["mp_world_mm"] = np.zeros_like(z["mp_world_mm"])
     np.savez(shard, **z)
+    return renders
+
+
+def test_training_on_sequence_renders_with_cues(seq_set, tmp_path, train_renders):
+    """The cue ablation's trainer: windows of MediaPipe 2D (+ cues) from train-subject renders,
+    validated on the S9 set; the checkpoint names its frame input and cues, and eval runs it."""
+    from train.eval_sequences import evaluate_sequence_set
+    from train.train_lifter import TrainConfig, train
+
+    renders = train_renders
     cfg = TrainConfig(renders=(str(renders),), val_renders=str(seq_set), cues=("world_mm",), flip_tta=False,
                       window=27, conv=True, spacing_ms=40.0, hidden=16, epochs=1, batch_size=16, loss="mpjpe")
     with pytest.raises(UserError, match="no flip averaging"):
@@ -130,3 +138,31 @@ def test_training_on_sequence_renders_with_cues(seq_set, tmp_path, h36m_train):
     assert ck["artifact_meta"]["frame_cues"] == ["world_mm"]
     out = evaluate_sequence_set(str(seq_set), [str(tmp_path / "run" / "best.pt")], backend="torch")
     assert out["models"][str(tmp_path / "run" / "best.pt")]["stage"] == "temporal_conv_cues"
+
+
+def test_training_mixes_renders_with_error_model_2d(seq_set, tmp_path, train_renders, h36m_train):
+    """--input mp with --renders: each epoch the Human3.6M window centres (error-model 2D) and
+    every render window (real MediaPipe 2D), validated on the S9 render set; cues refused."""
+    from test_mp_error import _known_model
+    from train.train_lifter import TrainConfig, train
+
+    z = np.load(h36m_train)
+    end = int(z["seq_start"][2])           # the first two sequences only: a quick draw of the error model
+    small = tmp_path / "two_seqs.npz"
+    np.savez(small, **{k: (z[k][:end] if z[k].ndim and len(z[k]) == len(z["subject"]) else z[k]) for k in z.files
+                       if k not in ("seq_start", "seq_names")},
+             seq_start=z["seq_start"][:2], seq_names=z["seq_names"][:2])
+    _known_model(np.random.default_rng(0)).save(tmp_path / "err.npz")
+    cfg = TrainConfig(data=str(small), input_kind="mp", error_model=str(tmp_path / "err.npz"),
+                      renders=(str(train_renders),), val_renders=str(seq_set), window=27, conv=True,
+                      spacing_ms=40.0, hidden=16, epochs=1, batch_size=16, every=50, loss="mpjpe")
+    with pytest.raises(UserError, match="without cues"):
+        train(replace(cfg, cues=("world_mm",), flip_tta=False), tmp_path / "bad", log=lambda s: None)
+    lines: list[str] = []
+    state = train(cfg, tmp_path / "run", log=lines.append)
+    h36m_windows = len(range(0, end * 4 * 2, 50))          # 4 cameras, mirrored
+    render_windows = len(np.concatenate([np.load(f)["mp_found"] for f in sorted(train_renders.glob("shard_*.npz"))]))
+    assert any(f"loaded {h36m_windows + render_windows} training samples" in ln for ln in lines), lines
+    assert state["epoch"] == 1 and np.isfinite(state["history"][0]["val_mpjpe_mm"])
+    ck = torch.load(tmp_path / "run" / "latest.pt", weights_only=False)
+    assert ck["kind"] == "temporal_conv" and ck["artifact_meta"]["frame_cues"] == []

@@ -140,9 +140,12 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     # Refuse a bad --conv window before the minute of loading (conv_blocks also refuses window 1).
     num_blocks = conv_blocks(cfg.window) if cfg.conv else cfg.num_blocks
     kind = conv_stage(cfg.window, bool(cfg.cues)) if cfg.conv else "temporal_lifter" if temporal else "lifter"
-    if cfg.renders:
+    if cfg.renders and cfg.input_kind != "mp":
         return _train(cfg, out, log, kind, num_blocks, *_render_data(cfg, log), t_load=t_load)
     mp = _error_model(cfg)
+    if cfg.renders and (cfg.cues or not temporal):
+        raise UserError("--renders with --input mp (renders mixed with error-model 2D) trains a temporal model "
+                        "without cues (Human3.6M rows have none)")
     # A temporal run needs every row to build windows, and MediaPipe-like 2D every row to draw
     # its noise in time; `every` then thins the window centres / samples.
     whole = temporal or mp is not None
@@ -167,8 +170,10 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
 
     X = epoch_features(0)
     Y = j3.reshape(len(j3), -1).astype(np.float32)
-    va = h36m.load(cfg.val_data, "gt" if mp else cfg.input_kind, every=1 if whole else cfg.val_every)
-    if mp:  # validation on MediaPipe-like 2D of S9, drawn once
+    # Validation: S9 of the --val-data file (with --renders, the --val-renders set instead).
+    va = None if cfg.renders else h36m.load(cfg.val_data, "gt" if mp else cfg.input_kind,
+                                            every=1 if whole else cfg.val_every)
+    if mp and va is not None:  # validation on MediaPipe-like 2D of S9, drawn once
         from dataclasses import replace
 
         va = replace(va, uv=_mp_drawer(mp, va, h36m.row_spacing_ms(cfg.val_data))(np.random.default_rng(9)))
@@ -177,7 +182,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     if temporal:
         from engines.temporal import group_bounds, window_indices, window_offsets
 
-        Xv_np, va = h36m.windowed(va, cfg.val_data, cfg.window, cfg.causal, cfg.spacing_ms, cfg.val_every)
+        if va is not None:
+            Xv_np, va = h36m.windowed(va, cfg.val_data, cfg.window, cfg.causal, cfg.spacing_ms, cfg.val_every)
         strides = train_strides(h36m.row_spacing_ms(cfg.data), cfg.spacing_ms)
         run_first, run_last = group_bounds(keys)
         offsets = window_offsets(cfg.window, cfg.causal)
@@ -220,15 +226,47 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
         noisy = uv_t[idx] + cfg.noise_px * torch.randn_like(uv_t[idx])
         return torch.from_numpy(_features(noisy.numpy(), f[idx.numpy()], c[idx.numpy()]))
 
+    if cfg.renders:
+        return _train(cfg, out, log, kind, num_blocks, *_mixed((X, Y, samples, make_input, new_epoch),
+                                                               _render_data(cfg, log, every=1)),
+                      rng=rng, t_load=t_load)
     return _train(cfg, out, log, kind, num_blocks, X, Y, Xv_np, va.joints_cam, samples, make_input, new_epoch,
                   rng=rng, t_load=t_load)
 
 
-def _render_data(cfg: TrainConfig, log) -> tuple:
+def _mixed(sim: tuple, renders: tuple) -> tuple:
+    """The arguments of _train for a run on Human3.6M rows through the error model (`sim`: X,
+    Y, samples, make_input, new_epoch) together with the real MediaPipe 2D of sequence renders
+    (_render_data's tuple): input statistics from the Human3.6M rows, validation on the renders,
+    each epoch's samples the Human3.6M window centres followed by every render window."""
+    import torch
+
+    X, Y, samples, make_input, new_epoch = sim
+    _, Yr, Xv, val_y, samples_r, make_input_r, _ = renders
+    n = len(Y)
+
+    def both_samples(epoch: int) -> np.ndarray:
+        return np.concatenate([samples(epoch), n + samples_r(epoch)])
+
+    def both_input(idx, centers):
+        picked = centers[idx.numpy()]
+        real = picked >= n
+        out = torch.empty((len(picked), Xv.shape[1] * Xv.shape[2]), dtype=torch.float32)
+        if (~real).any():
+            out[torch.from_numpy(~real)] = make_input(idx[torch.from_numpy(~real)], centers)
+        if real.any():
+            out[torch.from_numpy(real)] = make_input_r(torch.from_numpy(picked[real] - n), None)
+        return out
+
+    return X, np.concatenate([Y, Yr]), Xv, val_y, both_samples, both_input, new_epoch
+
+
+def _render_data(cfg: TrainConfig, log, every: int | None = None) -> tuple:
     """Training and validation windows of sequence renders (MediaPipe's 2D and, with cfg.cues,
     image cues; engines.normalize.features_2d_cues): the arguments of _train after num_blocks.
     Training samples: every `every`-th frame with a detection; validation: every `val_every`-th
-    frame showing a Human3.6M row with a detection (train.eval_sequences)."""
+    frame showing a Human3.6M row with a detection (train.eval_sequences); every: override of
+    cfg.every for the training samples."""
     import torch
 
     from engines.normalize import CUE_WIDTHS
@@ -244,7 +282,7 @@ def _render_data(cfg: TrainConfig, log) -> tuple:
     ss = concat_sets([load_sequence_set(r) for r in cfg.renders])
     if set(np.unique(ss.subject)) - set(TRAIN_SUBJECTS):
         raise UserError(f"training renders show subjects {sorted(set(np.unique(ss.subject)))}; only {TRAIN_SUBJECTS} allowed")
-    train_idx = np.flatnonzero(ss.found)[::cfg.every]
+    train_idx = np.flatnonzero(ss.found)[::cfg.every if every is None else every]
     Xw = temporal_windows(spec, ss, train_idx)
     vs = load_sequence_set(cfg.val_renders)
     val_idx = np.flatnonzero((vs.row >= 0) & vs.found)[::cfg.val_every]
