@@ -1,6 +1,8 @@
 """Shared fixtures: data paths (tests needing ../shared/data skip with a reason when absent)."""
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,21 @@ def h36m_val() -> Path:
 @pytest.fixture(scope="session")
 def h36m_train() -> Path:
     return data_path("h36m", "h36m_train.npz")
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt in every test, also when the suite was started with SIGINT
+    ignored (a background job, `nohup ... &`): `_thread.interrupt_main` does nothing then, and
+    the commands the tests start inherit the ignored signal, so the Ctrl-C tests would wait
+    forever. A Python handler is reset to the default in a child process, an ignored one is not."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
