@@ -18,6 +18,10 @@ CHECK_FRAMES frames and the previous chunk hashes the CHECK_FRAMES frames after 
 (decoded straight on); on any difference, or an undecodable frame at a seam, the finishing
 task reprocesses the whole video from frame 0 in one pass (noted in the report).
 
+Several people (`--people N`, N > 1): a video is one task (chunk) whatever its length: the
+tracker that keeps the people's identities runs over the whole video in phase 1, and phase 2
+lifts every track with its own temporal context (realtime.people).
+
 Resources: each task asks Ray for `cpus_per_task` CPUs (MediaPipe and a one-thread ONNX
 Runtime lifter), so a local Ray on a 2-core machine runs 2 tasks at once and a cluster runs
 as many as it has CPUs; `workers` caps the tasks in flight. The lifter is loaded once per Ray
@@ -85,7 +89,7 @@ class BatchOptions:
 
     pose:           the poses' settings (realtime.api.Options, as `posestream video`'s
                     options: model, backend, fov, calib, threads, num_poses, image_mode,
-                    smoothing); the outputs equal `posestream video`'s with the same settings.
+                    people, smoothing); the outputs equal `posestream video`'s with the same settings.
     formats:        output formats, e.g. ("bvh", "npz"): one output per format per video
                     (realtime.writers.FORMATS, without the dot).
     output_options: the formats' own options by suffix, e.g. {".npz": {"landmarks": True}}
@@ -309,11 +313,12 @@ def _one_line(exc: BaseException) -> str:
 class ChunkResult:
     """Phase 1 over frames [start, stop) of a video.
 
-    detections: realtime.estimator.Detected of every decoded frame, in frame order, without
-    pixels (frames the decoder could not read are absent; `skipped` lists them). poses: for
-    a single-frame model, the lifted pose of each usable detection by frame index
-    ((17, 3) mm root-relative joints, FBI or None), computed here because the Final model
-    needs the frame's pixels. head/tail: {frame index: hash of its pixels, or None if
+    detections: realtime.estimator.Detected of every decoded frame (several people:
+    realtime.people.PeopleDetected), in frame order, without pixels (frames the decoder
+    could not read are absent; `skipped` lists them). poses: for a single-frame model, the
+    lifted pose of each usable detection by (frame index, track id) ((17, 3) mm
+    root-relative joints, FBI or None), computed here because the Final model needs the
+    frame's pixels. head/tail: {frame index: hash of its pixels, or None if
     undecodable} for the first CHECK_FRAMES frames of the chunk and the CHECK_FRAMES frames
     after it (read but not processed). reached: the last frame index read (-1: none).
     """
@@ -321,7 +326,7 @@ class ChunkResult:
     start: int
     stop: int | None
     detections: list[Any] = field(default_factory=list)
-    poses: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    poses: dict[tuple[int, int], tuple[Any, Any]] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)
     head: dict[int, str | None] = field(default_factory=dict)
     tail: dict[int, str | None] = field(default_factory=dict)
@@ -395,6 +400,8 @@ def detect_chunk(path: str, start: int, stop: int | None, opts: BatchOptions, pr
     out = ChunkResult(start, stop, t_start=time.time(), node=_node_id())
     with VideoFileSource(path, max_frames=None if stop is None else stop + CHECK_FRAMES, start=start) as source:
         est = open_pose_estimator(opts.pose, live=False, lifter=_lifter(opts.pose), restart_frames=opts.restart_frames)
+        several = opts.pose.people > 1
+        core = est.est if several else est  # the PoseEstimator (several people: under the tracker)
         ticker = _Ticker(progress, key)
         try:
             out.fps, out.size = source.fps, source.size
@@ -406,9 +413,11 @@ def detect_chunk(path: str, start: int, stop: int | None, opts: BatchOptions, pr
                 if frame.index < start + CHECK_FRAMES:
                     out.head[frame.index] = _frame_hash(frame.image)
                 d = est.detect(frame)
-                if est.temporal is None and usable(d):
-                    out.poses[d.index] = est.pose_of(d)
-                out.detections.append(dataclasses.replace(d, image=None) if d.image is not None else d)
+                people = list(d.people) if several else [d] if usable(d) else []
+                if est.temporal is None and people:
+                    rel, fbi = core.poses_of(people)
+                    out.poses.update(zip(((p.index, p.track_id) for p in people), zip(rel, fbi)))
+                out.detections.append(_without_pixels(d))
                 ticker.add()
             for i in source.skipped:
                 out.reached = max(out.reached, i)
@@ -419,7 +428,7 @@ def detect_chunk(path: str, start: int, stop: int | None, opts: BatchOptions, pr
                     if i < start + CHECK_FRAMES:
                         out.head[i] = None
         finally:
-            est.detector.close()  # the lifter stays loaded for this worker's next task
+            core.detector.close()  # the lifter stays loaded for this worker's next task
             ticker.close()
     return out
 
@@ -448,22 +457,41 @@ class _StitchedSource:
         self.skipped = sorted(i for c in chunks for i in c.skipped)
 
 
-class _PhaseTwo:
-    """The estimator phase 2 lifts with: `est`, except that a single-frame model's poses are
-    the ones phase 1 computed (the pixels the Final model needs stayed with the chunks)."""
+def _without_pixels(d: Any) -> Any:
+    """A Detected (or a PeopleDetected's people) without the frame's pixels."""
+    if hasattr(d, "people"):
+        return dataclasses.replace(d, people=tuple(_without_pixels(p) for p in d.people))
+    return dataclasses.replace(d, image=None) if d.image is not None else d
 
-    def __init__(self, est: Any, poses: Mapping[int, tuple[Any, Any]]) -> None:
-        self._est, self._poses = est, poses
+
+class _PhaseTwo:
+    """The estimator phase 2 lifts with: `est` (a realtime.estimator.PoseEstimator), except
+    that a single-frame model's poses are the ones phase 1 computed (the pixels the Final
+    model needs stayed with the chunks); several people: every track's lifting
+    (realtime.people.PeopleSequenceLifter)."""
+
+    def __init__(self, est: Any, poses: Mapping[tuple[int, int], tuple[Any, Any]], several: bool = False) -> None:
+        self._est, self._poses, self._several = est, poses, several
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._est, name)
 
+    def poses_of(self, people: list) -> tuple[Any, list]:
+        import numpy as np
+
+        got = [self._poses[(d.index, d.track_id)] for d in people]
+        return np.stack([rel for rel, _ in got]), [fbi for _, fbi in got]
+
     def pose_of(self, d: Any) -> tuple[Any, Any]:
-        return self._poses[d.index]
+        return self._poses[(d.index, d.track_id)]
 
     def sequence(self, root: Any = None) -> Any:
         from realtime.sequence import SequenceLifter
 
+        if self._several:
+            from realtime.people import PeopleSequenceLifter
+
+            return PeopleSequenceLifter(self, root)
         return SequenceLifter(self, root)
 
 
@@ -476,8 +504,10 @@ def lift_chunks(chunks: Sequence[ChunkResult], opts: BatchOptions) -> Iterator[P
     from realtime.sequence import lift_sequence
 
     est = open_pose_estimator(opts.pose, live=False, lifter=_lifter(opts.pose), restart_frames=opts.restart_frames)
+    several = opts.pose.people > 1
+    core = est.est if several else est  # the PoseEstimator (several people: under the tracker)
     try:
-        lifter = _PhaseTwo(est, {i: p for c in chunks for i, p in c.poses.items()})
+        lifter = _PhaseTwo(core, {k: p for c in chunks for k, p in c.poses.items()}, several)
         detections = (d for c in chunks for d in c.detections)
         poses: Iterable[PoseFrame] = lift_sequence(detections, lifter, root_filter(opts.pose, live=False, stills=False))
         smoother = opts.pose.smoother(live=False)
@@ -485,7 +515,7 @@ def lift_chunks(chunks: Sequence[ChunkResult], opts: BatchOptions) -> Iterator[P
             poses = map(smoother, poses)
         yield from every_frame(poses, _StitchedSource(chunks))
     finally:
-        est.detector.close()  # the lifter stays loaded for this worker's next task
+        core.detector.close()  # the lifter stays loaded for this worker's next task
 
 
 def write_outputs(poses: Iterable[PoseFrame], finals: Sequence[Path], fps: float, opts: BatchOptions,
@@ -532,7 +562,8 @@ def finish_video(job: VideoJob, out_dir: str, opts: BatchOptions, chunks: Sequen
         chunks = [detect_chunk(job.path, 0, None, opts, progress, key=f"{job.name}#whole")]
         nodes[chunks[0].node] = None
     n, n_valid = write_outputs(lift_chunks(chunks, opts), finals, chunks[0].fps, opts,
-                               {"kind": "batch", "file": Path(job.path).name})
+                               {"kind": "batch", "file": Path(job.path).name,
+                                **({"people": opts.pose.people} if opts.pose.people > 1 else {})})
     wall = time.time() - t_start
     return VideoRow(job.path, ";".join(str(f) for f in finals), STATUS_DONE, frames=n, frames_with_person=n_valid,
                     undecodable=sum(len(c.skipped) for c in chunks), video_fps=round(chunks[0].fps, 3),
@@ -644,7 +675,9 @@ def plan(inputs: Sequence[str], out_dir: Path, opts: BatchOptions) -> tuple[list
     todo, done = [], []
     for path, name in find_videos(inputs):
         n = probe_frame_count(path)
-        job = VideoJob(str(path), name, n, plan_chunks(n, int(opts.chunk_frames or 1)))
+        # several people: one tracker over the whole video keeps their identities, so one chunk
+        chunks = plan_chunks(n, int(opts.chunk_frames or 1)) if opts.pose.people == 1 else ((0, None),)
+        job = VideoJob(str(path), name, n, chunks)
         (done if all(p.exists() for p in job.outputs(out_dir, opts.formats)) else todo).append(job)
     return todo, done
 
@@ -806,7 +839,8 @@ def batch(inputs: str | Path | Sequence[str | Path], out_dir: str | Path, format
     inputs:   video files, folders (their videos, recursively) or glob patterns.
     out_dir:  DIR/<name>.<format> per video and format, and DIR/report.csv / report.json.
     formats:  "bvh,npz" or ("bvh", "npz"): npz, bvh, json, csv.
-    people:   people MediaPipe may find (the tracked one is written).
+    people:   1: one person (the largest/most central); N > 1: up to N people tracked, each
+              with their own id (as `posestream video --people N`; a video is then one task).
     address:  a Ray cluster; None: the Ray this process already initialised, else a local
               one with `workers` CPUs (default all).
     workers:  at most this many tasks at once.
@@ -820,7 +854,7 @@ def batch(inputs: str | Path | Sequence[str | Path], out_dir: str | Path, format
         inputs = [inputs]
     if isinstance(formats, str):
         formats = formats.split(",")
-    opts = BatchOptions(pose=Options(**{"num_poses": people, **options}), formats=tuple(formats),
+    opts = BatchOptions(pose=Options(**{"people": people, **options}), formats=tuple(formats),
                         output_options=format_options(output_options), chunk_frames=chunk_frames,
                         cpus_per_task=cpus_per_task, retries=retries)
     return run_batch([str(i) for i in inputs], out_dir, opts, address=address, workers=workers, progress=progress)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 from realtime.api import Options
-from realtime.cli_options import add_model_arguments, add_smoothing_arguments
+from realtime.cli_options import add_model_arguments, add_people_argument, add_smoothing_arguments
 from realtime.writers import add_format_arguments
 
 
@@ -26,8 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the outputs and the report")
     p.add_argument("--format", default="npz", metavar="FMT[,FMT]",
                    help="output formats, comma-separated: npz, bvh, json, csv, openpose (default npz)")
-    p.add_argument("--people", type=int, default=Options.num_poses,
-                   help="people MediaPipe may find; the largest/most central one is tracked and written (default 1)")
+    add_people_argument(p)
     add_model_arguments(p, live=False)
     p.add_argument("--image-mode", action="store_true",
                    help="run MediaPipe's person detector on every frame (IMAGE mode) instead of tracking")
@@ -52,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     from realtime.batch import BatchOptions, format_options, run_batch
     from realtime.cli_options import options_from_args
 
-    args.num_poses = args.people
     opts = BatchOptions(pose=options_from_args(args), formats=tuple(args.format.split(",")),
                         output_options=format_options(args), chunk_frames=args.chunk_frames,
                         cpus_per_task=args.cpus_per_task, retries=args.retries)

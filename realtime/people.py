@@ -213,7 +213,7 @@ class PeopleSequenceLifter:
         for tid in here:
             self._seen[tid] = t
             if tid not in self._lifters:
-                self._lifters[tid] = self.est.sequence(self.root)
+                self._lifters[tid] = SequenceLifter(self.est, self.root)
                 self._owed[tid] = deque()
         slot = _Slot(pd)
         self._slots.append(slot)

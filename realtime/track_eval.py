@@ -262,26 +262,14 @@ def pair_distance_error(truth: Truth, multi: Sequence, matches: list[dict[int, i
 
 # --------------------------------------------------------------------------- running the app
 def run_video(path: Path, people: int, model: str | None) -> list:
-    """PoseFrames of `path` through the app's own objects: `posestream video` without the
-    file writer (every frame, in order). people > 1: realtime.people (IMAGE-mode MediaPipe
-    with num_poses = people, the tracker, batched lifting); 1: the single-person default."""
-    from engines.checkpoint import default_app_model
-    from realtime.estimator import PoseEstimator
-    from realtime.sources import open_source
+    """PoseFrames of `path` through the app's own objects, as `posestream video --people N`
+    computes them (realtime.api.Estimator.stream: every frame, in order; the default model
+    for files when `model` is None). people > 1: realtime.people (IMAGE-mode MediaPipe, the
+    tracker, each person's own sequence lifting, batched); 1: the single-person default."""
+    from realtime.api import Estimator
 
-    model = model or default_app_model()
-    out = []
-    with open_source(str(path)) as src:
-        if people > 1:
-            from realtime.people import open_people
-
-            est = open_people(model, people=people, threads=1)
-        else:
-            est = PoseEstimator(model, threads=1)
-        with est:
-            for frame in src:
-                out.append(est.process(frame))
-    return out
+    with Estimator(model=model, threads=1, people=people) as est:
+        return list(est.stream(str(path)))
 
 
 def main(argv: list[str] | None = None) -> int:

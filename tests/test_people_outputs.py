@@ -128,14 +128,21 @@ def test_serve_replays_every_person(tmp_path):
     assert ids_per_frame(frames) == EXPECTED_IDS
 
 
+SHARED_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "media" / "videos" / "mmaction2_demo_skeleton.mp4"
+
+
+def shipped(model: str) -> None:
+    if not (Path(__file__).resolve().parents[1] / "models" / f"{model}.onnx").is_file():
+        pytest.skip(f"{model} is not shipped")
+
+
 @pytest.mark.parametrize("model", ["base_gt", "temporal_sh"])
 def test_video_command_writes_two_tracks(tmp_path, model):
     """`posestream video two_people.mp4 --people 2 --out o.npz`: both people of the shared
     clip tracked on its first frames, each under one id; with a single-frame and with a
     (centred) temporal model, each person then lifted from their own history."""
-    if not (Path(__file__).resolve().parents[1] / "models" / f"{model}.onnx").is_file():
-        pytest.skip(f"{model} is not shipped")
-    clip = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "media" / "videos" / "mmaction2_demo_skeleton.mp4"
+    shipped(model)
+    clip = SHARED_CLIP
     if not clip.is_file():
         pytest.skip(f"the shared two-person clip is not here ({clip})")
     out = tmp_path / "o.npz"
@@ -149,3 +156,39 @@ def test_video_command_writes_two_tracks(tmp_path, model):
     # the two are side by side, about a metre apart, at a similar depth
     gap = np.linalg.norm(d["translation_mm"][:, 0] - d["translation_mm"][:, 1], axis=-1)
     assert (gap > 300).all() and (gap < 2500).all(), gap
+
+
+@pytest.mark.parametrize("model", ["base_gt", "temporal_sh"])
+def test_batch_writes_every_person_as_video_does(tmp_path, model):
+    """`posestream batch --people 2` gives the same people, ids and poses as `posestream
+    video --people 2` (one task per video: one tracker over it)."""
+    import cv2
+
+    from realtime import batch as B
+    from realtime.api import Options
+    from realtime.cli import main
+
+    shipped(model)
+    if not SHARED_CLIP.is_file():
+        pytest.skip(f"the shared two-person clip is not here ({SHARED_CLIP})")
+    clip = tmp_path / "two.avi"  # its first frames, so the test stays short
+    cap = cv2.VideoCapture(str(SHARED_CLIP))
+    ok, bgr = cap.read()
+    out = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (bgr.shape[1], bgr.shape[0]))
+    for _ in range(10):
+        out.write(bgr)
+        ok, bgr = cap.read()
+    out.release(), cap.release()
+    single = tmp_path / "video.npz"
+    assert main(["video", str(clip), "--people", "2", "--model", model, "--out", str(single), "--no-progress"]) == 0
+    opts = B.BatchOptions(pose=Options(model=model, people=2), formats=("npz", "bvh"), chunk_frames=600).resolved()
+    (job,), _ = B.plan([str(clip)], tmp_path / "b", opts)
+    assert job.chunks == ((0, None),)
+    row = B.finish_video(job, str(tmp_path / "b"), opts, [B.detect_chunk(job.path, 0, None, opts)])
+    assert row.status == "done" and row.frames == 10, row
+    a, b = np.load(single), np.load(tmp_path / "b" / "two.npz")
+    assert str(b["format"]) == "posestream-people-v1" and b["track_ids"].tolist() == a["track_ids"].tolist()
+    assert len(b["track_ids"]) == 2 and b["valid"].tolist() == a["valid"].tolist()
+    for key in ("joints_mm", "translation_mm", "joints_2d_px"):
+        np.testing.assert_allclose(b[key], a[key], atol=1e-3, equal_nan=True)
+    assert sorted(p.name for p in (tmp_path / "b").glob("two.person*.bvh")) == [f"two.person{t}.bvh" for t in a["track_ids"]]
