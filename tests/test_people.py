@@ -339,3 +339,27 @@ def test_osc_drives_the_avatar_with_the_selected_person():
     assert joints_x(VmcEncoder().messages(f)) == [pytest.approx(-800.0)]
     gone = VmcEncoder(person=9).messages(f)
     assert parse_packet(gone[0])[0] == ("/VMC/Ext/OK", [0])
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_batch_phase_two_lifts_with_the_poses_of_phase_one(several):
+    """posestream batch's phase 2 takes a single-frame model's poses from phase 1 (where the
+    Final model had the pixels), by (frame, track id), for one person and for several."""
+    from realtime.batch import _PhaseTwo
+    from realtime.people import PeopleDetected
+
+    lifter = CountingLifter()
+    est = PoseEstimator(detector=ScriptedDetector([]), lifter=lifter)
+    uv = project(standing_pose(), np.array([0.0, 200.0, 4000.0]))
+    ids = (2, 5) if several else (0,)
+    rel = {tid: (standing_pose() * (1 + 0.1 * tid)).astype(np.float32) for tid in ids}
+    rel = {tid: r - r[0] for tid, r in rel.items()}
+    phase = _PhaseTwo(est, {(0, tid): (rel[tid], np.full((14, 3), tid, np.float32)) for tid in ids}, several)
+    seq = phase.sequence(None)
+    people = tuple(detected(uv, tid) for tid in ids)
+    (pf,) = seq.push(PeopleDetected(0, 0.0, SIZE, people) if several else people[0])
+    assert lifter.calls == []  # the model is not run again
+    assert [p.track_id for p in pf.people] == list(ids)
+    for p in pf.people:
+        np.testing.assert_allclose(p.joints_mm, rel[p.track_id])
+        assert (p.fbi == p.track_id).all()
