@@ -28,9 +28,12 @@ MediaPipe's pose model is a single-person model: with num_poses = N it rarely re
 than one person of a frame. So each person is looked for where they are: a square crop
 around each track's predicted box (CROP_SCALE times its larger side) holds mostly that
 person, and MediaPipe finds them there (as its own VIDEO mode follows one person through a
-region of interest). New people are found on the whole image every DISCOVER_EVERY frames
-(and while fewer than N are tracked) with the people already found painted over, again and
-again until no one new turns up or N are found. Detection cost therefore grows with the
+region of interest); when the crop gives someone already found (the person in front of a
+hidden one), it is searched again with the people found so far painted over along their
+skeletons (`painted_over`: bones, torso, head; boxes would also hide someone hugging them).
+New people are found on the whole image every DISCOVER_EVERY frames (and while fewer than N
+are tracked) with the people already found painted over, again and again until no one new
+turns up or N are found. At most N people are kept per frame, the longest-tracked first. Detection cost therefore grows with the
 number of people: one MediaPipe call per tracked person per frame (and the discovery
 calls), where MediaPipe alone with num_poses = N makes one call and misses most of them.
 """
@@ -47,7 +50,8 @@ from realtime.estimator import Detected, PoseEstimator
 from realtime.frames import Frame, PoseFrame
 from realtime.sequence import SequenceLifter, lift_jobs
 from realtime.trajectory import RootFilterConfig
-from realtime.tracker import Observation, PersonTracker, TrackerConfig, appearance_descriptor, keypoint_box
+from realtime.tracker import (MIN_JOINT_CONFIDENCE, Observation, PersonTracker, TrackerConfig, appearance_descriptor,
+                              keypoint_box, oks)
 
 DEFAULT_FORGET_S = 5.0
 # MediaPipe's person-detection and presence thresholds with several people: people who stand
@@ -58,6 +62,10 @@ CROP_SCALE = 1.6         # crop side / the larger side of the track's predicted 
 CROP_MAX_LOST_S = 0.5    # tracks lost for longer are left to the discovery search
 DISCOVER_EVERY = 10      # frames between whole-image searches for new people
 MASK_GREY = 127          # the colour people already found are painted over with
+BODY_WIDTH = 0.12        # painted bone thickness / the person's height
+DUPLICATE_OKS = 0.5      # a person this close to one already found is that person again
+TORSO = (11, 14, 1, 4)   # l_shoulder, r_shoulder, r_hip, l_hip: the torso quad, in order
+HEAD = 10
 
 
 def square_crop(box: np.ndarray, image_size: tuple[int, int], scale: float = CROP_SCALE
@@ -72,16 +80,43 @@ def square_crop(box: np.ndarray, image_size: tuple[int, int], scale: float = CRO
     return (x0, y0, x1, y1) if x1 - x0 >= 16 and y1 - y0 >= 16 else None
 
 
-def painted_over(image: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:
-    """A copy of image (H, W, 3) with each (4,) box filled with MASK_GREY."""
-    out = image.copy()
-    h, w = image.shape[:2]
-    for b in boxes:
-        x0, y0 = max(0, int(b[0])), max(0, int(b[1]))
-        x1, y1 = min(w, int(np.ceil(b[2]))), min(h, int(np.ceil(b[3])))
-        if x1 > x0 and y1 > y0:
-            out[y0:y1, x0:x1] = MASK_GREY
+def painted_over(image: np.ndarray, people: list) -> np.ndarray:
+    """A copy of image (H, W, 3) with each person (a realtime.detector.Detection) painted
+    MASK_GREY along their skeleton: their confident bones as lines BODY_WIDTH times their
+    height thick, their torso filled, their head a disc. People who stand close or hug keep
+    each other visible, where painting their boxes would hide both."""
+    import cv2
+
+    from engines.skeleton import PARENTS
+
+    out = np.ascontiguousarray(image.copy())
+    grey = (MASK_GREY,) * 3
+    for d in people:
+        uv, conf = np.asarray(d.joints_2d_px, np.float64), np.asarray(d.confidence)
+        box = keypoint_box(uv, conf)
+        if box is None:
+            continue
+        width = max(3, int(BODY_WIDTH * (box[3] - box[1])))
+        ok = np.isfinite(uv).all(axis=1) & (conf >= MIN_JOINT_CONFIDENCE)
+        pts = np.round(np.nan_to_num(uv)).astype(np.int32)
+        for j, parent in enumerate(PARENTS):
+            if parent >= 0 and ok[j] and ok[parent]:
+                cv2.line(out, tuple(int(v) for v in pts[j]), tuple(int(v) for v in pts[parent]), grey, width)
+        if ok[list(TORSO)].all():
+            cv2.fillConvexPoly(out, pts[list(TORSO)], grey)
+        if ok[HEAD]:
+            cv2.circle(out, tuple(int(v) for v in pts[HEAD]), width, grey, -1)
     return out
+
+
+def same_person(a, b) -> bool:
+    """Are two detections (realtime.detector.Detection) the same person found twice (OKS
+    >= DUPLICATE_OKS at the first one's scale)?"""
+    box = keypoint_box(a.joints_2d_px, a.confidence)
+    if box is None:
+        return False
+    scale = float(np.sqrt((box[2] - box[0]) * (box[3] - box[1])))
+    return oks(a.joints_2d_px, b.joints_2d_px, scale, a.confidence, b.confidence) >= DUPLICATE_OKS
 
 
 @dataclass(frozen=True)
@@ -134,8 +169,9 @@ class PeopleEstimator:
         t2 = time.perf_counter()
         timings = {"detect": (t1 - t0) * 1000.0, "track": (t2 - t1) * 1000.0}
         image = frame.image if self.est.needs_image else None
+        # at most `people`, the longest-known identities first (ids count up, never reused)
         people = sorted((Detected(frame.index, frame.timestamp_s, (int(w), int(h)), d, timings, image, track_id=tid)
-                         for d, tid in zip(found, ids) if tid is not None), key=lambda d: d.track_id)
+                         for d, tid in zip(found, ids) if tid is not None), key=lambda d: d.track_id)[:self.people]
         return PeopleDetected(frame.index, frame.timestamp_s, (int(w), int(h)), tuple(people), timings)
 
     def _find(self, frame: Frame) -> list:
@@ -148,22 +184,29 @@ class PeopleEstimator:
         found: list = []
         recent = {s.track_id for s in self.tracker.tracks if s.lost_s <= CROP_MAX_LOST_S}
         predicted = self.tracker.predicted_boxes(t)
-        for tid, box in predicted.items():
-            roi = square_crop(box, (w, h)) if tid in recent else None
-            if roi is not None:
-                found += detect(image, t, roi)
+        # a crop for each recently seen track (the longest-known first), at most `people`
+        for tid in sorted(t for t in predicted if t in recent):
+            if len(found) >= self.people:
+                break
+            roi = square_crop(predicted[tid], (w, h))
+            if roi is None:
+                continue
+            got = [g for g in detect(image, t, roi) if not any(same_person(g, f) for f in found)]
+            if not got and found:
+                # the crop gave someone already found (the one in front): again without them
+                got = [g for g in detect(painted_over(image, found), t, roi)
+                       if not any(same_person(g, f) for f in found)]
+            found += got[:1]  # the crop's person: the most prominent
         discover = self._frames % DISCOVER_EVERY == 0 or len(recent) < self.people
         self._frames += 1
         if not discover:
             return found
-        known = [keypoint_box(d.joints_2d_px, d.confidence) for d in found] + list(predicted.values())
-        known = [b for b in known if b is not None]
         while len(found) < self.people:
-            new = detect(painted_over(image, known) if known else image, t)
+            new = [g for g in detect(painted_over(image, found) if found else image, t)
+                   if not any(same_person(g, f) for f in found)]
             if not new:
                 break
-            found += new
-            known += [b for b in (keypoint_box(d.joints_2d_px, d.confidence) for d in new) if b is not None]
+            found += new[:self.people - len(found)]
         return found
 
     @property

@@ -3,6 +3,7 @@ per-person MPJPE against the single-person run on the same poses, on the synthet
 of train.synth.multi (read from their files: this module does not import train).
 
     python -m realtime.track_eval data_out/multi [--model M] [--json out.json]
+    python -m realtime.track_eval --tracks o.npz     (a real clip's tracks, no ground truth)
 
 Matching: a ground-truth person and a predicted track correspond in a frame when the
 keypoint boxes of their 2D joints (realtime.tracker.keypoint_box: the 17 joints' extent,
@@ -277,11 +278,47 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m realtime.track_eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", help="folder of scenarios written by `python -m train.synth.multi`")
+    p.add_argument("dir", nargs="?", help="folder of scenarios written by `python -m train.synth.multi`")
     p.add_argument("--model", default=None, help="lifter (default: the app's default)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--tracks", metavar="NPZ", default=None,
+                   help="instead: the tracks of a `posestream video --people N` .npz (no ground truth)")
     args = p.parse_args(argv)
+    if args.tracks:
+        print("\n".join(track_summary(Path(args.tracks))))
+        return 0
+    if not args.dir:
+        p.error("give a folder of scenarios, or --tracks NPZ")
     return evaluate_dir(Path(args.dir), args.model, args.json)
+
+
+def track_summary(path: Path) -> list[str]:
+    """Lines describing the tracks of a posestream-people-v1 .npz of a clip without ground
+    truth: each track id's frames (first-last, gaps), how many people each frame has, and
+    *order flips*: consecutive frames (both people present) where two tracks' pelvis x
+    positions in the image swap sides, the mark of an identity switch between people who
+    stay side by side (people who really cross flip once too: look at the clip)."""
+    d = np.load(path)
+    if str(d["format"]) != "posestream-people-v1":
+        return [f"{path}: one person ({int(d['valid'].sum())} of {len(d['valid'])} frames)"]
+    ids, valid, uv = d["track_ids"], d["valid"], d["joints_2d_px"][:, :, 0, 0]
+    F = len(valid)
+    lines = [f"{path}: {F} frames, {len(ids)} track ids {ids.tolist()}"]
+    for k, tid in enumerate(ids):
+        on = np.flatnonzero(valid[:, k])
+        gaps = int(np.sum(np.diff(on) > 1)) if len(on) else 0
+        lines.append(f"  id {int(tid)}: {len(on)} frames ({int(on[0])}-{int(on[-1])}, {gaps} gaps)" if len(on)
+                     else f"  id {int(tid)}: no frame")
+    counts = np.bincount(valid.sum(axis=1), minlength=len(ids) + 1)
+    lines.append("  frames with " + ", ".join(f"{n} people: {int(c)}" for n, c in enumerate(counts)))
+    flips = 0
+    for a in range(len(ids)):
+        for b in range(a + 1, len(ids)):
+            both = np.flatnonzero(valid[:, a] & valid[:, b])
+            side = np.sign(uv[both, a] - uv[both, b])
+            flips += int(np.sum((side[1:] != side[:-1]) & (np.diff(both) == 1)))
+    lines.append(f"  order flips between consecutive frames: {flips}")
+    return lines
 
 
 def evaluate_dir(folder: Path, model: str | None = None, json_out: str | None = None) -> int:
