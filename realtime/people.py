@@ -33,7 +33,11 @@ hidden one), it is searched again with the people found so far painted over alon
 skeletons (`painted_over`: bones, torso, head; boxes would also hide someone hugging them).
 New people are found on the whole image every DISCOVER_EVERY frames (and while fewer than N
 are tracked) with the people already found painted over, again and again until no one new
-turns up or N are found. At most N people are kept per frame, the longest-tracked first. Detection cost therefore grows with the
+turns up or N are found. At most N people are kept per frame, the longest-tracked first; a
+track is output once it has been found on MIN_HITS frames (as SORT confirms tracks; those of
+the first MIN_HITS frames of a stream at once), so a
+detection MediaPipe makes once (a ghost in the painted image, a half-hidden person's
+stray pose) gives no identity of its own. Detection cost therefore grows with the
 number of people: one MediaPipe call per tracked person per frame (and the discovery
 calls), where MediaPipe alone with num_poses = N makes one call and misses most of them.
 """
@@ -61,6 +65,7 @@ MIN_CONFIDENCE = 0.3
 CROP_SCALE = 1.6         # crop side / the larger side of the track's predicted box
 CROP_MAX_LOST_S = 0.5    # tracks lost for longer are left to the discovery search
 DISCOVER_EVERY = 10      # frames between whole-image searches for new people
+MIN_HITS = 3             # a track is output once found on this many frames (a one-off false detection is not)
 MASK_GREY = 127          # the colour people already found are painted over with
 BODY_WIDTH = 0.12        # painted bone thickness / the person's height
 DUPLICATE_OKS = 0.5      # a person this close to one already found is that person again
@@ -137,11 +142,13 @@ class PeopleEstimator:
     thread detects (the tracker sees frames in order), one lifts."""
 
     def __init__(self, estimator: PoseEstimator, tracker: PersonTracker | None = None,
-                 appearance: bool = True, people: int | None = None) -> None:
+                 appearance: bool = True, people: int | None = None, min_hits: int = MIN_HITS) -> None:
         self.est = estimator
         self.tracker = tracker if tracker is not None else PersonTracker(TrackerConfig())
         self.appearance = appearance
         self.people = int(people if people is not None else getattr(estimator.detector, "num_poses", 2))
+        self.min_hits = int(min_hits)
+        self._confirmed: set[int] = set()  # track ids seen on min_hits frames: the ones output
         self._frames = 0
 
     def close(self) -> None:
@@ -166,12 +173,15 @@ class PeopleEstimator:
                            appearance_descriptor(frame.image, d.joints_2d_px, d.confidence) if self.appearance else None)
                for d in found]
         ids = self.tracker.update(obs, frame.timestamp_s)
+        hits = {s.track_id: s.hits for s in self.tracker.tracks}
+        start = self._frames <= self.min_hits  # as SORT: the first frames' people are output at once
+        self._confirmed.update(tid for tid in ids if tid is not None and (start or hits.get(tid, 0) >= self.min_hits))
         t2 = time.perf_counter()
         timings = {"detect": (t1 - t0) * 1000.0, "track": (t2 - t1) * 1000.0}
         image = frame.image if self.est.needs_image else None
         # at most `people`, the longest-known identities first (ids count up, never reused)
         people = sorted((Detected(frame.index, frame.timestamp_s, (int(w), int(h)), d, timings, image, track_id=tid)
-                         for d, tid in zip(found, ids) if tid is not None), key=lambda d: d.track_id)[:self.people]
+                         for d, tid in zip(found, ids) if tid in self._confirmed), key=lambda d: d.track_id)[:self.people]
         return PeopleDetected(frame.index, frame.timestamp_s, (int(w), int(h)), tuple(people), timings)
 
     def _find(self, frame: Frame) -> list:
@@ -182,10 +192,13 @@ class PeopleEstimator:
         image, t = frame.image, frame.timestamp_s
         h, w = image.shape[:2]
         found: list = []
-        recent = {s.track_id for s in self.tracker.tracks if s.lost_s <= CROP_MAX_LOST_S}
+        # tracks seen in the last CROP_MAX_LOST_S, those seen last frame first, then the longest-known
+        order = sorted((s.lost_s > 0, s.track_id) for s in self.tracker.tracks if s.lost_s <= CROP_MAX_LOST_S)
+        recent = [tid for _, tid in order]
         predicted = self.tracker.predicted_boxes(t)
-        # a crop for each recently seen track (the longest-known first), at most `people`
-        for tid in sorted(t for t in predicted if t in recent):
+        # a crop for each recently seen track (in that order), at most `people`: a person seen
+        # last frame is looked for before the crop of one hidden behind them takes them
+        for tid in (t for t in recent if t in predicted):
             if len(found) >= self.people:
                 break
             roi = square_crop(predicted[tid], (w, h))
