@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_batch.py                 # the shared clips, 4 times each, 2 rounds
     .venv/bin/python scripts/bench_batch.py --long --nodes  # + one long clip in chunks, + 2 Ray nodes
+    .venv/bin/python scripts/bench_batch.py --repeat 2 --no-checks --long --nodes   # shorter
 
 First, what a restart of MediaPipe's tracking changes in the 2D and what it costs, and
 whether seeking lands on the right frame (every start frame of every clip). Then the same
@@ -235,6 +236,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="lifter (default: the app's default model for files)")
     ap.add_argument("--long", action="store_true", help="also one long clip in chunks, 1 vs 2 workers")
     ap.add_argument("--nodes", action="store_true", help="also two local Ray nodes of 1 CPU each")
+    ap.add_argument("--no-checks", action="store_true", help="skip the restart and seek checks")
     args = ap.parse_args()
     if args.repeat < 2 or args.rounds < 1:
         ap.error("--repeat must be at least 2 and --rounds at least 1")
@@ -242,9 +244,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     print(f"model {opts.model}; load average before: {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})", flush=True)
     try:
-        restart_effect()
         clips = clip_set(work / "clips", args.repeat)
-        seek_check(clips[:len(clips) // args.repeat])
+        if not args.no_checks:
+            restart_effect()
+            seek_check(clips[:len(clips) // args.repeat])
         inputs = [str(c) for c in clips]
         best: dict[str, float] = {}
         ray1_run = ray1_init = ray1_warm = 0.0
