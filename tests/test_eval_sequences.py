@@ -19,16 +19,21 @@ from engines.errors import UserError
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-@pytest.fixture(scope="module")
-def seq_set(tmp_path_factory, h36m_val):
+def _render_sequences(data, out, *extra: str) -> None:
+    """`posestream render --sequence` of two 1 s clips at 30 fps, without MediaPipe (the tests
+    write its fields)."""
     from train.render_cmd import add_arguments, run
 
-    out = tmp_path_factory.mktemp("seq") / "s9"
     p = argparse.ArgumentParser()
     add_arguments(p)
-    assert run(p.parse_args(["--sequence", "--data", str(h36m_val), "--out", str(out), "--cameras", "1",
-                             "--fps", "30", "--seconds", "1", "--limit", "2", "--shard-size", "2",
-                             "--no-mediapipe"])) == 0
+    assert run(p.parse_args(["--sequence", "--data", str(data), "--out", str(out), "--fps", "30", "--seconds", "1",
+                             "--limit", "2", "--no-mediapipe", *extra])) == 0
+
+
+@pytest.fixture(scope="module")
+def seq_set(tmp_path_factory, h36m_val):
+    out = tmp_path_factory.mktemp("seq") / "s9"
+    _render_sequences(h36m_val, out, "--cameras", "1", "--shard-size", "2")
     shard = out / "shard_00000.npz"
     z = dict(np.load(shard))
     rng = np.random.default_rng(0)
@@ -103,13 +108,8 @@ def test_eval_cli_on_a_sequence_set(seq_set, tmp_path):
 @pytest.fixture(scope="module")
 def train_renders(tmp_path_factory, h36m_train):
     """Two 1 s clips of S1 (camera 0) with stand-in MediaPipe 2D (exact + 2 px) and world landmarks."""
-    from train.render_cmd import add_arguments, run
-
     renders = tmp_path_factory.mktemp("seq") / "s1"
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    assert run(p.parse_args(["--sequence", "--data", str(h36m_train), "--out", str(renders), "--cameras", "0",
-                             "--fps", "30", "--seconds", "1", "--limit", "2", "--no-mediapipe"])) == 0
+    _render_sequences(h36m_train, renders, "--cameras", "0")
     shard = renders / "shard_00000.npz"
     z = dict(np.load(shard))
     z["mp_found"] = np.ones(len(z["index"]), bool)

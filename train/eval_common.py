@@ -2,7 +2,10 @@
 for render sets and real frames): the per-action result table, opening a model and chunked inference."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,3 +77,11 @@ def open_model(model: str, backend: str = "torch", stage: str | None = None):
         from engines.backends.torch_backend import TorchBackend
         be = TorchBackend(path, stage=stage)
     return be, str(path)
+
+
+def save_report(data: Any, md: str, json_path: str | Path | None, md_path: str | Path | None) -> None:
+    """Write a command's result as JSON and its Markdown report, each where asked (None: not)."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(data, indent=1))
+    if md_path:
+        Path(md_path).write_text(md + "\n")

@@ -25,7 +25,6 @@ which gives the per-window result with each layer computed once per frame.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 
 from engines.errors import UserError
 from engines.temporal import WindowSpec
-from train.eval_common import EvalResult, format_table, open_model, result_from_json, run_in_chunks, summarize  # noqa: F401
+from train.eval_common import EvalResult, format_table, open_model, result_from_json, run_in_chunks, save_report, summarize  # noqa: F401
 
 MISALIGNED_SEQUENCES = ("S9/Greeting", "S9/SittingDown 1", "S9/Waiting 1")
 DEFAULT_MODEL = {"gt": "base_gt", "sh": "temporal_ensemble_sh"}
@@ -158,8 +157,5 @@ def run(args: argparse.Namespace) -> int:
         md = report_markdown(out)
     print(md)
     print(f"\n({time.time() - t0:.1f}s)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
-    if args.md:
-        Path(args.md).write_text(md + "\n")
+    save_report(out, md, args.json, args.md)
     return 0

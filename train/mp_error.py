@@ -27,7 +27,6 @@ docs/temporal.md for the fit statistics.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -554,6 +553,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from train.eval_common import save_report
     from train.sequence_sets import concat_sets, load_sequence_set
 
     ss = concat_sets([load_sequence_set(r) for r in args.renders])
@@ -569,10 +569,7 @@ def run(args: argparse.Namespace) -> int:
     md = stats_markdown(cmp)
     print(md)
     print(f"wrote {args.out} (fitted on {len(fit_set)} frames; held out subject {args.hold_out}: {len(test_set)} frames)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(cmp, indent=1))
-    if args.md:
-        Path(args.md).write_text(md + "\n")
+    save_report(cmp, md, args.json, args.md)
     return 0
 
 
