@@ -5,6 +5,11 @@ Figures, all on root-relative joints (pelvis = 0) unless said otherwise:
                   triples of consecutive source frames that all have a person. A still-standing
                   person gives the jitter alone; real motion adds its own acceleration, so the
                   figure compares outputs of the *same* clip, never clips with each other.
+                  Per frame^2 it grows with the square of the frame time for the same motion
+                  (a 5 fps clip shows 36x the figure of the same motion filmed at 30 fps), so
+                  the figure is also given at 30 fps: acceleration * (fps / 30)^2, fps from
+                  the file's timestamps. (Frame-to-frame jitter does not scale that way: for
+                  jitter the 30 fps figure reads too low below 30 fps and too high above.)
     bone CV       per limb bone (upper/lower arms and legs, 8 bones) the coefficient of
                   variation std/mean of its length over the frames with a person, then the
                   mean over the bones. People do not change size: 0 is ideal.
@@ -46,12 +51,25 @@ class Stability:
     """The figures of one output (see the module docstring); NaN where not measurable."""
 
     frames: int                  # frames with a person that were measured
-    acceleration_mm: float
+    acceleration_mm: float       # mm/frame^2 at the clip's own frame rate
     bone_cv: float
     root_step_median_mm: float
     root_step_p95_mm: float
     root_step_max_mm: float
     depth_median_mm: float
+    fps: float = float("nan")    # the clip's frame rate (NaN: unknown)
+    acceleration_30fps_mm: float = float("nan")  # acceleration_mm * (fps / 30)^2, mm/frame^2 at 30 fps
+
+
+def frame_rate(timestamps_s: np.ndarray, index: np.ndarray) -> float:
+    """Frames per second from (T,) timestamps (s) and source indices: the median time per
+    source frame between consecutive entries; NaN if it cannot be told."""
+    t, i = np.asarray(timestamps_s, np.float64), np.asarray(index, np.float64)
+    if len(t) < 2:
+        return float("nan")
+    per_frame = np.diff(t) / np.diff(i)
+    per_frame = per_frame[np.isfinite(per_frame) & (per_frame > 0)]
+    return float(1.0 / np.median(per_frame)) if per_frame.size else float("nan")
 
 
 def _consecutive(index: np.ndarray, ok: np.ndarray, span: int) -> np.ndarray:
@@ -103,19 +121,21 @@ def root_steps(translation_mm: np.ndarray, ok: np.ndarray, index: np.ndarray) ->
 
 
 def measure(joints_mm: np.ndarray, ok: np.ndarray, index: np.ndarray,
-            translation_mm: np.ndarray | None = None) -> Stability:
+            translation_mm: np.ndarray | None = None, fps: float = float("nan")) -> Stability:
     """Every figure of one output: joints (T, 17, 3) mm, mask (T,), source indices (T,),
-    camera-space roots (T, 3) mm or None."""
+    camera-space roots (T, 3) mm or None, the clip's frame rate (NaN: unknown)."""
     ok = np.asarray(ok, bool)
     nan = float("nan")
     steps = root_steps(translation_mm, ok, index) if translation_mm is not None else np.zeros(0)
     depth = (np.asarray(translation_mm, np.float64)[ok, 2] if translation_mm is not None else np.zeros(0))
     depth = depth[np.isfinite(depth)]
-    return Stability(int(ok.sum()), joint_acceleration(joints_mm, ok, index), bone_length_cv(joints_mm, ok),
+    acc = joint_acceleration(joints_mm, ok, index)
+    return Stability(int(ok.sum()), acc, bone_length_cv(joints_mm, ok),
                      float(np.median(steps)) if steps.size else nan,
                      float(np.percentile(steps, 95)) if steps.size else nan,
                      float(steps.max()) if steps.size else nan,
-                     float(np.median(depth)) if depth.size else nan)
+                     float(np.median(depth)) if depth.size else nan,
+                     float(fps), acc * (fps / 30.0) ** 2 if fps > 0 else nan)
 
 
 def lag_frames(output_mm: np.ndarray, reference_mm: np.ndarray, ok: np.ndarray, index: np.ndarray,
@@ -203,23 +223,27 @@ def run(args: argparse.Namespace) -> int:
     joints = np.stack([f.joints_mm for f in frames]).astype(np.float64)
     trans = np.stack([f.translation_mm for f in frames]).astype(np.float64)
     ok = np.array([f.valid for f in frames], bool)
+    fps = frame_rate(np.array([f.timestamp_s for f in frames]), index)
     rows: dict[str, Stability] = {}
     lags: dict[str, float] = {}
     if args.against_mediapipe:
         mp_joints, mp_ok = mediapipe_world(args.against_mediapipe, index)
         ok = ok & mp_ok
-        rows["MediaPipe world landmarks"] = measure(mp_joints, ok, index)
+        rows["MediaPipe world landmarks"] = measure(mp_joints, ok, index, fps=fps)
         lags["MediaPipe world landmarks"] = lag_frames(joints, mp_joints, ok, index)
-    rows[Path(args.file).name] = measure(joints, ok, index, trans)
+    rows[Path(args.file).name] = measure(joints, ok, index, trans, fps)
     if args.lag_against:
         ref = {f.index: f for f in read_pose_npz(args.lag_against)}
         ref_joints = np.stack([ref[i].joints_mm if i in ref else np.full((17, 3), np.nan) for i in index])
         ref_ok = np.array([i in ref and ref[i].valid for i in index], bool)
         lags[Path(args.lag_against).name] = lag_frames(joints, ref_joints.astype(np.float64), ok & ref_ok, index)
     w = max(len(k) for k in rows)
-    print(f"{'output':<{w}}  frames  accel mm/f^2  bone CV  root step mm/f: median   p95   max  depth median mm")
+    print(f"clip: {_fmt(fps)} fps; accel at 30 fps = accel * (fps / 30)^2, for clips at other rates")
+    print(f"{'output':<{w}}  frames  accel mm/f^2  at 30 fps  bone CV  root step mm/f: median   p95   max"
+          "  depth median mm")
     for name, s in rows.items():
-        print(f"{name:<{w}}  {s.frames:>6}  {_fmt(s.acceleration_mm):>12}  {_fmt(s.bone_cv, '.3f'):>7}  "
+        print(f"{name:<{w}}  {s.frames:>6}  {_fmt(s.acceleration_mm):>12}  {_fmt(s.acceleration_30fps_mm):>9}"
+              f"  {_fmt(s.bone_cv, '.3f'):>7}  "
               f"{_fmt(s.root_step_median_mm):>21} {_fmt(s.root_step_p95_mm):>5} {_fmt(s.root_step_max_mm):>5}  "
               f"{_fmt(s.depth_median_mm, '.0f'):>15}")
     for ref_name, lag in lags.items():

@@ -33,7 +33,7 @@ from realtime.estimator import PoseEstimator, open_lifter  # noqa: E402
 from realtime.filters import PoseSmoother  # noqa: E402
 from realtime.sequence import lift_sequence  # noqa: E402
 from realtime.sources import VideoFileSource  # noqa: E402
-from realtime.stability import lag_frames, measure  # noqa: E402
+from realtime.stability import frame_rate, lag_frames, measure  # noqa: E402
 from realtime.trajectory import FILE_ROOT_LAG_S, RootFilterConfig  # noqa: E402
 
 
@@ -94,20 +94,23 @@ def main() -> int:
         rows["temporal"] = lifted(temporal, smoothed_root)
         rows["temporal, per-frame root"] = lifted(temporal, None)
         j_ref, _, ok_ref, index = arrays(rows["single-frame, per-frame root"])
+        fps = frame_rate(np.array([p.timestamp_s for p in rows["single-frame, per-frame root"]]), index)
         mp_ok = np.array([w is not None for w in world])
         mp_j = np.stack([w if w is not None else np.full((17, 3), np.nan) for w in world])
-        table = {"MediaPipe world landmarks": dict(asdict(measure(mp_j, mp_ok & ok_ref, index)),
+        table = {"MediaPipe world landmarks": dict(asdict(measure(mp_j, mp_ok & ok_ref, index, fps=fps)),
                                                    lag_frames=lag_frames(mp_j, j_ref, mp_ok & ok_ref, index))}
         for name, poses in rows.items():
             j, t, ok, idx = arrays(poses)
             both = ok & mp_ok
-            table[name] = dict(asdict(measure(j, both, idx, t)), lag_frames=lag_frames(j, j_ref, both & ok_ref, idx))
+            table[name] = dict(asdict(measure(j, both, idx, t, fps)), lag_frames=lag_frames(j, j_ref, both & ok_ref, idx))
         report[Path(clip).name] = table
-        print(f"\n{Path(clip).name}: {len(dets)} frames; single {args.single}, temporal {args.temporal}")
-        print(f"{'output':<30} {'accel':>6} {'bone CV':>7} {'lag':>6} {'root step med':>13} {'p95':>6} "
+        print(f"\n{Path(clip).name}: {len(dets)} frames at {fps:.1f} fps; single {args.single}, "
+              f"temporal {args.temporal}")
+        print(f"{'output':<30} {'accel':>6} {'@30fps':>6} {'bone CV':>7} {'lag':>6} {'root step med':>13} {'p95':>6} "
               f"{'max':>6} {'depth med':>9}")
         for name, r in table.items():
-            print(f"{name:<30} {r['acceleration_mm']:>6.2f} {r['bone_cv']:>7.3f} {r['lag_frames']:>+6.2f} "
+            print(f"{name:<30} {r['acceleration_mm']:>6.2f} {r['acceleration_30fps_mm']:>6.2f} {r['bone_cv']:>7.3f} "
+                  f"{r['lag_frames']:>+6.2f} "
                   f"{r['root_step_median_mm']:>13.1f} {r['root_step_p95_mm']:>6.1f} {r['root_step_max_mm']:>6.1f} "
                   f"{r['depth_median_mm']:>9.0f}")
     single.close()

@@ -9,7 +9,7 @@ import pytest
 from realtime.cli import main
 from realtime.detector import DEFAULT_MODEL
 from realtime.frames import PoseFrame
-from realtime.stability import bone_length_cv, joint_acceleration, lag_frames, measure, root_steps
+from realtime.stability import bone_length_cv, frame_rate, joint_acceleration, lag_frames, measure, root_steps
 from realtime.writers import open_writer
 
 from pose_fixtures import standing_pose
@@ -89,9 +89,33 @@ def test_stability_command(tmp_path: Path, capsys):
     out = capsys.readouterr().out
     assert "b.npz" in out and "lag of b.npz behind a.npz" in out and "10.0" in out
     assert (tmp_path / "s.json").is_file()
+    assert "30.0 fps" in out
     assert main(["stability", str(tmp_path / "missing.npz")]) == 2
     assert main(["stability", str(tmp_path / "s.json")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_acceleration_at_30_fps_from_timestamps():
+    # the same smooth motion sampled at 5 fps and at 30 fps: per frame^2 the 5 fps figure is
+    # 36x larger; converted to 30 fps from the timestamps both agree
+    def swing(fps: float, seconds: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+        t = np.arange(0, seconds, 1.0 / fps)
+        j = np.repeat(REL[None].astype(np.float64), len(t), axis=0)
+        j[:, 1:, 0] += 200.0 * np.sin(2 * np.pi * 0.3 * t)[:, None]
+        return j, t
+
+    (a, ta), (b, tb) = swing(5.0), swing(30.0)
+    ia, ib = np.arange(len(ta)), np.arange(len(tb))
+    assert frame_rate(ta, ia) == pytest.approx(5.0) and frame_rate(tb, ib) == pytest.approx(30.0)
+    # a dropped source frame (index gap, time gap) does not change the rate
+    assert frame_rate(np.delete(tb, 7), np.delete(ib, 7)) == pytest.approx(30.0)
+    assert np.isnan(frame_rate(tb[:1], ib[:1]))
+    sa = measure(a, np.ones(len(ta), bool), ia, fps=frame_rate(ta, ia))
+    sb = measure(b, np.ones(len(tb), bool), ib, fps=frame_rate(tb, ib))
+    assert sa.acceleration_mm == pytest.approx(36 * sb.acceleration_mm, rel=0.05)
+    assert sa.acceleration_30fps_mm == pytest.approx(sb.acceleration_mm, rel=0.05)
+    assert sb.acceleration_30fps_mm == pytest.approx(sb.acceleration_mm)
+    assert np.isnan(measure(a, np.ones(len(ta), bool), ia).acceleration_30fps_mm)  # rate unknown
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL.is_file() and DEMO.is_file()), reason="needs MediaPipe's model and the demo clip")
