@@ -243,9 +243,9 @@ def open_pose_estimator(options: Options, live: bool, stills: bool = False, real
     """The realtime.estimator.PoseEstimator of a stream: a live source (the causal default model, no
     re-detection: it would add a frame's latency), a file (the centred default model, the
     causal one when paced in real time; a frame where the tracker lost the person is
-    searched again) or unrelated stills (IMAGE mode on each, the single-frame default
-    model; a temporal one is refused). `lifter`: an already opened lifter to use (kept open
-    if refused). Files restart MediaPipe's tracking at every multiple of `restart_frames`
+    searched again) or unrelated stills (IMAGE mode on each, searched again on turned views
+    around the person, the single-frame default model; a temporal one is refused). `lifter`:
+    an already opened lifter to use (kept open if refused). Files restart MediaPipe's tracking at every multiple of `restart_frames`
     (None: realtime.detector.RESTART_FRAMES), so any stretch of a file that starts at such a
     frame gets the same 2D on its own as in a run over the whole file (posestream batch
     splits long videos there); live sources and stills never restart."""
@@ -269,7 +269,7 @@ def open_pose_estimator(options: Options, live: bool, stills: bool = False, real
     restart = None if live or stills else (detector.RESTART_FRAMES if restart_frames is None else restart_frames)
     return PoseEstimator(model, o.backend, o.fov, o.calib, lifter=lifter,
                          detector_mode="image" if o.image_mode or stills else "video", num_poses=o.num_poses,
-                         threads=o.threads, redetect=not live, restart_frames=restart)
+                         threads=o.threads, redetect=not live, restart_frames=restart, views=stills)
 
 
 class PoseStream:

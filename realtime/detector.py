@@ -21,6 +21,16 @@ a second landmarker in IMAGE mode (created on first use), so the frame is not lo
 tracker picks the person up again on the next frame by itself. It costs one IMAGE-mode run
 (~50 ms) per frame without a person, which files can afford and live streams (latency) need not.
 
+Still images (`views=True`, IMAGE mode): on a hard pose (bent over, lying, seen from an unusual
+angle) one IMAGE-mode pass can land a skeleton on the wrong limbs, and which limbs it picks
+depends on how the person sits in the picture. So a still is searched again on square views
+around the person the first pass found (VIEW_SIDES crop-box sides wide, padded with black, so
+the person is centred at one scale) turned by each of VIEW_TURNS quarter turns, and the answer
+kept is the consensus: the candidate (first pass included) whose joints lie nearest the
+others' (`consensus_index`). Agreeing passes are the same skeleton; a wrong one rarely agrees
+with another wrong one. It costs one MediaPipe run per view, which stills can afford (files and
+live streams never use it).
+
 Pixel convention: MediaPipe returns coordinates normalised to the image extent; we convert
 with u = x * W - 0.5, so integer coordinates are pixel centres, as in engines/crop.py and
 OpenCV.
@@ -40,6 +50,7 @@ from engines.checkpoint import MODELS_DIR
 from engines.crop import CropBox, box_from_joints
 from engines.errors import UserError
 from engines.landmarks import NUM_MP_LANDMARKS, landmarks_to_joints_2d, world_landmarks_to_joints_mm
+from engines.skeleton import NUM_JOINTS
 
 DEFAULT_MODEL = MODELS_DIR / "pose_landmarker_full.task"
 MODES = ("video", "image")
@@ -56,6 +67,14 @@ HOLD_FRAMES = 15
 # many frames, so without fixed restarts no chunking could. A restart costs one landmarker
 # load and one person-detector frame; live sources never restart.
 RESTART_FRAMES = 600
+# Still-image views (module docstring): width in crop-box sides (engines.crop: a box is 1.25x
+# the joints' extent, so a view is about 2.5x the person's extent: the person at the scale
+# of an ordinary photo of one person), and quarter turns (counter-clockwise) of the view.
+VIEW_SIDES = 2.0
+VIEW_TURNS = (0, 1, 2, 3)
+# Two skeletons agree when their median joint distance is within this many crop-box sides.
+VIEW_AGREE = 0.05
+VIEW_REVOTE = True
 
 
 @contextlib.contextmanager
@@ -106,6 +125,24 @@ class Detection:
     landmarks_world_mm: np.ndarray | None = None
 
 
+def consensus_index(joints_px: np.ndarray, sides: np.ndarray) -> int:
+    """Index of the consensus among candidate skeletons of one person: joints_px (N, 17, 2)
+    px, sides (N,) their crop-box sides px. Each pair's distance is the median over joints of
+    the joint-to-joint distance, divided by the median side; the candidate with the smallest
+    sum of distances to the others wins (the first on a tie, so with two candidates the
+    first)."""
+    j = np.asarray(joints_px, np.float64)
+    assert j.ndim == 3 and j.shape[1:] == (NUM_JOINTS, 2) and len(j) == len(sides) >= 1, (j.shape, len(sides))
+    d = np.median(np.linalg.norm(j[:, None] - j[None], axis=-1), axis=-1) / max(float(np.median(sides)), 1e-6)
+    total = d.sum(axis=1)
+    return int(np.flatnonzero(total <= total.min() + 1e-9)[0])
+
+
+def _skeleton_distance(a: Detection, b: Detection) -> float:
+    """Median joint distance of two detections, in a's crop-box sides."""
+    return float(np.median(np.linalg.norm(a.joints_2d_px - b.joints_2d_px, axis=1))) / max(a.box.side, 1e-6)
+
+
 def select_person(boxes: list[CropBox], image_size: tuple[int, int], previous: CropBox | None = None,
                   max_jump: float = MAX_JUMP) -> int | None:
     """Index of the person to keep among candidate boxes (non-empty list), or None.
@@ -131,7 +168,9 @@ class PoseDetector:
 
     def __init__(self, model_path: str | Path | None = None, mode: str = "video", num_poses: int = 1,
                  min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
-                 min_tracking_confidence: float = 0.5, redetect: bool = False) -> None:
+                 min_tracking_confidence: float = 0.5, redetect: bool = False, views: bool = False) -> None:
+        """views: IMAGE mode, unrelated stills: search each still again on turned views
+        around the person and keep the consensus (module docstring)."""
         if mode not in MODES:
             raise UserError(f"detector mode must be one of {MODES}, got {mode!r}")
         path = Path(model_path) if model_path else DEFAULT_MODEL
@@ -145,6 +184,7 @@ class PoseDetector:
         self._mp = mp
         self.mode = mode
         self.redetect = bool(redetect) and mode == "video"
+        self.views = bool(views) and mode == "image"
 
         def options(running_mode: str) -> PoseLandmarkerOptions:
             return PoseLandmarkerOptions(
@@ -262,7 +302,38 @@ class PoseDetector:
             return None
         self._lost = 0
         self._previous = people[i].box
-        return people[i]
+        return self._consensus(image, people[i]) if self.views else people[i]
+
+    def _consensus(self, image: np.ndarray, first: Detection) -> Detection:
+        """The consensus of `first` and the person found on each turned view around it; when
+        the consensus disagrees with `first` (it was outvoted: its skeleton, and so the
+        views, may cover only part of the person), one more vote around the consensus."""
+        found = [first, *self._views(image, first)]
+        k = consensus_index(np.stack([d.joints_2d_px for d in found]), np.array([d.box.side for d in found]))
+        if VIEW_REVOTE and k != 0 and _skeleton_distance(found[k], first) > VIEW_AGREE:
+            found = [found[k], *self._views(image, found[k])]
+            k = consensus_index(np.stack([d.joints_2d_px for d in found]), np.array([d.box.side for d in found]))
+        return found[k]
+
+    def _views(self, image: np.ndarray, around: Detection) -> list[Detection]:
+        """The person nearest `around` on each turned square view centred on it."""
+        h, w = image.shape[:2]
+        side = max(int(round(VIEW_SIDES * around.box.side)), 16)
+        x0, y0 = int(round(around.box.cx - side / 2)), int(round(around.box.cy - side / 2))
+        view = np.zeros((side, side, 3), np.uint8)  # black outside the image, as engines.crop
+        ax0, ay0, ax1, ay1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+        if ax1 > ax0 and ay1 > ay0:
+            view[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] = image[ay0:ay1, ax0:ax1]
+        found = []
+        for turns in VIEW_TURNS:
+            img = self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
+                                 data=np.ascontiguousarray(np.rot90(view, turns)))
+            with _quiet_native_stderr():
+                result = self._landmarker.detect(img)
+            people = self._people(result, side, side, (x0, y0), turns)
+            if people:  # the one nearest the view's centre
+                found.append(people[select_person([p.box for p in people], (w, h), around.box, np.inf)])
+        return found
 
     def _detect_still(self, mp_image: object) -> object:
         with _quiet_native_stderr():
@@ -270,13 +341,18 @@ class PoseDetector:
                 self._still = self._create(self._options("image"))
             return self._still.detect(mp_image)
 
-    def _people(self, result: object, w: int, h: int, offset: tuple[int, int] = (0, 0)) -> list[Detection]:
-        people = [self._to_detection(lms, wlms, w, h, offset)
+    def _people(self, result: object, w: int, h: int, offset: tuple[int, int] = (0, 0),
+                turns: int = 0) -> list[Detection]:
+        people = [self._to_detection(lms, wlms, w, h, offset, turns)
                   for lms, wlms in zip(result.pose_landmarks, result.pose_world_landmarks)]
         return [p for p in people if p is not None]
 
     @staticmethod
-    def _to_detection(lms: list, wlms: list, w: int, h: int, offset: tuple[int, int] = (0, 0)) -> Detection | None:
+    def _to_detection(lms: list, wlms: list, w: int, h: int, offset: tuple[int, int] = (0, 0),
+                      turns: int = 0) -> Detection | None:
+        """MediaPipe's landmarks of one person on a (w, h) image that is the part of the full
+        image at `offset`, turned `turns` quarter turns counter-clockwise (np.rot90; square
+        when turned) -> a Detection in the full image's pixels, world landmarks turned back."""
         if len(lms) != NUM_MP_LANDMARKS or len(wlms) != NUM_MP_LANDMARKS:
             return None
         norm = np.array([[p.x, p.y] for p in lms], np.float64)
@@ -284,7 +360,11 @@ class PoseDetector:
         world = np.array([[p.x, p.y, p.z] for p in wlms], np.float64)
         if not (np.isfinite(norm).all() and np.isfinite(world).all()):
             return None
-        px = norm * np.array([w, h]) - 0.5 + np.asarray(offset, np.float64)
+        px = norm * np.array([w, h]) - 0.5
+        for _ in range(turns % 4):  # undo one counter-clockwise quarter turn of a square image
+            px = np.stack([w - 1 - px[:, 1], px[:, 0]], axis=1)
+            world = np.stack([-world[:, 1], world[:, 0], world[:, 2]], axis=1)
+        px = px + np.asarray(offset, np.float64)
         joints, conf = landmarks_to_joints_2d(px, vis)
         try:
             box = box_from_joints(joints)

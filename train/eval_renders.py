@@ -11,8 +11,10 @@ Render set (any folder made by `posestream render`, e.g. from an npz in the stag
   Base models (lifters) see that 2D; Final sees it plus the crop (its generator is
   conditioned on the same 2D). Tables per action (Human3.6M renders) in the paper's layout,
   Protocol 1 and 2, and the generator's FBI accuracy per bone.
-Real frames (the mmpose-layout folder in ../shared/data/media/frames): MediaPipe on each
-image, then as above with the dataset's own intrinsics; few frames, reported per frame.
+Real frames (the mmpose-layout folder in ../shared/data/media/frames): the product's still-image
+detector on each image (realtime.detector, IMAGE mode with its turned views), then as above
+with the dataset's own intrinsics; few frames, reported per frame with the 2D error (px) of
+the pelvis and 12 limb joints against the annotation.
 """
 from __future__ import annotations
 
@@ -153,35 +155,35 @@ def _frame_errors(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
             "p_mpjpe13_mm": float(p_mpjpe(pred[:, sel], gt[:, sel])[0])}
 
 
-def evaluate_real_frames(root: str, model: str, compare: list[str]) -> dict:
-    """MediaPipe (IMAGE mode) on each frame, then every model; per-frame errors."""
+def evaluate_real_frames(root: str, model: str, compare: list[str], views: bool = True) -> dict:
+    """The product's still-image path on each frame (realtime.detector in IMAGE mode, with its
+    turned views unless `views` is False), then every model; per-frame errors."""
     import cv2
 
     from engines.backends import open_backend
     from engines.final import FinalModel
-    from engines.landmarks import landmarks_to_joints_2d, world_landmarks_to_joints_mm
     from engines.normalize import features_2d
     from engines.skeleton import fbi_states, root_relative
-    from train.synth.samples import MediaPipe2D
+    from realtime.detector import PoseDetector
 
     frames = load_real_frames(root)
-    mp = MediaPipe2D()
     rows: list[dict] = []
     opened: dict[str, object] = {}
+    det = PoseDetector(mode="image", views=views)
     try:
         for m in [model, *compare]:
             be = open_backend(m, "torch")
             opened[m] = FinalModel.from_refiner(be, "torch") if be.metadata.get("stage") == "refiner" else be
         for fr in frames:
             rgb = cv2.cvtColor(cv2.imread(str(fr.image)), cv2.COLOR_BGR2RGB)
-            lm = mp.detect(rgb)
-            row: dict = {"dataset": fr.dataset, "frame": fr.name, "detected": lm is not None}
-            if lm is not None:
-                uv, _ = landmarks_to_joints_2d(lm[:, :2], lm[:, 2])
+            d = det.detect(rgb)
+            row: dict = {"dataset": fr.dataset, "frame": fr.name, "detected": d is not None}
+            if d is not None:
+                uv = d.joints_2d_px
                 gt = root_relative(fr.joints_cam_mm)[None]
-                if mp.last_world_mm is not None:  # MediaPipe's own 3D, for reference
-                    w = world_landmarks_to_joints_mm(mp.last_world_mm / 1000.0)[None]
-                    row[MEDIAPIPE_WORLD] = _frame_errors(w - w[:, :1], gt)
+                row["error_2d_px"] = float(np.linalg.norm(uv - fr.joints_2d_px, axis=1)[list(LIMB_AND_PELVIS)].mean())
+                w = d.world_mm[None]  # MediaPipe's own 3D, for reference
+                row[MEDIAPIPE_WORLD] = _frame_errors(w - w[:, :1], gt)
                 for m, be in opened.items():
                     if isinstance(be, FinalModel):
                         o = be.lift(rgb, uv, fr.f, fr.c)
@@ -195,7 +197,7 @@ def evaluate_real_frames(root: str, model: str, compare: list[str]) -> dict:
     finally:
         for be in opened.values():
             be.close()
-        mp.close()
+        det.close()
     summary = {}
     for m in [*opened, MEDIAPIPE_WORLD]:
         for ds in ("h36m", "3dhp", "all"):
@@ -206,7 +208,8 @@ def evaluate_real_frames(root: str, model: str, compare: list[str]) -> dict:
     fbi = {}
     if len(hits):
         fbi = fbi_report(hits)
-    return {"data": str(root), "input": "mp", "frames": rows, "summary": summary, **fbi, "model": model}
+    return {"data": str(root), "input": "mp", "views": bool(views), "frames": rows, "summary": summary, **fbi,
+            "model": model}
 
 
 def render_markdown(out: dict) -> str:
@@ -233,15 +236,19 @@ def real_markdown(out: dict) -> str:
     def cell(d: dict) -> str:
         return f"{d['mpjpe_mm']:.1f} / {d['p_mpjpe_mm']:.1f} / {d['p_mpjpe13_mm']:.1f}"
 
-    lines = ["real annotated frames (MediaPipe 2D, IMAGE mode; few frames: indicative only); MPJPE / P-MPJPE / "
-             f"P-MPJPE on the pelvis and 12 limb joints; `{MEDIAPIPE_WORLD}` is MediaPipe's own world landmarks", "",
-             "| frame | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    detector = "IMAGE mode, turned views" if out.get("views", True) else "IMAGE mode, one pass"
+    lines = [f"real annotated frames (MediaPipe 2D, {detector}; few frames: indicative only); MPJPE / P-MPJPE / "
+             f"P-MPJPE on the pelvis and 12 limb joints; `{MEDIAPIPE_WORLD}` is MediaPipe's own world landmarks; "
+             "2D: mean error of the pelvis and 12 limb joints, px", "",
+             "| frame | 2D px | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]
     for r in out["frames"]:
         cells = [cell(r[m]) if m in r else "not detected" for m in models]
-        lines.append(f"| {r['dataset']} {r['frame']} | " + " | ".join(cells) + " |")
+        px = f"{r['error_2d_px']:.1f}" if "error_2d_px" in r else "-"
+        lines.append(f"| {r['dataset']} {r['frame']} | {px} | " + " | ".join(cells) + " |")
     for ds in ("h36m", "3dhp", "all"):
         cells = [cell(out["summary"][m][ds]) if ds in out["summary"].get(m, {}) else "-" for m in models]
-        lines.append(f"| **{ds} mean** | " + " | ".join(cells) + " |")
+        px = [r["error_2d_px"] for r in out["frames"] if "error_2d_px" in r and ds in (r["dataset"], "all")]
+        lines.append(f"| **{ds} mean** | {f'{np.mean(px):.1f}' if px else '-'} | " + " | ".join(cells) + " |")
     if "fbi_accuracy" in out:
         lines += ["", f"FBI accuracy ({out['model']}): {100 * out['fbi_accuracy']:.1f}% over "
                       f"{sum(1 for r in out['frames'] if 'fbi_hits' in r)} frames x 14 bones"]
