@@ -24,12 +24,14 @@ tracker picks the person up again on the next frame by itself. It costs one IMAG
 Still images (`views=True`, IMAGE mode): on a hard pose (bent over, lying, seen from an unusual
 angle) one IMAGE-mode pass can land a skeleton on the wrong limbs, and which limbs it picks
 depends on how the person sits in the picture. So a still is searched again on square views
-around the person the first pass found (VIEW_SIDES crop-box sides wide, padded with black, so
-the person is centred at one scale) turned by each of VIEW_TURNS quarter turns, and the answer
-kept is the consensus: the candidate (first pass included) whose joints lie nearest the
-others' (`consensus_index`). Agreeing passes are the same skeleton; a wrong one rarely agrees
-with another wrong one. It costs one MediaPipe run per view, which stills can afford (files and
-live streams never use it).
+around the person the first pass found (VIEW_SIDES crop-box sides wide, padded with black, the
+person centred) turned by each of VIEW_TURNS quarter turns, and the answer kept is the
+consensus: the candidate (first pass included) whose joints lie nearest the others'
+(`consensus_index`). Passes that found the right limbs agree; wrong ones rarely agree with
+each other. When the consensus outvotes the first pass, the first skeleton (and so the views
+built on it) may have covered only part of the person, so the vote is held once more on views
+around the consensus. It costs 4 (or 8) MediaPipe runs per still, which stills can afford;
+video frames, live or not, never take this path.
 
 Pixel convention: MediaPipe returns coordinates normalised to the image extent; we convert
 with u = x * W - 0.5, so integer coordinates are pixel centres, as in engines/crop.py and
@@ -68,13 +70,14 @@ HOLD_FRAMES = 15
 # load and one person-detector frame; live sources never restart.
 RESTART_FRAMES = 600
 # Still-image views (module docstring): width in crop-box sides (engines.crop: a box is 1.25x
-# the joints' extent, so a view is about 2.5x the person's extent: the person at the scale
-# of an ordinary photo of one person), and quarter turns (counter-clockwise) of the view.
+# the joints' extent, so the person spans about 40 % of a view), and the quarter turns
+# (counter-clockwise) of the view. 2.0 beat 2.5 on rendered stills (scripts/check_still_views.py;
+# docs/temporal.md has the comparison).
 VIEW_SIDES = 2.0
 VIEW_TURNS = (0, 1, 2, 3)
 # Two skeletons agree when their median joint distance is within this many crop-box sides.
 VIEW_AGREE = 0.05
-VIEW_REVOTE = True
+VIEW_REVOTE = True  # the second vote when the first pass is outvoted (off: one vote)
 
 
 @contextlib.contextmanager

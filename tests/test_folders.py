@@ -64,3 +64,15 @@ def test_temporal_model_on_unrelated_photos_is_refused(photos: Path, tmp_path: P
                  "--no-progress"]) == 2
     assert "needs a video" in capsys.readouterr().err
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_stills_are_searched_on_turned_views_and_videos_are_not(tmp_path: Path):
+    """Unrelated stills take the detector's turned-view search (realtime.detector, views);
+    video frames, from files or live, keep one pass."""
+    from realtime.api import Options, open_pose_estimator
+
+    opts = Options(model=str(make_lifter_checkpoint(tmp_path / "lifter.pt")), backend="torch")
+    for live, stills in ((False, True), (False, False), (True, False)):
+        with open_pose_estimator(opts, live=live, stills=stills) as est:
+            assert est.detector.views is stills
+            assert est.detector.mode == ("image" if stills else "video")

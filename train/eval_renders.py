@@ -155,9 +155,11 @@ def _frame_errors(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
             "p_mpjpe13_mm": float(p_mpjpe(pred[:, sel], gt[:, sel])[0])}
 
 
-def evaluate_real_frames(root: str, model: str, compare: list[str], views: bool = True) -> dict:
+def evaluate_real_frames(root: str, model: str, compare: list[str], views: bool = True,
+                         input_kind: str = "mp") -> dict:
     """The product's still-image path on each frame (realtime.detector in IMAGE mode, with its
-    turned views unless `views` is False), then every model; per-frame errors."""
+    turned views unless `views` is False), then every model; per-frame errors. input_kind
+    "gt" lifts the annotated 2D instead (no MediaPipe): what the lifting alone gets wrong."""
     import cv2
 
     from engines.backends import open_backend
@@ -169,21 +171,22 @@ def evaluate_real_frames(root: str, model: str, compare: list[str], views: bool 
     frames = load_real_frames(root)
     rows: list[dict] = []
     opened: dict[str, object] = {}
-    det = PoseDetector(mode="image", views=views)
+    det = PoseDetector(mode="image", views=views) if input_kind != "gt" else None
     try:
         for m in [model, *compare]:
             be = open_backend(m, "torch")
             opened[m] = FinalModel.from_refiner(be, "torch") if be.metadata.get("stage") == "refiner" else be
         for fr in frames:
             rgb = cv2.cvtColor(cv2.imread(str(fr.image)), cv2.COLOR_BGR2RGB)
-            d = det.detect(rgb)
+            d = det.detect(rgb) if det is not None else None
             row: dict = {"dataset": fr.dataset, "frame": fr.name, "detected": d is not None}
-            if d is not None:
-                uv = d.joints_2d_px
+            if d is not None or det is None:
+                uv = d.joints_2d_px if d is not None else fr.joints_2d_px.astype(np.float32)
                 gt = root_relative(fr.joints_cam_mm)[None]
                 row["error_2d_px"] = float(np.linalg.norm(uv - fr.joints_2d_px, axis=1)[list(LIMB_AND_PELVIS)].mean())
-                w = d.world_mm[None]  # MediaPipe's own 3D, for reference
-                row[MEDIAPIPE_WORLD] = _frame_errors(w - w[:, :1], gt)
+                if d is not None:  # MediaPipe's own 3D, for reference
+                    w = d.world_mm[None]
+                    row[MEDIAPIPE_WORLD] = _frame_errors(w - w[:, :1], gt)
                 for m, be in opened.items():
                     if isinstance(be, FinalModel):
                         o = be.lift(rgb, uv, fr.f, fr.c)
@@ -197,7 +200,8 @@ def evaluate_real_frames(root: str, model: str, compare: list[str], views: bool 
     finally:
         for be in opened.values():
             be.close()
-        det.close()
+        if det is not None:
+            det.close()
     summary = {}
     for m in [*opened, MEDIAPIPE_WORLD]:
         for ds in ("h36m", "3dhp", "all"):
@@ -208,8 +212,8 @@ def evaluate_real_frames(root: str, model: str, compare: list[str], views: bool 
     fbi = {}
     if len(hits):
         fbi = fbi_report(hits)
-    return {"data": str(root), "input": "mp", "views": bool(views), "frames": rows, "summary": summary, **fbi,
-            "model": model}
+    return {"data": str(root), "input": "gt" if input_kind == "gt" else "mp", "views": bool(views), "frames": rows,
+            "summary": summary, **fbi, "model": model}
 
 
 def render_markdown(out: dict) -> str:
@@ -236,8 +240,9 @@ def real_markdown(out: dict) -> str:
     def cell(d: dict) -> str:
         return f"{d['mpjpe_mm']:.1f} / {d['p_mpjpe_mm']:.1f} / {d['p_mpjpe13_mm']:.1f}"
 
-    detector = "IMAGE mode, turned views" if out.get("views", True) else "IMAGE mode, one pass"
-    lines = [f"real annotated frames (MediaPipe 2D, {detector}; few frames: indicative only); MPJPE / P-MPJPE / "
+    source = ("the annotated 2D" if out.get("input") == "gt" else
+              f"MediaPipe 2D, IMAGE mode, {'turned views' if out.get('views', True) else 'one pass'}")
+    lines = [f"real annotated frames ({source}; few frames: indicative only); MPJPE / P-MPJPE / "
              f"P-MPJPE on the pelvis and 12 limb joints; `{MEDIAPIPE_WORLD}` is MediaPipe's own world landmarks; "
              "2D: mean error of the pelvis and 12 limb joints, px", "",
              "| frame | 2D px | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]

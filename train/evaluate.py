@@ -119,7 +119,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="npz in the Human3.6M staged schema, a render folder (posestream render), "
                         "or the annotated real-frames folder (../shared/data/media/frames)")
     p.add_argument("--input", choices=("gt", "sh", "mp"), default="sh",
-                   help="2D input: projected ground truth, SH detections, or (render folders) MediaPipe")
+                   help="2D input: projected ground truth, SH detections, or (render folders) MediaPipe; "
+                        "the real-frames folder: MediaPipe, or gt = the annotated 2D")
     p.add_argument("--compare", nargs="*", default=[], metavar="MODEL",
                    help="render/real-frame folders: more models in the same table (e.g. the Base lifters)")
     p.add_argument("--model", default=None, help="shipped model name or checkpoint path (default: best for --input)")
@@ -148,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
             out = eval_renders.evaluate_render_set(args.data, args.input, args.model or "final", args.compare)
             md = eval_renders.render_markdown(out)
         else:
-            out = eval_renders.evaluate_real_frames(args.data, args.model or "final", args.compare)
+            out = eval_renders.evaluate_real_frames(args.data, args.model or "final", args.compare,
+                                                    input_kind="gt" if args.input == "gt" else "mp")
             md = eval_renders.real_markdown(out)
     else:
         if args.input == "mp":
