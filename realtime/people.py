@@ -55,7 +55,7 @@ from realtime.frames import Frame, PoseFrame
 from realtime.sequence import SequenceLifter, lift_jobs
 from realtime.trajectory import RootFilterConfig
 from realtime.tracker import (MIN_JOINT_CONFIDENCE, Observation, PersonTracker, TrackerConfig, appearance_descriptor,
-                              keypoint_box, oks)
+                              box_iou, keypoint_box, oks)
 
 DEFAULT_FORGET_S = 5.0
 # MediaPipe's person-detection and presence thresholds with several people: people who stand
@@ -85,32 +85,53 @@ def square_crop(box: np.ndarray, image_size: tuple[int, int], scale: float = CRO
     return (x0, y0, x1, y1) if x1 - x0 >= 16 and y1 - y0 >= 16 else None
 
 
-def painted_over(image: np.ndarray, people: list) -> np.ndarray:
-    """A copy of image (H, W, 3) with each person (a realtime.detector.Detection) painted
-    MASK_GREY along their skeleton: their confident bones as lines BODY_WIDTH times their
-    height thick, their torso filled, their head a disc. People who stand close or hug keep
-    each other visible, where painting their boxes would hide both."""
+Skeleton = tuple[np.ndarray, np.ndarray]  # (17, 2) px keypoints, (17,) confidence
+
+
+def skeleton_of(d) -> Skeleton:
+    """The (keypoints, confidence) of a realtime.detector.Detection."""
+    return np.asarray(d.joints_2d_px), np.asarray(d.confidence)
+
+
+def _draw_body(mask: np.ndarray, uv: np.ndarray, conf: np.ndarray) -> None:
+    """Draw one person's body into mask (H, W) uint8 as 1: confident bones as lines
+    BODY_WIDTH times the person's height thick, the torso filled, the head a disc."""
     import cv2
 
     from engines.skeleton import PARENTS
 
+    uv, conf = np.asarray(uv, np.float64), np.asarray(conf)
+    box = keypoint_box(uv, conf)
+    if box is None:
+        return
+    width = max(3, int(BODY_WIDTH * (box[3] - box[1])))
+    ok = np.isfinite(uv).all(axis=1) & (conf >= MIN_JOINT_CONFIDENCE)
+    pts = np.round(np.clip(np.nan_to_num(uv), -1e5, 1e5)).astype(np.int32)
+    for j, parent in enumerate(PARENTS):
+        if parent >= 0 and ok[j] and ok[parent]:
+            cv2.line(mask, tuple(int(v) for v in pts[j]), tuple(int(v) for v in pts[parent]), 1, width)
+    if ok[list(TORSO)].all():
+        cv2.fillConvexPoly(mask, pts[list(TORSO)], 1)
+    if ok[HEAD]:
+        cv2.circle(mask, tuple(int(v) for v in pts[HEAD]), width, 1, -1)
+
+
+def painted_over(image: np.ndarray, people: list[Skeleton], keep: list[Skeleton] = ()) -> np.ndarray:
+    """A copy of image (H, W, 3) with each person of `people` painted MASK_GREY along their
+    skeleton (their bones, torso and head: `_draw_body`), except where the body of a person
+    of `keep` is (the person looked for, in front of someone painted). People who stand
+    close or hug keep each other visible, where painting their boxes would hide both."""
+    h, w = image.shape[:2]
+    paint = np.zeros((h, w), np.uint8)
+    for uv, conf in people:
+        _draw_body(paint, uv, conf)
+    if keep:
+        kept = np.zeros((h, w), np.uint8)
+        for uv, conf in keep:
+            _draw_body(kept, uv, conf)
+        paint &= kept ^ 1
     out = np.ascontiguousarray(image.copy())
-    grey = (MASK_GREY,) * 3
-    for d in people:
-        uv, conf = np.asarray(d.joints_2d_px, np.float64), np.asarray(d.confidence)
-        box = keypoint_box(uv, conf)
-        if box is None:
-            continue
-        width = max(3, int(BODY_WIDTH * (box[3] - box[1])))
-        ok = np.isfinite(uv).all(axis=1) & (conf >= MIN_JOINT_CONFIDENCE)
-        pts = np.round(np.nan_to_num(uv)).astype(np.int32)
-        for j, parent in enumerate(PARENTS):
-            if parent >= 0 and ok[j] and ok[parent]:
-                cv2.line(out, tuple(int(v) for v in pts[j]), tuple(int(v) for v in pts[parent]), grey, width)
-        if ok[list(TORSO)].all():
-            cv2.fillConvexPoly(out, pts[list(TORSO)], grey)
-        if ok[HEAD]:
-            cv2.circle(out, tuple(int(v) for v in pts[HEAD]), width, grey, -1)
+    out[paint.astype(bool)] = MASK_GREY
     return out
 
 
@@ -122,6 +143,17 @@ def same_person(a, b) -> bool:
         return False
     scale = float(np.sqrt((box[2] - box[0]) * (box[3] - box[1])))
     return oks(a.joints_2d_px, b.joints_2d_px, scale, a.confidence, b.confidence) >= DUPLICATE_OKS
+
+
+def _overlaps(uv: np.ndarray, conf: np.ndarray, roi: tuple[int, int, int, int]) -> bool:
+    """Does the keypoint box of a person ((17, 2) px, (17,)) meet roi (x0, y0, x1, y1)?"""
+    own = keypoint_box(uv, conf)
+    return own is not None and own[0] < roi[2] and own[2] > roi[0] and own[1] < roi[3] and own[3] > roi[1]
+
+
+def _box_iou_or_zero(d, box: np.ndarray) -> float:
+    own = keypoint_box(d.joints_2d_px, d.confidence)
+    return 0.0 if own is None else box_iou(own, box)
 
 
 @dataclass(frozen=True)
@@ -192,30 +224,43 @@ class PeopleEstimator:
         image, t = frame.image, frame.timestamp_s
         h, w = image.shape[:2]
         found: list = []
-        # tracks seen in the last CROP_MAX_LOST_S, those seen last frame first, then the longest-known
+        # tracks seen in the last CROP_MAX_LOST_S, at most `people`: those seen last frame first
+        # (a person seen last frame is looked for before the crop of one hidden behind them
+        # takes them), then the longest-known
         order = sorted((s.lost_s > 0, s.track_id) for s in self.tracker.tracks if s.lost_s <= CROP_MAX_LOST_S)
         recent = [tid for _, tid in order]
         predicted = self.tracker.predicted_boxes(t)
-        # a crop for each recently seen track (in that order), at most `people`: a person seen
-        # last frame is looked for before the crop of one hidden behind them takes them
-        for tid in (t for t in recent if t in predicted):
+        skeletons = self.tracker.predicted_keypoints(t)
+        crops = [tid for tid in recent if tid in predicted][:self.people]
+        # nearest first (the lower a person's feet in the image, the nearer on a floor): the
+        # people in front of a person are found before them. In each person's crop every
+        # other person is painted over (those found this frame where they were found, the
+        # others where they are predicted), except where the person's own predicted body is:
+        # MediaPipe then sees one person, not a pose made of two.
+        pending = sorted(crops, key=lambda k: -predicted[k][3])
+        unfound: list[int] = []
+        while pending:
+            tid = pending.pop(0)
             if len(found) >= self.people:
                 break
-            roi = square_crop(predicted[tid], (w, h))
+            box = predicted[tid]
+            roi = square_crop(box, (w, h))
             if roi is None:
                 continue
-            got = [g for g in detect(image, t, roi) if not any(same_person(g, f) for f in found)]
-            if not got and found:
-                # the crop gave someone already found (the one in front): again without them
-                got = [g for g in detect(painted_over(image, found), t, roi)
-                       if not any(same_person(g, f) for f in found)]
-            found += got[:1]  # the crop's person: the most prominent
+            others = [skeleton_of(f) for f in found] + [skeletons[k] for k in pending + unfound]
+            others = [o for o in others if _overlaps(o[0], o[1], roi)]
+            got = [g for g in detect(painted_over(image, others, [skeletons[tid]]) if others else image, t, roi)
+                   if not any(same_person(g, f) for f in found)]
+            if got:  # the crop's person: the one most like the track's prediction
+                found.append(max(got, key=lambda g: _box_iou_or_zero(g, box)))
+            else:
+                unfound.append(tid)
         discover = self._frames % DISCOVER_EVERY == 0 or len(recent) < self.people
         self._frames += 1
         if not discover:
             return found
         while len(found) < self.people:
-            new = [g for g in detect(painted_over(image, found) if found else image, t)
+            new = [g for g in detect(painted_over(image, [skeleton_of(f) for f in found]) if found else image, t)
                    if not any(same_person(g, f) for f in found)]
             if not new:
                 break

@@ -284,6 +284,12 @@ class PersonTracker:
                 out[tr.track_id] = box
         return out
 
+    def predicted_keypoints(self, timestamp_s: float) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """track id -> ((17, 2) px predicted keypoints, (17,) their last confidence) at
+        `timestamp_s`, for every live track."""
+        return {tr.track_id: (tr.predicted(timestamp_s, self.config.max_predict_s), tr.confidence.copy())
+                for tr in self._tracks}
+
     # -- similarity -------------------------------------------------------------------------
     def _similarity(self, tracks: list[_Track], obs: list[Observation], boxes: list[np.ndarray],
                     t: float) -> np.ndarray:
