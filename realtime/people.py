@@ -68,6 +68,8 @@ DISCOVER_EVERY = 10      # frames between whole-image searches for new people
 MIN_HITS = 3             # a track is output once found on this many frames (a one-off false detection is not)
 MASK_GREY = 127          # the colour people already found are painted over with
 BODY_WIDTH = 0.12        # painted bone thickness / the person's height
+MAX_HIDDEN = 0.6         # a tracked person this much behind people found is not looked for (kept by prediction)
+GHOST_PAINTED = 0.5      # a pose with more of its joints than this on painted pixels is a ghost
 DUPLICATE_OKS = 0.5      # a person this close to one already found is that person again
 TORSO = (11, 14, 1, 4)   # l_shoulder, r_shoulder, r_hip, l_hip: the torso quad, in order
 HEAD = 10
@@ -83,6 +85,19 @@ def square_crop(box: np.ndarray, image_size: tuple[int, int], scale: float = CRO
     x0, y0, x1, y1 = max(0, int(cx - half)), max(0, int(cy - half)), min(w, int(np.ceil(cx + half))), \
         min(h, int(np.ceil(cy + half)))
     return (x0, y0, x1, y1) if x1 - x0 >= 16 and y1 - y0 >= 16 else None
+
+
+def discovery_tiles(image_size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Square regions (x0, y0, x1, y1) px, the image's shorter side wide, overlapping and
+    evenly spaced along its longer side from one end to the other (none for a square image):
+    where new people are looked for after the whole image."""
+    w, h = image_size
+    side, length = min(w, h), max(w, h)
+    if length - side < 16:
+        return []
+    n = int(np.ceil(length / side)) + 1
+    starts = np.round(np.linspace(0, length - side, n)).astype(int)
+    return [(int(a), 0, int(a) + side, h) if w >= h else (0, int(a), w, int(a) + side) for a in starts]
 
 
 Skeleton = tuple[np.ndarray, np.ndarray]  # (17, 2) px keypoints, (17,) confidence
@@ -116,12 +131,10 @@ def _draw_body(mask: np.ndarray, uv: np.ndarray, conf: np.ndarray) -> None:
         cv2.circle(mask, tuple(int(v) for v in pts[HEAD]), width, 1, -1)
 
 
-def painted_over(image: np.ndarray, people: list[Skeleton], keep: list[Skeleton] = ()) -> np.ndarray:
-    """A copy of image (H, W, 3) with each person of `people` painted MASK_GREY along their
-    skeleton (their bones, torso and head: `_draw_body`), except where the body of a person
-    of `keep` is (the person looked for, in front of someone painted). People who stand
-    close or hug keep each other visible, where painting their boxes would hide both."""
-    h, w = image.shape[:2]
+def paint_mask(image_size: tuple[int, int], people: list[Skeleton], keep: list[Skeleton] = ()) -> np.ndarray:
+    """(H, W) bool: where `painted_over` paints (the bodies of `people`, `_draw_body`, less
+    those of `keep`)."""
+    w, h = image_size
     paint = np.zeros((h, w), np.uint8)
     for uv, conf in people:
         _draw_body(paint, uv, conf)
@@ -130,9 +143,36 @@ def painted_over(image: np.ndarray, people: list[Skeleton], keep: list[Skeleton]
         for uv, conf in keep:
             _draw_body(kept, uv, conf)
         paint &= kept ^ 1
+    return paint.astype(bool)
+
+
+def painted_over(image: np.ndarray, people: list[Skeleton], keep: list[Skeleton] = (),
+                 mask: np.ndarray | None = None) -> np.ndarray:
+    """A copy of image (H, W, 3) with each person of `people` painted MASK_GREY along their
+    skeleton (their bones, torso and head: `_draw_body`), except where the body of a person
+    of `keep` is (the person looked for, in front of someone painted); `mask`: that region
+    if already computed (`paint_mask`). People who stand close or hug keep each other
+    visible, where painting their boxes would hide both."""
+    if mask is None:
+        mask = paint_mask((image.shape[1], image.shape[0]), people, keep)
     out = np.ascontiguousarray(image.copy())
-    out[paint.astype(bool)] = MASK_GREY
+    out[mask] = MASK_GREY
     return out
+
+
+def on_paint(d, mask: np.ndarray | None) -> bool:
+    """Do most of detection d's confident joints lie on painted pixels (mask (H, W) bool)?
+    Then MediaPipe made the pose out of a painted person's remains (a ghost)."""
+    if mask is None:
+        return False
+    uv, conf = np.asarray(d.joints_2d_px), np.asarray(d.confidence)
+    ok = np.isfinite(uv).all(axis=1) & (conf >= MIN_JOINT_CONFIDENCE)
+    if not ok.any():
+        return True
+    h, w = mask.shape
+    u = np.clip(np.round(uv[ok, 0]).astype(int), 0, w - 1)
+    v = np.clip(np.round(uv[ok, 1]).astype(int), 0, h - 1)
+    return bool(mask[v, u].mean() > GHOST_PAINTED)
 
 
 def same_person(a, b) -> bool:
@@ -149,6 +189,47 @@ def _overlaps(uv: np.ndarray, conf: np.ndarray, roi: tuple[int, int, int, int]) 
     """Does the keypoint box of a person ((17, 2) px, (17,)) meet roi (x0, y0, x1, y1)?"""
     own = keypoint_box(uv, conf)
     return own is not None and own[0] < roi[2] and own[2] > roi[0] and own[1] < roi[3] and own[3] > roi[1]
+
+
+def _hidden(person: Skeleton, box: np.ndarray, found: list, image_size: tuple[int, int]) -> float:
+    """The fraction of a person's predicted body (`_draw_body` of person, whose box (4,) px
+    is `box`) covered by the bodies of the people of `found` who stand in front of them."""
+    front = [skeleton_of(f) for f in found if _in_front(f, box)]
+    if not front:
+        return 0.0
+    x0, y0 = max(int(box[0]), 0), max(int(box[1]), 0)
+    x1, y1 = min(int(np.ceil(box[2])), image_size[0]), min(int(np.ceil(box[3])), image_size[1])
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return 0.0
+    own = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    _draw_body(own, person[0] - [x0, y0], person[1])
+    cover = np.zeros_like(own)
+    for uv, conf in front:
+        _draw_body(cover, uv - [x0, y0], conf)
+    area = int(own.sum())
+    return float((own & cover).sum()) / area if area else 0.0
+
+
+def _in_front(d, box: np.ndarray) -> bool:
+    """Does detection d (realtime.detector.Detection) stand nearer the camera than the person
+    of box (4,) px? On a floor seen from above the feet, the bottom of the box, of the nearer
+    person are lower in the image."""
+    own = keypoint_box(d.joints_2d_px, d.confidence)
+    return own is not None and own[3] > box[3]
+
+
+def _within(d, roi: tuple[int, int, int, int] | None, image_size: tuple[int, int]) -> bool:
+    """Is detection d's keypoint box inside roi away from its edges that cut the image (a
+    person cut by a tile's edge gives a pose of part of them)? True without a roi."""
+    if roi is None:
+        return True
+    box = keypoint_box(d.joints_2d_px, d.confidence)
+    if box is None:
+        return False
+    w, h = image_size
+    margin = 0.02 * max(roi[2] - roi[0], roi[3] - roi[1])
+    return ((roi[0] <= 0 or box[0] > roi[0] + margin) and (roi[1] <= 0 or box[1] > roi[1] + margin)
+            and (roi[2] >= w or box[2] < roi[2] - margin) and (roi[3] >= h or box[3] < roi[3] - margin))
 
 
 def _box_iou_or_zero(d, box: np.ndarray) -> float:
@@ -247,10 +328,14 @@ class PeopleEstimator:
             roi = square_crop(box, (w, h))
             if roi is None:
                 continue
+            if _hidden(skeletons[tid], box, found, (w, h)) > MAX_HIDDEN:
+                unfound.append(tid)  # mostly behind people found: a crop would give one of them
+                continue
             others = [skeleton_of(f) for f in found] + [skeletons[k] for k in pending + unfound]
             others = [o for o in others if _overlaps(o[0], o[1], roi)]
-            got = [g for g in detect(painted_over(image, others, [skeletons[tid]]) if others else image, t, roi)
-                   if not any(same_person(g, f) for f in found)]
+            mask = paint_mask((w, h), others, [skeletons[tid]]) if others else None
+            got = [g for g in detect(painted_over(image, others, mask=mask) if others else image, t, roi)
+                   if not any(same_person(g, f) for f in found) and not on_paint(g, mask)]
             if got:  # the crop's person: the one most like the track's prediction
                 found.append(max(got, key=lambda g: _box_iou_or_zero(g, box)))
             else:
@@ -259,12 +344,17 @@ class PeopleEstimator:
         self._frames += 1
         if not discover:
             return found
-        while len(found) < self.people:
-            new = [g for g in detect(painted_over(image, [skeleton_of(f) for f in found]) if found else image, t)
-                   if not any(same_person(g, f) for f in found)]
-            if not new:
-                break
-            found += new[:self.people - len(found)]
+        # the whole image, then square tiles of it (people small in the whole image are
+        # larger for MediaPipe's person detector in a tile)
+        for roi in [None, *discovery_tiles((w, h))]:
+            while len(found) < self.people:
+                mask = paint_mask((w, h), [skeleton_of(f) for f in found]) if found else None
+                new = [g for g in detect(painted_over(image, [], mask=mask) if found else image, t, roi)
+                       if not any(same_person(g, f) for f in found) and _within(g, roi, (w, h))
+                       and not on_paint(g, mask)]
+                if not new:
+                    break
+                found += new[:self.people - len(found)]
         return found
 
     @property
