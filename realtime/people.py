@@ -63,6 +63,7 @@ DEFAULT_FORGET_S = 5.0
 # on 36 of its 72 frames, 0.5 on 27.
 MIN_CONFIDENCE = 0.3
 CROP_SCALE = 1.6         # crop side / the larger side of the track's predicted box
+SIZE_MEMORY_S = 1.0      # a track's crop is at least as large as its box was over this long
 CROP_MAX_LOST_S = 0.5    # tracks lost for longer are left to the discovery search
 DISCOVER_EVERY = 10      # frames between whole-image searches for new people
 MIN_HITS = 3             # a track is output once found on this many frames (a one-off false detection is not)
@@ -75,13 +76,14 @@ TORSO = (11, 14, 1, 4)   # l_shoulder, r_shoulder, r_hip, l_hip: the torso quad,
 HEAD = 10
 
 
-def square_crop(box: np.ndarray, image_size: tuple[int, int], scale: float = CROP_SCALE
+def square_crop(box: np.ndarray, image_size: tuple[int, int], scale: float = CROP_SCALE, min_side: float = 0.0
                 ) -> tuple[int, int, int, int] | None:
-    """The square region (x0, y0, x1, y1) px, `scale` times the larger side of box (4,),
-    centred on it and clipped to the image; None when it falls outside."""
+    """The square region (x0, y0, x1, y1) px, `scale` times the larger side of box (4,) (or
+    of min_side px, if larger), centred on it and clipped to the image; None when it falls
+    outside."""
     w, h = image_size
     cx, cy = 0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3])
-    half = 0.5 * scale * max(box[2] - box[0], box[3] - box[1])
+    half = 0.5 * scale * max(box[2] - box[0], box[3] - box[1], min_side)
     x0, y0, x1, y1 = max(0, int(cx - half)), max(0, int(cy - half)), min(w, int(np.ceil(cx + half))), \
         min(h, int(np.ceil(cy + half)))
     return (x0, y0, x1, y1) if x1 - x0 >= 16 and y1 - y0 >= 16 else None
@@ -263,6 +265,27 @@ class PeopleEstimator:
         self.min_hits = int(min_hits)
         self._confirmed: set[int] = set()  # track ids seen on min_hits frames: the ones output
         self._frames = 0
+        self._sides: dict[int, deque[tuple[float, float]]] = {}  # track id -> (time s, box side px) found
+
+    def _size(self, tid: int, t: float) -> float:
+        """The larger box side (px) a track had over the last SIZE_MEMORY_S: its crop is at
+        least that big, so a pose MediaPipe found on part of the person (a small box) does not
+        shrink the next crop to that part."""
+        sides = self._sides.get(tid)
+        if not sides:
+            return 0.0
+        while sides and t - sides[0][0] > SIZE_MEMORY_S:
+            sides.popleft()
+        return max((side for _, side in sides), default=0.0)
+
+    def _remember_sizes(self, found: list, ids: list, t: float) -> None:
+        for d, tid in zip(found, ids):
+            box = keypoint_box(d.joints_2d_px, d.confidence)
+            if tid is not None and box is not None:
+                self._sides.setdefault(tid, deque()).append((t, float(max(box[2] - box[0], box[3] - box[1]))))
+        live = {s.track_id for s in self.tracker.tracks}
+        for tid in [k for k in self._sides if k not in live]:
+            del self._sides[tid]
 
     def close(self) -> None:
         self.est.close()
@@ -286,6 +309,7 @@ class PeopleEstimator:
                            appearance_descriptor(frame.image, d.joints_2d_px, d.confidence) if self.appearance else None)
                for d in found]
         ids = self.tracker.update(obs, frame.timestamp_s)
+        self._remember_sizes(found, ids, frame.timestamp_s)
         hits = {s.track_id: s.hits for s in self.tracker.tracks}
         start = self._frames <= self.min_hits  # as SORT: the first frames' people are output at once
         self._confirmed.update(tid for tid in ids if tid is not None and (start or hits.get(tid, 0) >= self.min_hits))
@@ -325,7 +349,7 @@ class PeopleEstimator:
             if len(found) >= self.people:
                 break
             box = predicted[tid]
-            roi = square_crop(box, (w, h))
+            roi = square_crop(box, (w, h), min_side=self._size(tid, t))
             if roi is None:
                 continue
             if _hidden(skeletons[tid], box, found, (w, h)) > MAX_HIDDEN:

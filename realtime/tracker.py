@@ -77,7 +77,7 @@ class TrackerConfig:
     """Tuning of `PersonTracker` (see the module docstring for the meaning of each)."""
 
     iou_weight: float = 0.5
-    appearance_weight: float = 0.35
+    appearance_weight: float = 0.5
     appearance_floor: float = 0.6
     min_similarity: float = 0.2
     max_lost_s: float = 2.0
