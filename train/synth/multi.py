@@ -103,6 +103,9 @@ DEV_SCENARIOS: dict[str, tuple[Person, ...]] = {
                    Person("walk", (2800, 5000), 180, "WalkDog", 0),
                    Person("walk", (-3000, 6400), 0, "WalkTogether", 0, 0.5),
                    Person("stand", (1100, 4300), 220, "Waiting", 0)),
+    # Two people walking side by side to the left, the far one partly behind the near one.
+    "dev_together2": (Person("walk", (2600, 4000), 180, "Walking", 1),
+                      Person("walk", (3000, 4700), 180, "WalkTogether", 0)),
 }
 SETS = {"test": SCENARIOS, "dev": DEV_SCENARIOS}
 
