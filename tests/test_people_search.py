@@ -1,0 +1,178 @@
+"""realtime.people's search for people: where it looks (crops, tiles), what it paints over,
+which poses it refuses, and identities through crossings with a detector that, as
+MediaPipe, gives the most prominent person of what it is shown."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engines.crop import box_from_joints
+from engines.skeleton import NUM_JOINTS
+from realtime.detector import Detection
+from realtime.estimator import PoseEstimator
+from realtime.frames import Frame
+from realtime.people import (CROP_SCALE, MASK_GREY, PeopleEstimator, _hidden, discovery_tiles, on_paint, paint_mask,
+                             painted_over, square_crop)
+from realtime.tracker import keypoint_box
+
+from pose_fixtures import standing_pose
+
+SIZE = (960, 540)
+
+
+def person(x: float, foot_y: float, height_px: float) -> np.ndarray:
+    """(17, 2) px: a standing person whose feet are at (x, foot_y), height_px tall."""
+    p = standing_pose()[:, :2]
+    p = p / (p[:, 1].max() - p[:, 1].min()) * height_px
+    return (p - [0.0, p[:, 1].max()] + [x, foot_y]).astype(np.float32)
+
+
+def detection(uv: np.ndarray) -> Detection:
+    return Detection(uv, np.ones(NUM_JOINTS, np.float32), np.zeros((NUM_JOINTS, 3), np.float32), box_from_joints(uv),
+                     np.zeros((33, 2), np.float32), np.ones(33, np.float32))
+
+
+def test_discovery_tiles_are_overlapping_squares_across_the_image():
+    tiles = discovery_tiles((960, 540))
+    assert len(tiles) == 3
+    assert all(x1 - x0 == 540 and y0 == 0 and y1 == 540 for x0, y0, x1, y1 in tiles)
+    assert tiles[0][0] == 0 and tiles[-1][2] == 960
+    assert all(b[0] < a[2] for a, b in zip(tiles, tiles[1:]))  # neighbours overlap
+    portrait = discovery_tiles((540, 960))
+    assert all(x0 == 0 and x1 == 540 and y1 - y0 == 540 for x0, y0, x1, y1 in portrait)
+    assert portrait[-1][3] == 960
+    assert discovery_tiles((500, 500)) == []
+
+
+def test_crop_is_never_smaller_than_min_side():
+    box = np.array([400.0, 200.0, 440.0, 260.0])
+    x0, y0, x1, y1 = square_crop(box, SIZE)
+    assert x1 - x0 == pytest.approx(CROP_SCALE * 60, abs=2)
+    x0, y0, x1, y1 = square_crop(box, SIZE, min_side=200.0)
+    assert x1 - x0 == pytest.approx(CROP_SCALE * 200, abs=2) and y1 - y0 == pytest.approx(CROP_SCALE * 200, abs=2)
+
+
+def test_painting_keeps_the_body_of_the_person_looked_for():
+    image = np.full((SIZE[1], SIZE[0], 3), 30, np.uint8)
+    front = person(480, 500, 400)   # nearer, in front
+    behind = person(540, 420, 300)  # the person looked for, partly behind
+    conf = np.ones(NUM_JOINTS)
+    out = painted_over(image, [(front, conf)], keep=[(behind, conf)])
+    mask = paint_mask(SIZE, [(front, conf)], [(behind, conf)])
+    assert (out[mask] == MASK_GREY).all() and (out[~mask] == 30).all()
+    assert (image == 30).all()  # a copy
+    px = lambda uv, j: (int(round(uv[j, 1])), int(round(uv[j, 0])))  # noqa: E731
+    assert mask[px(front, 3)] and mask[px(front, 6)]          # the front person's feet: painted
+    assert not mask[px(behind, 8)] and not mask[px(behind, 0)]  # the kept body: not painted
+    # without keep the whole front body is painted, the kept pixels included
+    full = paint_mask(SIZE, [(front, conf)])
+    assert full.sum() > mask.sum() and (full | ~mask).all()
+
+
+def test_poses_made_on_painted_pixels_are_ghosts():
+    conf = np.ones(NUM_JOINTS)
+    painted = person(300, 500, 400)
+    mask = paint_mask(SIZE, [(painted, conf)])
+    assert on_paint(detection(painted), mask)                  # on the painted body
+    assert not on_paint(detection(person(750, 500, 400)), mask)  # someone else
+    assert not on_paint(detection(painted), None)              # nothing painted
+
+
+def test_hidden_fraction_counts_only_people_in_front():
+    conf = np.ones(NUM_JOINTS)
+    target = person(500, 400, 300)
+    box = keypoint_box(target, conf)
+    assert _hidden((target, conf), box, [detection(person(500, 480, 380))], SIZE) > 0.6  # right in front
+    assert _hidden((target, conf), box, [detection(person(500, 350, 250))], SIZE) == 0.0  # behind: no cover
+    assert _hidden((target, conf), box, [detection(person(850, 480, 380))], SIZE) == 0.0  # beside
+    assert _hidden((target, conf), box, [], SIZE) == 0.0
+
+
+class ProminentDetector:
+    """As MediaPipe's landmarker: in what it is shown (the image, or its region of interest)
+    it finds the one most prominent (tallest) person whose pelvis is neither painted over nor
+    outside the region. The test image is black; painted pixels are grey. Records the
+    regions it was asked about."""
+
+    num_poses = 2
+    mode = "image"
+
+    def __init__(self, script: list[list[np.ndarray]]) -> None:
+        self.script = script
+        self.rois: list[tuple[int, tuple[int, int, int, int] | None]] = []
+
+    def detect_people(self, image, timestamp_s=None, roi=None):
+        f = int(round(timestamp_s * 30))
+        self.rois.append((f, roi))
+        seen = []
+        for uv in self.script[f]:
+            u, v = int(round(uv[0, 0])), int(round(uv[0, 1]))
+            if roi is not None and not (roi[0] <= u < roi[2] and roi[1] <= v < roi[3]):
+                continue
+            if not (0 <= v < image.shape[0] and 0 <= u < image.shape[1]) or image[v, u].any():
+                continue
+            seen.append(uv)
+        return [detection(max(seen, key=lambda uv: np.ptp(uv[:, 1])))] if seen else []
+
+    def close(self) -> None:
+        pass
+
+
+class NoLifter:
+    name = "none"
+    metadata: dict = {}
+
+    def run(self, inputs):
+        return {"joints_mm": np.zeros((len(inputs["features"]), NUM_JOINTS, 3), np.float32)}
+
+    def close(self) -> None:
+        pass
+
+
+def run_ids(script: list[list[np.ndarray]]) -> tuple[list[dict[str, int]], ProminentDetector]:
+    """Per frame {"near"/"far": track id} of the people PeopleEstimator reports, told apart by
+    their height (the near person is the taller)."""
+    det = ProminentDetector(script)
+    est = PeopleEstimator(PoseEstimator(detector=det, lifter=NoLifter()), appearance=False, people=2)
+    black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    out = []
+    for i in range(len(script)):
+        pd = est.detect(Frame(i, i / 30.0, black))
+        out.append({("near" if np.ptp(d.detection.joints_2d_px[:, 1]) > 350 else "far"): d.track_id
+                    for d in pd.people})
+    return out, det
+
+
+def test_people_crossing_keep_their_ids_when_the_detector_sees_only_the_nearest():
+    """The near person walks right in front of the far one, who walks left and is hidden
+    while they pass: each keeps one id, and the far one is not looked for while hidden."""
+    n = 60
+    script = []
+    for i in range(n):
+        near = person(150 + 11 * i, 520, 400)
+        far = person(810 - 11 * i, 430, 300)
+        hidden = abs((150 + 11 * i) - (810 - 11 * i)) < 60
+        script.append([near] if hidden else [near, far])
+    ids, det = run_ids(script)
+    near = {f["near"] for f in ids if "near" in f}
+    far = {f["far"] for f in ids if "far" in f}
+    assert len(near) == 1 and len(far) == 1 and near != far
+    assert sum("near" in f for f in ids) >= n - 3 and sum("far" in f for f in ids) >= n - 15
+    # where the far person is behind the near one, no crop looked for them (kept by prediction)
+    crossing = [i for i in range(n) if len(script[i]) == 1]
+    for i in crossing[2:-2]:
+        crops = [roi for f, roi in det.rois if f == i and roi is not None and roi not in discovery_tiles(SIZE)]
+        assert len(crops) == 1  # the near person's alone
+
+
+def test_a_pose_on_part_of_a_person_does_not_shrink_their_next_crop():
+    """MediaPipe sometimes returns a pose of part of a person (here: a small one at their
+    head on frame 5); the crops after it stay as large as the person was."""
+    script = []
+    for i in range(12):
+        whole = person(480 + 2 * i, 400, 200)
+        script.append([person(480 + 2 * i, 250, 50)] if i == 5 else [whole])
+    ids, det = run_ids(script)
+    sides = {f: roi[2] - roi[0] for f, roi in det.rois if roi is not None}
+    whole_side = np.ptp(script[0][0][:, 1]) * 1.2  # keypoint box: 10 % padding each side
+    assert min(sides[f] for f in range(6, 12) if f in sides) >= CROP_SCALE * whole_side * 0.95
