@@ -26,13 +26,23 @@ The detector runs in IMAGE mode (its person detector on every frame): in VIDEO m
 MediaPipe's landmark tracker, once it follows someone, stops looking for anyone else.
 MediaPipe's pose model is a single-person model: with num_poses = N it rarely returns more
 than one person of a frame. So each person is looked for where they are: a square crop
-around each track's predicted box (CROP_SCALE times its larger side) holds mostly that
-person, and MediaPipe finds them there (as its own VIDEO mode follows one person through a
-region of interest); when the crop gives someone already found (the person in front of a
-hidden one), it is searched again with the people found so far painted over along their
-skeletons (`painted_over`: bones, torso, head; boxes would also hide someone hugging them).
-New people are found on the whole image every DISCOVER_EVERY frames (and while fewer than N
-are tracked) with the people already found painted over, again and again until no one new
+around each track's predicted box (CROP_SCALE times its larger side, or the largest side its
+box had over the last SIZE_MEMORY_S, so that a pose MediaPipe made of part of the person
+does not shrink the next crop to that part) holds mostly that person, and MediaPipe finds
+them there (as its own VIDEO mode follows one person through a region of interest). The
+crops are searched nearest person first (lowest feet in the image), and in each crop every
+other person is painted over along their skeleton (`painted_over`: bones, torso, head; boxes
+would also hide someone hugging them): those found this frame where they were found, the
+others where they are predicted, except where the person looked for is predicted to be
+(`keep`). MediaPipe then sees one person, not a pose made of two. A person mostly behind
+people found this frame (more than MAX_HIDDEN of their predicted body covered) is not
+looked for: their crop would give the person in front; their track keeps its prediction
+and is matched again when they come out. Of a crop's poses the one most like the
+prediction is kept; a pose made on painted pixels (`on_paint`: a ghost) is refused.
+New people are found every DISCOVER_EVERY frames (and while fewer than N are tracked) on the
+whole image, then on square tiles of it (`discovery_tiles`: people small in the whole image
+are larger for MediaPipe's person detector in a tile; a person cut by a tile's edge is
+refused), with the people already found painted over, again and again until no one new
 turns up or N are found. At most N people are kept per frame, the longest-tracked first; a
 track is output once it has been found on MIN_HITS frames (as SORT confirms tracks; those of
 the first MIN_HITS frames of a stream at once), so a
