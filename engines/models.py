@@ -16,7 +16,9 @@ with the weights; training uses forward_normalized, which never mirrors.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -57,12 +59,44 @@ class LifterConfig:
         return WindowSpec(self.window, self.causal, self.spacing_ms)
 
 
+class PairedDropout(nn.Dropout):
+    """nn.Dropout that, while `paired` is set, drops the same units in both halves of the batch
+    (rows i and i + B/2). Training on pairs of nearby frames (the velocity loss,
+    train.run_state.lifter_epoch) compares the outputs of the two halves: with independent
+    masks their difference would be mostly dropout noise, which the loss would then fight by
+    making the network insensitive to its own units. Identity in eval mode, no weights: a
+    checkpoint or export does not see it."""
+
+    paired: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.paired and self.p > 0):
+            return super().forward(x)
+        assert x.shape[0] % 2 == 0, x.shape
+        keep = torch.empty_like(x[:x.shape[0] // 2]).bernoulli_(1.0 - self.p) / (1.0 - self.p)
+        return x * torch.cat([keep, keep])
+
+
+@contextmanager
+def paired_dropout(model: nn.Module) -> Iterator[None]:
+    """Within the block, every PairedDropout of `model` shares its mask between the two halves
+    of the batch."""
+    layers = [m for m in model.modules() if isinstance(m, PairedDropout)]
+    for m in layers:
+        m.paired = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.paired = False
+
+
 class _ResidualBlock(nn.Module):
     def __init__(self, width: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), PairedDropout(dropout),
+            nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), PairedDropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +133,7 @@ class Lifter(nn.Module):
     def _body(cfg: LifterConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
         """(input layer, residual blocks, output layer) of the Martinez network."""
         inp = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden), nn.BatchNorm1d(cfg.hidden),
-                            nn.ReLU(inplace=True), nn.Dropout(cfg.dropout))
+                            nn.ReLU(inplace=True), PairedDropout(cfg.dropout))
         blocks = nn.Sequential(*[_ResidualBlock(cfg.hidden, cfg.dropout) for _ in range(cfg.num_blocks)])
         return inp, blocks, nn.Linear(cfg.hidden, NUM_JOINTS * 3)
 
@@ -171,7 +205,7 @@ class _FrameGroups(nn.Module):
         super().__init__()
         self.linear = nn.Linear(3 * channels, width)
         self.bn = nn.BatchNorm1d(width)
-        self.drop = nn.Dropout(dropout)
+        self.drop = PairedDropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length, channels = x.shape[1], x.shape[2]
@@ -196,7 +230,7 @@ class _TemporalBlock(nn.Module):
         super().__init__()
         self.groups = _FrameGroups(width, width, dropout)
         self.mix = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
-                                 nn.Dropout(dropout))
+                                 PairedDropout(dropout))
         self.ref = 2 if causal else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -166,3 +166,11 @@ def test_training_mixes_renders_with_error_model_2d(seq_set, tmp_path, train_ren
     assert state["epoch"] == 1 and np.isfinite(state["history"][0]["val_mpjpe_mm"])
     ck = torch.load(tmp_path / "run" / "latest.pt", weights_only=False)
     assert ck["kind"] == "temporal_conv" and ck["artifact_meta"]["frame_cues"] == []
+    # The velocity and bone-length terms: pairs of frames from both sources, same model contract.
+    pairs = replace(cfg, velocity_weight=2.0, bone_weight=0.5)
+    with pytest.raises(UserError, match="--loss mpjpe"):
+        train(replace(pairs, loss="l2"), tmp_path / "bad_loss", log=lambda s: None)
+    state = train(pairs, tmp_path / "pairs", log=lambda s: None)
+    assert state["epoch"] == 1 and np.isfinite(state["history"][0]["train_l0"])
+    ck = torch.load(tmp_path / "pairs" / "latest.pt", weights_only=False)
+    assert ck["kind"] == "temporal_conv" and ck["train_config"]["velocity_weight"] == 2.0

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from train.losses import (EPS, EXP_CAP, l2_loss, per_sample_l0, per_sample_mpjpe, training_loss, weighted_loss,
-                          weighted_loss_terms)
+from engines.skeleton import bone_lengths
+from train.losses import (EPS, EXP_CAP, l2_loss, per_pair_velocity_error, per_sample_bone_error, per_sample_l0,
+                          per_sample_mpjpe, training_loss, weighted_loss, weighted_loss_terms)
 from train.metrics import mpjpe, p_mpjpe, procrustes_align
 
 
@@ -71,3 +72,42 @@ def test_mpjpe_loss_is_the_evaluation_metric_in_millimetres():
     assert torch.isclose(training_loss(l0, "l2", None), l0.mean())
     with pytest.raises(ValueError, match="unknown loss"):
         training_loss(l0, "huber", None)
+
+
+def _mm_space(n: int, seed: int = 0):
+    """z-scoring statistics and n random root-relative poses (mm) with their z-scored form."""
+    g = torch.Generator().manual_seed(seed)
+    mean, std = torch.randn(51, generator=g) * 300, torch.rand(51, generator=g) * 200 + 50
+    joints = torch.randn(n, 17, 3, generator=g) * 250
+    joints -= joints[:, :1].clone()
+    return mean, std, joints, (joints.reshape(n, 51) - mean) / std
+
+
+def test_velocity_error_is_the_error_of_the_displacement_in_mm():
+    mean, std, joints, z = _mm_space(8)
+    target = z.reshape(4, 2, 51)
+    # The same error on both frames of a pair moves them alike: no velocity error.
+    offset = torch.randn(4, 1, 51) * 0.3
+    assert per_pair_velocity_error(target + offset, target, std).abs().max() < 1e-4
+    # A pair whose second frame alone is off by d mm: the error is |d| averaged over joints.
+    d = torch.zeros(4, 2, 17, 3)
+    d[:, 1, 5] = torch.tensor([30.0, -40.0, 0.0])    # 50 mm on one joint
+    pred_mm = joints.reshape(4, 2, 17, 3) + d
+    pred = (pred_mm.reshape(4, 2, 51) - mean) / std
+    np.testing.assert_allclose(per_pair_velocity_error(pred, target, std).numpy(), 50.0 / 17, rtol=1e-4)
+    vel = (joints[1::2] - joints[0::2]) - (pred_mm[:, 1] - pred_mm[:, 0])
+    np.testing.assert_allclose(per_pair_velocity_error(pred, target, std).numpy(),
+                               vel.norm(dim=-1).mean(dim=1).numpy(), rtol=1e-4)
+
+
+def test_bone_error_ignores_rigid_motion_and_measures_lengths_in_mm():
+    mean, std, joints, z = _mm_space(3, seed=1)
+    c, s_ = math.cos(0.7), math.sin(0.7)
+    rot = torch.tensor([[c, 0.0, s_], [0.0, 1.0, 0.0], [-s_, 0.0, c]])
+    turned = (joints @ rot.T + torch.tensor([5.0, -7.0, 11.0]))
+    pred = (turned.reshape(3, 51) - mean) / std
+    assert per_sample_bone_error(pred, z, std, mean).abs().max() < 1e-3
+    # Scaling the skeleton by 1.1 makes every bone 10 % too long.
+    pred = (1.1 * joints.reshape(3, 51) - mean) / std
+    want = 0.1 * bone_lengths(joints.numpy()).mean(axis=1)
+    np.testing.assert_allclose(per_sample_bone_error(pred, z, std, mean).numpy(), want, rtol=1e-4)

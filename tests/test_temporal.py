@@ -458,3 +458,39 @@ def test_init_from_a_2d_model_keeps_its_output_with_zero_cue_weights(tmp_path):
         got = m(torch.from_numpy(np.concatenate([x2d, cues], -1)))
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-3)
     assert float(m.in_std.view(CONV_WINDOW, -1)[0, -1]) == 3.0
+
+
+def test_velocity_pairs_are_neighbours_within_a_run():
+    from train.train_lifter import pair_partners
+
+    keys = np.array([3, 3, 3, 7, 7, 9, 4, 4, 4, 4])
+    got = pair_partners(keys, np.arange(len(keys)))
+    np.testing.assert_array_equal(got, [1, 2, 1, 4, 3, 5, 7, 8, 9, 8])
+    assert (keys[got] == keys).all()
+
+
+def test_velocity_training_needs_a_temporal_model(tmp_path, h36m_train, h36m_val):
+    from train.train_lifter import TrainConfig, train
+
+    cfg = TrainConfig(data=str(h36m_train), val_data=str(h36m_val), input_kind="sh", loss="mpjpe", velocity_weight=1.0)
+    with pytest.raises(UserError, match="temporal model"):
+        train(cfg, tmp_path / "run", log=lambda s: None)
+
+
+def test_paired_dropout_shares_its_mask_between_the_halves_of_a_pair_batch():
+    from engines.models import paired_dropout
+
+    torch.manual_seed(0)
+    m = TemporalConvLifter(LifterConfig(in_dim=27 * LIFT_INPUT_DIM, hidden=32, num_blocks=2, dropout=0.25,
+                                        window=27, conv=True))
+    m.train()
+    x = torch.randn(8, 27 * LIFT_INPUT_DIM)
+    both = torch.cat([x, x])
+    with torch.no_grad():
+        with paired_dropout(m):      # the same window twice: the same output (the masks are shared)
+            y = m.forward_normalized(both)
+        assert torch.equal(y[:8], y[8:])
+        y = m.forward_normalized(both)   # outside: independent masks, as plain nn.Dropout
+        assert not torch.allclose(y[:8], y[8:])
+        m.eval()                         # eval: no dropout at all
+        assert torch.equal(m.forward_normalized(x), m.forward_normalized(x))

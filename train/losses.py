@@ -56,6 +56,38 @@ def per_sample_mpjpe(pred: torch.Tensor, target: torch.Tensor, out_std: torch.Te
     return ((pred - target) * out_std).reshape(pred.shape[0], -1, 3).norm(dim=-1).mean(dim=1)
 
 
+def per_pair_velocity_error(pred: torch.Tensor, target: torch.Tensor, out_std: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 51) z-scored predictions and targets of two nearby frames of one sequence, (51,)
+    output std (mm) -> (B,) mean per-joint Euclidean error (mm) of the displacement between the
+    two frames (the training form of MPJVE). A model whose consecutive outputs jitter around
+    correct positions scores well on MPJPE but badly here: this is the term that asks the
+    outputs of overlapping windows to move as the body does."""
+    assert pred.shape == target.shape and pred.ndim == 3 and pred.shape[1] == 2 and pred.shape[2:] == out_std.shape, \
+        (pred.shape, target.shape, out_std.shape)
+    moved = (pred[:, 1] - pred[:, 0]) - (target[:, 1] - target[:, 0])
+    return (moved * out_std).reshape(pred.shape[0], -1, 3).norm(dim=-1).mean(dim=1)
+
+
+def per_sample_bone_error(pred: torch.Tensor, target: torch.Tensor, out_std: torch.Tensor,
+                          out_mean: torch.Tensor) -> torch.Tensor:
+    """(B, 51) z-scored predictions and targets, (51,) output std and mean (mm) -> (B,) mean
+    absolute error (mm) of the 16 bone lengths (engines.skeleton.BONES). A person's bones keep
+    their length, so a model held to the true lengths on every frame cannot let them breathe
+    from frame to frame (the bone-length CV of the app's output)."""
+    from engines.skeleton import BONES
+
+    assert pred.shape == target.shape and pred.shape[1:] == out_std.shape == out_mean.shape, \
+        (pred.shape, target.shape, out_std.shape)
+    parent = torch.tensor([b[0] for b in BONES])
+    child = torch.tensor([b[1] for b in BONES])
+
+    def lengths(y: torch.Tensor) -> torch.Tensor:
+        j = (y * out_std + out_mean).reshape(y.shape[0], -1, 3)
+        return (j[:, child] - j[:, parent]).norm(dim=-1)
+
+    return (lengths(pred) - lengths(target)).abs().mean(dim=1)
+
+
 LOSSES = ("weighted", "l2", "mpjpe")
 
 

@@ -50,31 +50,66 @@ def save(last: Path, cfg: dict, model: Any, opt: Any, sched: Any, rng: np.random
 
 
 def lifter_epoch(lifter: Any, make_input: Callable[[Any], Any], targets: Any, batch_size: int, loss: str,
-                 state: dict, rng: np.random.Generator, opt: Any, max_norm: float) -> float:
+                 state: dict, rng: np.random.Generator, opt: Any, max_norm: float, velocity_weight: float = 0.0,
+                 bone_weight: float = 0.0) -> float:
     """One epoch of a Martinez-style regressor (Base lifter or the refiner's inner lifter) on
     z-scored targets (N, 51): `make_input(idx)` gives the batch's raw input rows. Applies
     max-norm after every step. Returns the epoch's mean per-sample L0 and, for the weighted
     loss, stores it as 1 - a for the next epoch (mean L0 over this epoch's full pass in
-    training mode, as the optimiser saw it)."""
+    training mode, as the optimiser saw it).
+
+    velocity_weight > 0: every sample is a pair of nearby frames of one sequence, targets (N,
+    2, 51) and make_input(idx) the (2B, D) rows of the B first frames then of their B partners;
+    the loss is the per-frame loss over all 2B frames plus velocity_weight times the velocity
+    error of each pair (train.losses.per_pair_velocity_error, mm). bone_weight > 0 adds that
+    times the bone-length error of every frame (per_sample_bone_error, mm). Both terms are in
+    mm, so they go with loss "mpjpe". The two frames of a pair see the same dropout mask
+    (engines.models.paired_dropout), so their difference is the model's, not dropout's."""
+    from contextlib import nullcontext
+
+    from engines.models import paired_dropout
+
+    pairs = velocity_weight > 0
+    assert targets.ndim == (3 if pairs else 2), (targets.shape, pairs)
+    if (pairs or bone_weight > 0) and loss != "mpjpe":
+        raise UserError("the velocity and bone-length terms are in mm: they go with --loss mpjpe")
+    lifter.train()
+    with paired_dropout(lifter) if pairs else nullcontext():
+        return _lifter_steps(lifter, make_input, targets, batch_size, loss, state, rng, opt, max_norm, velocity_weight,
+                             bone_weight)
+
+
+def _lifter_steps(lifter: Any, make_input: Callable[[Any], Any], targets: Any, batch_size: int, loss: str,
+                  state: dict, rng: np.random.Generator, opt: Any, max_norm: float, velocity_weight: float,
+                  bone_weight: float) -> float:
+    """The optimiser steps of lifter_epoch."""
     import torch
 
     from engines.models import apply_max_norm
-    from train.losses import per_sample_l0, per_sample_mpjpe, training_loss
+    from train.losses import per_pair_velocity_error, per_sample_bone_error, per_sample_l0, per_sample_mpjpe, \
+        training_loss
 
-    lifter.train()
+    pairs = velocity_weight > 0
     perm = torch.from_numpy(rng.permutation(len(targets)))
     l0_sum, seen = 0.0, 0
     for i in range(0, len(targets) - batch_size + 1, batch_size):
         idx = perm[i:i + batch_size]
         pred = lifter.forward_normalized(make_input(idx))
-        l0 = per_sample_l0(pred, targets[idx])
-        mm = per_sample_mpjpe(pred, targets[idx], lifter.out_std) if loss == "mpjpe" else None
+        target = targets[idx].transpose(0, 1).flatten(0, 1) if pairs else targets[idx]
+        l0 = per_sample_l0(pred, target)
+        mm = per_sample_mpjpe(pred, target, lifter.out_std) if loss == "mpjpe" else None
+        total = training_loss(l0, loss, state["one_minus_a"], mm)
+        if pairs:
+            total = total + velocity_weight * per_pair_velocity_error(
+                pred.reshape(2, len(idx), -1).transpose(0, 1), targets[idx], lifter.out_std).mean()
+        if bone_weight > 0:
+            total = total + bone_weight * per_sample_bone_error(pred, target, lifter.out_std, lifter.out_mean).mean()
         opt.zero_grad(set_to_none=True)
-        training_loss(l0, loss, state["one_minus_a"], mm).backward()
+        total.backward()
         opt.step()
         apply_max_norm(lifter, max_norm)
         l0_sum += float(l0.detach().sum())
-        seen += len(idx)
+        seen += len(l0)
     epoch_l0 = l0_sum / max(seen, 1)
     if loss == "weighted":
         state["one_minus_a"] = epoch_l0

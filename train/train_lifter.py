@@ -54,6 +54,8 @@ class TrainConfig:
     val_renders: str = ""           # ... and validate on this sequence render set (S9)
     cues: tuple[str, ...] = ()      # renders: per-frame image cues in the input (engines.normalize.CUE_WIDTHS)
     init_from: str = ""             # start from this lifter's weights (new cue inputs start at zero weight)
+    velocity_weight: float = 0.0    # temporal, loss mpjpe: train on pairs of consecutive outputs, + this x velocity error (mm)
+    bone_weight: float = 0.0        # loss mpjpe: + this x bone-length error (mm) of every output
 
 
 def _features(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -85,6 +87,17 @@ def conv_blocks(window: int) -> int:
     if window < 9 or 3 ** (blocks + 1) != window:
         raise UserError(f"--conv needs a window of 9, 27, 81, ... frames (a power of 3), got {window}")
     return blocks
+
+
+def pair_partners(keys: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """keys (M,): one value per sample, equal within a contiguous run of one sequence (in time
+    order); samples (n,) indices into them -> (n,) the sample each is paired with for the
+    velocity loss: the next sample of its run, the previous one at the run's end, itself in a
+    run of one."""
+    keys = np.asarray(keys)
+    same_next = np.r_[keys[1:] == keys[:-1], False]
+    same_prev = np.r_[False, keys[1:] == keys[:-1]]
+    return np.where(same_next[samples], samples + 1, np.where(same_prev[samples], samples - 1, samples))
 
 
 def temporal_metadata(mcfg) -> dict:
@@ -140,6 +153,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     # Refuse a bad --conv window before the minute of loading (conv_blocks also refuses window 1).
     num_blocks = conv_blocks(cfg.window) if cfg.conv else cfg.num_blocks
     kind = conv_stage(cfg.window, bool(cfg.cues)) if cfg.conv else "temporal_lifter" if temporal else "lifter"
+    if cfg.velocity_weight > 0 and not temporal:
+        raise UserError("--velocity-weight trains on pairs of consecutive outputs of a temporal model (--window > 1)")
     if cfg.renders and cfg.input_kind != "mp":
         return _train(cfg, out, log, kind, num_blocks, *_render_data(cfg, log), t_load=t_load)
     mp = _error_model(cfg)
@@ -209,17 +224,27 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
         if draw and epoch > 0:   # new MediaPipe-like 2D each epoch (epoch 0's made the statistics)
             Xt = torch.from_numpy(epoch_features(epoch))
 
-    def make_input(idx, centers):
+    def partner(centers: np.ndarray) -> np.ndarray:   # the next row of the run (40 ms later)
+        return pair_partners(keys, centers)
+
+    def make_input(idx, centers, partners=None):
+        """The batch's flattened windows (B, window*D) at centers[idx]; with partners, (2B,
+        window*D): then the windows at partners[idx], at the same strides and within the same
+        cut-short track as their first frames."""
         if temporal:  # each window at a random one of the strides: frame spacings around spacing_ms
             step = rng.choice(strides, len(idx))
             ctr = centers[idx.numpy()]
-            win = window_indices(run_first, run_last, ctr, offsets, step)
+            pair = None if partners is None else partners[idx.numpy()]
+            refs, reps = (ctr, 1) if pair is None else (np.concatenate([ctr, pair]), 2)
+            win = window_indices(run_first, run_last, refs, offsets, np.tile(step, reps))
             if cfg.cold_start > 0:  # the track began (or, centred, ends) k window steps away
                 cut = np.flatnonzero(rng.random(len(idx)) < cfg.cold_start)
                 k = rng.integers(0, cfg.window, len(cut))
-                win[cut] = np.maximum(win[cut], (ctr[cut] - k * step[cut])[:, None])
+                rows = np.concatenate([cut + r * len(idx) for r in range(reps)])
+                lo, hi = (ctr, ctr) if pair is None else (np.minimum(ctr, pair), np.maximum(ctr, pair))
+                win[rows] = np.maximum(win[rows], np.tile(lo[cut] - k * step[cut], reps)[:, None])
                 if not cfg.causal:
-                    win[cut] = np.minimum(win[cut], (ctr[cut] + k * step[cut])[:, None])
+                    win[rows] = np.minimum(win[rows], np.tile(hi[cut] + k * step[cut], reps)[:, None])
             return Xt[torch.from_numpy(win)].flatten(1)
         if uv_t is None:
             return Xt[torch.from_numpy(centers[idx.numpy()])]
@@ -227,38 +252,54 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
         return torch.from_numpy(_features(noisy.numpy(), f[idx.numpy()], c[idx.numpy()]))
 
     if cfg.renders:
-        return _train(cfg, out, log, kind, num_blocks, *_mixed((X, Y, samples, make_input, new_epoch),
+        return _train(cfg, out, log, kind, num_blocks, *_mixed((X, Y, samples, make_input, new_epoch, partner),
                                                                _render_data(cfg, log, every=1)),
                       rng=rng, t_load=t_load)
     return _train(cfg, out, log, kind, num_blocks, X, Y, Xv_np, va.joints_cam, samples, make_input, new_epoch,
-                  rng=rng, t_load=t_load)
+                  partner if temporal else None, rng=rng, t_load=t_load)
 
 
 def _mixed(sim: tuple, renders: tuple) -> tuple:
     """The arguments of _train for a run on Human3.6M rows through the error model (`sim`: X,
-    Y, samples, make_input, new_epoch) together with the real MediaPipe 2D of sequence renders
-    (_render_data's tuple): input statistics from the Human3.6M rows, validation on the renders,
-    each epoch's samples the Human3.6M window centres followed by every render window."""
+    Y, samples, make_input, new_epoch, partner) together with the real MediaPipe 2D of sequence
+    renders (_render_data's tuple): input statistics from the Human3.6M rows, validation on the
+    renders, each epoch's samples the Human3.6M window centres followed by every render window
+    (their indices offset by the number of Human3.6M rows)."""
     import torch
 
-    X, Y, samples, make_input, new_epoch = sim
-    _, Yr, Xv, val_y, samples_r, make_input_r, _ = renders
+    X, Y, samples, make_input, new_epoch, partner = sim
+    _, Yr, Xv, val_y, samples_r, make_input_r, _, partner_r = renders
     n = len(Y)
 
     def both_samples(epoch: int) -> np.ndarray:
         return np.concatenate([samples(epoch), n + samples_r(epoch)])
 
-    def both_input(idx, centers):
-        picked = centers[idx.numpy()]
-        real = picked >= n
-        out = torch.empty((len(picked), Xv.shape[1] * Xv.shape[2]), dtype=torch.float32)
-        if (~real).any():
-            out[torch.from_numpy(~real)] = make_input(idx[torch.from_numpy(~real)], centers)
-        if real.any():
-            out[torch.from_numpy(real)] = make_input_r(torch.from_numpy(picked[real] - n), None)
+    def both_partner(centers: np.ndarray) -> np.ndarray:
+        real = centers >= n
+        out = np.empty_like(centers)
+        out[~real] = partner(centers[~real])
+        out[real] = n + partner_r(centers[real] - n)
         return out
 
-    return X, np.concatenate([Y, Yr]), Xv, val_y, both_samples, both_input, new_epoch
+    def both_input(idx, centers, partners=None):
+        picked = centers[idx.numpy()]
+        real = picked >= n
+        reps = 1 if partners is None else 2
+        out = torch.empty((reps * len(picked), Xv.shape[1] * Xv.shape[2]), dtype=torch.float32)
+
+        def place(mask: np.ndarray, rows: torch.Tensor) -> None:   # first frames, then partners
+            at = np.concatenate([np.flatnonzero(mask) + r * len(picked) for r in range(reps)])
+            out[torch.from_numpy(at)] = rows
+
+        if (~real).any():
+            place(~real, make_input(idx[torch.from_numpy(~real)], centers, partners))
+        if real.any():
+            own = picked[real] - n
+            place(real, make_input_r(torch.arange(len(own)), own,
+                                     None if partners is None else partners[idx.numpy()][real] - n))
+        return out
+
+    return X, np.concatenate([Y, Yr]), Xv, val_y, both_samples, both_input, new_epoch, both_partner
 
 
 def _render_data(cfg: TrainConfig, log, every: int | None = None) -> tuple:
@@ -290,10 +331,21 @@ def _render_data(cfg: TrainConfig, log, every: int | None = None) -> tuple:
     X = frame_inputs(spec, ss, np.flatnonzero(ss.found))
     Y = ss.joints_3d[train_idx].reshape(len(train_idx), -1).astype(np.float32)
     Xw_t = torch.from_numpy(Xw)
+
+    def partner(windows: np.ndarray) -> np.ndarray:   # the clip's next training frame
+        return pair_partners(ss.clip[train_idx], windows)
+
+    def make_input(idx, centers, partners=None):
+        """Flattened windows centers[idx] (then partners[idx]): indices into the training windows."""
+        rows = centers[idx.numpy()]
+        if partners is not None:
+            rows = np.concatenate([rows, partners[idx.numpy()]])
+        return Xw_t[torch.from_numpy(rows)].flatten(1)
+
     log(f"renders: {len(train_idx)} training windows of {spec.window} frames ({', '.join(cfg.cues) or 'no cues'}), "
         f"{len(val_idx)} validation windows")
-    return (X, Y, Xv, vs.joints_3d[val_idx], lambda epoch: np.arange(len(Y)),
-            lambda idx, centers: Xw_t[idx].flatten(1), lambda epoch: None)
+    return (X, Y, Xv, vs.joints_3d[val_idx], lambda epoch: np.arange(len(Y)), make_input, lambda epoch: None,
+            partner)
 
 
 def _init_from(model, path: str, log) -> None:
@@ -337,12 +389,14 @@ def _render_spec(cfg: TrainConfig):
 
 
 def _train(cfg: TrainConfig, out: Path, log, kind: str, num_blocks: int, X: np.ndarray, Y: np.ndarray,
-           Xv_np: np.ndarray, val_y: np.ndarray, samples, make_input, new_epoch, rng=None, t_load: float = 0.0) -> dict:
+           Xv_np: np.ndarray, val_y: np.ndarray, samples, make_input, new_epoch, partner=None, rng=None,
+           t_load: float = 0.0) -> dict:
     """The model, the optimiser and the resumable epoch loop. X (M, D) per-frame inputs (their
     statistics normalise every frame), Y (M', 51) targets of all samples, Xv_np / val_y the
     validation inputs and root-relative joints (mm); samples(epoch) -> the epoch's sample
-    indices into Y, make_input(idx, samples) -> the batch's flattened inputs, new_epoch(epoch)
-    refreshes per-epoch inputs."""
+    indices into Y, make_input(idx, samples[, partners]) -> the batch's flattened inputs (of
+    the partners too when given), new_epoch(epoch) refreshes per-epoch inputs, partner(samples)
+    -> the sample each is paired with for the velocity loss (cfg.velocity_weight)."""
     import torch
 
     from engines.checkpoint import contract_metadata, file_sha256
@@ -384,9 +438,13 @@ def _train(cfg: TrainConfig, out: Path, log, kind: str, num_blocks: int, X: np.n
         t0 = time.time()
         new_epoch(state["epoch"])
         centers = samples(state["epoch"])
+        partners = partner(centers) if cfg.velocity_weight > 0 else None
         Yn = (Yall[torch.from_numpy(centers)] - model.out_mean) / model.out_std
-        epoch_l0 = run_state.lifter_epoch(model, lambda idx: make_input(idx, centers), Yn, cfg.batch_size, cfg.loss,
-                                          state, rng, opt, cfg.max_norm)
+        if partners is not None:   # (N, 2, 51): each sample's frame and its partner's
+            Yn = torch.stack([Yn, (Yall[torch.from_numpy(partners)] - model.out_mean) / model.out_std], 1)
+        epoch_l0 = run_state.lifter_epoch(model, lambda idx: make_input(idx, centers, partners), Yn, cfg.batch_size,
+                                          cfg.loss, state, rng, opt, cfg.max_norm, cfg.velocity_weight,
+                                          cfg.bone_weight)
         sched.step()
         val = validate()
         meta = {"kind": kind, "model_config": mcfg.to_dict(), "train_config": asdict(cfg),
@@ -413,7 +471,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (resumes from OUT/last.pt)")
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("lr-decay", float), ("every", int),
                       ("noise-px", float), ("seed", int), ("threads", int), ("hidden", int), ("window", int),
-                      ("dropout", float), ("spacing-ms", float), ("val-every", int), ("cold-start", float)):
+                      ("dropout", float), ("spacing-ms", float), ("val-every", int), ("cold-start", float),
+                      ("velocity-weight", float), ("bone-weight", float)):
         p.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_")))
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--causal", action="store_true", help="temporal lifter: predict the last frame of the window")
@@ -441,6 +500,7 @@ def run(args: argparse.Namespace) -> int:
                       spacing_ms=args.spacing_ms, val_every=args.val_every, error_model=args.error_model,
                       cold_start=args.cold_start, rotate=args.rotate, renders=tuple(args.renders),
                       val_renders=args.val_renders, cues=tuple(c for c in args.cues.split(",") if c),
-                      init_from=args.init_from)
+                      init_from=args.init_from, velocity_weight=args.velocity_weight,
+                      bone_weight=args.bone_weight)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0
