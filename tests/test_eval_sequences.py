@@ -174,3 +174,14 @@ def test_training_mixes_renders_with_error_model_2d(seq_set, tmp_path, train_ren
     assert state["epoch"] == 1 and np.isfinite(state["history"][0]["train_l0"])
     ck = torch.load(tmp_path / "pairs" / "latest.pt", weights_only=False)
     assert ck["kind"] == "temporal_conv" and ck["train_config"]["velocity_weight"] == 2.0
+    # A subject held out for validation (instead of S9): refused without renders or when absent;
+    # its figures come from every detected frame of its clips.
+    with pytest.raises(UserError, match="goes with --renders"):
+        train(replace(cfg, renders=(), hold_out=1), tmp_path / "bad_hold", log=lambda s: None)
+    with pytest.raises(UserError, match="no such subject"):
+        train(replace(cfg, val_renders="", hold_out=5), tmp_path / "bad_hold", log=lambda s: None)
+    from train.eval_sequences import holdout_figures
+
+    fig = holdout_figures([str(train_renders)], 1, [str(tmp_path / "pairs" / "latest.pt")], backend="torch")
+    e = fig[str(tmp_path / "pairs" / "latest.pt")]
+    assert e["frames"] == render_windows and 0 < e["mpjve_1f_mm"] < e["mpjve_100ms_mm"] and 0 < e["mpjpe_mm"] < 1e4

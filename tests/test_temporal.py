@@ -467,6 +467,8 @@ def test_velocity_pairs_are_neighbours_within_a_run():
     got = pair_partners(keys, np.arange(len(keys)))
     np.testing.assert_array_equal(got, [1, 2, 1, 4, 3, 5, 7, 8, 9, 8])
     assert (keys[got] == keys).all()
+    got = pair_partners(keys, np.arange(len(keys)), gap=2)
+    np.testing.assert_array_equal(got, [2, 1, 0, 3, 4, 5, 8, 9, 6, 7])
 
 
 def test_velocity_training_needs_a_temporal_model(tmp_path, h36m_train, h36m_val):

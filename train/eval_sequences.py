@@ -149,3 +149,31 @@ def sequence_markdown(out: dict) -> str:
     for m, e in out["models"].items():
         lines += ["", format_table(f"{m} ({Path(e['model']).name})", result_from_json(e))]
     return "\n".join(lines)
+
+
+def holdout_figures(renders: list[str], subject: int, models: list[str], backend: str = "auto") -> dict:
+    """MPJPE (mm) and MPJVE (mm) of each model on one subject's clips of the training renders,
+    over every frame where MediaPipe found the person; MPJVE over pairs of such frames of a
+    clip one frame apart and about 100 ms apart (S9's row step): the validation figures of a
+    run trained with `train-lifter --hold-out SUBJECT`, for choosing among runs without looking
+    at S9."""
+    from train.sequence_sets import concat_sets, load_sequence_set
+
+    ss = concat_sets([load_sequence_set(r) for r in renders])
+    ss = ss.subset(ss.subject == subject)
+    targets = np.flatnonzero(ss.found)
+    if not len(targets):
+        raise UserError(f"no frame of subject {subject} with a MediaPipe detection in {', '.join(renders)}")
+    gt = ss.joints_3d[targets]
+    clip = ss.clip[targets]
+    frame_ms = float(np.median(np.diff(ss.time_ms)[np.diff(ss.clip) == 0]))
+    gaps = {"mpjve_1f_mm": 1, "mpjve_100ms_mm": max(1, int(round(100.0 / frame_ms)))}
+    out = {}
+    for m in models:
+        err = predict(m, ss, targets, backend)[0] - gt
+        res = {"mpjpe_mm": float(np.linalg.norm(err, axis=-1).mean()), "frames": int(len(targets))}
+        for name, g in gaps.items():
+            pair = np.flatnonzero((clip[g:] == clip[:-g]) & (targets[g:] - targets[:-g] == g))
+            res[name] = float(np.linalg.norm(err[pair + g] - err[pair], axis=-1).mean())
+        out[m] = res
+    return out

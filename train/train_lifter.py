@@ -55,7 +55,9 @@ class TrainConfig:
     cues: tuple[str, ...] = ()      # renders: per-frame image cues in the input (engines.normalize.CUE_WIDTHS)
     init_from: str = ""             # start from this lifter's weights (new cue inputs start at zero weight)
     velocity_weight: float = 0.0    # temporal, loss mpjpe: train on pairs of consecutive outputs, + this x velocity error (mm)
+    pair_ms: float = 40.0           # velocity pairs: time between a pair's frames (rounded to whole rows / frames)
     bone_weight: float = 0.0        # loss mpjpe: + this x bone-length error (mm) of every output
+    hold_out: int = 0               # renders: train without this subject, validate on its renders (not on S9)
 
 
 def _features(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -89,15 +91,24 @@ def conv_blocks(window: int) -> int:
     return blocks
 
 
-def pair_partners(keys: np.ndarray, samples: np.ndarray) -> np.ndarray:
+def pair_partners(keys: np.ndarray, samples: np.ndarray, gap: int = 1) -> np.ndarray:
     """keys (M,): one value per sample, equal within a contiguous run of one sequence (in time
     order); samples (n,) indices into them -> (n,) the sample each is paired with for the
-    velocity loss: the next sample of its run, the previous one at the run's end, itself in a
-    run of one."""
+    velocity loss: the one `gap` samples later in its run, or as much earlier near the run's
+    end, or itself in a run too short for either."""
     keys = np.asarray(keys)
-    same_next = np.r_[keys[1:] == keys[:-1], False]
-    same_prev = np.r_[False, keys[1:] == keys[:-1]]
-    return np.where(same_next[samples], samples + 1, np.where(same_prev[samples], samples - 1, samples))
+    samples = np.asarray(samples, np.int64)
+    fwd, back = samples + gap, samples - gap
+    ok_fwd = fwd < len(keys)
+    ok_fwd[ok_fwd] = keys[fwd[ok_fwd]] == keys[samples[ok_fwd]]
+    ok_back = back >= 0
+    ok_back[ok_back] = keys[back[ok_back]] == keys[samples[ok_back]]
+    return np.where(ok_fwd, fwd, np.where(ok_back, back, samples))
+
+
+def pair_gap(pair_ms: float, step_ms: float) -> int:
+    """Samples between a velocity pair's frames for samples step_ms apart (at least one)."""
+    return max(1, int(round(pair_ms / step_ms)))
 
 
 def temporal_metadata(mcfg) -> dict:
@@ -153,6 +164,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     # Refuse a bad --conv window before the minute of loading (conv_blocks also refuses window 1).
     num_blocks = conv_blocks(cfg.window) if cfg.conv else cfg.num_blocks
     kind = conv_stage(cfg.window, bool(cfg.cues)) if cfg.conv else "temporal_lifter" if temporal else "lifter"
+    if cfg.hold_out and not cfg.renders:
+        raise UserError("--hold-out validates on the held-out subject's renders: it goes with --renders")
     if cfg.velocity_weight > 0 and not temporal:
         raise UserError("--velocity-weight trains on pairs of consecutive outputs of a temporal model (--window > 1)")
     if cfg.renders and cfg.input_kind != "mp":
@@ -165,6 +178,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
     # its noise in time; `every` then thins the window centres / samples.
     whole = temporal or mp is not None
     tr = h36m.load(cfg.data, "gt" if mp else cfg.input_kind, every=1 if whole else cfg.every)
+    if cfg.hold_out:   # whole subjects: runs stay contiguous
+        tr = tr.subset(tr.subject != cfg.hold_out)
     if set(np.unique(tr.subject)) - set(TRAIN_SUBJECTS):
         raise UserError(f"training data contains subjects {sorted(set(np.unique(tr.subject)))}; only {TRAIN_SUBJECTS} allowed")
     draw = _mp_drawer(mp, tr, h36m.row_spacing_ms(cfg.data)) if mp else None
@@ -224,8 +239,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
         if draw and epoch > 0:   # new MediaPipe-like 2D each epoch (epoch 0's made the statistics)
             Xt = torch.from_numpy(epoch_features(epoch))
 
-    def partner(centers: np.ndarray) -> np.ndarray:   # the next row of the run (40 ms later)
-        return pair_partners(keys, centers)
+    def partner(centers: np.ndarray) -> np.ndarray:   # the row of the run pair_ms later
+        return pair_partners(keys, centers, pair_gap(cfg.pair_ms, h36m.row_spacing_ms(cfg.data)))
 
     def make_input(idx, centers, partners=None):
         """The batch's flattened windows (B, window*D) at centers[idx]; with partners, (2B,
@@ -315,25 +330,36 @@ def _render_data(cfg: TrainConfig, log, every: int | None = None) -> tuple:
     from train.sequence_sets import concat_sets, load_sequence_set
 
     bad = [k for k in cfg.cues if k not in CUE_WIDTHS]
-    if bad or cfg.window < 2 or not cfg.val_renders or cfg.flip_tta and cfg.cues:
-        raise UserError(f"--renders trains a temporal model (--window > 1), validates on --val-renders, takes cues "
+    if bad or cfg.window < 2 or not (cfg.val_renders or cfg.hold_out) or cfg.flip_tta and cfg.cues:
+        raise UserError(f"--renders trains a temporal model (--window > 1), validates on --val-renders or "
+                        f"--hold-out, takes cues "
                         f"among {', '.join(CUE_WIDTHS)} (got {', '.join(bad) or 'those'}) and no flip averaging "
                         f"with cues (--no-flip-tta)")
     spec = _render_spec(cfg)
     ss = concat_sets([load_sequence_set(r) for r in cfg.renders])
     if set(np.unique(ss.subject)) - set(TRAIN_SUBJECTS):
         raise UserError(f"training renders show subjects {sorted(set(np.unique(ss.subject)))}; only {TRAIN_SUBJECTS} allowed")
+    if cfg.hold_out:   # validation: every val_every-th detected frame of the held-out subject's clips
+        vs, ss = ss.subset(ss.subject == cfg.hold_out), ss.subset(ss.subject != cfg.hold_out)
+        val_idx = np.flatnonzero(vs.found)[::cfg.val_every]
+        if not len(val_idx):
+            raise UserError(f"--hold-out {cfg.hold_out}: the training renders show no such subject")
+    else:
+        vs = load_sequence_set(cfg.val_renders)
+        val_idx = np.flatnonzero((vs.row >= 0) & vs.found)[::cfg.val_every]
     train_idx = np.flatnonzero(ss.found)[::cfg.every if every is None else every]
     Xw = temporal_windows(spec, ss, train_idx)
-    vs = load_sequence_set(cfg.val_renders)
-    val_idx = np.flatnonzero((vs.row >= 0) & vs.found)[::cfg.val_every]
     Xv = temporal_windows(spec, vs, val_idx)
     X = frame_inputs(spec, ss, np.flatnonzero(ss.found))
     Y = ss.joints_3d[train_idx].reshape(len(train_idx), -1).astype(np.float32)
     Xw_t = torch.from_numpy(Xw)
 
-    def partner(windows: np.ndarray) -> np.ndarray:   # the clip's next training frame
-        return pair_partners(ss.clip[train_idx], windows)
+    clip = ss.clip[train_idx]
+    same = clip[1:] == clip[:-1]
+    gap = pair_gap(cfg.pair_ms, float(np.median(np.diff(ss.time_ms[train_idx])[same])) if same.any() else cfg.pair_ms)
+
+    def partner(windows: np.ndarray) -> np.ndarray:   # the clip's training frame pair_ms later
+        return pair_partners(clip, windows, gap)
 
     def make_input(idx, centers, partners=None):
         """Flattened windows centers[idx] (then partners[idx]): indices into the training windows."""
@@ -472,7 +498,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("lr-decay", float), ("every", int),
                       ("noise-px", float), ("seed", int), ("threads", int), ("hidden", int), ("window", int),
                       ("dropout", float), ("spacing-ms", float), ("val-every", int), ("cold-start", float),
-                      ("velocity-weight", float), ("bone-weight", float)):
+                      ("velocity-weight", float), ("pair-ms", float), ("bone-weight", float)):
         p.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_")))
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--causal", action="store_true", help="temporal lifter: predict the last frame of the window")
@@ -485,6 +511,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--renders", nargs="+", default=(), help="`posestream render --sequence` folders to train on "
                    "(their MediaPipe 2D; instead of --data)")
     g.add_argument("--val-renders", default="", help="sequence render set to validate on (S9)")
+    g.add_argument("--hold-out", type=int, default=0, metavar="SUBJECT",
+                   help="train without this subject (its Human3.6M rows and renders) and validate on its renders: "
+                   "a validation split for choosing epochs or hyper-parameters without looking at S9")
     g.add_argument("--cues", default="", help="comma-separated image cues in each frame's input: world_mm "
                    "(MediaPipe's world landmarks), coarse_mm and fbi_prob (the Final generator's)")
     p.add_argument("--init-from", default="", help="start from this lifter (same architecture; cue inputs "
@@ -501,6 +530,6 @@ def run(args: argparse.Namespace) -> int:
                       cold_start=args.cold_start, rotate=args.rotate, renders=tuple(args.renders),
                       val_renders=args.val_renders, cues=tuple(c for c in args.cues.split(",") if c),
                       init_from=args.init_from, velocity_weight=args.velocity_weight,
-                      bone_weight=args.bone_weight)
+                      bone_weight=args.bone_weight, hold_out=args.hold_out, pair_ms=args.pair_ms)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0
