@@ -321,8 +321,9 @@ def _render_data(cfg: TrainConfig, log, every: int | None = None) -> tuple:
     """Training and validation windows of sequence renders (MediaPipe's 2D and, with cfg.cues,
     image cues; engines.normalize.features_2d_cues): the arguments of _train after num_blocks.
     Training samples: every `every`-th frame with a detection; validation: every `val_every`-th
-    frame showing a Human3.6M row with a detection (train.eval_sequences); every: override of
-    cfg.every for the training samples."""
+    frame showing a Human3.6M row with a detection (train.eval_sequences), or with cfg.hold_out
+    every `val_every`-th detected frame of that subject's clips (then left out of training);
+    every: override of cfg.every for the training samples."""
     import torch
 
     from engines.normalize import CUE_WIDTHS
