@@ -27,11 +27,15 @@ depends on how the person sits in the picture. So a still is searched again on s
 around the person the first pass found (VIEW_SIDES crop-box sides wide, padded with black, the
 person centred) turned by each of VIEW_TURNS quarter turns, and the answer kept is the
 consensus: the candidate (first pass included) whose joints lie nearest the others'
-(`consensus_index`). Passes that found the right limbs agree; wrong ones rarely agree with
+(`consensus`). Passes that found the right limbs agree; wrong ones rarely agree with
 each other. When the consensus outvotes the first pass, the first skeleton (and so the views
 built on it) may have covered only part of the person, so the vote is held once more on views
 around the consensus. It costs 4 (or 8) MediaPipe runs per still, which stills can afford;
-video frames, live or not, never take this path.
+video frames, live or not, never take this path. A still where the whole picture gives nobody
+(a small person, a busy background) is searched on overlapping square tiles (TILE_FRACTION of
+the short side, so the person is larger for MediaPipe's person detector); a person found there
+counts only if two tiles agree on the skeleton (one tile alone is too often a figment of the
+background), and then goes through the views as above.
 
 Pixel convention: MediaPipe returns coordinates normalised to the image extent; we convert
 with u = x * W - 0.5, so integer coordinates are pixel centres, as in engines/crop.py and
@@ -78,6 +82,9 @@ VIEW_TURNS = (0, 1, 2, 3)
 # Two skeletons agree when their median joint distance is within this many crop-box sides.
 VIEW_AGREE = 0.05
 VIEW_REVOTE = True  # the second vote when the first pass is outvoted (off: one vote)
+# Tiles of a still with nobody found on the whole picture: side as a fraction of the short
+# side, overlapping by half a tile (a 2x2 grid on a square picture).
+TILE_FRACTION = 2.0 / 3.0
 
 
 @contextlib.contextmanager
@@ -128,17 +135,33 @@ class Detection:
     landmarks_world_mm: np.ndarray | None = None
 
 
-def consensus_index(joints_px: np.ndarray, sides: np.ndarray) -> int:
-    """Index of the consensus among candidate skeletons of one person: joints_px (N, 17, 2)
-    px, sides (N,) their crop-box sides px. Each pair's distance is the median over joints of
-    the joint-to-joint distance, divided by the median side; the candidate with the smallest
-    sum of distances to the others wins (the first on a tie, so with two candidates the
-    first)."""
+def consensus(joints_px: np.ndarray, sides: np.ndarray) -> tuple[int, int]:
+    """The consensus among candidate skeletons of one person: joints_px (N, 17, 2) px, sides
+    (N,) their crop-box sides px. Two candidates agree when the median over joints of their
+    joint-to-joint distance is within VIEW_AGREE of the median side. The winner is the
+    candidate the most candidates agree with (itself included); among those, the one with the
+    smallest sum of distances to all others; then the first (so of two that disagree, the
+    first). Returns its index and how many candidates agree with it."""
     j = np.asarray(joints_px, np.float64)
     assert j.ndim == 3 and j.shape[1:] == (NUM_JOINTS, 2) and len(j) == len(sides) >= 1, (j.shape, len(sides))
     d = np.median(np.linalg.norm(j[:, None] - j[None], axis=-1), axis=-1) / max(float(np.median(sides)), 1e-6)
-    total = d.sum(axis=1)
-    return int(np.flatnonzero(total <= total.min() + 1e-9)[0])
+    agree = (d <= VIEW_AGREE).sum(axis=1)
+    total = np.where(agree == agree.max(), d.sum(axis=1), np.inf)
+    k = int(np.flatnonzero(total <= total.min() + 1e-9)[0])
+    return k, int(agree[k])
+
+
+def tile_starts(length: int, side: int) -> list[int]:
+    """Start offsets (px) of tiles `side` long covering `length`, overlapping by at least half
+    a tile, the first at 0 and the last at length - side."""
+    if side >= length:
+        return [0]
+    n = 1 + int(np.ceil((length - side) / (side / 2.0) - 1e-9))
+    return [int(v) for v in np.linspace(0, length - side, n).round()]
+
+
+def _vote(found: list[Detection]) -> tuple[int, int]:
+    return consensus(np.stack([d.joints_2d_px for d in found]), np.array([d.box.side for d in found]))
 
 
 def _skeleton_distance(a: Detection, b: Detection) -> float:
@@ -173,7 +196,8 @@ class PoseDetector:
                  min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5, redetect: bool = False, views: bool = False) -> None:
         """views: IMAGE mode, unrelated stills: search each still again on turned views
-        around the person and keep the consensus (module docstring)."""
+        around the person and keep the consensus, and search a still where nobody is found
+        on tiles (module docstring)."""
         if mode not in MODES:
             raise UserError(f"detector mode must be one of {MODES}, got {mode!r}")
         path = Path(model_path) if model_path else DEFAULT_MODEL
@@ -295,6 +319,9 @@ class PoseDetector:
             if j is not None or (not people and again):
                 people, i = again, j
                 self.redetected += int(j is not None)
+        if i is None and self.views and not people:  # a still with nobody: look closer, on tiles
+            people = self._tiles(image)
+            i = 0 if people else None
         if i is None and track is not None:
             self._lost += 1
             if self._lost <= HOLD_FRAMES or not people:
@@ -312,11 +339,23 @@ class PoseDetector:
         the consensus disagrees with `first` (it was outvoted: its skeleton, and so the
         views, may cover only part of the person), one more vote around the consensus."""
         found = [first, *self._views(image, first)]
-        k = consensus_index(np.stack([d.joints_2d_px for d in found]), np.array([d.box.side for d in found]))
+        k, _ = _vote(found)
         if VIEW_REVOTE and k != 0 and _skeleton_distance(found[k], first) > VIEW_AGREE:
             found = [found[k], *self._views(image, found[k])]
-            k = consensus_index(np.stack([d.joints_2d_px for d in found]), np.array([d.box.side for d in found]))
+            k, _ = _vote(found)
         return found[k]
+
+    def _tiles(self, image: np.ndarray) -> list[Detection]:
+        """The consensus person of overlapping square tiles of the image, if two tiles agree
+        on it; else nobody ([])."""
+        h, w = image.shape[:2]
+        side = max(int(round(TILE_FRACTION * min(h, w))), 16)
+        found = [p for y in tile_starts(h, side) for x in tile_starts(w, side)
+                 for p in self._landmarks(image, None, (x, y, x + side, y + side))[0]]
+        if len(found) < 2:
+            return []
+        k, agree = _vote(found)
+        return [found[k]] if agree >= 2 else []
 
     def _views(self, image: np.ndarray, around: Detection) -> list[Detection]:
         """The person nearest `around` on each turned square view centred on it."""

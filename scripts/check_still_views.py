@@ -120,6 +120,13 @@ def render_rows(source, indices: list[int], model: str) -> dict:
                      "detect_ms": both.ms[name] / max(both.calls, 1)} | {
             key: float(np.mean(np.asarray(v)[common])) for key, v in a.items() if key != "found"}
         out[name]["gross"] *= 100.0  # percent of pictures
+        # pictures only this variant answered: are those answers right?
+        only = np.asarray(a["found"]) & ~common
+        if only.any():
+            out[name]["only_this_answered"] = {"pictures": int(only.sum()),
+                                               "err_rel": float(np.mean(np.asarray(a["err_rel"])[only])),
+                                               "gross": 100.0 * float(np.mean(np.asarray(a["gross"])[only])),
+                                               "mpjpe": float(np.mean(np.asarray(a["mpjpe"])[only]))}
     return out
 
 

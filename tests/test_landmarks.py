@@ -180,21 +180,35 @@ def test_mediapipe_on_a_real_h36m_frame():
     assert (c >= 0).all() and (c <= d.box.size - 1).all()
 
 
-def test_consensus_index_picks_the_skeleton_the_others_agree_with():
-    from realtime.detector import consensus_index
+def test_consensus_picks_the_skeleton_the_most_others_agree_with():
+    from realtime.detector import VIEW_AGREE, consensus
 
     rng = np.random.default_rng(3)
     base = rng.uniform(0, 300, size=(17, 2))
     good = [base + rng.normal(0, 2.0, size=(17, 2)) for _ in range(3)]
     wrong = base[::-1].copy()                      # the limbs landed elsewhere
-    sides = np.full(4, 300.0)
-    assert consensus_index(np.stack([wrong, *good]), sides) in (1, 2, 3)
-    # the consensus is the candidate nearest the others: the middle of three on a line
-    line = np.stack([base, base + 10.0, base + 30.0])
-    assert consensus_index(line, np.full(3, 300.0)) == 1
-    # two candidates (or one) cannot outvote each other: the first pass is kept
-    assert consensus_index(np.stack([wrong, base]), np.full(2, 300.0)) == 0
-    assert consensus_index(base[None], np.array([300.0])) == 0
+    k, agree = consensus(np.stack([wrong, *good]), np.full(4, 300.0))
+    assert k in (1, 2, 3) and agree == 3
+    # two wrong ones that disagree with each other and with the pair that agrees
+    far = [base + 200.0, base - 150.0]
+    k, agree = consensus(np.stack([far[0], base, far[1], base + 1.0]), np.full(4, 300.0))
+    assert k in (1, 3) and agree == 2
+    # among agreeing candidates, the one nearest all others: the middle of three on a line
+    step = 0.4 * VIEW_AGREE * 300.0
+    line = np.stack([base, base + step, base + 2 * step])
+    assert consensus(line, np.full(3, 300.0)) == (1, 3)
+    # two candidates that disagree (or one) cannot outvote each other: the first is kept
+    assert consensus(np.stack([wrong, base]), np.full(2, 300.0)) == (0, 1)
+    assert consensus(base[None], np.array([300.0])) == (0, 1)
+
+
+def test_tiles_cover_the_picture_overlapping_by_half():
+    from realtime.detector import tile_starts
+
+    for length, side in ((640, 427), (639, 426), (1000, 300), (100, 100), (50, 80)):
+        starts = tile_starts(length, side)
+        assert starts[0] == 0 and starts[-1] == max(length - side, 0)
+        assert all(0 < b - a <= side / 2 + 1 for a, b in zip(starts, starts[1:]))
 
 
 class _Point:
@@ -260,6 +274,18 @@ def test_world_landmarks_of_a_turned_image_agree_with_the_upright_ones():
     body = slice(11, 33)
     diff = np.linalg.norm(turned[0].landmarks_world_mm[body] - upright.landmarks_world_mm[body], axis=1)
     assert np.median(diff) < 80.0, diff.round()
+
+
+def test_a_still_without_a_person_stays_without_one():
+    """Nobody on the picture: the tiles find no two agreeing skeletons, the still gets None."""
+    from realtime.detector import PoseDetector
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip(f"{DEFAULT_MODEL} missing")
+    noise = np.random.default_rng(0).integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
+    with PoseDetector(mode="image", views=True) as det:
+        assert det.detect(noise) is None
+        assert det.detect(np.zeros((300, 400, 3), np.uint8)) is None
 
 
 def test_views_find_the_limbs_a_single_pass_misplaces():
