@@ -252,6 +252,10 @@ def test_soak_long(tmp_path):
 
 HOSTILE_SECONDS_SHORT = 60.0
 HOSTILE_FPS = 30.0
+# The server's --duration beyond the soak: it must outlive the steady client's deadline (soak
+# + 90 s), the thread joins and the 45 s slot check, however slow the machine; the test stops
+# it with Ctrl-C long before, and the duration only ends an orphaned server.
+SERVER_SPARE_S = 600.0
 HOSTILE_KINDS = (["reader"] * 6 + ["slow"] * 8 + ["instant-close"] * 8 + ["reconnect"] * 8 + ["garbage"] * 6
                  + ["oversized"] * 4 + ["wrong-token"] * 6 + ["http"] * 4)
 WRONG_TOKEN_ADDRESSES = ("127.0.0.10", "127.0.0.11", "127.0.0.12")
@@ -489,7 +493,7 @@ def hostile_soak(tmp_path: Path, seconds: float) -> None:
     with open(log_path, "wb") as log_fh:
         proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", str(clip), "--port", str(port),
                                  "--token-file", str(tmp_path / "token"), "--wait", "--fps", str(HOSTILE_FPS),
-                                 "--duration", str(seconds + 120)], cwd=REPO, stdout=log_fh, stderr=subprocess.STDOUT,
+                                 "--duration", str(seconds + SERVER_SPARE_S)], cwd=REPO, stdout=log_fh, stderr=subprocess.STDOUT,
                                 env=env)
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -538,6 +542,7 @@ def hostile_soak(tmp_path: Path, seconds: float) -> None:
         check_from = time.monotonic()
         while slots_free_after is None and time.monotonic() < check_from + 45:
             tries += 1
+            assert proc.poll() is None, f"the server exited ({proc.returncode}):\n{log_path.read_text()[-2000:]}"
             extra, refused = _fill_slots(port, token, Limits().max_clients - 1)
             if len(extra) == Limits().max_clients - 1 and refused == 503:
                 slots_free_after = time.monotonic() - check_from
