@@ -439,9 +439,10 @@ class SteadyClient(threading.Thread):
             self.error = f"{type(exc).__name__}: {exc}"
 
     def _hold(self, ws) -> None:
-        """Stay connected (the end-of-soak slot check counts this client) until told to leave."""
+        """Stay connected (the end-of-soak slot check counts this client) until told to leave:
+        not bounded by the reading deadline, which a slow machine can pass before the check."""
         self.release = threading.Event()
-        self.release.wait(max(0.0, self.deadline - time.monotonic()))
+        self.release.wait(SERVER_SPARE_S)
 
 
 def _fill_slots(port: int, token: str, n: int) -> tuple[list[str], int | None]:
@@ -497,6 +498,7 @@ def hostile_soak(tmp_path: Path, seconds: float) -> None:
                                 env=env)
     stop = threading.Event()
     threads: list[threading.Thread] = []
+    steady: SteadyClient | None = None
     try:
         deadline_up = time.monotonic() + 30
         while b"serving clip.npz" not in log_path.read_bytes():
@@ -530,7 +532,8 @@ def hostile_soak(tmp_path: Path, seconds: float) -> None:
         for t in threads:
             t.join(15)
         hung = [t.name for t in threads if t.is_alive()]
-        steady.join(timeout=max(1.0, steady.deadline - time.monotonic()) if steady.final_stats is None else 0.1)
+        while steady.final_stats is None and steady.is_alive() and time.monotonic() < steady.deadline:
+            time.sleep(0.1)       # the server's last stats message; the client then stays connected
         final = steady.final_stats
         rss_end = _rss(proc.pid)
         # Every slot is free: with the steady client still connected, max_clients - 1 more
@@ -554,6 +557,8 @@ def hostile_soak(tmp_path: Path, seconds: float) -> None:
         rc = proc.wait(20)
     finally:
         stop.set()
+        if getattr(steady, "release", None) is not None:
+            steady.release.set()
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
