@@ -64,8 +64,8 @@ from realtime.estimator import Detected, PoseEstimator
 from realtime.frames import Frame, PoseFrame
 from realtime.sequence import SequenceLifter, lift_jobs
 from realtime.trajectory import RootFilterConfig
-from realtime.tracker import (MIN_JOINT_CONFIDENCE, Observation, PersonTracker, TrackerConfig, appearance_descriptor,
-                              box_iou, keypoint_box, oks)
+from realtime.tracker import (Observation, PersonTracker, TrackerConfig, appearance_descriptor, box_iou,
+                              confident_joints, keypoint_box, oks)
 
 DEFAULT_FORGET_S = 5.0
 # MediaPipe's person-detection and presence thresholds with several people: people who stand
@@ -132,7 +132,7 @@ def _draw_body(mask: np.ndarray, uv: np.ndarray, conf: np.ndarray) -> None:
     if box is None:
         return
     width = max(3, int(BODY_WIDTH * (box[3] - box[1])))
-    ok = np.isfinite(uv).all(axis=1) & (conf >= MIN_JOINT_CONFIDENCE)
+    ok = confident_joints(uv, conf)
     pts = np.round(np.clip(np.nan_to_num(uv), -1e5, 1e5)).astype(np.int32)
     for j, parent in enumerate(PARENTS):
         if parent >= 0 and ok[j] and ok[parent]:
@@ -178,7 +178,7 @@ def on_paint(d, mask: np.ndarray | None) -> bool:
     if mask is None:
         return False
     uv, conf = np.asarray(d.joints_2d_px), np.asarray(d.confidence)
-    ok = np.isfinite(uv).all(axis=1) & (conf >= MIN_JOINT_CONFIDENCE)
+    ok = confident_joints(uv, conf)
     if not ok.any():
         return True
     h, w = mask.shape

@@ -131,6 +131,13 @@ class _Track:
         return self.keypoints + self.velocity * dt
 
 
+def confident_joints(keypoints: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """(17,) bool: the keypoints (17, 2) px that are finite and at least MIN_JOINT_CONFIDENCE
+    confident (confidence (17,)): the joints boxes, OKS, motion and painting count."""
+    finite = np.isfinite(np.asarray(keypoints, np.float64)).all(axis=1)
+    return finite & (np.asarray(confidence) >= MIN_JOINT_CONFIDENCE)
+
+
 def keypoint_box(keypoints: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray | None:
     """(4,) x0, y0, x1, y1 px around the confident, finite keypoints (all finite ones when
     fewer than 3 are confident), padded by BOX_PAD; None without 2 usable keypoints."""
@@ -391,8 +398,7 @@ class PersonTracker:
         kp = np.asarray(o.keypoints, np.float64)
         conf = np.asarray(o.confidence, np.float64)
         dt = t - tr.t_last
-        both = (np.isfinite(kp).all(axis=1) & np.isfinite(tr.keypoints).all(axis=1)
-                & (conf >= MIN_JOINT_CONFIDENCE) & (tr.confidence >= MIN_JOINT_CONFIDENCE))
+        both = confident_joints(kp, conf) & confident_joints(tr.keypoints, tr.confidence)
         if dt > 0 and both.sum() >= 3:
             v = (kp[both] - tr.keypoints[both]).mean(axis=0) / dt
             a = cfg.velocity_smoothing if tr.hits > 1 else 1.0

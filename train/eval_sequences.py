@@ -100,6 +100,13 @@ def predict(model: str, ss, targets: np.ndarray, backend: str = "auto", generato
         be.close()
 
 
+def velocity_error(pred: np.ndarray, gt: np.ndarray, first: np.ndarray, step: int = 1) -> float:
+    """Mean per-joint error (mm) of the displacement from frame i to frame i + step, over the
+    indices i of `first`; pred and gt (N, 17, 3) mm."""
+    dv = (pred[first + step] - pred[first]) - (gt[first + step] - gt[first])
+    return float(np.linalg.norm(dv, axis=-1).mean())
+
+
 def mpjve(pred: np.ndarray, gt: np.ndarray, ss, targets: np.ndarray) -> tuple[float, int]:
     """(mean per-joint velocity error, mm per row step; number of pairs) over consecutive
     evaluated rows of the same clip."""
@@ -107,8 +114,7 @@ def mpjve(pred: np.ndarray, gt: np.ndarray, ss, targets: np.ndarray) -> tuple[fl
     pair = np.flatnonzero((clip[1:] == clip[:-1]) & (row[1:] == row[:-1] + 1))
     if not len(pair):
         return float("nan"), 0
-    dv = (pred[pair + 1] - pred[pair]) - (gt[pair + 1] - gt[pair])
-    return float(np.linalg.norm(dv, axis=-1).mean()), int(len(pair))
+    return velocity_error(pred, gt, pair), int(len(pair))
 
 
 def evaluate_sequence_set(data: str, models: list[str], backend: str = "auto") -> dict:
@@ -170,10 +176,10 @@ def holdout_figures(renders: list[str], subject: int, models: list[str], backend
     gaps = {"mpjve_1f_mm": 1, "mpjve_100ms_mm": max(1, int(round(100.0 / frame_ms)))}
     out = {}
     for m in models:
-        err = predict(m, ss, targets, backend)[0] - gt
-        res = {"mpjpe_mm": float(np.linalg.norm(err, axis=-1).mean()), "frames": int(len(targets))}
+        pred = predict(m, ss, targets, backend)[0]
+        res = {"mpjpe_mm": float(np.linalg.norm(pred - gt, axis=-1).mean()), "frames": int(len(targets))}
         for name, g in gaps.items():
             pair = np.flatnonzero((clip[g:] == clip[:-g]) & (targets[g:] - targets[:-g] == g))
-            res[name] = float(np.linalg.norm(err[pair + g] - err[pair], axis=-1).mean())
+            res[name] = velocity_error(pred, gt, pair, g)
         out[m] = res
     return out
