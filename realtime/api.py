@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from engines.errors import UserError
-from realtime.filters import PoseSmoother, SmootherConfig
+from realtime.filters import FILE_BODY, LIVE_BODY, BodyConfig, PoseSmoother, SmootherConfig
 from realtime.frames import Frame, PoseFrame
 from realtime.pipeline import Pipeline, Stage, StageGroup, StreamStage, run_inline
 from realtime.trajectory import FILE_ROOT_LAG_S, RootFilterConfig
@@ -74,6 +74,12 @@ class Options:
                 single-frame model, no trajectory).
     root_filter: the root trajectory filter over time (realtime.trajectory.RootTrajectory:
                 smoothed for files, causal live); False = each frame's own root solve.
+    fixed_bones: each track keeps one body: its bone lengths, estimated from its own poses,
+                and every pose rebuilt with them along its own bone directions
+                (realtime.filters.TrackBody; the root trajectory is not touched). None = on
+                for files (the median of the track's first two seconds, then fixed), off for
+                live sources (their default smoothing steadies bones causally); True = on
+                for live sources too (a causal running median); False = off.
     """
 
     model: str | None = None
@@ -88,6 +94,7 @@ class Options:
     smoothing: SmootherConfig = field(default_factory=SmootherConfig)
     sequence: bool = False
     root_filter: bool = True
+    fixed_bones: bool | None = None
 
     def __post_init__(self) -> None:
         """Bad settings fail here, before any camera, file or model is opened."""
@@ -216,14 +223,16 @@ def paced(frames: Iterable[Frame], fps: float) -> Iterator[Frame]:
 
 
 def pipeline_steps(estimator: Any, smoother: Callable[[PoseFrame], PoseFrame] | None = None, tap: Any = None,
-                   root: RootFilterConfig | None = RootFilterConfig()) -> list[StageGroup]:
-    """detect in one thread; the lifting of the sequence (temporal model, root trajectory:
-    realtime.sequence.SequenceLifter, which may answer a frame after later ones arrived) and
-    smoothing in the next. `estimator` is a realtime.estimator.PoseEstimator (or a fake with
-    `detect(Frame)` and `sequence(root)`); root: the root filter (default causal, for live
-    use; files pass a lag; None = each frame's own root solve)."""
+                   root: RootFilterConfig | None = RootFilterConfig(), body: BodyConfig | None = None
+                   ) -> list[StageGroup]:
+    """detect in one thread; the lifting of the sequence (temporal model, body, root
+    trajectory: realtime.sequence.SequenceLifter, which may answer a frame after later ones
+    arrived) and smoothing in the next. `estimator` is a realtime.estimator.PoseEstimator (or
+    a fake with `detect(Frame)` and `sequence(root, body)`); root: the root filter (default
+    causal, for live use; files pass a lag; None = each frame's own root solve); body: the
+    fixed bone lengths (body_filter; None = the model's own)."""
     detect = estimator.detect if tap is None else tap.wrap(estimator.detect)
-    lifter = estimator.sequence(root)
+    lifter = estimator.sequence(root, body)
     lift: tuple[Stage | StreamStage, ...] = (StreamStage("lift", lifter.push, lifter.flush),)
     if smoother is not None:
         lift += (Stage("smooth", smoother),)
@@ -236,6 +245,16 @@ def root_filter(options: "Options", live: bool, stills: bool) -> RootFilterConfi
     if stills or not options.root_filter:
         return None
     return RootFilterConfig() if live else RootFilterConfig(lag_s=FILE_ROOT_LAG_S)
+
+
+def body_filter(options: "Options", live: bool, stills: bool) -> BodyConfig | None:
+    """The fixed bone lengths of a stream's tracks (Options.fixed_bones): for files each
+    track's body from its first two seconds, then fixed; causal when live, if asked for;
+    none for unrelated stills (no track) or when turned off."""
+    on = not live if options.fixed_bones is None else options.fixed_bones
+    if stills or not on:
+        return None
+    return LIVE_BODY if live else FILE_BODY
 
 
 def open_pose_estimator(options: Options, live: bool, stills: bool = False, realtime: bool = False,
@@ -282,7 +301,8 @@ class PoseStream:
 
     def __init__(self, source: Any, estimator: Any, smoother: Callable[[PoseFrame], PoseFrame] | None, *, live: bool,
                  realtime: bool = False, overlap: bool = False, tap: Any = None,
-                 stall_timeout_s: float | None = None, root: RootFilterConfig | None = None) -> None:
+                 stall_timeout_s: float | None = None, root: RootFilterConfig | None = None,
+                 body: BodyConfig | None = None) -> None:
         self.source = source
         self.estimator = estimator
         self.live = live
@@ -291,7 +311,7 @@ class PoseStream:
         self.backend_name = str(getattr(estimator, "backend_name", "?"))
         describe = getattr(estimator, "describe", None)
         self.lifting = describe() if callable(describe) else "lifter"  # which lifting runs, for the user
-        steps = pipeline_steps(estimator, smoother, tap, root)
+        steps = pipeline_steps(estimator, smoother, tap, root, body)
         frames: Iterable[Frame] = paced(source, self.fps) if realtime and not live else source
         self.pipeline = (Pipeline(frames, steps, live=live, queue_size=QUEUE_SIZE, stall_timeout_s=stall_timeout_s)
                          if live or overlap else None)
@@ -382,7 +402,8 @@ class Estimator:
                 raise UserError("process() answers each frame at once: it needs a causal temporal or a "
                                 "single-frame model (stream() runs centred ones)")
             self._frame_estimator = est
-            self._frame_lifter = est.sequence(root_filter(self.options, live=True, stills=False))
+            self._frame_lifter = est.sequence(root_filter(self.options, live=True, stills=False),
+                                              body_filter(self.options, live=True, stills=False))
             self._frame_smoother = self.options.smoother(live=True)
         est = self._frame_estimator
         (pose,) = self._frame_lifter.push(est.detect(Frame(self._next_index, float(timestamp_s), image)))
@@ -425,7 +446,8 @@ class Estimator:
                 close()
             raise
         return PoseStream(src, estimator, smoother, live=live, realtime=realtime, overlap=overlap, tap=tap,
-                          stall_timeout_s=stall_timeout_s, root=root_filter(self.options, live or realtime, stills))
+                          stall_timeout_s=stall_timeout_s, root=root_filter(self.options, live or realtime, stills),
+                          body=body_filter(self.options, live or realtime, stills))
 
     def close(self) -> None:
         if self._frame_estimator is not None:

@@ -485,14 +485,14 @@ class _PhaseTwo:
     def pose_of(self, d: Any) -> tuple[Any, Any]:
         return self._poses[(d.index, d.track_id)]
 
-    def sequence(self, root: Any = None) -> Any:
+    def sequence(self, root: Any = None, body: Any = None) -> Any:
         from realtime.sequence import SequenceLifter
 
         if self._several:
             from realtime.people import PeopleSequenceLifter
 
-            return PeopleSequenceLifter(self, root)
-        return SequenceLifter(self, root)
+            return PeopleSequenceLifter(self, root, body=body)
+        return SequenceLifter(self, root, body)
 
 
 def lift_chunks(chunks: Sequence[ChunkResult], opts: BatchOptions) -> Iterator[PoseFrame]:
@@ -500,7 +500,7 @@ def lift_chunks(chunks: Sequence[ChunkResult], opts: BatchOptions) -> Iterator[P
     sequence lifting (realtime.sequence.lift_sequence: temporal model, root trajectory
     filter), smoothing if asked for, then one PoseFrame per source frame, in order
     (undecodable frames empty in their place)."""
-    from realtime.api import every_frame, open_pose_estimator, root_filter
+    from realtime.api import body_filter, every_frame, open_pose_estimator, root_filter
     from realtime.sequence import lift_sequence
 
     est = open_pose_estimator(opts.pose, live=False, lifter=_lifter(opts.pose), restart_frames=opts.restart_frames)
@@ -509,7 +509,8 @@ def lift_chunks(chunks: Sequence[ChunkResult], opts: BatchOptions) -> Iterator[P
     try:
         lifter = _PhaseTwo(core, {k: p for c in chunks for k, p in c.poses.items()}, several)
         detections = (d for c in chunks for d in c.detections)
-        poses: Iterable[PoseFrame] = lift_sequence(detections, lifter, root_filter(opts.pose, live=False, stills=False))
+        poses: Iterable[PoseFrame] = lift_sequence(detections, lifter, root_filter(opts.pose, live=False, stills=False),
+                                                   body_filter(opts.pose, live=False, stills=False))
         smoother = opts.pose.smoother(live=False)
         if smoother is not None:
             poses = map(smoother, poses)

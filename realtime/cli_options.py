@@ -1,7 +1,8 @@
 """The command-line options the commands share, and what they become:
 
-    add_model_arguments(parser, live)   --model, --backend, --threads, --fov, --calib, with the
-                                        realtime.api.Options defaults (the API's and the CLI's)
+    add_model_arguments(parser, live)   --model, --backend, --threads, --fov, --calib,
+                                        --[no-]fixed-bones, with the realtime.api.Options
+                                        defaults (the API's and the CLI's)
     add_smoothing_arguments(parser)     --min-cutoff, --beta, --d-cutoff, --bones-window, --no-smooth
                                         (default_on=False: off unless --smooth or a setting is given)
     add_output_arguments(parser)        --out (realtime.writers), --serve/--host/--port/--token,
@@ -83,6 +84,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, live: bool) -> None:
                         help="horizontal field of view in degrees (default 60)")
     parser.add_argument("--calib", metavar="FILE", default=Options.calib,
                         help='camera intrinsics JSON {"fx", "fy", "cx", "cy"} (pixels); overrides --fov')
+    parser.add_argument("--fixed-bones", action=argparse.BooleanOptionalAction, default=Options.fixed_bones,
+                        help="each person keeps one body: bone lengths estimated from their own poses, every pose "
+                             "rebuilt with them along its own bone directions (default: on for files, off live, "
+                             "where smoothing steadies bones; --fixed-bones live: a causal running estimate)")
 
 
 def options_from_args(args: argparse.Namespace) -> Any:
@@ -93,7 +98,8 @@ def options_from_args(args: argparse.Namespace) -> Any:
                    image_mode=getattr(args, "image_mode", Options.image_mode),
                    people=getattr(args, "people", Options.people), smooth=on, smoothing=config,
                    sequence=getattr(args, "sequence", Options.sequence),
-                   root_filter=not getattr(args, "raw_root", not Options.root_filter))
+                   root_filter=not getattr(args, "raw_root", not Options.root_filter),
+                   fixed_bones=getattr(args, "fixed_bones", Options.fixed_bones))
 
 
 def add_people_argument(parser: argparse.ArgumentParser) -> None:

@@ -34,6 +34,7 @@ from engines.errors import UserError
 from engines.normalize import features_2d
 from engines.skeleton import NUM_JOINTS
 from realtime.detector import Detection, PoseDetector
+from realtime.filters import BodyConfig
 from realtime.frames import Frame, PoseFrame
 from realtime.history import TemporalSpec
 from realtime.sequence import SequenceLifter, usable
@@ -248,8 +249,9 @@ class PoseEstimator:
     def process(self, frame: Frame) -> PoseFrame:
         return self.lift(self.detect(frame))
 
-    def sequence(self, root: RootFilterConfig | None = None) -> SequenceLifter:
-        """A fresh SequenceLifter (one person's history and root filter) on this estimator.
+    def sequence(self, root: RootFilterConfig | None = None, body: BodyConfig | None = None) -> SequenceLifter:
+        """A fresh SequenceLifter (one person's history, body and root filter) on this estimator.
         root: the root filter's settings (lag_s 0 = causal, live; > 0 = smoothed, files), or
-        None for the per-frame solve alone (unrelated stills)."""
-        return SequenceLifter(self, root)
+        None for the per-frame solve alone (unrelated stills); body: the fixed bone lengths'
+        settings (realtime.filters.FILE_BODY, LIVE_BODY), or None for the model's own."""
+        return SequenceLifter(self, root, body)

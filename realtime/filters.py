@@ -161,6 +161,137 @@ class BoneLengthStabilizer:
 
 
 @dataclasses.dataclass(frozen=True)
+class BodyConfig:
+    """Settings of `TrackBody`: how a track's body (its 16 bone lengths) is estimated.
+
+    lookahead_s: later frames the estimate of a frame may use; 0 = causal (live: each frame
+                 is answered at once, from itself and the frames before it).
+    past_s:      earlier frames it may use (the estimate's memory).
+    settle_s:    once the track's frames span this long the body is fixed for the rest of the
+                 track (the estimate over the frames seen then); None = it keeps following
+                 the window.
+    reset_gap_s: a track unseen for longer than this starts a new body (it may be someone else).
+    symmetric:   left and right limbs get the same length (their mean)."""
+
+    lookahead_s: float = 0.0
+    past_s: float = math.inf
+    settle_s: float | None = None
+    reset_gap_s: float = 1.0
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.lookahead_s >= 0 and self.past_s > 0 and self.reset_gap_s > 0
+                and (self.settle_s is None or self.settle_s >= 0)):
+            raise ValueError(f"body settings need lookahead_s >= 0, past_s > 0, reset_gap_s > 0, settle_s >= 0; "
+                             f"got {self}")
+
+
+class TrackBody:
+    """One track's body: its bone lengths, estimated robustly (per-bone median) from the
+    track's own poses within [t - past_s, t + lookahead_s], for rebuilding each pose with
+    them along its own bone directions (`rebuild_with_lengths`). A person's bones do not
+    change length within a clip, while a monocular lifter predicts them anew on every frame.
+
+    `push(t, joints, item)` takes one frame of the track in timestamp order (joints (17, 3) mm,
+    None or non-finite for a frame without a usable pose) with any payload `item`; it returns
+    the (item, lengths) pairs that became ready, in order: lengths (16,) mm in BONES order,
+    or None for a frame without a pose. A frame is ready once a frame `lookahead_s` after it
+    was pushed (at once when causal), or at `flush()`. Generic in the payload so the app
+    (PoseFrames, realtime.sequence) and the evaluation (arrays, `fixed_bones`) share it."""
+
+    def __init__(self, config: BodyConfig = BodyConfig()) -> None:
+        self.config = config
+        self._samples: deque[tuple[float, np.ndarray]] = deque()  # (t, bone lengths) of the current track
+        self._pending: deque[tuple[float, object, bool]] = deque()
+        self._first_t: float | None = None  # the current track's first pose
+        self._last_t: float | None = None   # its latest pose
+        self._now = -math.inf
+        self._fixed: np.ndarray | None = None  # the settled body
+
+    def push(self, t: float, joints: np.ndarray | None, item: object) -> list[tuple[object, np.ndarray | None]]:
+        t = float(t)
+        if t < self._now:
+            raise ValueError(f"frames must come in timestamp order: {t} after {self._now}")
+        out: list[tuple[object, np.ndarray | None]] = []
+        has_pose = joints is not None and bool(np.isfinite(joints).all())
+        if has_pose:
+            if self._last_t is not None and t - self._last_t > self.config.reset_gap_s:
+                out += self.flush()  # the old track's frames, with its own body; then a new one
+            if self._first_t is None:
+                self._first_t = t
+            self._last_t = t
+            if self._fixed is None:
+                self._samples.append((t, bone_lengths(np.asarray(joints, np.float64))))
+        self._pending.append((t, item, has_pose))
+        self._now = t
+        return out + self._release(force=False)
+
+    def flush(self) -> list[tuple[object, np.ndarray | None]]:
+        """Every held frame (end of stream); the next pose starts a new body."""
+        out = self._release(force=True)
+        self._samples.clear()
+        self._first_t = self._last_t = None
+        self._fixed = None
+        return out
+
+    def _release(self, force: bool) -> list[tuple[object, np.ndarray | None]]:
+        out = []
+        look = self.config.lookahead_s
+        while self._pending and (force or self._pending[0][0] + look <= self._now + 1e-9):
+            t, item, has_pose = self._pending.popleft()
+            out.append((item, self._lengths(t) if has_pose else None))
+        horizon = (self._pending[0][0] if self._pending else self._now) - self.config.past_s
+        if self._fixed is None:
+            while self._samples and self._samples[0][0] < horizon:
+                self._samples.popleft()
+        return out
+
+    def _lengths(self, t: float) -> np.ndarray:
+        if self._fixed is not None:
+            return self._fixed
+        c = self.config
+        near = [v for s, v in self._samples if t - c.past_s <= s <= t + c.lookahead_s]
+        med = np.median(np.stack(near), axis=0)
+        if c.symmetric:
+            med = 0.5 * (med + med[_MIRROR])
+        if c.settle_s is not None and self._samples[-1][0] - self._first_t >= c.settle_s:
+            self._fixed = med
+            self._samples.clear()
+        return med
+
+
+# The forms the app uses, chosen on Human3.6M S8 held out (docs/realtime_temporal.md).
+# Files: the median over the track so far and two seconds ahead, fixed for the rest of the
+# track once it covers four seconds. Live (causal, when asked for): the running median of
+# the last four seconds. Both start a new body after a loss of over a second, as the root
+# trajectory filter restarts (realtime.trajectory).
+FILE_BODY = BodyConfig(lookahead_s=2.0, settle_s=4.0)
+LIVE_BODY = BodyConfig(lookahead_s=0.0, past_s=4.0)
+
+
+def with_body(pf: PoseFrame, lengths: np.ndarray | None) -> PoseFrame:
+    """The PoseFrame rebuilt with a body's bone lengths (16,) mm along its own bones (its
+    root-relative joints; the root translation is kept); as is when lengths is None."""
+    if lengths is None or not pf.valid:
+        return pf
+    return dataclasses.replace(pf, joints_mm=rebuild_with_lengths(pf.joints_mm, lengths).astype(np.float32))
+
+
+def fixed_bones(joints: np.ndarray, times_s: np.ndarray, config: BodyConfig = BodyConfig()) -> np.ndarray:
+    """`TrackBody` over one track given as arrays: joints (N, 17, 3) mm (root-relative; a
+    frame with a non-finite joint is left as is) at times_s (N,) seconds, increasing. Returns
+    (N, 17, 3) float64 mm, every pose rebuilt with its body's lengths along its own bones."""
+    joints = np.asarray(joints, np.float64)
+    body = TrackBody(config)
+    out = joints.copy()
+    ready = [r for k in range(len(joints)) for r in body.push(float(times_s[k]), joints[k], k)]
+    for k, lengths in ready + body.flush():
+        if lengths is not None:
+            out[k] = rebuild_with_lengths(joints[k], lengths)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
 class SmootherConfig:
     """Settings of `PoseSmoother` (see the module docstring for the One Euro parameters).
     `bones_window` = 0 turns the bone-length stabiliser off."""

@@ -61,6 +61,7 @@ from typing import Callable
 import numpy as np
 
 from realtime.estimator import Detected, PoseEstimator
+from realtime.filters import BodyConfig
 from realtime.frames import Frame, PoseFrame
 from realtime.sequence import SequenceLifter, lift_jobs
 from realtime.trajectory import RootFilterConfig
@@ -399,11 +400,11 @@ class PeopleEstimator:
     def describe(self) -> str:
         return f"{self.est.describe()}, up to {self.people} people"
 
-    def sequence(self, root: RootFilterConfig | None = None, forget_s: float = DEFAULT_FORGET_S
-                 ) -> "PeopleSequenceLifter":
-        """A fresh PeopleSequenceLifter: every person's lifting state (root: each person's
-        root filter settings, as PoseEstimator.sequence)."""
-        return PeopleSequenceLifter(self.est, root, forget_s)
+    def sequence(self, root: RootFilterConfig | None = None, body: BodyConfig | None = None,
+                 forget_s: float = DEFAULT_FORGET_S) -> "PeopleSequenceLifter":
+        """A fresh PeopleSequenceLifter: every person's lifting state (root, body: each
+        person's root filter and body settings, as PoseEstimator.sequence)."""
+        return PeopleSequenceLifter(self.est, root, forget_s, body)
 
 
 @dataclass
@@ -420,9 +421,10 @@ class PeopleSequenceLifter:
     one model call per pushed frame for everyone. Not thread-safe: one thread pushes."""
 
     def __init__(self, estimator: PoseEstimator, root: RootFilterConfig | None = None,
-                 forget_s: float = DEFAULT_FORGET_S) -> None:
+                 forget_s: float = DEFAULT_FORGET_S, body: BodyConfig | None = None) -> None:
         self.est = estimator
         self.root = root
+        self.body = body  # each track its own body (realtime.filters.TrackBody), as its own root filter
         self.forget_s = float(forget_s)
         self._lifters: dict[int, SequenceLifter] = {}
         self._owed: dict[int, deque[_Slot]] = {}  # per track: the frames its lifter still owes
@@ -438,7 +440,7 @@ class PeopleSequenceLifter:
         for tid in here:
             self._seen[tid] = t
             if tid not in self._lifters:
-                self._lifters[tid] = SequenceLifter(self.est, self.root)
+                self._lifters[tid] = SequenceLifter(self.est, self.root, self.body)
                 self._owed[tid] = deque()
         slot = _Slot(pd)
         self._slots.append(slot)

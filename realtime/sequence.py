@@ -5,7 +5,8 @@ into `PoseFrame`s, one per detection, in the same order:
     push(detected) -> the PoseFrames that became ready; flush() -> the rest, at the end.
 It owns everything that depends on a person's past (and, for files, future) frames: the 2D
 history resampled to the temporal model's spacing (realtime.history), the frames a centred
-model holds back until the frames after them have arrived, and the root trajectory filter
+model holds back until the frames after them have arrived, the track's body (its bone
+lengths, fixed: realtime.filters.TrackBody) and the root trajectory filter
 (realtime.trajectory.RootTrajectory). One instance per tracked person.
 
     single-frame model   each frame lifted alone, at once
@@ -30,6 +31,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from realtime.filters import BodyConfig, TrackBody, with_body
 from realtime.frames import PoseFrame
 from realtime.history import History
 from realtime.trajectory import RootFilterConfig, RootTrajectory
@@ -106,11 +108,16 @@ class SequenceLifter:
     camera space, the root filter); several people's lifters submit, share one `lift_jobs`
     call, then complete (realtime.people)."""
 
-    def __init__(self, estimator: PoseEstimator, root: RootFilterConfig | None = None) -> None:
+    def __init__(self, estimator: PoseEstimator, root: RootFilterConfig | None = None,
+                 body: BodyConfig | None = None) -> None:
+        """root: the root filter's settings (None: each frame's own solve); body: the track's
+        fixed bone lengths (realtime.filters.TrackBody; None: each pose as the model gives
+        it)."""
         self.est = estimator
         self.spec = estimator.temporal
         self.history = History(self.spec) if self.spec is not None else None
         self.root = RootTrajectory(estimator.camera, root) if root is not None and estimator.trajectory else None
+        self.body = TrackBody(body) if body is not None else None
         self._pending: deque[Detected] = deque()
         self._now = -np.inf
 
@@ -122,6 +129,8 @@ class SequenceLifter:
         """Everything still held (end of stream), then the root filter's buffer."""
         jobs = self._take_ready(force=True)
         out = self.complete(jobs, lift_jobs(self.est, jobs))
+        if self.body is not None:
+            out += self._rooted(with_body(pf, lengths) for pf, lengths in self.body.flush())
         if self.root is not None:
             out += self.root.flush()
         if self.history is not None:
@@ -154,8 +163,18 @@ class SequenceLifter:
                 else:
                     cold = bool(job.padded[k]) if job.windows is not None else False
                     pf = self.est.pose_frame(d, rel[k], fbi[k], dict(d.timings_ms, lift=ms), cold_start=cold)
-                out += self.root.push(pf) if self.root is not None else [pf]
+                if self.body is None:
+                    out += self._rooted([pf])
+                else:
+                    joints = pf.joints_mm if pf.valid else None
+                    out += self._rooted(with_body(p, lengths) for p, lengths in self.body.push(d.timestamp_s, joints, pf))
         return out
+
+    def _rooted(self, poses: Iterable[PoseFrame]) -> list[PoseFrame]:
+        """Poses through the root filter, when there is one."""
+        if self.root is None:
+            return list(poses)
+        return [q for pf in poses for q in self.root.push(pf)]
 
     def _waits(self, d: Detected) -> bool:
         """Must this frame wait for later frames (a centred model's lookahead)?"""
@@ -179,11 +198,11 @@ class SequenceLifter:
 
 
 def lift_sequence(detections: Iterable[Detected], estimator: PoseEstimator,
-                  root: RootFilterConfig | None = None) -> Iterator[PoseFrame]:
+                  root: RootFilterConfig | None = None, body: BodyConfig | None = None) -> Iterator[PoseFrame]:
     """Every detection (timestamp order) lifted with its temporal context: one PoseFrame per
     detection, in order. A pure function of the detections, their timestamps and image sizes
-    (for a given model, intrinsics and root settings)."""
-    lifter = estimator.sequence(root)
+    (for a given model, intrinsics, root and body settings)."""
+    lifter = estimator.sequence(root, body)
     for d in detections:
         yield from lifter.push(d)
     yield from lifter.flush()

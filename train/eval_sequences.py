@@ -69,9 +69,30 @@ def temporal_windows(spec, ss, targets: np.ndarray) -> np.ndarray:
     return out
 
 
-def predict(model: str, ss, targets: np.ndarray, backend: str = "auto", generator: str | None = None
-            ) -> tuple[np.ndarray, str, str]:
-    """(joints (len(targets), 17, 3) mm, resolved path, stage) of a model on the target frames."""
+def predict(model: str, ss, targets: np.ndarray, backend: str = "auto", generator: str | None = None,
+            body=None) -> tuple[np.ndarray, str, str]:
+    """(joints (len(targets), 17, 3) mm, resolved path, stage) of a model on the target frames.
+    body (a realtime.filters.BodyConfig): each clip's poses rebuilt with fixed bone lengths,
+    as the app does (realtime.filters.fixed_bones over every detected frame of the clip, in
+    time order, then the targets taken)."""
+    if body is None:
+        return _predict(model, ss, targets, backend, generator)
+    frames = np.flatnonzero(ss.found & np.isin(ss.clip, ss.clip[targets]))
+    if not np.isin(targets, frames).all():
+        raise UserError("fixed bones need a MediaPipe detection on every evaluated frame")
+    pred, path, stage = _predict(model, ss, frames, backend, generator)
+    from realtime.filters import fixed_bones
+
+    out = np.empty(pred.shape, np.float64)
+    for c in np.unique(ss.clip[frames]):
+        k = np.flatnonzero(ss.clip[frames] == c)
+        out[k] = fixed_bones(pred[k], ss.time_ms[frames[k]] / 1000.0, body)
+    return out[np.searchsorted(frames, targets)], path, stage
+
+
+def _predict(model: str, ss, targets: np.ndarray, backend: str = "auto", generator: str | None = None
+             ) -> tuple[np.ndarray, str, str]:
+    """predict without a body."""
     from engines.normalize import features_2d
     from engines.stages import stage_for
     from engines.temporal import WindowSpec
@@ -117,7 +138,10 @@ def mpjve(pred: np.ndarray, gt: np.ndarray, ss, targets: np.ndarray) -> tuple[fl
     return velocity_error(pred, gt, pair), int(len(pair))
 
 
-def evaluate_sequence_set(data: str, models: list[str], backend: str = "auto") -> dict:
+def evaluate_sequence_set(data: str, models: list[str], backend: str = "auto", body=None) -> dict:
+    """The table of `posestream eval --data SEQUENCE_SET` (module docstring); body (a
+    realtime.filters.BodyConfig, `--fixed-bones`): every model's poses with the app's fixed
+    bone lengths per clip."""
     from train.eval_common import summarize
     from train.metrics import mpjpe, p_mpjpe
     from train.sequence_sets import load_sequence_set
@@ -134,9 +158,10 @@ def evaluate_sequence_set(data: str, models: list[str], backend: str = "auto") -
 
     generator = SynthDataset(data).manifest.get("generator")
     out: dict = {"data": str(data), "input": "mp (VIDEO mode)", "frames": int(len(ss)), "rows": int(rows.sum()),
-                 "evaluated": int(len(targets)), "clips": int(len(np.unique(ss.clip))), "models": {}}
+                 "evaluated": int(len(targets)), "clips": int(len(np.unique(ss.clip))),
+                 "fixed_bones": body is not None, "models": {}}
     for m in models:
-        pred, path, stage = predict(m, ss, targets, backend, generator)
+        pred, path, stage = predict(m, ss, targets, backend, generator, body)
         res = summarize(mpjpe(pred, gt), p_mpjpe(pred, gt), action, names).to_json()
         ve, pairs = mpjve(pred, gt, ss, targets)
         out["models"][m] = {**res, "model": path, "stage": stage, "mpjve_mm": ve, "velocity_pairs": pairs}
@@ -148,7 +173,8 @@ def sequence_markdown(out: dict) -> str:
 
     lines = [f"sequence render set `{out['data']}`: {out['clips']} clips, {out['frames']} frames, MediaPipe "
              f"(VIDEO mode) found the person on {out['evaluated']} of the {out['rows']} frames that show a "
-             f"Human3.6M row", "",
+             f"Human3.6M row" + (", every clip's poses with fixed bone lengths (--fixed-bones)"
+                                 if out.get("fixed_bones") else ""), "",
              "| model | stage | MPJPE | P-MPJPE | MPJVE (mm per row step) |", "|---|---|---|---|---|"]
     for m, e in out["models"].items():
         lines.append(f"| {m} | {e['stage']} | {e['mpjpe_mm']:.1f} | {e['p_mpjpe_mm']:.1f} | {e['mpjve_mm']:.1f} |")
@@ -157,12 +183,12 @@ def sequence_markdown(out: dict) -> str:
     return "\n".join(lines)
 
 
-def holdout_figures(renders: list[str], subject: int, models: list[str], backend: str = "auto") -> dict:
+def holdout_figures(renders: list[str], subject: int, models: list[str], backend: str = "auto", body=None) -> dict:
     """MPJPE (mm) and MPJVE (mm) of each model on one subject's clips of the training renders,
     over every frame where MediaPipe found the person; MPJVE over pairs of such frames of a
     clip one frame apart and about 100 ms apart (S9's row step): the validation figures of a
     run trained with `train-lifter --hold-out SUBJECT`, for choosing among runs without looking
-    at S9."""
+    at S9. body (a realtime.filters.BodyConfig): with the app's fixed bone lengths per clip."""
     from train.sequence_sets import concat_sets, load_sequence_set
 
     ss = concat_sets([load_sequence_set(r) for r in renders])
@@ -176,7 +202,7 @@ def holdout_figures(renders: list[str], subject: int, models: list[str], backend
     gaps = {"mpjve_1f_mm": 1, "mpjve_100ms_mm": max(1, int(round(100.0 / frame_ms)))}
     out = {}
     for m in models:
-        pred = predict(m, ss, targets, backend)[0]
+        pred = predict(m, ss, targets, backend, body=body)[0]
         res = {"mpjpe_mm": float(np.linalg.norm(pred - gt, axis=-1).mean()), "frames": int(len(targets))}
         for name, g in gaps.items():
             pair = np.flatnonzero((clip[g:] == clip[:-g]) & (targets[g:] - targets[:-g] == g))

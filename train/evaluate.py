@@ -127,6 +127,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto",
                    help="runtime backend: auto (TensorRT, else ONNX Runtime, else torch), torch, onnxruntime, tensorrt")
     p.add_argument("--every", type=int, default=1, help="evaluate every n-th row")
+    p.add_argument("--fixed-bones", action="store_true",
+                   help="sequence render sets: each clip's poses with fixed bone lengths, as `posestream video` "
+                        "writes them (realtime.filters.FILE_BODY)")
     p.add_argument("--json", default=None, help="write results as JSON here")
     p.add_argument("--md", default=None, help="write the markdown tables here")
 
@@ -139,11 +142,16 @@ def run(args: argparse.Namespace) -> int:
 
         from train.sequence_sets import is_sequence_set
 
+        if getattr(args, "fixed_bones", False) and not is_sequence_set(data):
+            raise UserError("--fixed-bones applies to sequence render sets (posestream render --sequence)")
         if is_sequence_set(data):
             from train import eval_sequences
 
             models = [args.model, *args.compare] if args.model else list(eval_sequences.DEFAULT_MODELS)
-            out = eval_sequences.evaluate_sequence_set(args.data, models, args.backend)
+            from realtime.filters import FILE_BODY
+
+            out = eval_sequences.evaluate_sequence_set(args.data, models, args.backend,
+                                                       FILE_BODY if getattr(args, "fixed_bones", False) else None)
             md = eval_sequences.sequence_markdown(out)
         elif (data / "manifest.json").is_file():
             out = eval_renders.evaluate_render_set(args.data, args.input, args.model or "final", args.compare)
@@ -153,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
                                                     input_kind="gt" if args.input == "gt" else "mp")
             md = eval_renders.real_markdown(out)
     else:
+        if getattr(args, "fixed_bones", False):
+            raise UserError("--fixed-bones applies to sequence render sets (posestream render --sequence)")
         if args.input == "mp":
             raise UserError("--input mp needs a render folder or the real-frames folder (MediaPipe runs on images)")
         out = evaluate(args.data, args.input, args.model, args.backend, args.every)
