@@ -7,14 +7,15 @@ the detections (and the One Euro smoother with --smooth): this script detects ea
 exactly as the command does (VIDEO mode with re-detection), and lifts the detections several
 ways, which gives what these commands write, without running MediaPipe once per row:
 
-    single-frame, per-frame root     posestream video CLIP --model SINGLE --raw-root --out a.npz
-    single-frame                     posestream video CLIP --model SINGLE --out b.npz
-    single-frame + --smooth          posestream video CLIP --model SINGLE --smooth --out c.npz
-    temporal                         posestream video CLIP --model TEMPORAL --out d.npz
-    temporal, per-frame root         posestream video CLIP --model TEMPORAL --raw-root --out e.npz
+    single-frame, per-frame root     posestream video CLIP --model SINGLE --raw-root --no-fixed-bones --out a.npz
+    single-frame + --smooth          posestream video CLIP --model SINGLE --smooth --no-fixed-bones --out c.npz
+    temporal, model's own bones      posestream video CLIP --model TEMPORAL --no-fixed-bones --out e.npz
+    temporal                         posestream video CLIP --model TEMPORAL --out d.npz   (the default)
 
 and prints, per clip, the figures `posestream stability X.npz --against-mediapipe CLIP
---lag-against a.npz` prints for each (realtime.stability), MediaPipe's world landmarks first.
+--lag-against a.npz` prints for each (realtime.stability), MediaPipe's world landmarks first;
+"lag fx" is the lag behind the single-frame output with fixed bones (`--raw-root` alone), the
+like-for-like reference of a fixed-bones output.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.checkpoint import default_app_model, default_file_model  # noqa: E402
 from realtime.estimator import PoseEstimator, open_lifter  # noqa: E402
-from realtime.filters import PoseSmoother  # noqa: E402
+from realtime.filters import FILE_BODY, PoseSmoother  # noqa: E402
 from realtime.sequence import lift_sequence  # noqa: E402
 from realtime.sources import VideoFileSource  # noqa: E402
 from realtime.stability import frame_rate, lag_frames, measure  # noqa: E402
@@ -84,16 +85,19 @@ def main() -> int:
         dets, world = detect(clip, keep_images=callable(getattr(single, "lift", None)))
         smoothed_root = RootFilterConfig(lag_s=FILE_ROOT_LAG_S)
 
-        def lifted(lifter, root):
-            return list(lift_sequence(dets, PoseEstimator(lifter=lifter, detector=_Closed()), root))
+        def lifted(lifter, root, body=None):
+            return list(lift_sequence(dets, PoseEstimator(lifter=lifter, detector=_Closed()), root, body))
 
         rows = {"single-frame, per-frame root": lifted(single, None)}
-        rows["single-frame"] = lifted(single, smoothed_root)
         smoother = PoseSmoother()
-        rows["single-frame + --smooth"] = [smoother(p) for p in rows["single-frame"]]
-        rows["temporal"] = lifted(temporal, smoothed_root)
-        rows["temporal, per-frame root"] = lifted(temporal, None)
+        rows["single-frame + --smooth"] = [smoother(p) for p in lifted(single, smoothed_root)]
+        rows["temporal, model's own bones"] = lifted(temporal, smoothed_root)
+        rows["temporal"] = lifted(temporal, smoothed_root, FILE_BODY)
         j_ref, _, ok_ref, index = arrays(rows["single-frame, per-frame root"])
+        # fixed bones take the limbs' length changes out of the joint velocities the lag is
+        # measured on: every output is also compared with the single-frame output with fixed
+        # bones (like with like for a fixed-bones output)
+        j_ref_fixed = arrays(lifted(single, None, FILE_BODY))[0]
         fps = frame_rate(np.array([p.timestamp_s for p in rows["single-frame, per-frame root"]]), index)
         mp_ok = np.array([w is not None for w in world])
         mp_j = np.stack([w if w is not None else np.full((17, 3), np.nan) for w in world])
@@ -102,15 +106,16 @@ def main() -> int:
         for name, poses in rows.items():
             j, t, ok, idx = arrays(poses)
             both = ok & mp_ok
-            table[name] = dict(asdict(measure(j, both, idx, t, fps)), lag_frames=lag_frames(j, j_ref, both & ok_ref, idx))
+            table[name] = dict(asdict(measure(j, both, idx, t, fps)), lag_frames=lag_frames(j, j_ref, both & ok_ref, idx),
+                               lag_fixed_frames=lag_frames(j, j_ref_fixed, both & ok_ref, idx))
         report[Path(clip).name] = table
         print(f"\n{Path(clip).name}: {len(dets)} frames at {fps:.1f} fps; single {args.single}, "
               f"temporal {args.temporal}")
-        print(f"{'output':<30} {'accel':>6} {'@30fps':>6} {'bone CV':>7} {'lag':>6} {'root step med':>13} {'p95':>6} "
-              f"{'max':>6} {'depth med':>9}")
+        print(f"{'output':<30} {'accel':>6} {'@30fps':>6} {'bone CV':>7} {'lag':>6} {'lag fx':>6} {'root step med':>13} "
+              f"{'p95':>6} {'max':>6} {'depth med':>9}")
         for name, r in table.items():
             print(f"{name:<30} {r['acceleration_mm']:>6.2f} {r['acceleration_30fps_mm']:>6.2f} {r['bone_cv']:>7.3f} "
-                  f"{r['lag_frames']:>+6.2f} "
+                  f"{r['lag_frames']:>+6.2f} {r.get('lag_fixed_frames', float('nan')):>+6.2f} "
                   f"{r['root_step_median_mm']:>13.1f} {r['root_step_p95_mm']:>6.1f} {r['root_step_max_mm']:>6.1f} "
                   f"{r['depth_median_mm']:>9.0f}")
     single.close()

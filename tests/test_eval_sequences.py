@@ -87,6 +87,35 @@ def test_sequence_eval_counts_rows_and_resamples_windows_by_time(seq_set, tmp_pa
     np.testing.assert_allclose(got[0], want, atol=1e-3)
 
 
+def test_fixed_bones_option_is_the_apps_body_per_clip(seq_set):
+    """`posestream eval --fixed-bones`: each clip's poses through realtime.filters.fixed_bones
+    over all its detected frames (as the app writes them), then the evaluated rows taken."""
+    from engines.skeleton import bone_lengths
+    from realtime.filters import BodyConfig, fixed_bones
+    from train.eval_sequences import evaluate_sequence_set, predict
+    from train.sequence_sets import load_sequence_set
+
+    ss = load_sequence_set(seq_set)
+    rows = np.flatnonzero((ss.row >= 0) & ss.found)
+    whole_clip = BodyConfig(lookahead_s=10.0)
+    raw, _, _ = predict("base_gt", ss, rows, backend="onnxruntime")
+    fixed, _, _ = predict("base_gt", ss, rows, backend="onnxruntime", body=whole_clip)
+    for c in np.unique(ss.clip[rows]):
+        k = ss.clip[rows] == c
+        lengths = bone_lengths(fixed[k])
+        np.testing.assert_allclose(lengths, np.broadcast_to(lengths[0], lengths.shape), rtol=1e-6)  # one body a clip
+        assert np.ptp(bone_lengths(raw[k]), axis=0).max() > 1.0
+    # the body comes from every detected frame of the clip, not only the evaluated rows
+    own = np.flatnonzero((ss.clip == ss.clip[rows[0]]) & ss.found)
+    every, _, _ = predict("base_gt", ss, own, backend="onnxruntime")
+    body = fixed_bones(every, ss.time_ms[own] / 1000.0, whole_clip)
+    np.testing.assert_allclose(fixed[ss.clip[rows] == ss.clip[rows[0]]], body[np.isin(own, rows)], atol=1e-4)
+    out = evaluate_sequence_set(str(seq_set), ["base_gt"], backend="onnxruntime", body=whole_clip)
+    assert out["fixed_bones"] and 0 < out["models"]["base_gt"]["mpjpe_mm"] < 1000
+    with pytest.raises(UserError, match="detection on every evaluated frame"):
+        predict("base_gt", ss, np.flatnonzero(~ss.found)[:1], backend="onnxruntime", body=whole_clip)
+
+
 def test_sequence_eval_refuses_what_it_cannot_run(seq_set):
     from train.eval_sequences import evaluate_sequence_set
 
