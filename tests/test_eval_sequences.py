@@ -126,6 +126,36 @@ def test_sequence_eval_refuses_what_it_cannot_run(seq_set):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+def test_time_averaging_is_the_mean_over_shifted_and_respaced_windows(seq_set, tmp_path):
+    """train.time_averaging (a study): the model's outputs for the windows at t + shift and at
+    other frame spacings, averaged; with no shift and its own spacing it is the evaluated model."""
+    from engines.normalize import features_2d
+    from engines.temporal import WindowSpec, timed_windows
+    from train.eval_sequences import evaluate_sequence_set, predict
+    from train.sequence_sets import load_sequence_set
+    from train.time_averaging import averaged, sequence_set
+
+    ss = load_sequence_set(seq_set)
+    path = str(tmp_path / "c.pt")
+    m = _temporal_checkpoint(path, causal=False)
+    targets = np.flatnonzero(ss.found)
+    np.testing.assert_allclose(averaged(path, ss, targets, backend="torch"),
+                               predict(path, ss, targets, backend="torch")[0], atol=1e-4)
+    own = np.flatnonzero((ss.clip == 1) & ss.found)
+    t, x = ss.time_ms[own], features_2d(ss.mp2d[own], ss.f[own], ss.c[own])
+    with torch.no_grad():
+        want = np.mean([m(torch.from_numpy(timed_windows(t, x, t[10:11] + sh, WindowSpec(27, False, sp)))).numpy()[0]
+                        for sp in (30.0, 60.0) for sh in (-40.0, 0.0, 40.0)], axis=0)
+    got = averaged(path, ss, own[10:11], shifts_ms=(-40, 0, 40), spacings_ms=(30, 60), backend="torch")
+    np.testing.assert_allclose(got[0], want, atol=1e-3)
+    row = evaluate_sequence_set(str(seq_set), [path], backend="torch")["models"][path]
+    plain = sequence_set(str(seq_set), path, backend="torch")
+    assert plain["mpjpe_mm"] == pytest.approx(row["mpjpe_mm"], abs=1e-3)
+    assert plain["mpjve_mm"] == pytest.approx(row["mpjve_mm"], abs=1e-3)
+    with pytest.raises(UserError, match="not a temporal model"):
+        averaged("base_gt", ss, targets, backend="torch")
+
+
 def test_eval_cli_on_a_sequence_set(seq_set, tmp_path):
     out = tmp_path / "e.json"
     r = subprocess.run([sys.executable, "-m", "realtime.cli", "eval", "--data", str(seq_set), "--model", "base_gt",

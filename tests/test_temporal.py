@@ -241,9 +241,13 @@ def test_tiny_temporal_training_and_eval(tmp_path, h36m_train, h36m_val, conv):
     window, kind = (CONV_WINDOW, "temporal_conv") if conv else (WINDOW, "temporal_lifter")
     cfg = TrainConfig(data=str(h36m_train), val_data=str(h36m_val), input_kind="sh", every=400, epochs=2,
                       batch_size=64, hidden=128, val_every=100, threads=1, dropout=0.0, lr=3e-3, window=window,
-                      conv=conv, loss="mpjpe" if conv else "l2")
+                      conv=conv, loss="mpjpe" if conv else "l2", keep_epochs=1)
     state = train(cfg, tmp_path / "run", log=lambda s: None)
     assert state["history"][-1]["train_l0"] < state["history"][0]["train_l0"]
+    # keep_epochs: the last epoch's weights are kept beside latest.pt, earlier ones are not.
+    assert sorted(p.name for p in (tmp_path / "run").glob("epoch*.pt")) == ["epoch02.pt"]
+    kept, latest = (torch.load(tmp_path / "run" / n, weights_only=False) for n in ("epoch02.pt", "latest.pt"))
+    assert kept["epoch"] == 2 and all(torch.equal(v, latest["model"][k]) for k, v in kept["model"].items())
     ck = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
     assert ck["kind"] == kind and ck["model_config"]["window"] == window
     assert ck["artifact_meta"] == {"window": window, "causal": False, "spacing_ms": 100.0,
@@ -337,6 +341,33 @@ def test_ensemble_refuses_members_that_do_not_agree(tmp_path):
     torch.save({"model": {}, "kind": "lifter"}, tmp_path / "l.pt")
     with pytest.raises(UserError, match="not a temporal lifter"):
         build([a, tmp_path / "l.pt"], tmp_path / "x.pt")
+
+
+def test_soup_averages_the_weights_of_one_architecture(tmp_path):
+    """--soup: one model of the members' architecture whose every float weight (BatchNorm
+    statistics included) is the members' mean; members of another architecture are refused."""
+    from engines.backends.torch_backend import TorchBackend
+    from train.ensemble import soup
+
+    a = _as_trained(_temporal_model(CONV_WINDOW, flip_tta=True, conv=True))
+    b = _temporal_model(CONV_WINDOW, flip_tta=True, conv=True)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    paths = [_save_member(a, tmp_path / "a.pt"), _save_member(b, tmp_path / "b.pt")]
+    ck = soup(paths, tmp_path / "soup.pt")
+    for k, v in a.state_dict().items():
+        want = 0.5 * (v + b.state_dict()[k]) if v.is_floating_point() else v
+        torch.testing.assert_close(ck["model"][k], want)
+    assert [m["source_file"] for m in ck["soup"]] == ["a.pt", "b.pt"] and ck["kind"] == "temporal_conv"
+    be = TorchBackend(tmp_path / "soup.pt")   # loads and runs as its members' stage
+    x = np.random.default_rng(3).normal(0, 1, (2, CONV_WINDOW, LIFT_INPUT_DIM)).astype(np.float32)
+    assert np.isfinite(be.run({"features": x})["joints_mm"]).all()
+    other = _save_member(_temporal_model(CONV_WINDOW, flip_tta=True, hidden=32, conv=True), tmp_path / "c.pt")
+    with pytest.raises(UserError, match="not the same model"):
+        soup([paths[0], other], tmp_path / "x.pt")
+    with pytest.raises(UserError, match="at least two"):
+        soup(paths[:1], tmp_path / "x.pt")
 
 
 # ---- the window contract: spacing in the checkpoint and its exports, timestamp resampling ----

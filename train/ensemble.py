@@ -1,12 +1,18 @@
 """Average trained temporal lifters into one model (`posestream ensemble`).
 
     posestream ensemble --member runs/a/best.pt --member runs/b/best.pt --out models/NAME.pt
+    posestream ensemble --soup --member runs/a/epoch06.pt ... --member runs/a/epoch10.pt --out x.pt
 
 Members are temporal-lifter checkpoints (train-lifter --window N [--conv]) trained under this
 code's contract, all centred or all causal, at the same frame spacing. The result is one
 checkpoint of stage "temporal_ensemble" (engines.models.TemporalEnsemble) over
 engines.temporal.ENSEMBLE_WINDOW frames: it evaluates, exports and benchmarks like any stage,
 and records where each member came from.
+
+With --soup the members' *weights* are averaged instead ("model soup", or stochastic weight
+averaging when they are the last epochs of one run, `train-lifter --keep-epochs`): one model of
+the members' own architecture and cost. That only makes sense for members on one training
+trajectory or fine-tuned from one start, so they must share stage and model config.
 """
 from __future__ import annotations
 
@@ -59,12 +65,49 @@ def build(members: list[Path], out: Path) -> dict:
     return ck
 
 
+def soup(members: list[Path], out: Path) -> dict:
+    """Write to `out` the checkpoint whose weights are the mean of `members`' (same stage and
+    model config; integer buffers such as BatchNorm's step count are the first member's, every
+    other metadata too, plus where each member came from); returns it."""
+    import torch
+
+    from engines.backends.torch_backend import load_checkpoint
+    from engines.checkpoint import contract_metadata, file_sha256
+
+    if len(members) < 2:
+        raise UserError("a soup needs at least two --member checkpoints")
+    cks = [load_checkpoint(p) for p in members]
+    first = cks[0]
+    for p, ck in zip(members, cks):
+        if ck.get("contract") != contract_metadata():
+            raise UserError(f"{p} was trained under another contract than this code's")
+        if (ck.get("kind"), ck.get("model_config")) != (first.get("kind"), first.get("model_config")) \
+                or ck["model"].keys() != first["model"].keys():
+            raise UserError(f"{p} is not the same model as {members[0]} (stage {ck.get('kind')!r}); "
+                            f"a soup averages the weights of one architecture")
+    weights = {k: (torch.stack([ck["model"][k] for ck in cks]).mean(0) if v.is_floating_point() else v)
+               for k, v in first["model"].items()}
+    ck = {**first, "model": weights,
+          "soup": [{"source_file": p.name, "source_sha256": file_sha256(p), "epoch": c.get("epoch"),
+                    "val_mpjpe_mm": c.get("val_mpjpe_mm")} for p, c in zip(members, cks)]}
+    ck.pop("val_mpjpe_mm", None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ck, out)
+    return ck
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--member", action="append", type=Path, required=True, help="temporal lifter checkpoint (repeat)")
+    p.add_argument("--soup", action="store_true",
+                   help="average the members' weights into one model of their architecture (members of one run)")
     p.add_argument("--out", type=Path, required=True, help="ensemble checkpoint to write (.pt)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.soup:
+        ck = soup(args.member, args.out)
+        print(f"wrote {args.out}: the weights of {len(ck['soup'])} {ck.get('kind')} checkpoints averaged")
+        return 0
     ck = build(args.member, args.out)
     print(f"wrote {args.out}: {len(ck['members'])} members over {ck['model_config']['window']} frames")
     return 0

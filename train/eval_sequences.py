@@ -52,9 +52,10 @@ def frame_inputs(spec, ss, idx: np.ndarray) -> np.ndarray:
     return fn(ss.mp2d[idx], ss.f[idx], ss.c[idx], **{k: cues[k] for k in spec.frame_cues})
 
 
-def temporal_windows(spec, ss, targets: np.ndarray) -> np.ndarray:
+def temporal_windows(spec, ss, targets: np.ndarray, shift_ms: float = 0.0) -> np.ndarray:
     """(len(targets), window, D) windows of the target frames, from the detected frames of
-    each one's clip, resampled by timestamp."""
+    each one's clip, resampled by timestamp; shift_ms: the windows of the times shift_ms after
+    the target frames' instead."""
     from engines.temporal import timed_windows
 
     out = None
@@ -62,7 +63,8 @@ def temporal_windows(spec, ss, targets: np.ndarray) -> np.ndarray:
         own = np.flatnonzero(ss.clip == clip)
         have = own[ss.found[own]]
         rows = np.flatnonzero(ss.clip[targets] == clip)
-        win = timed_windows(ss.time_ms[have], frame_inputs(spec, ss, have), ss.time_ms[targets[rows]], spec)
+        win = timed_windows(ss.time_ms[have], frame_inputs(spec, ss, have), ss.time_ms[targets[rows]] + shift_ms,
+                            spec)
         if out is None:
             out = np.empty((len(targets),) + win.shape[1:], np.float32)
         out[rows] = win

@@ -117,10 +117,11 @@ def _lifter_steps(lifter: Any, make_input: Callable[[Any], Any], targets: Any, b
 
 
 def end_epoch(out: Path, state: dict, epochs: int, epoch_l0: float, val: float, seconds: float, model: Any,
-              meta: dict, log: Callable[[str], None] = print) -> None:
+              meta: dict, log: Callable[[str], None] = print, keep_epochs: int = 0) -> None:
     """Book-keeping after an epoch: history, log line, OUT/latest.pt (this epoch's weights +
-    `meta`: a run validated on its test set is reported at a fixed epoch, not its best) and
-    OUT/best.pt when the validation MPJPE improved."""
+    `meta`: a run validated on its test set is reported at a fixed epoch, not its best),
+    OUT/best.pt when the validation MPJPE improved, and OUT/epochNN.pt as well during the
+    last `keep_epochs` epochs (for averaging their weights: `posestream ensemble --soup`)."""
     import torch
 
     state["train_seconds"] += seconds
@@ -132,6 +133,10 @@ def end_epoch(out: Path, state: dict, epochs: int, epoch_l0: float, val: float, 
     tmp = out / "latest.tmp"
     torch.save(weights, tmp)
     tmp.replace(out / "latest.pt")
+    if state["epoch"] > epochs - keep_epochs:
+        tmp = out / "epoch.tmp"
+        torch.save(weights, tmp)
+        tmp.replace(out / f"epoch{state['epoch']:02d}.pt")
     if val < state["best"]:
         state["best"] = val
         torch.save(weights, out / "best.pt")

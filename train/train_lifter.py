@@ -58,6 +58,7 @@ class TrainConfig:
     pair_ms: float = 40.0           # velocity pairs: time between a pair's frames (rounded to whole rows / frames)
     bone_weight: float = 0.0        # loss mpjpe: + this x bone-length error (mm) of every output
     hold_out: int = 0               # renders: train without this subject, validate on its renders (not on S9)
+    keep_epochs: int = 0            # also keep the weights of each of the last N epochs (OUT/epochNN.pt)
 
 
 def _features(uv: np.ndarray, f: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -450,8 +451,9 @@ def _train(cfg: TrainConfig, out: Path, log, kind: str, num_blocks: int, X: np.n
 
     state = {"epoch": 0, "one_minus_a": None, "history": [], "best": math.inf, "train_seconds": 0.0}
     last = out / "last.pt"
-    # Only the epoch count may change on resume (to extend a run); anything else means a new run.
-    state = run_state.resume(last, asdict(cfg), model, opt, sched, rng, state, ("epochs",), log,
+    # Only the epoch count (and how many last epochs to keep) may change on resume (to extend a
+    # run); anything else means a new run.
+    state = run_state.resume(last, asdict(cfg), model, opt, sched, rng, state, ("epochs", "keep_epochs"), log,
                              defaults=asdict(TrainConfig()))
 
     def validate() -> float:
@@ -479,7 +481,8 @@ def _train(cfg: TrainConfig, out: Path, log, kind: str, num_blocks: int, X: np.n
                 "data_sha256": file_sha256(data[0]) if state["epoch"] == 0 and Path(data[0]).is_file() else None}
         if temporal:  # what a runtime needs to build the windows; exported with the model
             meta["artifact_meta"] = temporal_metadata(mcfg)
-        run_state.end_epoch(out, state, cfg.epochs, epoch_l0, val, time.time() - t0, model, meta, log)
+        run_state.end_epoch(out, state, cfg.epochs, epoch_l0, val, time.time() - t0, model, meta, log,
+                            cfg.keep_epochs)
         run_state.save(last, asdict(cfg), model, opt, sched, rng, state)
         (out / "history.json").write_text(json.dumps(state["history"], indent=1))
     return state
@@ -499,7 +502,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("lr-decay", float), ("every", int),
                       ("noise-px", float), ("seed", int), ("threads", int), ("hidden", int), ("window", int),
                       ("dropout", float), ("spacing-ms", float), ("val-every", int), ("cold-start", float),
-                      ("velocity-weight", float), ("pair-ms", float), ("bone-weight", float)):
+                      ("velocity-weight", float), ("pair-ms", float), ("bone-weight", float),
+                      ("keep-epochs", int)):
         p.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_")))
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--causal", action="store_true", help="temporal lifter: predict the last frame of the window")
@@ -531,6 +535,7 @@ def run(args: argparse.Namespace) -> int:
                       cold_start=args.cold_start, rotate=args.rotate, renders=tuple(args.renders),
                       val_renders=args.val_renders, cues=tuple(c for c in args.cues.split(",") if c),
                       init_from=args.init_from, velocity_weight=args.velocity_weight,
-                      bone_weight=args.bone_weight, hold_out=args.hold_out, pair_ms=args.pair_ms)
+                      bone_weight=args.bone_weight, hold_out=args.hold_out, pair_ms=args.pair_ms,
+                      keep_epochs=args.keep_epochs)
     train(cfg, Path(args.out), log=lambda s: print(s, flush=True))
     return 0
