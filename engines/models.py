@@ -344,12 +344,45 @@ class TemporalEnsemble(nn.Module):
             m.check_sequence_form()
 
 
+class TimeAveraged(nn.Module):
+    """features (B, window + 2 reach, D) -> the mean (B, 17, 3) mm of a centred temporal
+    lifter's outputs for the windows centred on the middle frame and on each of the `reach`
+    frames either side of it: the model's output averaged over the times t - reach .. t + reach
+    frame spacings around the output frame t, i.e. a box filter over its outputs, which
+    removes the frame-to-frame part of its velocity error. One model, run 2 reach + 1 times."""
+
+    def __init__(self, cfg: LifterConfig, reach: int) -> None:
+        super().__init__()
+        if cfg.causal or reach < 1:
+            raise ValueError("time averaging needs a centred model (a causal one would lag) and reach >= 1")
+        self.model = temporal_lifter(cfg)
+        self.reach, self.window = reach, cfg.window + 2 * reach
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 3 and x.shape[1] == self.window, tuple(x.shape)
+        w, n = self.model.cfg.window, 2 * self.reach + 1
+        y = self.model(torch.cat([x[:, j:j + w] for j in range(n)], 0))
+        return y.reshape(n, x.shape[0], NUM_JOINTS, 3).mean(0)
+
+    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """features (B, T, D), T >= window -> (B, T - window + 1, 17, 3): output t is forward()
+        on frames t .. t + window - 1, the mean of 2 reach + 1 consecutive outputs of the
+        model's own sequence form."""
+        assert x.ndim == 3 and x.shape[1] >= self.window, tuple(x.shape)
+        y = self.model.forward_sequence(x)
+        n = x.shape[1] - self.window + 1
+        return torch.stack([y[:, j:j + n] for j in range(2 * self.reach + 1)]).mean(0)
+
+    def check_sequence_form(self) -> None:
+        self.model.check_sequence_form()
+
+
 class SequenceForm(nn.Module):
     """A temporal lifter or ensemble run over a stretch of a sequence: forward is its
     forward_sequence, features (B, T, 37) -> joints (B, T - window + 1, 17, 3), mm. This is
     the module the *_sequence stages export (engines.stages), for batch evaluation."""
 
-    def __init__(self, model: TemporalLifter | TemporalEnsemble) -> None:
+    def __init__(self, model: TemporalLifter | TemporalEnsemble | TimeAveraged) -> None:
         super().__init__()
         model.check_sequence_form()
         self.model = model

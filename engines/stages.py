@@ -23,7 +23,8 @@ import numpy as np
 from engines.errors import UserError
 from engines.normalize import CUE_FRAME_DIM, LIFT_INPUT_DIM
 from engines.skeleton import NUM_FBI_BONES, NUM_JOINTS
-from engines.temporal import CONV_WINDOWS, ENSEMBLE_WINDOW, SEQUENCE_CHUNK, conv_stage
+from engines.temporal import (AVERAGED_MEMBER, AVERAGED_REACH, AVERAGED_STAGE, CONV_WINDOWS, ENSEMBLE_WINDOW,
+                              SEQUENCE_CHUNK, conv_stage)
 from engines.temporal import WINDOW as TEMPORAL_WINDOW
 
 
@@ -114,6 +115,19 @@ def _build_temporal_ensemble(ck: dict) -> Any:
     if cfg["window"] != ENSEMBLE_WINDOW:
         raise UserError(f"temporal ensemble has a {cfg['window']}-frame window; this stage runs {ENSEMBLE_WINDOW}")
     model = TemporalEnsemble([LifterConfig(**m) for m in cfg["members"]], cfg["window"])
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
+def _build_time_averaged(ck: dict) -> Any:
+    from engines.models import LifterConfig, TimeAveraged
+
+    cfg = ck["model_config"]
+    member = LifterConfig(**cfg["member"])
+    if (member.window, member.conv, cfg["reach"]) != (AVERAGED_MEMBER, True, AVERAGED_REACH):
+        raise UserError(f"time-averaged model of a {member.window}-frame model over +-{cfg['reach']} frames; "
+                        f"this stage runs a {AVERAGED_MEMBER}-frame convolution over +-{AVERAGED_REACH}")
+    model = TimeAveraged(member, cfg["reach"])
     model.load_state_dict(ck["model"])
     return model.eval()
 
@@ -238,6 +252,15 @@ _TEMPORAL_STAGES = [_with_sequence_form(spec, window) for spec, window in (
         example=partial(_temporal_example, window=ENSEMBLE_WINDOW),
         description="engines.temporal: the mean of temporal lifters, each on the centre of one window",
     ), ENSEMBLE_WINDOW),
+    (StageSpec(
+        name=AVERAGED_STAGE,
+        inputs=(TensorSpec("features", (None, AVERAGED_MEMBER + 2 * AVERAGED_REACH, LIFT_INPUT_DIM)),),
+        outputs=(TensorSpec("joints_mm", (None, NUM_JOINTS, 3)),),
+        build=_build_time_averaged,
+        example=partial(_temporal_example, window=AVERAGED_MEMBER + 2 * AVERAGED_REACH),
+        description=f"engines.models.TimeAveraged: a centred {AVERAGED_MEMBER}-frame temporal convolution's "
+                    f"outputs averaged over the {2 * AVERAGED_REACH + 1} windows around the output frame",
+    ), AVERAGED_MEMBER + 2 * AVERAGED_REACH),
 )]
 
 STAGES: dict[str, StageSpec] = {

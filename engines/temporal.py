@@ -43,6 +43,7 @@ WINDOW = 9             # frames per window of the flattened TemporalLifter stage
 CONV_WINDOW = 27       # frames per window of the TemporalConvLifter stage temporal_conv (3**(blocks+1), blocks = 2)
 CONV_WINDOWS = (27, 81)  # the temporal convolutions with a stage: temporal_conv (27), temporal_conv81
 ENSEMBLE_WINDOW = 81   # frames per window of a TemporalEnsemble: its longest member, a conv over 81
+AVERAGED_STAGE, AVERAGED_MEMBER, AVERAGED_REACH = "temporal_conv81_avg3", 81, 1   # a TimeAveraged conv over 81
 DEFAULT_SPACING_MS = 100.0   # spacing of checkpoints that predate LifterConfig.spacing_ms
 FRAME_INPUT = "engines.normalize.features_2d"   # the per-frame input of every model so far
 SEQUENCE_CHUNK = 128   # output frames per call of a *_sequence stage (batch evaluation)

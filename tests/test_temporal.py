@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -341,6 +342,49 @@ def test_ensemble_refuses_members_that_do_not_agree(tmp_path):
     torch.save({"model": {}, "kind": "lifter"}, tmp_path / "l.pt")
     with pytest.raises(UserError, match="not a temporal lifter"):
         build([a, tmp_path / "l.pt"], tmp_path / "x.pt")
+
+
+def test_time_average_is_the_mean_of_the_windows_around_the_output_frame(tmp_path):
+    """ensemble --time-average: stage AVERAGED_STAGE, the member's outputs for the windows
+    centred on the output frame and AVERAGED_REACH frames either side, averaged (torch, ONNX
+    and the sequence form agree); causal members and other kinds are refused."""
+    from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from engines.backends.torch_backend import TorchBackend
+    from engines.export import export_onnx
+    from engines.models import LifterConfig, TemporalConvLifter, TimeAveraged
+    from engines.stages import STAGES
+    from engines.temporal import AVERAGED_MEMBER, AVERAGED_REACH, AVERAGED_STAGE, WindowSpec
+    from train.ensemble import time_averaged
+
+    torch.manual_seed(0)
+    cfg = LifterConfig(in_dim=AVERAGED_MEMBER * LIFT_INPUT_DIM, hidden=32, window=AVERAGED_MEMBER, conv=True,
+                       num_blocks=3, flip_tta=True, spacing_ms=40.0)
+    m = _as_trained(TemporalConvLifter(cfg).eval())
+    member = _save_member(m, tmp_path / "m.pt")
+    ck = torch.load(member, weights_only=False)
+    torch.save({**ck, "kind": "temporal_conv81", "artifact_meta": cfg.window_spec().metadata()}, member)
+    out = tmp_path / "avg.pt"
+    time_averaged(member, out)
+    be = TorchBackend(out)
+    spec = WindowSpec.from_metadata(be.metadata)
+    assert be.metadata["stage"] == AVERAGED_STAGE and spec.window == AVERAGED_MEMBER + 2 * AVERAGED_REACH
+    assert spec.spacing_ms == 40.0 and not spec.causal
+    x = STAGES[AVERAGED_STAGE].example_inputs(3, seed=2)["features"]
+    with torch.no_grad():
+        want = np.mean([m(torch.from_numpy(x[:, j:j + AVERAGED_MEMBER])).numpy()
+                        for j in range(2 * AVERAGED_REACH + 1)], axis=0)
+    np.testing.assert_allclose(be.run({"features": x})["joints_mm"], want, atol=1e-3)
+    ort = OnnxRuntimeBackend(export_onnx(out, tmp_path / "avg.onnx"), threads=1)
+    np.testing.assert_allclose(ort.run({"features": x})["joints_mm"], want, atol=2e-3)
+    stretch = STAGES[f"{AVERAGED_STAGE}_sequence"].example_inputs(1, seed=6)["features"]
+    n = stretch.shape[1] - spec.window + 1
+    want = np.concatenate([be.run({"features": stretch[:, t:t + spec.window]})["joints_mm"] for t in range(n)])
+    seq = OnnxRuntimeBackend(export_onnx(out, tmp_path / "seq.onnx", stage=f"{AVERAGED_STAGE}_sequence"), threads=1)
+    np.testing.assert_allclose(seq.run({"features": stretch})["joints_mm"][0], want, atol=2e-3)
+    with pytest.raises(ValueError, match="centred"):
+        TimeAveraged(replace(cfg, causal=True), AVERAGED_REACH)
+    with pytest.raises(UserError, match="not a temporal_conv81"):
+        time_averaged(_save_member(_temporal_model(WINDOW, flip_tta=False), tmp_path / "w.pt"), tmp_path / "x.pt")
 
 
 def test_soup_averages_the_weights_of_one_architecture(tmp_path):

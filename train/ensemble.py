@@ -2,6 +2,7 @@
 
     posestream ensemble --member runs/a/best.pt --member runs/b/best.pt --out models/NAME.pt
     posestream ensemble --soup --member runs/a/epoch06.pt ... --member runs/a/epoch10.pt --out x.pt
+    posestream ensemble --time-average --member runs/a/latest.pt --out models/NAME.pt
 
 Members are temporal-lifter checkpoints (train-lifter --window N [--conv]) trained under this
 code's contract, all centred or all causal, at the same frame spacing. The result is one
@@ -13,6 +14,10 @@ With --soup the members' *weights* are averaged instead ("model soup", or stocha
 averaging when they are the last epochs of one run, `train-lifter --keep-epochs`): one model of
 the members' own architecture and cost. That only makes sense for members on one training
 trajectory or fine-tuned from one start, so they must share stage and model config.
+
+With --time-average the one member (a centred 81-frame temporal convolution) becomes stage
+engines.temporal.AVERAGED_STAGE (engines.models.TimeAveraged): its outputs for the windows at
+the output frame and one frame spacing either side, averaged.
 """
 from __future__ import annotations
 
@@ -96,14 +101,55 @@ def soup(members: list[Path], out: Path) -> dict:
     return ck
 
 
+def time_averaged(member: Path, out: Path) -> dict:
+    """Write to `out` the checkpoint of stage AVERAGED_STAGE over `member` (its weights
+    unchanged, the window AVERAGED_REACH frames wider on each side); returns it."""
+    import torch
+
+    from engines.backends.torch_backend import load_checkpoint
+    from engines.checkpoint import contract_metadata, file_sha256
+    from engines.models import LifterConfig, TimeAveraged
+    from engines.temporal import AVERAGED_MEMBER, AVERAGED_REACH, AVERAGED_STAGE, WindowSpec, conv_stage
+
+    ck = load_checkpoint(member)
+    if ck.get("kind") != conv_stage(AVERAGED_MEMBER) or ck.get("contract") != contract_metadata():
+        raise UserError(f"{member} is not a {conv_stage(AVERAGED_MEMBER)} checkpoint trained under this code's "
+                        f"contract")
+    spec = WindowSpec.from_metadata(ck["artifact_meta"])
+    try:
+        model = TimeAveraged(LifterConfig(**ck["model_config"]), AVERAGED_REACH)
+    except ValueError as exc:
+        raise UserError(f"{member}: {exc}") from None
+    model.model.load_state_dict(ck["model"])
+    meta = WindowSpec(model.window, spec.causal, spec.spacing_ms, spec.frame_input, spec.frame_cues).metadata()
+    out_ck = {"kind": AVERAGED_STAGE, "model": model.state_dict(),
+              "model_config": {"window": model.window, "reach": AVERAGED_REACH, "causal": False,
+                               "spacing_ms": spec.spacing_ms, "member": ck["model_config"]},
+              "contract": contract_metadata(), "artifact_meta": meta,
+              "members": [{"source_file": member.name, "source_sha256": file_sha256(member), "epoch": ck.get("epoch"),
+                           "train_config": ck.get("train_config"), "train_seconds": ck.get("train_seconds")}]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out_ck, out)
+    return out_ck
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--member", action="append", type=Path, required=True, help="temporal lifter checkpoint (repeat)")
     p.add_argument("--soup", action="store_true",
                    help="average the members' weights into one model of their architecture (members of one run)")
+    p.add_argument("--time-average", action="store_true",
+                   help="one centred member: average its outputs over the output frame and one frame spacing "
+                   "either side")
     p.add_argument("--out", type=Path, required=True, help="ensemble checkpoint to write (.pt)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.time_average:
+        if len(args.member) != 1:
+            raise UserError("--time-average takes one --member")
+        ck = time_averaged(args.member[0], args.out)
+        print(f"wrote {args.out}: {args.member[0]} averaged over {ck['model_config']['window']}-frame windows")
+        return 0
     if args.soup:
         ck = soup(args.member, args.out)
         print(f"wrote {args.out}: the weights of {len(ck['soup'])} {ck.get('kind')} checkpoints averaged")
