@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     # A (MediaPipe alone) and then B (the whole product) run back to back, so load bursts
     # from other processes hit both alike. fps = frames / summed time; the median per-frame
     # time is printed too (robust to bursts).
-    tot_a, tot_b, med_a, med_b = [], [], [], []
+    tot_a, tot_b, med_a, med_b, calls = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             conf = {} if args.people == 1 else {"min_detection_confidence": MIN_CONFIDENCE,
@@ -112,15 +112,19 @@ def run(args: argparse.Namespace) -> int:
             writer.close()  # finalising the .npz is part of B's cost
             tb[-1] += time.perf_counter() - t0
             det_a.close()
+            calls_b = getattr(est, "detector_calls", len(frames))
             (est.est if args.people > 1 else est).detector.close()  # the lifter is shared between runs
             tot_a.append(len(frames) / ta.sum())
             tot_b.append(len(frames) / tb.sum())
             med_a.append(1.0 / np.median(ta))
             med_b.append(1.0 / np.median(tb))
+            calls.append(calls_b / len(frames))
             print(f"  run {r + 1}: MediaPipe {tot_a[-1]:.1f} fps ({na} people found), "
-                  f"+ lifter + npz {tot_b[-1]:.1f} fps ({nb} people lifted)")
+                  f"+ lifter + npz {tot_b[-1]:.1f} fps ({nb} people lifted"
+                  + (f", {calls[-1]:.2f} MediaPipe calls per frame)" if args.people > 1 else ")"))
     if args.people > 1:
         _lifter_cost(frames, lifter, args.people)
+        _call_bound(frames, args.people, statistics.median(calls))
     lifter.close()
     ma, mb = statistics.median(tot_a), statistics.median(tot_b)
     pa, pb = statistics.median(med_a), statistics.median(med_b)
@@ -128,6 +132,34 @@ def run(args: argparse.Namespace) -> int:
     print(f"MediaPipe + lifter + write: {mb:.1f} fps ({1000 / mb:.1f} ms/frame; median frame {1000 / pb:.1f} ms)")
     print(f"ratio: {mb / ma:.3f} (median-frame ratio {pb / pa:.3f}; target >= 0.85)")
     return 0
+
+
+def _call_bound(frames: list, people: int, calls_per_frame: float, max_frames: int = 40) -> None:
+    """What MediaPipe alone bounds `--people N` at: the time of one IMAGE-mode call (person
+    detector + landmark model, as MediaPipe alone makes once per frame and `--people N` once
+    per crop or search) and of one VIDEO-mode call that follows its person from the last
+    landmarks (the landmark model alone, the person detector skipped), median over the same
+    frames, interleaved. With `calls_per_frame` IMAGE-mode calls per frame the ratio to
+    MediaPipe alone cannot exceed 1 / calls_per_frame, and with one tracking call per person
+    (no detector, no search, nothing else) not N x t_video / t_image."""
+    from realtime.detector import PoseDetector
+    from realtime.people import MIN_CONFIDENCE
+
+    conf = {"min_detection_confidence": MIN_CONFIDENCE, "min_presence_confidence": MIN_CONFIDENCE}
+    ti, tv = [], []
+    with PoseDetector(mode="image", num_poses=people, **conf) as still, PoseDetector(mode="video", **conf) as follow:
+        for f in frames[:max_frames]:
+            t0 = time.perf_counter()
+            still.detect_people(f.image, f.timestamp_s)
+            t1 = time.perf_counter()
+            follow.detect_people(f.image, f.timestamp_s)
+            ti.append(t1 - t0)
+            tv.append(time.perf_counter() - t1)
+    a, v = 1000 * float(np.median(ti)), 1000 * float(np.median(tv[1:] or tv))
+    print(f"MediaPipe per call: IMAGE mode (detector + landmarks) {a:.1f} ms, VIDEO mode following a person "
+          f"(landmarks only) {v:.1f} ms; --people {people} made {calls_per_frame:.2f} calls per frame: "
+          f"detection alone bounds the ratio at about {1 / calls_per_frame:.2f}, and at {a / (people * v):.2f} "
+          f"with one landmark-only call per person")
 
 
 def _lifter_cost(frames: list, lifter: object, people: int, repeats: int = 20) -> None:

@@ -276,6 +276,7 @@ class PeopleEstimator:
         self.min_hits = int(min_hits)
         self._confirmed: set[int] = set()  # track ids seen on min_hits frames: the ones output
         self._frames = 0
+        self.detector_calls = 0  # MediaPipe calls made so far (crops and searches for new people)
         self._sides: dict[int, deque[tuple[float, float]]] = {}  # track id -> (time s, box side px) found
 
     def _size(self, tid: int, t: float) -> float:
@@ -336,7 +337,10 @@ class PeopleEstimator:
         """MediaPipe's people in the frame: each tracked person in a crop around them, then
         (every DISCOVER_EVERY frames, or while fewer than `people` are tracked) anyone new on
         the whole image with the others painted over (module docstring)."""
-        detect = self.est.detector.detect_people
+        def detect(image: np.ndarray, t: float, roi: tuple[int, int, int, int] | None) -> list:
+            self.detector_calls += 1
+            return self.est.detector.detect_people(image, t, roi)
+
         image, t = frame.image, frame.timestamp_s
         h, w = image.shape[:2]
         found: list = []

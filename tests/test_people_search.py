@@ -176,3 +176,15 @@ def test_a_pose_on_part_of_a_person_does_not_shrink_their_next_crop():
     sides = {f: roi[2] - roi[0] for f, roi in det.rois if roi is not None}
     whole_side = np.ptp(script[0][0][:, 1]) * 1.2  # keypoint box: 10 % padding each side
     assert min(sides[f] for f in range(6, 12) if f in sides) >= CROP_SCALE * whole_side * 0.95
+
+
+def test_detector_calls_counts_every_mediapipe_call():
+    """PeopleEstimator.detector_calls (what `posestream bench --people N` reports per frame)
+    counts the crops and the searches for new people alike."""
+    script = [[person(300 + 5 * i, 500, 380), person(700 - 5 * i, 420, 280)] for i in range(12)]
+    det = ProminentDetector(script)
+    est = PeopleEstimator(PoseEstimator(detector=det, lifter=NoLifter()), appearance=False, people=2)
+    black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    for i in range(len(script)):
+        est.detect(Frame(i, i / 30.0, black))
+    assert est.detector_calls == len(det.rois) > len(script)

@@ -33,6 +33,16 @@ def test_identity_swap_counts_two_switches_and_halves_idf1():
     assert s.idsw == 2 and s.fn == 0 and s.fp == 0
     assert s.mota == pytest.approx(1 - 2 / 20)
     assert s.idtp == 10 and s.idf1 == pytest.approx(0.5)
+    assert s.idf1_detections == 1.0  # every person found on every frame: all of the loss is identity
+
+
+def test_idf1_of_the_detections_separates_misses_from_identity_errors():
+    a = walk(10, 0, 5)
+    gt = [{0: a[i]} for i in range(10)]
+    pred = [{}, {}] + [{4: a[i]} for i in range(2, 6)] + [{9: a[i]} for i in range(6, 10)]
+    s, _ = score_tracks(gt, pred)
+    assert s.matches == 8 and s.idf1_detections == pytest.approx(2 * 8 / (10 + 8))
+    assert s.idf1 == pytest.approx(2 * 4 / (10 + 8)) and s.idf1 < s.idf1_detections
 
 
 def test_misses_false_positives_and_a_new_id_after_a_gap():
