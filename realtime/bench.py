@@ -7,7 +7,9 @@ not timed. Then, on the same frames, interleaved frame by frame (to spread the n
 With --people N (N > 1) both use MediaPipe as `--people N` does (IMAGE mode, num_poses = N),
 and B is the several-people product (realtime.people: tracker with appearance, the lifter
 batched over the people, a root per person); the batched lifter's own cost for N people is
-then compared with one person's on the same detections (the target is <= 2x).
+then compared with one person's on the same detections (the target is <= 2x), and the
+MediaPipe calls per frame of B with the cost of one call in IMAGE and in VIDEO mode give the
+ratio detection alone allows (`_call_bound`); --follow benchmarks PeopleEstimator(follow=True).
 Prints the median fps of each over --repeats runs and the ratio B/A (target >= 0.85:
 lifting must cost little next to 2D detection). Numbers are measured, never asserted.
 
@@ -38,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
     p.add_argument("--people", type=int, default=1, metavar="N",
                    help="benchmark `--people N` (MediaPipe with num_poses = N on both sides; default 1)")
+    p.add_argument("--follow", action="store_true",
+                   help="with --people N: each person apart from the others followed by their own VIDEO-mode "
+                        "landmarker (realtime.people.PeopleEstimator's follow)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (default 3)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for the lifter runtime (default 1: see realtime/video_cmd.py; 0 = the runtime default)")
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             det_a = PoseDetector(mode=mode, num_poses=args.people, **conf)
             est = PoseEstimator(detector=PoseDetector(mode=mode, num_poses=args.people, **conf), lifter=lifter)
             if args.people > 1:
-                est = PeopleEstimator(est)
+                est = PeopleEstimator(est, follow=args.follow)
             lift = est.sequence(None)  # each frame's own root solve
             writer = open_writer(Path(tmp) / f"bench{r}.npz", fps_src)
             ta, tb = np.zeros(len(frames)), np.zeros(len(frames))

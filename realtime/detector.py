@@ -268,9 +268,11 @@ class PoseDetector:
         """Every person MediaPipe finds in image (H, W, 3) uint8 RGB (at most num_poses), in
         its order, with no track gate (several people: realtime.tracker keeps identities).
         timestamp_s is needed in VIDEO mode; it is made strictly increasing in whole
-        milliseconds (MediaPipe rejects repeats). roi (x0, y0, x1, y1) px, IMAGE mode only:
-        look in that part of the image alone (people are larger there for MediaPipe's
-        person detector); coordinates come back in the full image's pixels."""
+        milliseconds (MediaPipe rejects repeats). roi (x0, y0, x1, y1) px: look in that part
+        of the image alone (people are larger there for MediaPipe's person detector);
+        coordinates come back in the full image's pixels. In VIDEO mode MediaPipe follows
+        its person from their landmarks in the previous call's roi (relative to the roi):
+        give it a roi that moves with the person."""
         return self._landmarks(image, timestamp_s, roi)[0]
 
     def _landmarks(self, image: np.ndarray, timestamp_s: float | None,
@@ -282,8 +284,6 @@ class PoseDetector:
         full_h, full_w = image.shape[:2]
         x0 = y0 = 0
         if roi is not None:
-            if self.mode == "video":
-                raise ValueError("a region of interest needs IMAGE mode (VIDEO mode tracks the whole frame)")
             x0, y0 = max(int(roi[0]), 0), max(int(roi[1]), 0)
             x1, y1 = min(int(roi[2]), full_w), min(int(roi[3]), full_h)
             if x1 - x0 < 16 or y1 - y0 < 16:

@@ -50,6 +50,11 @@ detection MediaPipe makes once (a ghost in the painted image, a half-hidden pers
 stray pose) gives no identity of its own. Detection cost therefore grows with the
 number of people: one MediaPipe call per tracked person per frame (and the discovery
 calls), where MediaPipe alone with num_poses = N makes one call and misses most of them.
+With `follow=True` a person whose predicted body no one else's meets is looked for by a
+landmarker of their own in VIDEO mode on their crop (MediaPipe then follows them from their
+last landmarks, relative to the crop, which moves with them, and skips its person detector:
+a cheaper call); anyone overlapping someone goes through the IMAGE-mode search as above.
+Faster, but its identities are less stable than the default's (docs/multiperson.md).
 """
 from __future__ import annotations
 
@@ -268,15 +273,18 @@ class PeopleEstimator:
     thread detects (the tracker sees frames in order), one lifts."""
 
     def __init__(self, estimator: PoseEstimator, tracker: PersonTracker | None = None,
-                 appearance: bool = True, people: int | None = None, min_hits: int = MIN_HITS) -> None:
+                 appearance: bool = True, people: int | None = None, min_hits: int = MIN_HITS,
+                 follow: bool = False) -> None:
         self.est = estimator
         self.tracker = tracker if tracker is not None else PersonTracker(TrackerConfig())
         self.appearance = appearance
         self.people = int(people if people is not None else getattr(estimator.detector, "num_poses", 2))
         self.min_hits = int(min_hits)
+        self.follow = bool(follow)
         self._confirmed: set[int] = set()  # track ids seen on min_hits frames: the ones output
         self._frames = 0
         self.detector_calls = 0  # MediaPipe calls made so far (crops and searches for new people)
+        self._followers: dict[int, object] = {}  # track id -> its VIDEO-mode landmarker (follow)
         self._sides: dict[int, deque[tuple[float, float]]] = {}  # track id -> (time s, box side px) found
 
     def _size(self, tid: int, t: float) -> float:
@@ -298,8 +306,29 @@ class PeopleEstimator:
         live = {s.track_id for s in self.tracker.tracks}
         for tid in [k for k in self._sides if k not in live]:
             del self._sides[tid]
+        for tid in [k for k in self._followers if k not in live]:
+            self._followers.pop(tid).close()
+
+    def _follower(self, tid: int):
+        """The VIDEO-mode landmarker that follows track tid in its crops (made on first use,
+        closed when the track is gone)."""
+        f = self._followers.get(tid)
+        if f is None:
+            f = self._followers[tid] = self._new_follower()
+        return f
+
+    @staticmethod
+    def _new_follower():
+        """A VIDEO-mode MediaPipe landmarker for one person (realtime.detector.PoseDetector)."""
+        from realtime.detector import PoseDetector
+
+        return PoseDetector(mode="video", num_poses=1, min_detection_confidence=MIN_CONFIDENCE,
+                            min_presence_confidence=MIN_CONFIDENCE)
 
     def close(self) -> None:
+        for f in self._followers.values():
+            f.close()
+        self._followers.clear()
         self.est.close()
 
     def __enter__(self) -> "PeopleEstimator":
@@ -337,8 +366,12 @@ class PeopleEstimator:
         """MediaPipe's people in the frame: each tracked person in a crop around them, then
         (every DISCOVER_EVERY frames, or while fewer than `people` are tracked) anyone new on
         the whole image with the others painted over (module docstring)."""
-        def detect(image: np.ndarray, t: float, roi: tuple[int, int, int, int] | None) -> list:
+        def detect(image: np.ndarray, t: float, roi: tuple[int, int, int, int] | None, tid: int | None = None) -> list:
+            """MediaPipe on image's roi: track tid's own VIDEO-mode landmarker when following
+            it, else the IMAGE-mode one."""
             self.detector_calls += 1
+            if tid is not None and self.follow:
+                return self._follower(tid).detect_people(image, t, roi)
             return self.est.detector.detect_people(image, t, roi)
 
         image, t = frame.image, frame.timestamp_s
@@ -373,7 +406,11 @@ class PeopleEstimator:
             others = [skeleton_of(f) for f in found] + [skeletons[k] for k in pending + unfound]
             others = [o for o in others if _overlaps(o[0], o[1], roi)]
             mask = paint_mask((w, h), others, [skeletons[tid]]) if others else None
-            got = [g for g in detect(painted_over(image, others, mask=mask) if others else image, t, roi)
+            # following (self.follow): only a person whose predicted body no one else's meets
+            # (a landmarker following someone in a crowd moves over to a neighbour)
+            alone = not any(_overlaps(o[0], o[1], tuple(int(v) for v in box)) for o in others)
+            got = [g for g in detect(painted_over(image, others, mask=mask) if others else image, t, roi,
+                                     tid if alone else None)
                    if not any(same_person(g, f) for f in found) and not on_paint(g, mask)]
             if got:  # the crop's person: the one most like the track's prediction
                 found.append(max(got, key=lambda g: _box_iou_or_zero(g, box)))
@@ -490,12 +527,12 @@ class PeopleSequenceLifter:
 
 
 def open_people(model: str, backend: str = "auto", fov_deg: float | None = None, calib: str | None = None,
-                people: int = 2, threads: int | None = None, lifter=None, own_lifter: bool = True
-                ) -> PeopleEstimator:
+                people: int = 2, threads: int | None = None, lifter=None, own_lifter: bool = True,
+                follow: bool = False) -> PeopleEstimator:
     """The several-people estimator as `--people N` runs it: MediaPipe in IMAGE mode with
     MIN_CONFIDENCE thresholds, the tracker with appearance, up to `people` people. `lifter`:
     an opened lifter of `model` (else opened here); when this fails, it is closed if
-    `own_lifter` (else left open for its owner)."""
+    `own_lifter` (else left open for its owner). follow: PeopleEstimator's."""
     from realtime.detector import PoseDetector
 
     detector = None
@@ -503,7 +540,7 @@ def open_people(model: str, backend: str = "auto", fov_deg: float | None = None,
         detector = PoseDetector(mode="image", num_poses=people, min_detection_confidence=MIN_CONFIDENCE,
                                 min_presence_confidence=MIN_CONFIDENCE)
         return PeopleEstimator(PoseEstimator(model, backend, fov_deg, calib, threads=threads, detector=detector,
-                                             lifter=lifter), people=people)
+                                             lifter=lifter), people=people, follow=follow)
     except BaseException:
         if detector is not None:
             detector.close()

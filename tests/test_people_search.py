@@ -188,3 +188,50 @@ def test_detector_calls_counts_every_mediapipe_call():
     for i in range(len(script)):
         est.detect(Frame(i, i / 30.0, black))
     assert est.detector_calls == len(det.rois) > len(script)
+
+
+class Follower(ProminentDetector):
+    """A VIDEO-mode landmarker of one track: as ProminentDetector, and records its closing."""
+
+    mode = "video"
+
+    def __init__(self, script: list[list[np.ndarray]], made: list) -> None:
+        super().__init__(script)
+        self.closed = False
+        made.append(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_follow_uses_a_landmarker_per_person_apart_and_the_search_where_people_overlap():
+    """With follow=True each person whose predicted body meets no one else's is looked for
+    by their own VIDEO-mode landmarker; while two people overlap (a crossing) both go
+    through the IMAGE-mode search; identities hold; the landmarkers are closed at the end."""
+    n = 60
+    script = []
+    for i in range(n):
+        near, far = person(150 + 11 * i, 520, 400), person(810 - 11 * i, 430, 300)
+        hidden = abs((150 + 11 * i) - (810 - 11 * i)) < 60
+        script.append([near] if hidden else [near, far])
+    det, made = ProminentDetector(script), []
+    est = PeopleEstimator(PoseEstimator(detector=det, lifter=NoLifter()), appearance=False, people=2, follow=True)
+    est._new_follower = lambda: Follower(script, made)
+    black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    ids = []
+    for i in range(n):
+        pd = est.detect(Frame(i, i / 30.0, black))
+        ids.append({("near" if np.ptp(d.detection.joints_2d_px[:, 1]) > 350 else "far"): d.track_id
+                    for d in pd.people})
+    near = {f["near"] for f in ids if "near" in f}
+    far = {f["far"] for f in ids if "far" in f}
+    assert len(near) == 1 and len(far) == 1 and near != far
+    assert len(made) == 2  # one landmarker per person
+    followed = {f for m in made for f, _ in m.rois}
+    assert set(range(1, 10)) | set(range(52, n)) <= followed  # apart: followed
+    crossing = [i for i in range(n) if abs((150 + 11 * i) - (810 - 11 * i)) < 150]
+    assert not followed & set(crossing)  # overlapping: searched in IMAGE mode instead
+    assert all(f in {g for g, _ in det.rois} for f in crossing)
+    assert est.detector_calls == len(det.rois) + sum(len(m.rois) for m in made)
+    est.close()
+    assert all(m.closed for m in made)
