@@ -105,12 +105,21 @@ class FinalModel:
         inputs = [crop_input(image_rgb, u) for u in uv]
         img = np.concatenate([i[0] for i in inputs])
         jc = np.concatenate([i[1] for i in inputs])
-        g = self.generator.run({"image": img, "joints_crop": jc})
+        joints, coarse, prob = self.lift_crops(img, jc, features_2d(uv, f, c))
+        return [FinalOutput(joints[k], coarse[k], prob[k], inputs[k][2]) for k in range(len(uv))]
+
+    def lift_crops(self, image: np.ndarray, joints_crop: np.ndarray,
+                   features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The two stages on prepared inputs (crop_input's, for P people of any frames):
+        image (P, 3, 256, 256) float32 in [0, 1], joints_crop (P, 17, 2) crop px, features
+        (P, 37) engines.normalize.features_2d of each one's image 2D with its intrinsics.
+        Returns root-relative joints (P, 17, 3) mm, coarse 3D (P, 17, 3) mm and FBI
+        probabilities (P, 14, 3), float32."""
+        P = len(image)
+        g = self.generator.run({"image": image, "joints_crop": joints_crop})
         coarse = np.asarray(g["coarse_mm"], np.float32)
         prob = np.asarray(g["fbi_prob"], np.float32)
-        P = len(uv)
         assert coarse.shape == (P, NUM_JOINTS, 3) and prob.shape == (P, NUM_FBI_BONES, 3), (coarse.shape, prob.shape)
-        feats = features_2d(uv, f, c)
-        joints = np.asarray(self.refiner.run({"features": feats, "coarse_mm": coarse, "fbi_prob": prob})["joints_mm"],
+        joints = np.asarray(self.refiner.run({"features": features, "coarse_mm": coarse, "fbi_prob": prob})["joints_mm"],
                             np.float32)
-        return [FinalOutput(joints[k] - joints[k, 0], coarse[k], prob[k], inputs[k][2]) for k in range(P)]
+        return joints - joints[:, :1], coarse, prob

@@ -36,32 +36,6 @@ COCO_LIMBS = {5: 11, 6: 14, 7: 12, 8: 15, 9: 13, 10: 16, 11: 4, 12: 1, 13: 5, 14
 LIMBS = [j for j in LIMB_AND_PELVIS if j != 0]
 
 
-class _Both:
-    """Stands in for a renderer's MediaPipe: runs both detectors on the frame it is shown and
-    keeps the frame and their answers (returns None: the render's own crop is not needed)."""
-
-    def __init__(self) -> None:
-        from realtime.detector import PoseDetector
-
-        self.dets = {"single": PoseDetector(mode="image"), "views": PoseDetector(mode="image", views=True)}
-        self.ms = {k: 0.0 for k in self.dets}
-        self.calls = 0
-
-    def detect(self, frame: np.ndarray) -> None:
-        self.frame = frame
-        self.found = {}
-        for k, d in self.dets.items():
-            t = time.perf_counter()
-            self.found[k] = d.detect(frame)
-            self.ms[k] += (time.perf_counter() - t) * 1000.0
-        self.calls += 1
-        return None
-
-    def close(self) -> None:
-        for d in self.dets.values():
-            d.close()
-
-
 def render_rows(source, indices: list[int], model: str) -> dict:
     """Render each item, run both detectors, lift with `model`. Per variant: pictures,
     answered, detection ms, and the means of the other figures over the pictures that both
@@ -70,10 +44,13 @@ def render_rows(source, indices: list[int], model: str) -> dict:
     from engines.final import FinalModel
     from engines.normalize import features_2d
     from train.metrics import mpjpe, p_mpjpe
-    from train.synth.samples import MediaPipe2D, SampleRenderer
+    from train.still_eval import DetectorStandIn, frame_view
+    from train.synth.samples import SampleRenderer
+
+    from realtime.detector import PoseDetector
 
     r = SampleRenderer(use_mediapipe=False)
-    both = _Both()
+    both = DetectorStandIn(single=PoseDetector(mode="image"), views=PoseDetector(mode="image", views=True))
     r.mp = both
     be = open_backend(model, "torch")
     lifter = FinalModel.from_refiner(be, "torch") if be.metadata.get("stage") == "refiner" else be
@@ -82,12 +59,7 @@ def render_rows(source, indices: list[int], model: str) -> dict:
     try:
         for i in indices:
             s = r.render(source.item(i), np.random.default_rng([0, i]))
-            W, H = (int(v) for v in s["image_size"])
-            sc = min(1.0, MediaPipe2D.MAX_SIDE / max(W, H))
-            kx, ky = max(round(W * sc), 1) / W, max(round(H * sc), 1) / H
-            k = np.array([kx, ky])
-            f, c = s["f"] * k, s["c"] * k + 0.5 * k - 0.5          # the frame's intrinsics
-            gt2 = s["joints_2d_image"] * k + 0.5 * k - 0.5
+            f, c, gt2 = frame_view(s)                          # the frame's intrinsics and 2D
             extent = float(np.ptp(gt2, axis=0).max())
             for name, det in both.found.items():
                 a = acc[name]
