@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--follow", action="store_true",
                    help="with --people N: each person apart from the others followed by their own VIDEO-mode "
                         "landmarker (realtime.people.PeopleEstimator's follow)")
+    p.add_argument("--batched", action="store_true",
+                   help="with --people N: each person apart from the others looked for by MediaPipe's landmark model "
+                        "run by us, everyone in one call (realtime.landmark_runner; needs ai-edge-litert)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (default 3)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for the lifter runtime (default 1: see realtime/video_cmd.py; 0 = the runtime default)")
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             det_a = PoseDetector(mode=mode, num_poses=args.people, **conf)
             est = PoseEstimator(detector=PoseDetector(mode=mode, num_poses=args.people, **conf), lifter=lifter)
             if args.people > 1:
-                est = PeopleEstimator(est, follow=args.follow)
+                est = PeopleEstimator(est, follow=args.follow, landmarks=_runner() if args.batched else None)
             lift = est.sequence(None)  # each frame's own root solve
             writer = open_writer(Path(tmp) / f"bench{r}.npz", fps_src)
             ta, tb = np.zeros(len(frames)), np.zeros(len(frames))
@@ -118,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
             tb[-1] += time.perf_counter() - t0
             det_a.close()
             calls_b = getattr(est, "detector_calls", len(frames))
+            batched = est.landmarks.calls if args.people > 1 and est.landmarks is not None else 0
             (est.est if args.people > 1 else est).detector.close()  # the lifter is shared between runs
+            if batched:
+                est.landmarks.close()
             tot_a.append(len(frames) / ta.sum())
             tot_b.append(len(frames) / tb.sum())
             med_a.append(1.0 / np.median(ta))
@@ -126,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
             calls.append(calls_b / len(frames))
             print(f"  run {r + 1}: MediaPipe {tot_a[-1]:.1f} fps ({na} people found), "
                   f"+ lifter + npz {tot_b[-1]:.1f} fps ({nb} people lifted"
-                  + (f", {calls[-1]:.2f} MediaPipe calls per frame)" if args.people > 1 else ")"))
+                  + (f", {calls[-1]:.2f} MediaPipe calls per frame" if args.people > 1 else "")
+                  + (f", {batched / len(frames):.2f} batched landmark calls per frame for {est.batched_found} people"
+                     if batched else "") + ")")
     if args.people > 1:
         _lifter_cost(frames, lifter, args.people)
         _call_bound(frames, args.people, statistics.median(calls))
@@ -137,6 +145,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"MediaPipe + lifter + write: {mb:.1f} fps ({1000 / mb:.1f} ms/frame; median frame {1000 / pb:.1f} ms)")
     print(f"ratio: {mb / ma:.3f} (median-frame ratio {pb / pa:.3f}; target >= 0.85)")
     return 0
+
+
+def _runner():
+    """The batched landmark model as `--people N --batched` runs it."""
+    from realtime.landmark_runner import LandmarkRunner
+    from realtime.people import MIN_CONFIDENCE
+
+    return LandmarkRunner(min_presence=MIN_CONFIDENCE)
 
 
 def _call_bound(frames: list, people: int, calls_per_frame: float, max_frames: int = 40) -> None:

@@ -406,11 +406,18 @@ class PoseDetector:
         for _ in range(turns % 4):  # undo one counter-clockwise quarter turn of a square image
             px = np.stack([w - 1 - px[:, 1], px[:, 0]], axis=1)
             world = np.stack([-world[:, 1], world[:, 0], world[:, 2]], axis=1)
-        px = px + np.asarray(offset, np.float64)
-        joints, conf = landmarks_to_joints_2d(px, vis)
-        try:
-            box = box_from_joints(joints)
-        except ValueError:
-            return None
-        return Detection(joints, conf, world_landmarks_to_joints_mm(world), box,
-                         px.astype(np.float32), vis.astype(np.float32), (world * 1000.0).astype(np.float32))
+        return detection_from_landmarks(px + np.asarray(offset, np.float64), vis, world)
+
+
+def detection_from_landmarks(landmarks_px: np.ndarray, visibility: np.ndarray, world_m: np.ndarray) -> Detection | None:
+    """One person's 33 MediaPipe landmarks, (33, 2) full-image px, visibility (33,) in [0, 1]
+    and world landmarks (33, 3) m (hip-centred) -> a Detection (17 joints, crop box); None
+    when no box can be made of them."""
+    px, vis, world = (np.asarray(a, np.float64) for a in (landmarks_px, visibility, world_m))
+    joints, conf = landmarks_to_joints_2d(px, vis)
+    try:
+        box = box_from_joints(joints)
+    except ValueError:
+        return None
+    return Detection(joints, conf, world_landmarks_to_joints_mm(world), box,
+                     px.astype(np.float32), vis.astype(np.float32), (world * 1000.0).astype(np.float32))

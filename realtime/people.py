@@ -88,6 +88,9 @@ BODY_WIDTH = 0.12        # painted bone thickness / the person's height
 MAX_HIDDEN = 0.6         # a tracked person this much behind people found is not looked for (kept by prediction)
 GHOST_PAINTED = 0.5      # a pose with more of its joints than this on painted pixels is a ghost
 DUPLICATE_OKS = 0.5      # a person this close to one already found is that person again
+BATCHED_APART = 0.0      # the batched landmark model takes a person no other predicted body comes this near (box sides)
+BATCHED_MIN_OKS = 0.0
+BATCHED_MIN_IOU = 0.3    # a pose of the batched landmark model this far off its prediction is not the person
 TORSO = (11, 14, 1, 4)   # l_shoulder, r_shoulder, r_hip, l_hip: the torso quad, in order
 HEAD = 10
 
@@ -250,6 +253,12 @@ def _within(d, roi: tuple[int, int, int, int] | None, image_size: tuple[int, int
             and (roi[2] >= w or box[2] < roi[2] - margin) and (roi[3] >= h or box[3] < roi[3] - margin))
 
 
+def _like(d, person: Skeleton, box: np.ndarray) -> float:
+    """OKS of detection d and a person's predicted skeleton, whose box (4,) px gives the scale."""
+    scale = float(np.sqrt(max(box[2] - box[0], 1.0) * max(box[3] - box[1], 1.0)))
+    return oks(person[0], d.joints_2d_px, scale, person[1], d.confidence)
+
+
 def _box_iou_or_zero(d, box: np.ndarray) -> float:
     own = keypoint_box(d.joints_2d_px, d.confidence)
     return 0.0 if own is None else box_iou(own, box)
@@ -274,13 +283,19 @@ class PeopleEstimator:
 
     def __init__(self, estimator: PoseEstimator, tracker: PersonTracker | None = None,
                  appearance: bool = True, people: int | None = None, min_hits: int = MIN_HITS,
-                 follow: bool = False) -> None:
+                 follow: bool = False, landmarks=None) -> None:
+        """landmarks: a realtime.landmark_runner.LandmarkRunner (owned: closed with this
+        estimator): the people seen last frame whom no one else's predicted body meets are
+        looked for by it, all in one call, in the region their predicted joints give
+        (module docstring)."""
         self.est = estimator
         self.tracker = tracker if tracker is not None else PersonTracker(TrackerConfig())
         self.appearance = appearance
         self.people = int(people if people is not None else getattr(estimator.detector, "num_poses", 2))
         self.min_hits = int(min_hits)
         self.follow = bool(follow)
+        self.landmarks = landmarks
+        self.batched_found = 0  # people the batched landmark model found (landmarks.calls: its calls)
         self._confirmed: set[int] = set()  # track ids seen on min_hits frames: the ones output
         self._frames = 0
         self.detector_calls = 0  # MediaPipe calls made so far (crops and searches for new people)
@@ -329,6 +344,8 @@ class PeopleEstimator:
         for f in self._followers.values():
             f.close()
         self._followers.clear()
+        if self.landmarks is not None:
+            self.landmarks.close()
         self.est.close()
 
     def __enter__(self) -> "PeopleEstimator":
@@ -391,6 +408,8 @@ class PeopleEstimator:
         # others where they are predicted), except where the person's own predicted body is:
         # MediaPipe then sees one person, not a pose made of two.
         pending = sorted(crops, key=lambda k: -predicted[k][3])
+        if self.landmarks is not None:
+            found += self._batched(image, t, pending, order, predicted, skeletons)
         unfound: list[int] = []
         while pending:
             tid = pending.pop(0)
@@ -431,6 +450,52 @@ class PeopleEstimator:
                 if not new:
                     break
                 found += new[:self.people - len(found)]
+        return found
+
+    def _batched(self, image: np.ndarray, t: float, pending: list[int], order: list[tuple[bool, int]],
+                 predicted: dict[int, np.ndarray], skeletons: dict[int, Skeleton]) -> list:
+        """The people seen last frame whom no other track's predicted body meets, looked for
+        by the landmark model in one call, each in the region their predicted joints give
+        (realtime.landmark_runner.roi_from_joints), other people in that region painted over.
+        Those found are taken out of `pending` (the rest go through the MediaPipe crop
+        search); a crop that holds nobody, a pose on painted pixels or one that moved off
+        the prediction (box IoU < BATCHED_MIN_IOU) counts as not found."""
+        from realtime.landmark_runner import roi_from_joints
+
+        h, w = image.shape[:2]
+        seen_last = {tid for lost, tid in order if not lost}
+        tids, images, rois, masks = [], [], [], []
+        for tid in pending:
+            if tid not in seen_last:
+                continue
+            b = predicted[tid]
+            pad = BATCHED_APART * max(b[2] - b[0], b[3] - b[1])
+            box = (int(b[0] - pad), int(b[1] - pad), int(b[2] + pad), int(b[3] + pad))
+            others = [skeletons[k] for k in skeletons if k != tid]
+            if any(_overlaps(o[0], o[1], box) for o in others):
+                continue  # someone meets this person: the search with painting and a choice of poses
+            roi = roi_from_joints(*skeletons[tid], min_side=self._size(tid, t))
+            if roi is None:
+                continue
+            reach = 0.75 * roi.side  # the rotated square's half diagonal, and a margin
+            near = (int(roi.cx - reach), int(roi.cy - reach), int(roi.cx + reach), int(roi.cy + reach))
+            others = [o for o in others if _overlaps(o[0], o[1], near)]
+            mask = paint_mask((w, h), others, [skeletons[tid]]) if others else None
+            tids.append(tid)
+            rois.append(roi)
+            masks.append(mask)
+            images.append(painted_over(image, others, mask=mask) if others else image)
+        if not tids:
+            return []
+        found = []
+        for tid, d, mask in zip(tids, self.landmarks.detect(images, rois), masks):
+            if (d is None or on_paint(d, mask) or _box_iou_or_zero(d, predicted[tid]) < BATCHED_MIN_IOU
+                    or _like(d, skeletons[tid], predicted[tid]) < BATCHED_MIN_OKS
+                    or any(same_person(d, f) for f in found)):
+                continue
+            found.append(d)
+            pending.remove(tid)
+        self.batched_found += len(found)
         return found
 
     @property
@@ -528,20 +593,28 @@ class PeopleSequenceLifter:
 
 def open_people(model: str, backend: str = "auto", fov_deg: float | None = None, calib: str | None = None,
                 people: int = 2, threads: int | None = None, lifter=None, own_lifter: bool = True,
-                follow: bool = False) -> PeopleEstimator:
+                follow: bool = False, batched: bool = False) -> PeopleEstimator:
     """The several-people estimator as `--people N` runs it: MediaPipe in IMAGE mode with
     MIN_CONFIDENCE thresholds, the tracker with appearance, up to `people` people. `lifter`:
     an opened lifter of `model` (else opened here); when this fails, it is closed if
-    `own_lifter` (else left open for its owner). follow: PeopleEstimator's."""
+    `own_lifter` (else left open for its owner). follow: PeopleEstimator's. batched: people
+    apart from the others looked for by the batched landmark model (PeopleEstimator's
+    `landmarks`)."""
     from realtime.detector import PoseDetector
 
-    detector = None
+    detector = runner = None
     try:
         detector = PoseDetector(mode="image", num_poses=people, min_detection_confidence=MIN_CONFIDENCE,
                                 min_presence_confidence=MIN_CONFIDENCE)
+        if batched:
+            from realtime.landmark_runner import LandmarkRunner
+
+            runner = LandmarkRunner(min_presence=MIN_CONFIDENCE)
         return PeopleEstimator(PoseEstimator(model, backend, fov_deg, calib, threads=threads, detector=detector,
-                                             lifter=lifter), people=people, follow=follow)
+                                             lifter=lifter), people=people, follow=follow, landmarks=runner)
     except BaseException:
+        if runner is not None:
+            runner.close()
         if detector is not None:
             detector.close()
         if lifter is not None and own_lifter:

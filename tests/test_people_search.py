@@ -27,6 +27,22 @@ def person(x: float, foot_y: float, height_px: float) -> np.ndarray:
     return (p - [0.0, p[:, 1].max()] + [x, foot_y]).astype(np.float32)
 
 
+def crossing_script(n: int = 60) -> list[list[np.ndarray]]:
+    """n frames of two people crossing: the near one walks right in front of the far one, who
+    walks left and is not seen while the near one hides them."""
+    script = []
+    for i in range(n):
+        near, far = person(150 + 11 * i, 520, 400), person(810 - 11 * i, 430, 300)
+        script.append([near] if abs((150 + 11 * i) - (810 - 11 * i)) < 60 else [near, far])
+    return script
+
+
+def near_far(pd) -> dict[str, int]:
+    """{"near"/"far": track id} of a frame's people (realtime.people.PeopleDetected), told
+    apart by their height (the near person is the taller)."""
+    return {("near" if np.ptp(d.detection.joints_2d_px[:, 1]) > 350 else "far"): d.track_id for d in pd.people}
+
+
 def detection(uv: np.ndarray) -> Detection:
     return Detection(uv, np.ones(NUM_JOINTS, np.float32), np.zeros((NUM_JOINTS, 3), np.float32), box_from_joints(uv),
                      np.zeros((33, 2), np.float32), np.ones(33, np.float32))
@@ -135,24 +151,14 @@ def run_ids(script: list[list[np.ndarray]]) -> tuple[list[dict[str, int]], Promi
     det = ProminentDetector(script)
     est = PeopleEstimator(PoseEstimator(detector=det, lifter=NoLifter()), appearance=False, people=2)
     black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
-    out = []
-    for i in range(len(script)):
-        pd = est.detect(Frame(i, i / 30.0, black))
-        out.append({("near" if np.ptp(d.detection.joints_2d_px[:, 1]) > 350 else "far"): d.track_id
-                    for d in pd.people})
-    return out, det
+    return [near_far(est.detect(Frame(i, i / 30.0, black))) for i in range(len(script))], det
 
 
 def test_people_crossing_keep_their_ids_when_the_detector_sees_only_the_nearest():
     """The near person walks right in front of the far one, who walks left and is hidden
     while they pass: each keeps one id, and the far one is not looked for while hidden."""
     n = 60
-    script = []
-    for i in range(n):
-        near = person(150 + 11 * i, 520, 400)
-        far = person(810 - 11 * i, 430, 300)
-        hidden = abs((150 + 11 * i) - (810 - 11 * i)) < 60
-        script.append([near] if hidden else [near, far])
+    script = crossing_script(n)
     ids, det = run_ids(script)
     near = {f["near"] for f in ids if "near" in f}
     far = {f["far"] for f in ids if "far" in f}
@@ -209,20 +215,12 @@ def test_follow_uses_a_landmarker_per_person_apart_and_the_search_where_people_o
     by their own VIDEO-mode landmarker; while two people overlap (a crossing) both go
     through the IMAGE-mode search; identities hold; the landmarkers are closed at the end."""
     n = 60
-    script = []
-    for i in range(n):
-        near, far = person(150 + 11 * i, 520, 400), person(810 - 11 * i, 430, 300)
-        hidden = abs((150 + 11 * i) - (810 - 11 * i)) < 60
-        script.append([near] if hidden else [near, far])
+    script = crossing_script(n)
     det, made = ProminentDetector(script), []
     est = PeopleEstimator(PoseEstimator(detector=det, lifter=NoLifter()), appearance=False, people=2, follow=True)
     est._new_follower = lambda: Follower(script, made)
     black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
-    ids = []
-    for i in range(n):
-        pd = est.detect(Frame(i, i / 30.0, black))
-        ids.append({("near" if np.ptp(d.detection.joints_2d_px[:, 1]) > 350 else "far"): d.track_id
-                    for d in pd.people})
+    ids = [near_far(est.detect(Frame(i, i / 30.0, black))) for i in range(n)]
     near = {f["near"] for f in ids if "near" in f}
     far = {f["far"] for f in ids if "far" in f}
     assert len(near) == 1 and len(far) == 1 and near != far
