@@ -55,6 +55,14 @@ landmarker of their own in VIDEO mode on their crop (MediaPipe then follows them
 last landmarks, relative to the crop, which moves with them, and skips its person detector:
 a cheaper call); anyone overlapping someone goes through the IMAGE-mode search as above.
 Faster, but its identities are less stable than the default's (docs/multiperson.md).
+With `landmarks` (a realtime.landmark_runner.LandmarkRunner: MediaPipe's landmark model run
+by us) the people seen last frame whose predicted body no one else's meets are looked for
+by that model alone, all of them in one call per frame, each in the upright region their
+predicted joints give (as BlazePose's landmark stage; people near them painted over); a
+crop that holds nobody or a pose off the prediction sends the person to the crop search
+above, as does any overlap. No person detector and no MediaPipe call for them: the
+cheapest path, opt-in because identities on the dev scenes were not as good
+(docs/multiperson.md).
 """
 from __future__ import annotations
 

@@ -15,9 +15,15 @@ and the model's tensors, whether a batch gives each crop the same outputs as one
 and the share of the model's multiply-adds each output needs (what dropping the segmentation
 and heatmap heads could save).
 
+--compare K: instead, on every K-th frame, each person MediaPipe (IMAGE mode) finds is looked
+for again by realtime.landmark_runner in the region their joints give
+(roi_from_joints); prints the mean distance between the two sets of landmarks MediaPipe
+calls visible (px and % of the person's crop-box side) and how many the runner refused.
+
 Needs ai-edge-litert, which the product does not depend on:
     .venv/bin/python -m pip install ai-edge-litert==2.3.0
     python scripts/measure_landmark_model.py data_out/multi/cross4/scene.avi --frame 39 --rounds 60
+    python scripts/measure_landmark_model.py data_out/multi/cross2/scene.avi --compare 6
 """
 from __future__ import annotations
 
@@ -104,6 +110,8 @@ def main() -> int:
     ap.add_argument("video")
     ap.add_argument("--frame", type=int, default=0, help="frame index to take the person from")
     ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--compare", type=int, default=0, metavar="K",
+                    help="compare the runner's landmarks with MediaPipe's on every K-th frame instead")
     args = ap.parse_args()
     try:
         import ai_edge_litert  # noqa: F401
@@ -115,6 +123,8 @@ def main() -> int:
     from realtime.detector import PoseDetector
     from realtime.sources import VideoFileSource
 
+    if args.compare > 0:
+        return compare(args.video, args.compare)
     with VideoFileSource(args.video, max_frames=args.frame + 1) as src:
         image = list(src)[-1].image
     whole = PoseDetector(mode="image", num_poses=1, min_detection_confidence=0.3, min_presence_confidence=0.3)
@@ -170,6 +180,38 @@ def main() -> int:
         print(f"  {name:36s} {per_call:6.1f} ms per call, {per_call / n:6.1f} ms per person, "
               f"{per_call / n / video:.2f}x the VIDEO call")
     whole.close(), follow.close()
+    return 0
+
+
+def compare(video: str, every: int) -> int:
+    """The runner's landmarks against MediaPipe's on the same people (module docstring)."""
+    from realtime.detector import PoseDetector
+    from realtime.landmark_runner import LandmarkRunner, roi_from_joints
+    from realtime.sources import VideoFileSource
+
+    px, rel, refused = [], [], 0
+    with VideoFileSource(video) as src, LandmarkRunner(min_presence=0.3) as runner, \
+            PoseDetector(mode="image", num_poses=4, min_detection_confidence=0.3, min_presence_confidence=0.3) as mp:
+        for f in src:
+            if f.index % every:
+                continue
+            for p in mp.detect_people(f.image):
+                roi = roi_from_joints(p.joints_2d_px, p.confidence)
+                if roi is None:
+                    continue
+                d = runner.detect([f.image], [roi])[0]
+                if d is None:
+                    refused += 1
+                    continue
+                vis = p.visibility > 0.5
+                err = float(np.linalg.norm(d.landmarks_px[vis] - p.landmarks_px[vis], axis=1).mean())
+                px.append(err)
+                rel.append(err / p.box.side)
+    if not px:
+        print("nobody compared")
+        return 1
+    print(f"{len(px) + refused} people: runner refused {refused}; visible landmarks differ from MediaPipe's by "
+          f"{np.mean(px):.1f} px mean (median {np.median(px):.1f}), {100 * np.mean(rel):.2f} % of the crop-box side")
     return 0
 
 
