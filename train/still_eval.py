@@ -145,27 +145,36 @@ def cache_chunk(source, indices: list[int], path: Path) -> None:
 
 
 def build_cache(out: Path, h36m: str | None, h36m_count: int, bvh: str | None, bvh_count: int,
-                sitting_count: int = 0, log=print) -> None:
-    """Chunk files out/SET_KKK.npz for the S9, S9-sitting (rows of the SITTING actions) and
-    Bandai sets, interleaved (the sets grow together), skipping chunks that exist."""
+                sitting_count: int = 0, names: tuple[str, str, str] = SETS, bvh_seed: int = 0, log=print) -> None:
+    """Chunk files out/SET_KKK.npz for the sets `names` (default: S9, S9-sitting and Bandai):
+    rows of the Human3.6M file, rows of its SITTING actions, random Bandai frames (BvhSource
+    seed `bvh_seed`), interleaved (the sets grow together), skipping chunks that exist."""
     from train.synth.shards import BvhSource, H36MSource
 
     out.mkdir(parents=True, exist_ok=True)
     plan: list[tuple[str, object, list[int]]] = []
     if h36m:
         src = H36MSource(h36m, 1)
-        plan.append(("s9", src, s9_indices(src, h36m_count)))
+        plan.append((names[0], src, s9_indices(src, h36m_count)))
         if sitting_count:
             from train.h36m import open_npz
 
             d = open_npz(h36m)
             sit = [list(d["action_names"]).index(a) for a in SITTING]
-            plan.append(("s9_sitting", src, s9_indices(src, sitting_count, np.flatnonzero(np.isin(d["action"], sit)))))
+            plan.append((names[1], src, s9_indices(src, sitting_count, np.flatnonzero(np.isin(d["action"], sit)))))
     if bvh:
-        src = BvhSource(bvh, bvh_count, cache_dir=out, seed=0)
-        plan.append(("bandai", src, list(range(bvh_count))))
+        src = BvhSource(bvh, bvh_count, cache_dir=out, seed=bvh_seed)
+        plan.append((names[2], src, list(range(bvh_count))))
     if not plan:
         raise UserError("nothing to cache: give --h36m and/or --bvh")
+    run_plan(out, plan, log)
+
+
+def run_plan(out: Path, plan: list[tuple[str, Any, list[int]]], log=print) -> None:
+    """Chunk files out/NAME_KKK.npz of CHUNK pictures for each (name, source, indices) of
+    `plan`, the sets interleaved chunk by chunk (they grow together), skipping chunks that
+    exist (cache_chunk)."""
+    out.mkdir(parents=True, exist_ok=True)
     jobs = []
     for k in range(max(-(-len(idx) // CHUNK) for _, _, idx in plan)):
         for name, src, idx in plan:
@@ -360,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--bvh", help="folder of Bandai BVH clips")
     c.add_argument("--bvh-count", type=int, default=300)
     c.add_argument("--out", required=True)
+    c.add_argument("--names", nargs=3, default=list(SETS), metavar=("H36M", "SITTING", "BVH"),
+                   help="the sets' names (eval reads the defaults; other names make training pictures)")
+    c.add_argument("--bvh-seed", type=int, default=0, help="which Bandai frames, bodies and cameras")
     e = sub.add_parser("eval", help="lift the cached 2D with each candidate")
     e.add_argument("cache")
     e.add_argument("candidates", nargs="+", help="shipped model names, or members joined by + (averaged)")
@@ -370,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         if a.cmd == "cache":
-            build_cache(Path(a.out), a.h36m, a.h36m_count, a.bvh, a.bvh_count, a.sitting_count)
+            build_cache(Path(a.out), a.h36m, a.h36m_count, a.bvh, a.bvh_count, a.sitting_count, tuple(a.names), a.bvh_seed)
             return 0
         res = evaluate(a.cache, a.candidates, a.backend, a.mirror_generator)
     except UserError as exc:
