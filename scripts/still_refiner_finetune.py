@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="keep the BatchNorm running statistics of the shipped model (momentum 0)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     model = Refiner(cfg)
     model.load_state_dict(ck["model"])
     lifter = model.lifter
+    if a.freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.momentum = 0.0
 
     def t(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, np.float32))
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save({**ck, "model": model.state_dict(), "shipped_from": None,
                 "still_finetune": {"from": a.model, "lr": a.lr, "epochs": a.epochs, "batch": a.batch,
+                                   "freeze_bn": a.freeze_bn,
                                    "pictures": int(ok.sum()), "chunks": [f.name for f in files],
                                    "train_seconds": time.time() - t0}}, a.out)
     print(f"wrote {a.out}")
