@@ -13,7 +13,8 @@ SittingDown actions) and Bandai frames of another seed than the evaluation's, re
 detected exactly as train.still_eval's evaluation pictures. The generator (unchanged) runs on
 each cached crop; the refiner starts as the shipped `final` (its input and output
 normalisation kept) and is trained with plain L2 on the pictures and their mirror images (the
-mirror its flip averaging uses). Fixed recipe, no epoch picked on the evaluation sets.
+mirror its flip averaging uses), for a fixed number of epochs (no epoch is picked on the
+evaluation sets; the recipes tried and their figures are in docs/temporal.md).
 """
 from __future__ import annotations
 
