@@ -66,6 +66,10 @@ class Options:
                 every frame (IMAGE mode, num_poses = N), kept under a stable track id,
                 lifted in one batch and smoothed on their own (realtime.people): every
                 PoseFrame then carries the others in `others`.
+    fast_people: with people > 1, the people apart from everyone else are found by
+                MediaPipe's landmark model alone, all in one call per frame
+                (realtime.landmark_runner): about twice the frame rate at 2 people, with
+                identities somewhat less stable (docs/multiperson.md).
     smooth:     One Euro + bone-length smoothing: None = on for live sources, off for files
                 (files are for accuracy); True/False force it.
     smoothing:  the filter's settings when it is on.
@@ -90,6 +94,7 @@ class Options:
     num_poses: int = 1
     image_mode: bool = False
     people: int = 1
+    fast_people: bool = False
     smooth: bool | None = None
     smoothing: SmootherConfig = field(default_factory=SmootherConfig)
     sequence: bool = False
@@ -103,6 +108,8 @@ class Options:
         if self.threads < 0 or self.num_poses < 1 or self.people < 1:
             raise UserError(f"threads must be >= 0, num_poses and people >= 1, got {self.threads}, "
                             f"{self.num_poses} and {self.people}")
+        if self.fast_people and self.people < 2:
+            raise UserError("fast_people (--fast-people) needs several people (--people N, N > 1)")
         intrinsics_for((640, 480), self.fov, self.calib)  # bad fov / unreadable calib file
 
     def smoother(self, live: bool) -> Callable[[PoseFrame], PoseFrame] | None:
@@ -284,7 +291,8 @@ def open_pose_estimator(options: Options, live: bool, stills: bool = False, real
     if o.people > 1:  # several people: MediaPipe in IMAGE mode on every frame, nothing to restart
         from realtime.people import open_people
 
-        return open_people(model, o.backend, o.fov, o.calib, o.people, o.threads, lifter=lifter, own_lifter=own)
+        return open_people(model, o.backend, o.fov, o.calib, o.people, o.threads, lifter=lifter, own_lifter=own,
+                           batched=o.fast_people)
     restart = None if live or stills else (detector.RESTART_FRAMES if restart_frames is None else restart_frames)
     return PoseEstimator(model, o.backend, o.fov, o.calib, lifter=lifter,
                          detector_mode="image" if o.image_mode or stills else "video", num_poses=o.num_poses,

@@ -363,3 +363,36 @@ def test_batch_phase_two_lifts_with_the_poses_of_phase_one(several):
     for p in pf.people:
         np.testing.assert_allclose(p.joints_mm, rel[p.track_id])
         assert (p.fbi == p.track_id).all()
+
+
+def test_fast_people_option_opens_the_batched_landmark_model():
+    """--fast-people reaches Options and open_people (a LandmarkRunner on the estimator, closed
+    with it); it needs several people."""
+    pytest.importorskip("ai_edge_litert")
+    import argparse
+
+    from engines.errors import UserError
+    from realtime.api import Options
+    from realtime.cli_options import options_from_args
+    from realtime.people import open_people
+
+    with pytest.raises(UserError):
+        Options(fast_people=True)
+    from realtime import video_cmd
+
+    p = argparse.ArgumentParser()
+    video_cmd.add_arguments(p)
+    opts = options_from_args(p.parse_args(["in.mp4", "--people", "2", "--fast-people"]))
+    assert opts.fast_people and opts.people == 2
+    assert not options_from_args(p.parse_args(["in.mp4", "--people", "2"])).fast_people
+    est = open_people("base_gt", people=2, batched=True)
+    try:
+        assert est.landmarks is not None and est.landmarks.calls == 0
+    finally:
+        est.close()
+    assert est.landmarks._it is None
+    plain = open_people("base_gt", people=2)
+    try:
+        assert plain.landmarks is None
+    finally:
+        plain.close()
