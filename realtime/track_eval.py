@@ -269,14 +269,15 @@ def pair_distance_error(truth: Truth, multi: Sequence, matches: list[dict[int, i
 
 
 # --------------------------------------------------------------------------- running the app
-def run_video(path: Path, people: int, model: str | None) -> list:
+def run_video(path: Path, people: int, model: str | None, fast_people: bool = False) -> list:
     """PoseFrames of `path` through the app's own objects, as `posestream video --people N`
     computes them (realtime.api.Estimator.stream: every frame, in order; the default model
     for files when `model` is None). people > 1: realtime.people (IMAGE-mode MediaPipe, the
-    tracker, each person's own sequence lifting, batched); 1: the single-person default."""
+    tracker, each person's own sequence lifting, batched; fast_people: `--fast-people`); 1:
+    the single-person default."""
     from realtime.api import Estimator
 
-    with Estimator(model=model, threads=1, people=people) as est:
+    with Estimator(model=model, threads=1, people=people, fast_people=fast_people and people > 1) as est:
         return list(est.stream(str(path)))
 
 
@@ -288,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir", nargs="?", help="folder of scenarios written by `python -m train.synth.multi`")
     p.add_argument("--model", default=None, help="lifter (default: the app's default)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--fast-people", action="store_true",
+                   help="run the several-people scenes as `--people N --fast-people` does")
     p.add_argument("--tracks", metavar="NPZ", default=None,
                    help="instead: the tracks of a `posestream video --people N` .npz (no ground truth)")
     args = p.parse_args(argv)
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.dir:
         p.error("give a folder of scenarios, or --tracks NPZ")
-    return evaluate_dir(Path(args.dir), args.model, args.json)
+    return evaluate_dir(Path(args.dir), args.model, args.json, args.fast_people)
 
 
 def track_summary(path: Path) -> list[str]:
@@ -328,7 +331,8 @@ def track_summary(path: Path) -> list[str]:
     return lines
 
 
-def evaluate_dir(folder: Path, model: str | None = None, json_out: str | None = None) -> int:
+def evaluate_dir(folder: Path, model: str | None = None, json_out: str | None = None,
+                 fast_people: bool = False) -> int:
     """Run the app on every scenario under `folder` (train.synth.multi render) and print
     the tables; returns 0."""
     rows, accs, pair_errs = [], [], []
@@ -338,7 +342,7 @@ def evaluate_dir(folder: Path, model: str | None = None, json_out: str | None = 
         truth = Truth.load(truth_path)
         P = truth.occlusion.shape[1]
         t0 = time.perf_counter()
-        multi = run_video(scen / "scene.avi", P, model)
+        multi = run_video(scen / "scene.avi", P, model, fast_people)
         t1 = time.perf_counter()
         single = {k: run_video(scen / f"person{k}.avi", 1, model) for k in range(P)}
         print(f"{scen.name}: {P} people, {len(multi)} frames: --people {P} in {t1 - t0:.0f} s, "
