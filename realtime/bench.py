@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--people must be at least 1")
     from realtime.detector import PoseDetector
     from realtime.estimator import PoseEstimator, open_lifter
-    from realtime.people import MIN_CONFIDENCE, PeopleEstimator
+    from realtime.people import MIN_CONFIDENCE, PeopleEstimator, open_landmarks
     from realtime.sources import VideoFileSource
     from realtime.writers import open_writer
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             det_a = PoseDetector(mode=mode, num_poses=args.people, **conf)
             est = PoseEstimator(detector=PoseDetector(mode=mode, num_poses=args.people, **conf), lifter=lifter)
             if args.people > 1:
-                est = PeopleEstimator(est, follow=args.follow, landmarks=_runner() if args.batched else None)
+                est = PeopleEstimator(est, follow=args.follow, landmarks=open_landmarks() if args.batched else None)
             lift = est.sequence(None)  # each frame's own root solve
             writer = open_writer(Path(tmp) / f"bench{r}.npz", fps_src)
             ta, tb = np.zeros(len(frames)), np.zeros(len(frames))
@@ -121,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
             tb[-1] += time.perf_counter() - t0
             det_a.close()
             calls_b = getattr(est, "detector_calls", len(frames))
-            batched = est.landmarks.calls if args.people > 1 and est.landmarks is not None else 0
+            runner = est.landmarks if args.people > 1 else None
+            batched = runner.calls if runner is not None else 0
             (est.est if args.people > 1 else est).detector.close()  # the lifter is shared between runs
-            if batched:
-                est.landmarks.close()
+            if runner is not None:
+                runner.close()
             tot_a.append(len(frames) / ta.sum())
             tot_b.append(len(frames) / tb.sum())
             med_a.append(1.0 / np.median(ta))
@@ -145,14 +146,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"MediaPipe + lifter + write: {mb:.1f} fps ({1000 / mb:.1f} ms/frame; median frame {1000 / pb:.1f} ms)")
     print(f"ratio: {mb / ma:.3f} (median-frame ratio {pb / pa:.3f}; target >= 0.85)")
     return 0
-
-
-def _runner():
-    """The batched landmark model as `--people N --batched` runs it."""
-    from realtime.landmark_runner import LandmarkRunner
-    from realtime.people import MIN_CONFIDENCE
-
-    return LandmarkRunner(min_presence=MIN_CONFIDENCE)
 
 
 def _call_bound(frames: list, people: int, calls_per_frame: float, max_frames: int = 40) -> None:

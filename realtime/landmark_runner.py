@@ -39,6 +39,7 @@ import numpy as np
 
 from engines.errors import UserError
 from realtime.detector import DEFAULT_MODEL, Detection, _quiet_native_stderr, detection_from_landmarks
+from realtime.tracker import confident_joints
 
 MODEL_MEMBER = "pose_landmarks_detector.tflite"
 INPUT = 256              # the model's input side, px
@@ -47,8 +48,7 @@ KEPT_LANDMARKS = 33
 ROI_SCALE = 1.25         # BlazePose: the region is 1.25x the circle around the body
 REACH_MARGIN = 1.15      # the body's circle: the farthest confident joint from the hips, and this margin
 MIN_PRESENCE = 0.5       # a crop whose pose-presence score is lower holds nobody
-L_HIP, R_HIP, L_SHOULDER, R_SHOULDER, PELVIS = 4, 1, 11, 14, 0  # engines.skeleton joint indices
-MIN_JOINT_CONFIDENCE = 0.3
+L_HIP, R_HIP, L_SHOULDER, R_SHOULDER = 4, 1, 11, 14  # engines.skeleton joint indices
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def roi_from_joints(uv: np.ndarray, conf: np.ndarray, min_side: float = 0.0) -> 
     ROI_SCALE x the diameter of the circle around the confident joints centred on the hips
     (at least min_side px). None without confident hips and shoulders."""
     uv, conf = np.asarray(uv, np.float64), np.asarray(conf, np.float64)
-    ok = (conf >= MIN_JOINT_CONFIDENCE) & np.isfinite(uv).all(axis=1)
+    ok = confident_joints(uv, conf)
     if not ok[[L_HIP, R_HIP, L_SHOULDER, R_SHOULDER]].all():
         return None
     hips = 0.5 * (uv[L_HIP] + uv[R_HIP])

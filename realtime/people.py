@@ -96,8 +96,6 @@ BODY_WIDTH = 0.12        # painted bone thickness / the person's height
 MAX_HIDDEN = 0.6         # a tracked person this much behind people found is not looked for (kept by prediction)
 GHOST_PAINTED = 0.5      # a pose with more of its joints than this on painted pixels is a ghost
 DUPLICATE_OKS = 0.5      # a person this close to one already found is that person again
-BATCHED_APART = 0.0      # the batched landmark model takes a person no other predicted body comes this near (box sides)
-BATCHED_MIN_OKS = 0.0
 BATCHED_MIN_IOU = 0.3    # a pose of the batched landmark model this far off its prediction is not the person
 TORSO = (11, 14, 1, 4)   # l_shoulder, r_shoulder, r_hip, l_hip: the torso quad, in order
 HEAD = 10
@@ -259,12 +257,6 @@ def _within(d, roi: tuple[int, int, int, int] | None, image_size: tuple[int, int
     margin = 0.02 * max(roi[2] - roi[0], roi[3] - roi[1])
     return ((roi[0] <= 0 or box[0] > roi[0] + margin) and (roi[1] <= 0 or box[1] > roi[1] + margin)
             and (roi[2] >= w or box[2] < roi[2] - margin) and (roi[3] >= h or box[3] < roi[3] - margin))
-
-
-def _like(d, person: Skeleton, box: np.ndarray) -> float:
-    """OKS of detection d and a person's predicted skeleton, whose box (4,) px gives the scale."""
-    scale = float(np.sqrt(max(box[2] - box[0], 1.0) * max(box[3] - box[1], 1.0)))
-    return oks(person[0], d.joints_2d_px, scale, person[1], d.confidence)
 
 
 def _box_iou_or_zero(d, box: np.ndarray) -> float:
@@ -476,9 +468,7 @@ class PeopleEstimator:
         for tid in pending:
             if tid not in seen_last:
                 continue
-            b = predicted[tid]
-            pad = BATCHED_APART * max(b[2] - b[0], b[3] - b[1])
-            box = (int(b[0] - pad), int(b[1] - pad), int(b[2] + pad), int(b[3] + pad))
+            box = tuple(int(v) for v in predicted[tid])
             others = [skeletons[k] for k in skeletons if k != tid]
             if any(_overlaps(o[0], o[1], box) for o in others):
                 continue  # someone meets this person: the search with painting and a choice of poses
@@ -498,7 +488,6 @@ class PeopleEstimator:
         found = []
         for tid, d, mask in zip(tids, self.landmarks.detect(images, rois), masks):
             if (d is None or on_paint(d, mask) or _box_iou_or_zero(d, predicted[tid]) < BATCHED_MIN_IOU
-                    or _like(d, skeletons[tid], predicted[tid]) < BATCHED_MIN_OKS
                     or any(same_person(d, f) for f in found)):
                 continue
             found.append(d)
@@ -599,6 +588,14 @@ class PeopleSequenceLifter:
         return out
 
 
+def open_landmarks():
+    """The batched landmark model (realtime.landmark_runner.LandmarkRunner) as `--people N
+    --fast-people` runs it: a crop holds a person at MediaPipe's MIN_CONFIDENCE presence."""
+    from realtime.landmark_runner import LandmarkRunner
+
+    return LandmarkRunner(min_presence=MIN_CONFIDENCE)
+
+
 def open_people(model: str, backend: str = "auto", fov_deg: float | None = None, calib: str | None = None,
                 people: int = 2, threads: int | None = None, lifter=None, own_lifter: bool = True,
                 follow: bool = False, batched: bool = False) -> PeopleEstimator:
@@ -615,9 +612,7 @@ def open_people(model: str, backend: str = "auto", fov_deg: float | None = None,
         detector = PoseDetector(mode="image", num_poses=people, min_detection_confidence=MIN_CONFIDENCE,
                                 min_presence_confidence=MIN_CONFIDENCE)
         if batched:
-            from realtime.landmark_runner import LandmarkRunner
-
-            runner = LandmarkRunner(min_presence=MIN_CONFIDENCE)
+            runner = open_landmarks()
         return PeopleEstimator(PoseEstimator(model, backend, fov_deg, calib, threads=threads, detector=detector,
                                              lifter=lifter), people=people, follow=follow, landmarks=runner)
     except BaseException:

@@ -146,13 +146,17 @@ MEDIAPIPE_WORLD = "mediapipe_world"   # MediaPipe's own world landmarks, a refer
 LIMB_AND_PELVIS = (0, 1, 2, 3, 4, 5, 6, 11, 12, 13, 14, 15, 16)
 
 
-def _frame_errors(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """MPJPE and P-MPJPE (mm) of one frame (1, 17, 3), and P-MPJPE on LIMB_AND_PELVIS."""
+def pose_errors(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-pose MPJPE, P-MPJPE and P-MPJPE on LIMB_AND_PELVIS of (N, 17, 3) poses: (N,) mm each."""
     from train.metrics import mpjpe, p_mpjpe
 
     sel = list(LIMB_AND_PELVIS)
-    return {"mpjpe_mm": float(mpjpe(pred, gt)[0]), "p_mpjpe_mm": float(p_mpjpe(pred, gt)[0]),
-            "p_mpjpe13_mm": float(p_mpjpe(pred[:, sel], gt[:, sel])[0])}
+    return {"mpjpe": mpjpe(pred, gt), "p_mpjpe": p_mpjpe(pred, gt), "p_mpjpe13": p_mpjpe(pred[:, sel], gt[:, sel])}
+
+
+def _frame_errors(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """pose_errors of one frame (1, 17, 3), as floats named `<figure>_mm`."""
+    return {f"{k}_mm": float(v[0]) for k, v in pose_errors(pred, gt).items()}
 
 
 def evaluate_real_frames(root: str, model: str, compare: list[str], views: bool = True,

@@ -39,7 +39,7 @@ import numpy as np
 from engines.errors import UserError
 
 # The 13 joints the real-frame target is set on (train.eval_renders.LIMB_AND_PELVIS).
-from train.eval_renders import LIMB_AND_PELVIS
+from train.eval_renders import LIMB_AND_PELVIS, pose_errors
 
 SEPARATOR = "+"  # joins the members of an averaged candidate
 SETS = ("s9", "s9_sitting", "bandai")
@@ -287,14 +287,6 @@ def lift_cached_mirrored(model: str, data: dict[str, np.ndarray], backend: str =
     return np.concatenate(out)
 
 
-def errors(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-picture MPJPE, P-MPJPE and P-MPJPE on LIMB_AND_PELVIS, mm."""
-    from train.metrics import mpjpe, p_mpjpe
-
-    sel = list(LIMB_AND_PELVIS)
-    return {"mpjpe": mpjpe(pred, gt), "p_mpjpe": p_mpjpe(pred, gt), "p_mpjpe13": p_mpjpe(pred[:, sel], gt[:, sel])}
-
-
 def bootstrap_diff(diffs: list[np.ndarray], n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float, float]:
     """Mean over sets of each set's mean difference, and its 95 % bootstrap interval
     (pictures resampled within each set)."""
@@ -321,11 +313,11 @@ def evaluate(folder: str | Path, candidates: list[str], backend: str = "onnxrunt
         res["sets"][name] = {"pictures": int(len(ok)), "answered": int(ok.sum()), "error_2d_px": float(e2d.mean()),
                              "detect_ms": float(data["detect_ms"].mean())}
         w = data["world_mm"][ok]
-        per.setdefault("mediapipe_world", {})[name] = errors(w - w[:, :1], gt)
+        per.setdefault("mediapipe_world", {})[name] = pose_errors(w - w[:, :1], gt)
         for m in candidates:
-            per.setdefault(m, {})[name] = errors(lift_cached(m, data, backend), gt)
+            per.setdefault(m, {})[name] = pose_errors(lift_cached(m, data, backend), gt)
         for m in mirrored:
-            per.setdefault(f"{m} (generator mirrored too)", {})[name] = errors(lift_cached_mirrored(m, data, backend), gt)
+            per.setdefault(f"{m} (generator mirrored too)", {})[name] = pose_errors(lift_cached_mirrored(m, data, backend), gt)
     ref = candidates[0]
     for m, by_set in per.items():
         row: dict = {}
