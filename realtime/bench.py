@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batched", action="store_true",
                    help="with --people N: each person apart from the others looked for by MediaPipe's landmark model "
                         "run by us, everyone in one call (realtime.landmark_runner; needs ai-edge-litert)")
+    p.add_argument("--search-workers", type=int, default=None, metavar="W",
+                   help="with --people N: MediaPipe calls the search runs at once (default: as the app, "
+                        "realtime.people.search_workers: one per person, at most one per CPU core)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (default 3)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for the lifter runtime (default 1: see realtime/video_cmd.py; 0 = the runtime default)")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--people must be at least 1")
     from realtime.detector import PoseDetector
     from realtime.estimator import PoseEstimator, open_lifter
-    from realtime.people import MIN_CONFIDENCE, PeopleEstimator, open_landmarks
+    from realtime.people import MIN_CONFIDENCE, PeopleEstimator, open_landmarks, search_workers
     from realtime.sources import VideoFileSource
     from realtime.writers import open_writer
 
@@ -85,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
           f"lifter {args.model} on {lifter.name}, {args.repeats} alternating runs each"
           + (f", --people {args.people}" if args.people > 1 else ""))
     mode = "image" if args.people > 1 else "video"
+    workers = search_workers(args.people) if args.search_workers is None else args.search_workers
+    if workers < 1:
+        raise UserError("--search-workers must be at least 1")
+    if args.people > 1:
+        print(f"  the search for people runs up to {workers} MediaPipe call(s) at once")
 
     # Interleaved per frame: two independent trackers see the same sequence; on each frame
     # A (MediaPipe alone) and then B (the whole product) run back to back, so load bursts
@@ -98,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
             det_a = PoseDetector(mode=mode, num_poses=args.people, **conf)
             est = PoseEstimator(detector=PoseDetector(mode=mode, num_poses=args.people, **conf), lifter=lifter)
             if args.people > 1:
-                est = PeopleEstimator(est, follow=args.follow, landmarks=open_landmarks() if args.batched else None)
+                est = PeopleEstimator(est, follow=args.follow, landmarks=open_landmarks() if args.batched else None,
+                                      workers=workers)
             lift = est.sequence(None)  # each frame's own root solve
             writer = open_writer(Path(tmp) / f"bench{r}.npz", fps_src)
             ta, tb = np.zeros(len(frames)), np.zeros(len(frames))
@@ -123,9 +132,9 @@ def run(args: argparse.Namespace) -> int:
             calls_b = getattr(est, "detector_calls", len(frames))
             runner = est.landmarks if args.people > 1 else None
             batched = runner.calls if runner is not None else 0
+            if args.people > 1:
+                est.close_search()
             (est.est if args.people > 1 else est).detector.close()  # the lifter is shared between runs
-            if runner is not None:
-                runner.close()
             tot_a.append(len(frames) / ta.sum())
             tot_b.append(len(frames) / tb.sum())
             med_a.append(1.0 / np.median(ta))

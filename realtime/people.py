@@ -63,11 +63,21 @@ crop that holds nobody or a pose off the prediction sends the person to the crop
 above, as does any overlap. No person detector and no MediaPipe call for them: the
 cheapest path, opt-in because identities on the dev scenes were not as good
 (docs/multiperson.md).
+With `workers` > 1 the MediaPipe calls that do not depend on one another run at once, each on
+a landmarker of its own (MediaPipe releases the GIL while it runs): the crops of people whose
+crop no one else's body meets (nothing to paint there), and the first search of the whole
+image and of each tile for new people. A call made early is used only where the search, in
+its order, would have made exactly that call (the same crop of the same image: nobody found
+since who would be painted into it); else the search calls again. So the people found do not
+depend on `workers`, only the time taken does.
 """
 from __future__ import annotations
 
+import os
+import queue
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -97,6 +107,7 @@ MAX_HIDDEN = 0.6         # a tracked person this much behind people found is not
 GHOST_PAINTED = 0.5      # a pose with more of its joints than this on painted pixels is a ghost
 DUPLICATE_OKS = 0.5      # a person this close to one already found is that person again
 BATCHED_MIN_IOU = 0.3    # a pose of the batched landmark model this far off its prediction is not the person
+MAX_SEARCH_WORKERS = 4  # MediaPipe landmarkers searching at once (each holds its graph, ~tens of MB)
 TORSO = (11, 14, 1, 4)   # l_shoulder, r_shoulder, r_hip, l_hip: the torso quad, in order
 HEAD = 10
 
@@ -283,11 +294,17 @@ class PeopleEstimator:
 
     def __init__(self, estimator: PoseEstimator, tracker: PersonTracker | None = None,
                  appearance: bool = True, people: int | None = None, min_hits: int = MIN_HITS,
-                 follow: bool = False, landmarks=None) -> None:
+                 follow: bool = False, landmarks=None, workers: int = 1,
+                 detector_factory: Callable[[], object] | None = None) -> None:
         """landmarks: a realtime.landmark_runner.LandmarkRunner (owned: closed with this
         estimator): the people seen last frame whom no one else's predicted body meets are
         looked for by it, all in one call, in the region their predicted joints give
-        (module docstring)."""
+        (module docstring). workers: MediaPipe calls run at once where they do not depend on
+        one another (module docstring), on the estimator's detector and workers - 1 more
+        made by detector_factory (default: an IMAGE-mode landmarker as the estimator's,
+        `new_people_detector`), made on first use and closed with this estimator."""
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.est = estimator
         self.tracker = tracker if tracker is not None else PersonTracker(TrackerConfig())
         self.appearance = appearance
@@ -301,6 +318,11 @@ class PeopleEstimator:
         self.detector_calls = 0  # MediaPipe calls made so far (crops and searches for new people)
         self._followers: dict[int, object] = {}  # track id -> its VIDEO-mode landmarker (follow)
         self._sides: dict[int, deque[tuple[float, float]]] = {}  # track id -> (time s, box side px) found
+        self.workers = int(workers)
+        self._factory = detector_factory
+        self._extra: list = []  # the landmarkers made for the other workers
+        self._idle: queue.SimpleQueue | None = None  # landmarkers free for a call made at once
+        self._pool: ThreadPoolExecutor | None = None
 
     def _size(self, tid: int, t: float) -> float:
         """The larger box side (px) a track had over the last SIZE_MEMORY_S: its crop is at
@@ -340,12 +362,46 @@ class PeopleEstimator:
         return PoseDetector(mode="video", num_poses=1, min_detection_confidence=MIN_CONFIDENCE,
                             min_presence_confidence=MIN_CONFIDENCE)
 
-    def close(self) -> None:
+    def _at_once(self, calls: list[tuple[np.ndarray, tuple[int, int, int, int] | None]], t: float) -> list[list]:
+        """MediaPipe (IMAGE mode) on each (image, roi) at once, each call on a landmarker of
+        its own (the estimator's detector and the workers' ones). Returns each call's people,
+        in order."""
+        if self._pool is None:
+            self._idle = queue.SimpleQueue()
+            self._idle.put(self.est.detector)
+            make = self._factory or (lambda: new_people_detector(self.people))
+            for _ in range(self.workers - 1):
+                self._extra.append(make())
+                self._idle.put(self._extra[-1])
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="people-search")
+
+        def one(call: tuple[np.ndarray, tuple[int, int, int, int] | None]) -> list:
+            det = self._idle.get()
+            try:
+                return det.detect_people(call[0], t, call[1])
+            finally:
+                self._idle.put(det)
+
+        self.detector_calls += len(calls)
+        return list(self._pool.map(one, calls))
+
+    def close_search(self) -> None:
+        """Close what searches for people (the workers, followers and the batched landmark
+        model) but not the estimator (its detector and lifter)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for d in self._extra:
+            d.close()
+        self._extra.clear()
         for f in self._followers.values():
             f.close()
         self._followers.clear()
         if self.landmarks is not None:
             self.landmarks.close()
+
+    def close(self) -> None:
+        self.close_search()
         self.est.close()
 
     def __enter__(self) -> "PeopleEstimator":
@@ -411,6 +467,7 @@ class PeopleEstimator:
         if self.landmarks is not None:
             found += self._batched(image, t, pending, order, predicted, skeletons)
         unfound: list[int] = []
+        early = self._crops_at_once(image, t, pending, found, predicted, skeletons) if self.workers > 1 else {}
         while pending:
             tid = pending.pop(0)
             if len(found) >= self.people:
@@ -428,9 +485,12 @@ class PeopleEstimator:
             # following (self.follow): only a person whose predicted body no one else's meets
             # (a landmarker following someone in a crowd moves over to a neighbour)
             alone = not any(_overlaps(o[0], o[1], tuple(int(v) for v in box)) for o in others)
-            got = [g for g in detect(painted_over(image, others, mask=mask) if others else image, t, roi,
-                                     tid if alone else None)
-                   if not any(same_person(g, f) for f in found) and not on_paint(g, mask)]
+            if not others and early.get(tid, (None,))[0] == roi:
+                poses = early[tid][1]  # the very call this search makes, made at once with others
+            else:
+                poses = detect(painted_over(image, others, mask=mask) if others else image, t, roi,
+                               tid if alone else None)
+            got = [g for g in poses if not any(same_person(g, f) for f in found) and not on_paint(g, mask)]
             if got:  # the crop's person: the one most like the track's prediction
                 found.append(max(got, key=lambda g: _box_iou_or_zero(g, box)))
             else:
@@ -441,16 +501,53 @@ class PeopleEstimator:
             return found
         # the whole image, then square tiles of it (people small in the whole image are
         # larger for MediaPipe's person detector in a tile)
-        for roi in [None, *discovery_tiles((w, h))]:
+        rois = [None, *discovery_tiles((w, h))]
+        start = len(found)
+        first: dict = {}
+        if self.workers > 1 and start < self.people:
+            # the first search of every region, at once: used while nobody new has been found
+            # (the image searched is then the same: the people found so far painted over)
+            mask = paint_mask((w, h), [skeleton_of(f) for f in found]) if found else None
+            shown = painted_over(image, [], mask=mask) if found else image
+            first = dict(zip(rois, self._at_once([(shown, roi) for roi in rois], t)))
+        for roi in rois:
             while len(found) < self.people:
                 mask = paint_mask((w, h), [skeleton_of(f) for f in found]) if found else None
-                new = [g for g in detect(painted_over(image, [], mask=mask) if found else image, t, roi)
+                poses = first.pop(roi) if roi in first and len(found) == start else \
+                    detect(painted_over(image, [], mask=mask) if found else image, t, roi)
+                first.pop(roi, None)
+                new = [g for g in poses
                        if not any(same_person(g, f) for f in found) and _within(g, roi, (w, h))
                        and not on_paint(g, mask)]
                 if not new:
                     break
                 found += new[:self.people - len(found)]
         return found
+
+    def _crops_at_once(self, image: np.ndarray, t: float, pending: list[int], found: list,
+                       predicted: dict[int, np.ndarray], skeletons: dict[int, Skeleton]
+                       ) -> dict[int, tuple[tuple[int, int, int, int], list]]:
+        """The crops of the people in `pending` (search order) whose crop no one else's body
+        meets (nobody to paint: the crop search's call is the plain crop), searched at once:
+        track id -> (crop, MediaPipe's people there). Fewer than two such crops, or
+        following (each person's own VIDEO-mode landmarker, whose tracking a call moves on):
+        none."""
+        if self.follow:
+            return {}
+        h, w = image.shape[:2]
+        jobs = []
+        for tid in pending[:max(self.people - len(found), 0)]:
+            box = predicted[tid]
+            roi = square_crop(box, (w, h), min_side=self._size(tid, t))
+            if roi is None or _hidden(skeletons[tid], box, found, (w, h)) > MAX_HIDDEN:
+                continue
+            others = [skeleton_of(f) for f in found] + [skeletons[k] for k in pending if k != tid]
+            if not any(_overlaps(o[0], o[1], roi) for o in others):
+                jobs.append((tid, roi))
+        if len(jobs) < 2:
+            return {}
+        poses = self._at_once([(image, roi) for _, roi in jobs], t)
+        return {tid: (roi, p) for (tid, roi), p in zip(jobs, poses)}
 
     def _batched(self, image: np.ndarray, t: float, pending: list[int], order: list[tuple[bool, int]],
                  predicted: dict[int, np.ndarray], skeletons: dict[int, Skeleton]) -> list:
@@ -588,6 +685,21 @@ class PeopleSequenceLifter:
         return out
 
 
+def new_people_detector(people: int):
+    """MediaPipe as the several-people search runs it (realtime.detector.PoseDetector): IMAGE
+    mode, num_poses = people, MIN_CONFIDENCE thresholds."""
+    from realtime.detector import PoseDetector
+
+    return PoseDetector(mode="image", num_poses=people, min_detection_confidence=MIN_CONFIDENCE,
+                        min_presence_confidence=MIN_CONFIDENCE)
+
+
+def search_workers(people: int) -> int:
+    """How many MediaPipe calls the search for `people` people runs at once: one per person,
+    at most one per CPU core (each call keeps one core busy), at most MAX_SEARCH_WORKERS."""
+    return max(1, min(int(people), os.cpu_count() or 1, MAX_SEARCH_WORKERS))
+
+
 def open_landmarks():
     """The batched landmark model (realtime.landmark_runner.LandmarkRunner) as `--people N
     --fast-people` runs it: a crop holds a person at MediaPipe's MIN_CONFIDENCE presence."""
@@ -605,16 +717,14 @@ def open_people(model: str, backend: str = "auto", fov_deg: float | None = None,
     `own_lifter` (else left open for its owner). follow: PeopleEstimator's. batched: people
     apart from the others looked for by the batched landmark model (PeopleEstimator's
     `landmarks`)."""
-    from realtime.detector import PoseDetector
-
     detector = runner = None
     try:
-        detector = PoseDetector(mode="image", num_poses=people, min_detection_confidence=MIN_CONFIDENCE,
-                                min_presence_confidence=MIN_CONFIDENCE)
+        detector = new_people_detector(people)
         if batched:
             runner = open_landmarks()
         return PeopleEstimator(PoseEstimator(model, backend, fov_deg, calib, threads=threads, detector=detector,
-                                             lifter=lifter), people=people, follow=follow, landmarks=runner)
+                                             lifter=lifter), people=people, follow=follow, landmarks=runner,
+                               workers=search_workers(people))
     except BaseException:
         if runner is not None:
             runner.close()

@@ -233,3 +233,43 @@ def test_follow_uses_a_landmarker_per_person_apart_and_the_search_where_people_o
     assert est.detector_calls == len(det.rois) + sum(len(m.rois) for m in made)
     est.close()
     assert all(m.closed for m in made)
+
+
+def test_searching_at_once_finds_exactly_what_the_search_in_order_finds():
+    """workers > 1: the crops of people apart from the others and the first search of every
+    region for new people run at once on landmarkers of their own, and a call made early is
+    used only where the search in order would have made that very call. So the people, their
+    poses and their ids are those of workers = 1, on a crossing (crops painted, people hidden)
+    and with people coming and going (searches for new people)."""
+    script = crossing_script(40)
+    script += [[person(200 + 4 * i, 520, 380), person(760 - 3 * i, 450, 300), person(480, 400, 200)][:1 + i % 3]
+               for i in range(20)]
+    black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+
+    def run(workers: int) -> tuple[list, ProminentDetector, list[ProminentDetector], int]:
+        det = ProminentDetector(script)
+        extra: list[ProminentDetector] = []
+
+        def make() -> ProminentDetector:
+            extra.append(ProminentDetector(script))
+            return extra[-1]
+
+        est = PeopleEstimator(PoseEstimator(detector=det, lifter=NoLifter()), appearance=False, people=3,
+                              workers=workers, detector_factory=make)
+        out = [[(d.track_id, d.detection.joints_2d_px.copy()) for d in est.detect(Frame(i, i / 30.0, black)).people]
+               for i in range(len(script))]
+        calls = est.detector_calls
+        est.close()
+        return out, det, extra, calls
+
+    alone, det1, none, calls1 = run(1)
+    together, det2, extra, calls2 = run(2)
+    assert not none and len(extra) == 1        # one more landmarker for the second worker
+    assert [[tid for tid, _ in f] for f in together] == [[tid for tid, _ in f] for f in alone]
+    assert all(np.array_equal(a[1], b[1]) for fa, fb in zip(alone, together) for a, b in zip(fa, fb))
+    assert extra[0].rois                          # the second landmarker did part of the work
+    assert calls2 >= calls1 == len(det1.rois)     # early calls the search did not use still count
+    assert calls2 == len(det2.rois) + len(extra[0].rois)
+    assert sum(len(f) for f in alone) > len(script)  # several people found on most frames
+    with pytest.raises(ValueError):
+        PeopleEstimator(PoseEstimator(detector=det1, lifter=NoLifter()), workers=0)
