@@ -30,6 +30,11 @@ Confidence of a derived joint is the minimum visibility of the landmarks it uses
 
 The same rule maps MediaPipe's 33 world landmarks (metres, origin between the hips, x
 right, y down, z forward = away from the camera, like our camera frame) to (17, 3) mm.
+
+Mirror images: MP_FLIP_PERMUTATION swaps each "left" landmark with its "right" twin (the
+person's sides trade places in a horizontally mirrored picture), and `mirror_landmarks_px` /
+`mirror_world_landmarks` map landmarks found on a mirrored image to the image's own (both are
+involutions: applied twice they give back what they were given).
 """
 from __future__ import annotations
 
@@ -49,6 +54,18 @@ MP_LANDMARK_NAMES: tuple[str, ...] = (
     "left_heel", "right_heel", "left_foot_index", "right_foot_index",
 )
 MP_NOSE, MP_L_EAR, MP_R_EAR = 0, 7, 8
+
+
+def _other_side(name: str) -> str:
+    """A landmark name with its side swapped ("left_knee" -> "right_knee"; "nose" stays)."""
+    if "left" in name:
+        return name.replace("left", "right")
+    return name.replace("right", "left")
+
+
+# Landmark index permutation that swaps left and right (a horizontal mirror): landmark k of an
+# image is landmark MP_FLIP_PERMUTATION[k] of its mirror image.
+MP_FLIP_PERMUTATION: tuple[int, ...] = tuple(MP_LANDMARK_NAMES.index(_other_side(n)) for n in MP_LANDMARK_NAMES)
 MP_L_SHOULDER, MP_R_SHOULDER, MP_L_HIP, MP_R_HIP = 11, 12, 23, 24
 
 # Our joint -> MediaPipe landmark, for joints that exist in both skeletons.
@@ -135,3 +152,20 @@ def world_landmarks_to_joints_mm(world_m: np.ndarray, params: MappingParams = DE
     same derivation as the 2D joints (the pelvis is then HIP_SHIFT torso lengths above
 MediaPipe's hip-centred origin)."""
     return (_derive(_check(world_m, 3), params) * 1000.0).astype(np.float32)
+
+
+def mirror_landmarks_px(uv_px: np.ndarray, width: int) -> np.ndarray:
+    """(..., 33, 2) landmarks in pixels of an image `width` px wide, found on its horizontal
+    mirror (image[:, ::-1]) -> the same landmarks on the image itself: u -> width - 1 - u
+    (pixel-centre convention) and left/right swapped. Float64."""
+    out = _check(uv_px, 2)[..., list(MP_FLIP_PERMUTATION), :].copy()
+    out[..., 0] = (width - 1) - out[..., 0]
+    return out
+
+
+def mirror_world_landmarks(world: np.ndarray) -> np.ndarray:
+    """(..., 33, 3) world landmarks (x right; any unit) found on a mirrored image -> those of
+    the image itself: x negated and left/right swapped. Float64."""
+    out = _check(world, 3)[..., list(MP_FLIP_PERMUTATION), :].copy()
+    out[..., 0] = -out[..., 0]
+    return out

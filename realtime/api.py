@@ -84,6 +84,11 @@ class Options:
                 for files (the median of the track's first two seconds, then fixed), off for
                 live sources (their default smoothing steadies bones causally); True = on
                 for live sources too (a causal running median); False = off.
+    mirror_2d:  files: MediaPipe also runs on the horizontally mirrored frames and the two 2D
+                poses are averaged (realtime.detector, `mirror`): more accurate 2D, so 3D, at
+                about twice MediaPipe's cost. One person only; refused for live sources and
+                for files paced in real time (it would halve their frame rate); unrelated
+                stills keep their own search (turned views) without it.
     """
 
     model: str | None = None
@@ -100,6 +105,7 @@ class Options:
     sequence: bool = False
     root_filter: bool = True
     fixed_bones: bool | None = None
+    mirror_2d: bool = False
 
     def __post_init__(self) -> None:
         """Bad settings fail here, before any camera, file or model is opened."""
@@ -110,6 +116,8 @@ class Options:
                             f"{self.num_poses} and {self.people}")
         if self.fast_people and self.people < 2:
             raise UserError("fast_people (--fast-people) needs several people (--people N, N > 1)")
+        if self.mirror_2d and self.people > 1:
+            raise UserError("mirror_2d (--mirror-2d) follows one person: it cannot be combined with --people N > 1")
         intrinsics_for((640, 480), self.fov, self.calib)  # bad fov / unreadable calib file
 
     def smoother(self, live: bool) -> Callable[[PoseFrame], PoseFrame] | None:
@@ -280,6 +288,9 @@ def open_pose_estimator(options: Options, live: bool, stills: bool = False, real
     from realtime.history import TemporalSpec
 
     o = options
+    if o.mirror_2d and (live or realtime):
+        raise UserError("mirror_2d (--mirror-2d) is for files processed as fast as they go: it would halve "
+                        "the frame rate of a live or real-time stream")
     model = o.model or default_model(live or realtime, stills)
     own = lifter is None
     lifter = open_lifter(model, o.backend, o.threads) if own else lifter
@@ -296,7 +307,8 @@ def open_pose_estimator(options: Options, live: bool, stills: bool = False, real
     restart = None if live or stills else (detector.RESTART_FRAMES if restart_frames is None else restart_frames)
     return PoseEstimator(model, o.backend, o.fov, o.calib, lifter=lifter,
                          detector_mode="image" if o.image_mode or stills else "video", num_poses=o.num_poses,
-                         threads=o.threads, redetect=not live, restart_frames=restart, views=stills)
+                         threads=o.threads, redetect=not live, restart_frames=restart, views=stills,
+                         mirror=o.mirror_2d and not stills)
 
 
 class PoseStream:

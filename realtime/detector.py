@@ -37,6 +37,18 @@ the short side, so the person is larger for MediaPipe's person detector); a pers
 counts only if two tiles agree on the skeleton (one tile alone is too often a figment of the
 background), and then goes through the views as above.
 
+Mirrored 2D (`mirror=True`, VIDEO or IMAGE mode; files, not live): MediaPipe's landmarks
+carry noise of its own that is not the same on the horizontal mirror of a frame. So a second
+landmarker, in the same running mode and fed the same timestamps, runs on the mirrored frame
+(image[:, ::-1]); its landmarks are mapped back (engines.landmarks: u -> W - 1 - u, left and
+right swapped; world x negated) and averaged with the normal pass (`merge_mirrored`): image
+landmarks, visibility and world landmarks. Where only one pass found the person, that one is
+kept; where the two disagree grossly (the median distance of their limb landmarks over
+MIRROR_DISAGREE box sides: a left/right or limb mix-up in one of them) the normal pass is kept.
+It costs a second MediaPipe run per frame. Re-detection searches the normal frame only (the
+mirrored tracker picks the person up again on the next frame by itself). Unrelated stills
+(`views=True`) keep their own search and take no mirrored pass.
+
 Pixel convention: MediaPipe returns coordinates normalised to the image extent; we convert
 with u = x * W - 0.5, so integer coordinates are pixel centres, as in engines/crop.py and
 OpenCV.
@@ -55,7 +67,8 @@ import numpy as np
 from engines.checkpoint import MODELS_DIR
 from engines.crop import CropBox, box_from_joints
 from engines.errors import UserError
-from engines.landmarks import NUM_MP_LANDMARKS, landmarks_to_joints_2d, world_landmarks_to_joints_mm
+from engines.landmarks import (MP_FLIP_PERMUTATION, NUM_MP_LANDMARKS, landmarks_to_joints_2d, mirror_landmarks_px,
+                               mirror_world_landmarks, world_landmarks_to_joints_mm)
 from engines.skeleton import NUM_JOINTS
 
 DEFAULT_MODEL = MODELS_DIR / "pose_landmarker_full.task"
@@ -82,6 +95,13 @@ VIEW_TURNS = (0, 1, 2, 3)
 # Two skeletons agree when their median joint distance is within this many crop-box sides.
 VIEW_AGREE = 0.05
 VIEW_REVOTE = True  # the second vote when the first pass is outvoted (off: one vote)
+# Mirrored pass: the two passes disagree grossly when the median distance of their limb
+# landmarks (shoulders, elbows, wrists, hips, knees, ankles) is over this many crop-box sides
+# (engines.crop: 1.25x the joints' extent). Chosen on S8 renders among 0.05-0.2: a gross
+# disagreement is a rare tail of the passes' spread (docs/realtime_temporal.md, "Mirrored 2D
+# for files").
+MIRROR_DISAGREE = 0.15
+MIRROR_LIMBS = (11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
 # Tiles of a still with nobody found on the whole picture: side as a fraction of the short
 # side, overlapping by half a tile (a 2x2 grid on a square picture).
 TILE_FRACTION = 2.0 / 3.0
@@ -194,10 +214,12 @@ class PoseDetector:
 
     def __init__(self, model_path: str | Path | None = None, mode: str = "video", num_poses: int = 1,
                  min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
-                 min_tracking_confidence: float = 0.5, redetect: bool = False, views: bool = False) -> None:
+                 min_tracking_confidence: float = 0.5, redetect: bool = False, views: bool = False,
+                 mirror: bool = False) -> None:
         """views: IMAGE mode, unrelated stills: search each still again on turned views
         around the person and keep the consensus, and search a still where nobody is found
-        on tiles (module docstring)."""
+        on tiles (module docstring). mirror: average with a second pass on the mirrored
+        frame (module docstring; not with views)."""
         if mode not in MODES:
             raise UserError(f"detector mode must be one of {MODES}, got {mode!r}")
         path = Path(model_path) if model_path else DEFAULT_MODEL
@@ -212,6 +234,7 @@ class PoseDetector:
         self.mode = mode
         self.redetect = bool(redetect) and mode == "video"
         self.views = bool(views) and mode == "image"
+        self.mirror = bool(mirror) and not self.views
 
         def options(running_mode: str) -> PoseLandmarkerOptions:
             return PoseLandmarkerOptions(
@@ -225,18 +248,17 @@ class PoseDetector:
         self._create = PoseLandmarker.create_from_options
         self._landmarker = None
         self._still = None  # the IMAGE-mode landmarker of re-detection, made on first use
+        self._mirror = None  # the mirrored pass's landmarker (same mode), made on first use
         self.redetected = 0  # frames the tracker lost and re-detection found a person on
         self.num_poses = int(num_poses)
         self.restart()
 
     def restart(self) -> None:
         """A fresh tracking landmarker and track, as if this detector had just been created:
-        what it finds from here on depends only on the frames from here on. (The re-detection
-        landmarker runs in IMAGE mode, which keeps nothing between frames: it stays.)"""
-        if self._landmarker is not None:
-            lm, self._landmarker = self._landmarker, None
-            with _quiet_native_stderr():
-                lm.close()
+        what it finds from here on depends only on the frames from here on (the mirrored
+        pass's landmarker too). (The re-detection landmarker runs in IMAGE mode, which keeps
+        nothing between frames: it stays.)"""
+        self._close("_landmarker", "_mirror")
         with _quiet_native_stderr():
             self._landmarker = self._create(self._options(self.mode))
         self._last_ts_ms = -1
@@ -251,8 +273,11 @@ class PoseDetector:
         self.close()
 
     def close(self) -> None:
-        for name in ("_landmarker", "_still"):
-            lm = getattr(self, name)
+        self._close("_landmarker", "_still", "_mirror")
+
+    def _close(self, *names: str) -> None:
+        for name in names:
+            lm = getattr(self, name, None)
             if lm is not None:
                 setattr(self, name, None)
                 with _quiet_native_stderr():
@@ -310,6 +335,7 @@ class PoseDetector:
         strictly increasing in whole milliseconds (MediaPipe rejects repeats). Returns the
         kept person, or None when nobody is found."""
         people, mp_image = self._landmarks(image, timestamp_s)
+        mirrored = self._mirrored(image) if self.mirror else []
         h, w = image.shape[:2]
         track = self._previous if self.num_poses > 1 else None
         i = select_person([p.box for p in people], (w, h), track) if people else None
@@ -319,6 +345,8 @@ class PoseDetector:
             if j is not None or (not people and again):
                 people, i = again, j
                 self.redetected += int(j is not None)
+        if mirrored:
+            people, i = _with_mirrored(people, i, mirrored, (w, h), track)
         if i is None and self.views and not people:  # a still with nobody: look closer, on tiles
             people = self._tiles(image)
             i = 0 if people else None
@@ -377,6 +405,21 @@ class PoseDetector:
                 found.append(people[select_person([p.box for p in people], (w, h), around.box, np.inf)])
         return found
 
+    def _mirrored(self, image: np.ndarray) -> list[Detection]:
+        """The people the mirrored pass finds on the horizontal mirror of `image` (the frame
+        the normal pass just saw, at its timestamp), in `image`'s pixels and sides."""
+        h, w = image.shape[:2]
+        mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image[:, ::-1]))
+        first = self._mirror is None
+        with _quiet_native_stderr() if first else contextlib.nullcontext():
+            if first:
+                self._mirror = self._create(self._options(self.mode))
+            if self.mode == "video":
+                result = self._mirror.detect_for_video(mp_image, self._last_ts_ms)
+            else:
+                result = self._mirror.detect(mp_image)
+        return self._people(result, w, h, mirror=True)
+
     def _detect_still(self, mp_image: object) -> object:
         with _quiet_native_stderr():
             if self._still is None:
@@ -384,17 +427,18 @@ class PoseDetector:
             return self._still.detect(mp_image)
 
     def _people(self, result: object, w: int, h: int, offset: tuple[int, int] = (0, 0),
-                turns: int = 0) -> list[Detection]:
-        people = [self._to_detection(lms, wlms, w, h, offset, turns)
+                turns: int = 0, mirror: bool = False) -> list[Detection]:
+        people = [self._to_detection(lms, wlms, w, h, offset, turns, mirror)
                   for lms, wlms in zip(result.pose_landmarks, result.pose_world_landmarks)]
         return [p for p in people if p is not None]
 
     @staticmethod
     def _to_detection(lms: list, wlms: list, w: int, h: int, offset: tuple[int, int] = (0, 0),
-                      turns: int = 0) -> Detection | None:
+                      turns: int = 0, mirror: bool = False) -> Detection | None:
         """MediaPipe's landmarks of one person on a (w, h) image that is the part of the full
         image at `offset`, turned `turns` quarter turns counter-clockwise (np.rot90; square
-        when turned) -> a Detection in the full image's pixels, world landmarks turned back."""
+        when turned), or mirrored horizontally (`mirror`) -> a Detection in the full image's
+        pixels and sides, world landmarks turned or mirrored back."""
         if len(lms) != NUM_MP_LANDMARKS or len(wlms) != NUM_MP_LANDMARKS:
             return None
         norm = np.array([[p.x, p.y] for p in lms], np.float64)
@@ -406,7 +450,48 @@ class PoseDetector:
         for _ in range(turns % 4):  # undo one counter-clockwise quarter turn of a square image
             px = np.stack([w - 1 - px[:, 1], px[:, 0]], axis=1)
             world = np.stack([-world[:, 1], world[:, 0], world[:, 2]], axis=1)
+        if mirror:
+            px, vis, world = mirror_landmarks_px(px, w), vis[list(MP_FLIP_PERMUTATION)], mirror_world_landmarks(world)
         return detection_from_landmarks(px + np.asarray(offset, np.float64), vis, world)
+
+
+def mirror_disagreement(a: Detection, b: Detection) -> float:
+    """How far apart two passes' skeletons of one person are: the median distance of their
+    limb landmarks (MIRROR_LIMBS), in crop-box sides of `a`."""
+    d = np.linalg.norm(a.landmarks_px[list(MIRROR_LIMBS)] - b.landmarks_px[list(MIRROR_LIMBS)], axis=-1)
+    return float(np.median(d)) / max(float(a.box.side), 1e-6)
+
+
+def merge_mirrored(normal: Detection | None, mirrored: Detection | None) -> Detection | None:
+    """One person from the normal pass and the mirrored pass (already mapped back to the
+    image): the mean of their image landmarks, visibility and world landmarks; the one that
+    found the person when the other did not; the normal pass when they disagree grossly
+    (`mirror_disagreement` over MIRROR_DISAGREE)."""
+    if normal is None or mirrored is None:
+        return normal if mirrored is None else mirrored
+    if mirror_disagreement(normal, mirrored) > MIRROR_DISAGREE:
+        return normal
+    worlds = [w for w in (normal.landmarks_world_mm, mirrored.landmarks_world_mm) if w is not None]
+    if not worlds:  # stand-in detections without world landmarks: nothing to average them with
+        return normal
+    world_m = np.mean(worlds, axis=0, dtype=np.float64) / 1000.0
+    merged = detection_from_landmarks(
+        (normal.landmarks_px.astype(np.float64) + mirrored.landmarks_px) / 2.0,
+        (normal.visibility.astype(np.float64) + mirrored.visibility) / 2.0, world_m)
+    return merged if merged is not None else normal
+
+
+def _with_mirrored(people: list[Detection], i: int | None, mirrored: list[Detection], image_size: tuple[int, int],
+                   track: CropBox | None) -> tuple[list[Detection], int | None]:
+    """The normal pass's people and kept index with the mirrored pass taken in: the kept
+    person merged with the mirrored person nearest them; when the normal pass kept nobody,
+    the mirrored pass's pick (under the same track gate)."""
+    boxes = [p.box for p in mirrored]
+    if i is None:
+        j = select_person(boxes, image_size, track)
+        return (mirrored, j) if j is not None else (people, i)
+    k = select_person(boxes, image_size, people[i].box, np.inf)
+    return [*people[:i], merge_mirrored(people[i], mirrored[k]), *people[i + 1:]], i
 
 
 def detection_from_landmarks(landmarks_px: np.ndarray, visibility: np.ndarray, world_m: np.ndarray) -> Detection | None:

@@ -124,11 +124,12 @@ class PoseEstimator:
                  calib: str | Path | None = None, detector_mode: str = "video", num_poses: int = 1,
                  trajectory: bool = True, threads: int | None = None,
                  detector: PoseDetector | None = None, lifter=None, redetect: bool = False,
-                 restart_frames: int | None = None, views: bool = False) -> None:
+                 restart_frames: int | None = None, views: bool = False, mirror: bool = False) -> None:
         """restart_frames: restart the detector's tracking whenever the frame index enters a
         new multiple of it (realtime.detector.RESTART_FRAMES for files; None for live).
         views: IMAGE mode on unrelated stills, each searched again on turned views around the
-        person (realtime.detector)."""
+        person (realtime.detector). mirror: average MediaPipe's 2D with its 2D of the
+        mirrored frame (realtime.detector)."""
         if restart_frames is not None and restart_frames < 1:
             raise ValueError(f"restart_frames must be at least 1, got {restart_frames}")
         intrinsics_for((640, 480), fov_deg, calib)  # bad --fov / --calib fail now, not on frame 1
@@ -136,7 +137,7 @@ class PoseEstimator:
         try:
             self.temporal = TemporalSpec.from_metadata(getattr(self.lifter, "metadata", {}))
             self.detector = detector if detector is not None else PoseDetector(
-                mode=detector_mode, num_poses=num_poses, redetect=redetect, views=views)
+                mode=detector_mode, num_poses=num_poses, redetect=redetect, views=views, mirror=mirror)
         except BaseException:
             self.lifter.close()
             raise

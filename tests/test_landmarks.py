@@ -119,7 +119,7 @@ def test_detector_track_gate_holds_then_reacquires():
     script = [[0.5, 0.2], [0.2], [0.5], *([[0.2]] * (D.HOLD_FRAMES + 1))]
     det = D.PoseDetector.__new__(D.PoseDetector)
     det.mode, det.num_poses, det._calls, det._lost, det._previous, det._last_ts_ms = "image", 2, 1, 0, None, -1
-    det.redetect, det.views, det._still = False, False, None
+    det.redetect, det.views, det._still, det.mirror = False, False, None, False
     det._mp = type("MP", (), {"Image": staticmethod(lambda **k: None), "ImageFormat": type("F", (), {"SRGB": 0})})
     frames = iter(script)
     det._landmarker = type("L", (), {"detect": staticmethod(lambda img: _fake_result(next(frames)))})()
