@@ -10,6 +10,9 @@ batched over the people, a root per person); the batched lifter's own cost for N
 then compared with one person's on the same detections (the target is <= 2x), and the
 MediaPipe calls per frame of B with the cost of one call in IMAGE and in VIDEO mode give the
 ratio detection alone allows (`_call_bound`); --follow benchmarks PeopleEstimator(follow=True).
+With --mirror-2d a third variant runs on the same frames, interleaved with A and B:
+  C  B with the mirrored 2D of `posestream video --mirror-2d` (realtime.detector, mirror=True);
+and its ratio to A is printed too.
 Prints the median fps of each over --repeats runs and the ratio B/A (target >= 0.85:
 lifting must cost little next to 2D detection). Numbers are measured, never asserted.
 
@@ -49,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-workers", type=int, default=None, metavar="W",
                    help="with --people N: MediaPipe calls the search runs at once (default: as the app, "
                         "realtime.people.search_workers: one per person, at most one per CPU core)")
+    p.add_argument("--mirror-2d", action="store_true",
+                   help="also benchmark the product with --mirror-2d (a second MediaPipe pass on the mirrored frames), "
+                        "interleaved with the other two")
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (default 3)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for the lifter runtime (default 1: see realtime/video_cmd.py; 0 = the runtime default)")
@@ -72,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--repeats must be at least 1")
     if args.people < 1:
         raise UserError("--people must be at least 1")
+    if args.mirror_2d and args.people > 1:
+        raise UserError("--mirror-2d follows one person: it cannot be combined with --people N > 1")
     from realtime.detector import PoseDetector
     from realtime.estimator import PoseEstimator, open_lifter
     from realtime.people import MIN_CONFIDENCE, PeopleEstimator, open_landmarks, search_workers
@@ -99,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     # from other processes hit both alike. fps = frames / summed time; the median per-frame
     # time is printed too (robust to bursts).
     tot_a, tot_b, med_a, med_b, calls = [], [], [], [], []
+    tot_c, med_c = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             conf = {} if args.people == 1 else {"min_detection_confidence": MIN_CONFIDENCE,
@@ -110,8 +119,12 @@ def run(args: argparse.Namespace) -> int:
                                       workers=workers)
             lift = est.sequence(None)  # each frame's own root solve
             writer = open_writer(Path(tmp) / f"bench{r}.npz", fps_src)
-            ta, tb = np.zeros(len(frames)), np.zeros(len(frames))
-            na = nb = 0
+            if args.mirror_2d:
+                est_c = PoseEstimator(detector=PoseDetector(mode=mode, mirror=True), lifter=lifter)
+                lift_c = est_c.sequence(None)
+                writer_c = open_writer(Path(tmp) / f"bench{r}_mirror.npz", fps_src)
+            ta, tb, tc = np.zeros(len(frames)), np.zeros(len(frames)), np.zeros(len(frames))
+            na = nb = nc = 0
             for i, f in enumerate(frames):
                 t0 = time.perf_counter()
                 na += len(det_a.detect_people(f.image, f.timestamp_s)) if args.people > 1 \
@@ -121,13 +134,27 @@ def run(args: argparse.Namespace) -> int:
                     writer.write(pose)
                     nb += len(pose.people)
                 t2 = time.perf_counter()
-                ta[i], tb[i] = t1 - t0, t2 - t1
+                if args.mirror_2d:
+                    for pose in lift_c.push(est_c.detect(f)):
+                        writer_c.write(pose)
+                        nc += len(pose.people)
+                ta[i], tb[i], tc[i] = t1 - t0, t2 - t1, time.perf_counter() - t2
             t0 = time.perf_counter()
             for pose in lift.flush():  # a centred model's last frames
                 writer.write(pose)
                 nb += len(pose.people)
             writer.close()  # finalising the .npz is part of B's cost
             tb[-1] += time.perf_counter() - t0
+            if args.mirror_2d:
+                t0 = time.perf_counter()
+                for pose in lift_c.flush():
+                    writer_c.write(pose)
+                    nc += len(pose.people)
+                writer_c.close()
+                tc[-1] += time.perf_counter() - t0
+                est_c.detector.close()
+                tot_c.append(len(frames) / tc.sum())
+                med_c.append(1.0 / np.median(tc))
             det_a.close()
             calls_b = getattr(est, "detector_calls", len(frames))
             runner = est.landmarks if args.people > 1 else None
@@ -144,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
                   f"+ lifter + npz {tot_b[-1]:.1f} fps ({nb} people lifted"
                   + (f", {calls[-1]:.2f} MediaPipe calls per frame" if args.people > 1 else "")
                   + (f", {batched / len(frames):.2f} batched landmark calls per frame for {est.batched_found} people"
-                     if batched else "") + ")")
+                     if batched else "") + ")"
+                  + (f", with --mirror-2d {tot_c[-1]:.1f} fps ({nc} people lifted)" if args.mirror_2d else ""))
     if args.people > 1:
         _lifter_cost(frames, lifter, args.people)
         _call_bound(frames, args.people, statistics.median(calls))
@@ -154,6 +182,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"MediaPipe alone:            {ma:.1f} fps ({1000 / ma:.1f} ms/frame; median frame {1000 / pa:.1f} ms)")
     print(f"MediaPipe + lifter + write: {mb:.1f} fps ({1000 / mb:.1f} ms/frame; median frame {1000 / pb:.1f} ms)")
     print(f"ratio: {mb / ma:.3f} (median-frame ratio {pb / pa:.3f}; target >= 0.85)")
+    if args.mirror_2d:
+        mc, pc = statistics.median(tot_c), statistics.median(med_c)
+        print(f"the same with --mirror-2d:  {mc:.1f} fps ({1000 / mc:.1f} ms/frame; median frame {1000 / pc:.1f} ms)")
+        print(f"ratio with --mirror-2d: {mc / ma:.3f} (median-frame ratio {pc / pa:.3f}); "
+              f"{mb / mc:.2f}x the time of the product without it")
     return 0
 
 

@@ -1,6 +1,6 @@
 """The real-video stability table of docs/realtime_temporal.md, with one MediaPipe pass per clip.
 
-    python scripts/stability_table.py CLIP [CLIP ...] [--temporal MODEL] [--single MODEL] [--json FILE]
+    python scripts/stability_table.py CLIP [CLIP ...] [--temporal MODEL] [--single MODEL] [--mirror-2d] [--json FILE]
 
 `posestream video` is detection over the frames, then `realtime.sequence.lift_sequence` over
 the detections (and the One Euro smoother with --smooth): this script detects each clip once,
@@ -11,6 +11,9 @@ ways, which gives what these commands write, without running MediaPipe once per 
     single-frame + --smooth          posestream video CLIP --model SINGLE --smooth --no-fixed-bones --out c.npz
     temporal, model's own bones      posestream video CLIP --model TEMPORAL --no-fixed-bones --out e.npz
     temporal                         posestream video CLIP --model TEMPORAL --out d.npz   (the default)
+    --mirror-2d adds (a second detection pass per clip, with the mirrored 2D):
+    temporal --mirror-2d, own bones  posestream video CLIP --model TEMPORAL --mirror-2d --no-fixed-bones --out f.npz
+    temporal --mirror-2d             posestream video CLIP --model TEMPORAL --mirror-2d --out g.npz
 
 and prints, per clip, the figures `posestream stability X.npz --against-mediapipe CLIP
 --lag-against a.npz` prints for each (realtime.stability), MediaPipe's world landmarks first;
@@ -38,10 +41,11 @@ from realtime.stability import frame_rate, lag_frames, measure  # noqa: E402
 from realtime.trajectory import FILE_ROOT_LAG_S, RootFilterConfig  # noqa: E402
 
 
-def detect(clip: str, keep_images: bool) -> tuple[list, list[np.ndarray | None]]:
-    """The app's detections of every frame (VIDEO mode + re-detection), and MediaPipe's world
-    joints (17, 3) mm per frame (None without a person)."""
-    est = PoseEstimator(lifter=_NoLifter(keep_images), redetect=True)
+def detect(clip: str, keep_images: bool, mirror: bool = False) -> tuple[list, list[np.ndarray | None]]:
+    """The app's detections of every frame (VIDEO mode + re-detection; `mirror`: with the
+    mirrored pass of --mirror-2d), and MediaPipe's world joints (17, 3) mm per frame (None
+    without a person)."""
+    est = PoseEstimator(lifter=_NoLifter(keep_images), redetect=True, mirror=mirror)
     dets, world = [], []
     with VideoFileSource(clip) as src:
         for frame in src:
@@ -77,6 +81,7 @@ def main() -> int:
     ap.add_argument("clips", nargs="+")
     ap.add_argument("--single", default=default_app_model())
     ap.add_argument("--temporal", default=default_file_model())
+    ap.add_argument("--mirror-2d", action="store_true", help="add the temporal rows with --mirror-2d's 2D")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     single, temporal = open_lifter(args.single, "auto", 1), open_lifter(args.temporal, "auto", 1)
@@ -85,14 +90,18 @@ def main() -> int:
         dets, world = detect(clip, keep_images=callable(getattr(single, "lift", None)))
         smoothed_root = RootFilterConfig(lag_s=FILE_ROOT_LAG_S)
 
-        def lifted(lifter, root, body=None):
-            return list(lift_sequence(dets, PoseEstimator(lifter=lifter, detector=_Closed()), root, body))
+        def lifted(lifter, root, body=None, detections=dets):
+            return list(lift_sequence(detections, PoseEstimator(lifter=lifter, detector=_Closed()), root, body))
 
         rows = {"single-frame, per-frame root": lifted(single, None)}
         smoother = PoseSmoother()
         rows["single-frame + --smooth"] = [smoother(p) for p in lifted(single, smoothed_root)]
         rows["temporal, model's own bones"] = lifted(temporal, smoothed_root)
         rows["temporal"] = lifted(temporal, smoothed_root, FILE_BODY)
+        if args.mirror_2d:
+            mirrored = detect(clip, keep_images=False, mirror=True)[0]
+            rows["temporal --mirror-2d, own bones"] = lifted(temporal, smoothed_root, None, mirrored)
+            rows["temporal --mirror-2d"] = lifted(temporal, smoothed_root, FILE_BODY, mirrored)
         j_ref, _, ok_ref, index = arrays(rows["single-frame, per-frame root"])
         # fixed bones take the limbs' length changes out of the joint velocities the lag is
         # measured on: every output is also compared with the single-frame output with fixed
@@ -111,10 +120,10 @@ def main() -> int:
         report[Path(clip).name] = table
         print(f"\n{Path(clip).name}: {len(dets)} frames at {fps:.1f} fps; single {args.single}, "
               f"temporal {args.temporal}")
-        print(f"{'output':<30} {'accel':>6} {'@30fps':>6} {'bone CV':>7} {'lag':>6} {'lag fx':>6} {'root step med':>13} "
+        print(f"{'output':<32} {'accel':>6} {'@30fps':>6} {'bone CV':>7} {'lag':>6} {'lag fx':>6} {'root step med':>13} "
               f"{'p95':>6} {'max':>6} {'depth med':>9}")
         for name, r in table.items():
-            print(f"{name:<30} {r['acceleration_mm']:>6.2f} {r['acceleration_30fps_mm']:>6.2f} {r['bone_cv']:>7.3f} "
+            print(f"{name:<32} {r['acceleration_mm']:>6.2f} {r['acceleration_30fps_mm']:>6.2f} {r['bone_cv']:>7.3f} "
                   f"{r['lag_frames']:>+6.2f} {r.get('lag_fixed_frames', float('nan')):>+6.2f} "
                   f"{r['root_step_median_mm']:>13.1f} {r['root_step_p95_mm']:>6.1f} {r['root_step_max_mm']:>6.1f} "
                   f"{r['depth_median_mm']:>9.0f}")

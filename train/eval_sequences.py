@@ -140,17 +140,20 @@ def mpjve(pred: np.ndarray, gt: np.ndarray, ss, targets: np.ndarray) -> tuple[fl
     return velocity_error(pred, gt, pair), int(len(pair))
 
 
-def evaluate_sequence_set(data: str, models: list[str], backend: str = "auto", body=None) -> dict:
+def evaluate_sequence_set(data: str, models: list[str], backend: str = "auto", body=None, sequences=None,
+                          only: np.ndarray | None = None) -> dict:
     """The table of `posestream eval --data SEQUENCE_SET` (module docstring); body (a
     realtime.filters.BodyConfig, `--fixed-bones`): every model's poses with the app's fixed
-    bone lengths per clip."""
+    bone lengths per clip; sequences: the set's SequenceSet with other 2D (e.g. the mirrored
+    2D of scripts/mirror_s9.py) instead of the one loaded from `data`; only (N,) bool: the
+    metrics on these frames alone (of those that show a row where the person was found)."""
     from train.eval_common import summarize
     from train.metrics import mpjpe, p_mpjpe
     from train.sequence_sets import load_sequence_set
 
-    ss = load_sequence_set(data)
+    ss = load_sequence_set(data) if sequences is None else sequences
     rows = ss.row >= 0
-    targets = np.flatnonzero(rows & ss.found)
+    targets = np.flatnonzero(rows & ss.found & (True if only is None else only))
     if not len(targets):
         raise UserError(f"{data}: no frame shows a Human3.6M row with a MediaPipe detection")
     names = ss.action_names or ("all",)
