@@ -282,6 +282,22 @@ def test_smoothing_runs_once_over_the_stitched_chunks(clip30: Path, tmp_path: Pa
 
 
 @needs_mediapipe_model
+def test_mirrored_2d_chunks_stitched_equal_a_single_run(clip30: Path, single_run: Path, tmp_path: Path, monkeypatch):
+    """--mirror-2d: the mirrored pass restarts with the tracker at the chunk boundaries, so
+    chunks give a single run's poses; and its 2D is not the plain run's."""
+    monkeypatch.setattr("realtime.detector.RESTART_FRAMES", RESTART)
+    single = tmp_path / "single.npz"
+    assert main(["video", str(clip30), "--out", str(single), "--model", MODEL, "--mirror-2d", "--no-progress"]) == 0
+    opts = _options(pose=Options(model=MODEL, mirror_2d=True))
+    job = B.VideoJob(str(clip30), "walk30", 30, B.plan_chunks(30, RESTART))
+    row = B.finish_video(job, str(tmp_path), opts, [B.detect_chunk(job.path, s, e, opts) for s, e in job.chunks])
+    assert row.status == "done" and row.chunks == 3 and row.note == "", row
+    assert_same_poses(tmp_path / "walk30.npz", single)
+    mirrored, plain = npz_arrays(single)["joints_2d_px"], npz_arrays(single_run)["joints_2d_px"]
+    assert np.isfinite(mirrored).all() and np.abs(mirrored - plain).max() > 0.01
+
+
+@needs_mediapipe_model
 def test_a_seam_that_does_not_verify_is_reprocessed_in_one_pass(clip30: Path, single_run: Path, tmp_path: Path):
     opts = _options()
     job = B.VideoJob(str(clip30), "walk30", 30, ((0, 10), (10, None)))
