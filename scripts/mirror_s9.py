@@ -99,13 +99,14 @@ def main() -> int:
     plain = load_sequence_set(args.data)
     merged, counts = mirrored_set(plain, args.mirrored)
     assert merged.mp2d.shape[1:] == (NUM_JOINTS, 2)
-    both = np.flatnonzero(plain.found & merged.found)
+    both = np.flatnonzero(plain.found & merged.found)  # = the frames the normal pass found
     print(f"{len(plain)} frames: {counts}")
     report: dict = {"counts": counts, "error_2d_px": {}, "tables": {}}
     for name, ss in (("plain", plain), ("mirrored", merged)):
         err, vel = error_2d(ss, both)
         report["error_2d_px"][name] = {"mean": err, "velocity_100ms": vel}
-        print(f"2D on the {len(both)} frames both found: {name} {err:.2f} px, displacement over 3 frames {vel:.2f} px")
+        print(f"2D on the {len(both)} frames the normal pass found: {name} {err:.2f} px, displacement over 3 frames "
+              f"{vel:.2f} px")
     print(f"\n| 2D | fixed bones | model | frames | MPJPE | P-MPJPE | MPJVE |\n|---|---|---|---|---|---|---|")
     # the mirrored 2D finds the person on some frames the normal pass missed: also on the
     # plain set's frames alone (like with like)
