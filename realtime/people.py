@@ -70,6 +70,15 @@ image and of each tile for new people. A call made early is used only where the 
 its order, would have made exactly that call (the same crop of the same image: nobody found
 since who would be painted into it); else the search calls again. So the people found do not
 depend on `workers`, only the time taken does.
+With `complete` (COMPLETE by default) people behind others are output whole: a tracked
+person found partly behind someone found in the same frame gets the joints that lie on the
+bodies of the people in front, are unconfident, or are far off the track's prediction that
+the other joints agree with, from that prediction re-anchored on the visible joints
+(realtime.tracker.complete_pose); a tracked person not looked for because they are mostly
+behind people found is output at their prediction. Only for a track seen whole within
+COMPLETE_MAX_AGE_S, and for the outputs only: the tracker and the search keep MediaPipe's
+poses. Completed joints carry confidence realtime.tracker.COMPLETED_CONFIDENCE exactly
+(realtime.tracker.completed_joints), in every output that writes confidences.
 """
 from __future__ import annotations
 
@@ -89,7 +98,7 @@ from realtime.frames import Frame, PoseFrame
 from realtime.sequence import SequenceLifter, lift_jobs
 from realtime.trajectory import RootFilterConfig
 from realtime.tracker import (Observation, PersonTracker, TrackerConfig, appearance_descriptor, box_iou,
-                              confident_joints, keypoint_box, oks)
+                              COMPLETED_CONFIDENCE, complete_pose, confident_joints, keypoint_box, oks)
 
 DEFAULT_FORGET_S = 5.0
 # MediaPipe's person-detection and presence thresholds with several people: people who stand
@@ -108,6 +117,8 @@ GHOST_PAINTED = 0.5      # a pose with more of its joints than this on painted p
 DUPLICATE_OKS = 0.5      # a person this close to one already found is that person again
 BATCHED_MIN_IOU = 0.3    # a pose of the batched landmark model this far off its prediction is not the person
 MAX_SEARCH_WORKERS = 4  # MediaPipe landmarkers searching at once (each holds its graph, ~tens of MB)
+COMPLETE = True           # PeopleEstimator's `complete` when not given
+COMPLETE_MAX_AGE_S = 1.0  # completion: only for a track seen whole this recently
 TORSO = (11, 14, 1, 4)   # l_shoulder, r_shoulder, r_hip, l_hip: the torso quad, in order
 HEAD = 10
 
@@ -248,6 +259,24 @@ def _hidden(person: Skeleton, box: np.ndarray, found: list, image_size: tuple[in
     return float((own & cover).sum()) / area if area else 0.0
 
 
+def _on_bodies(uv: np.ndarray, people: list[Skeleton], image_size: tuple[int, int]) -> np.ndarray:
+    """(17,) bool: which of the keypoints uv (17, 2) px lie on the body (`_draw_body`) of one
+    of `people`, inside the image (W, H)."""
+    w, h = image_size
+    inside = np.isfinite(uv).all(axis=1) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+    out = np.zeros(len(uv), bool)
+    if not inside.any():
+        return out
+    lo = np.floor(uv[inside].min(axis=0)).astype(int)
+    hi = np.ceil(uv[inside].max(axis=0)).astype(int) + 1
+    mask = np.zeros((hi[1] - lo[1], hi[0] - lo[0]), np.uint8)
+    for puv, pconf in people:
+        _draw_body(mask, np.asarray(puv, np.float64) - lo, pconf)
+    px = np.clip(np.round(uv[inside]).astype(int) - lo, 0, [mask.shape[1] - 1, mask.shape[0] - 1])
+    out[inside] = mask[px[:, 1], px[:, 0]] > 0
+    return out
+
+
 def _in_front(d, box: np.ndarray) -> bool:
     """Does detection d (realtime.detector.Detection) stand nearer the camera than the person
     of box (4,) px? On a floor seen from above the feet, the bottom of the box, of the nearer
@@ -295,14 +324,17 @@ class PeopleEstimator:
     def __init__(self, estimator: PoseEstimator, tracker: PersonTracker | None = None,
                  appearance: bool = True, people: int | None = None, min_hits: int = MIN_HITS,
                  follow: bool = False, landmarks=None, workers: int = 1,
-                 detector_factory: Callable[[], object] | None = None) -> None:
+                 detector_factory: Callable[[], object] | None = None, complete: bool | None = None) -> None:
         """landmarks: a realtime.landmark_runner.LandmarkRunner (owned: closed with this
         estimator): the people seen last frame whom no one else's predicted body meets are
         looked for by it, all in one call, in the region their predicted joints give
         (module docstring). workers: MediaPipe calls run at once where they do not depend on
         one another (module docstring), on the estimator's detector and workers - 1 more
         made by detector_factory (default: an IMAGE-mode landmarker as the estimator's,
-        `new_people_detector`), made on first use and closed with this estimator."""
+        `new_people_detector`), made on first use and closed with this estimator.
+        complete: people partly or mostly behind someone found in the same frame are output
+        whole, their hidden joints from their track's prediction (`_complete`); None:
+        COMPLETE."""
         if int(workers) < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.est = estimator
@@ -312,6 +344,9 @@ class PeopleEstimator:
         self.min_hits = int(min_hits)
         self.follow = bool(follow)
         self.landmarks = landmarks
+        self.complete = COMPLETE if complete is None else bool(complete)
+        self.completed = 0  # poses completed so far (complete)
+        self.coasted = 0    # people output at their prediction, behind others, so far (complete)
         self.batched_found = 0  # people the batched landmark model found (landmarks.calls: its calls)
         self._confirmed: set[int] = set()  # track ids seen on min_hits frames: the ones output
         self._frames = 0
@@ -323,6 +358,8 @@ class PeopleEstimator:
         self._extra: list = []  # the landmarkers made for the other workers
         self._idle: queue.SimpleQueue | None = None  # landmarkers free for a call made at once
         self._pool: ThreadPoolExecutor | None = None
+        self._behind: set[int] = set()  # this frame: tracks not looked for, behind people found
+        self._last: dict[int, object] = {}  # track id -> its last Detection (complete)
 
     def _size(self, tid: int, t: float) -> float:
         """The larger box side (px) a track had over the last SIZE_MEMORY_S: its crop is at
@@ -422,8 +459,12 @@ class PeopleEstimator:
         obs = [Observation(d.joints_2d_px, d.confidence,
                            appearance_descriptor(frame.image, d.joints_2d_px, d.confidence) if self.appearance else None)
                for d in found]
+        before = {s.track_id: s for s in self.tracker.tracks} if self.complete else {}
+        predicted = self.tracker.predicted_keypoints(frame.timestamp_s) if self.complete else {}
         ids = self.tracker.update(obs, frame.timestamp_s)
         self._remember_sizes(found, ids, frame.timestamp_s)
+        if self.complete:
+            found, ids = self._complete(found, ids, before, predicted, (w, h))
         hits = {s.track_id: s.hits for s in self.tracker.tracks}
         start = self._frames <= self.min_hits  # as SORT: the first frames' people are output at once
         self._confirmed.update(tid for tid in ids if tid is not None and (start or hits.get(tid, 0) >= self.min_hits))
@@ -434,6 +475,59 @@ class PeopleEstimator:
         people = sorted((Detected(frame.index, frame.timestamp_s, (int(w), int(h)), d, timings, image, track_id=tid)
                          for d, tid in zip(found, ids) if tid in self._confirmed), key=lambda d: d.track_id)[:self.people]
         return PeopleDetected(frame.index, frame.timestamp_s, (int(w), int(h)), tuple(people), timings)
+
+    def _complete(self, found: list, ids: list, before: dict, predicted: dict[int, Skeleton],
+                  image_size: tuple[int, int]) -> tuple[list, list]:
+        """The frame's people made whole where others hide them (module docstring), for the
+        outputs only (the tracker and the search keep MediaPipe's poses): `found` and their
+        track `ids`, with
+
+        * the pose of each tracked person partly behind someone found in the same frame
+          completed (realtime.tracker.complete_pose) from their track's prediction
+          `predicted` (made before this frame's update): the joints that lie on the bodies
+          of the people in front of them, are unconfident, or are far off the prediction the
+          other joints agree with;
+        * each track not looked for because it is mostly behind people found (`_find`), and
+          not matched, added at its prediction, every joint completed.
+
+        Only for tracks that existed before this frame (`before`: their TrackState) and were
+        seen whole within COMPLETE_MAX_AGE_S."""
+        out, out_ids = list(found), list(ids)
+        for k, (d, tid) in enumerate(zip(found, ids)):
+            state = before.get(tid)
+            if state is None or state.whole_s > COMPLETE_MAX_AGE_S or tid not in predicted:
+                continue
+            pred_uv = predicted[tid][0]
+            box = keypoint_box(pred_uv)
+            if box is None:
+                continue
+            roi = tuple(int(v) for v in box)
+            front = [skeleton_of(f) for m, f in enumerate(found) if m != k and _in_front(f, box)]
+            front = [f for f in front if _overlaps(f[0], f[1], roi)]
+            if not front:
+                continue
+            uv, conf = skeleton_of(d)
+            done = complete_pose(uv, conf, pred_uv, _on_bodies(uv, front, image_size))
+            if done is not None:
+                out[k] = replace(d, joints_2d_px=done[0], confidence=done[1])
+                self.completed += 1
+        now = {s.track_id: s for s in self.tracker.tracks}
+        for tid in sorted(self._behind):
+            state = now.get(tid)
+            if (state is None or state.lost_s == 0 or state.whole_s > COMPLETE_MAX_AGE_S or tid not in before
+                    or tid not in self._last or tid not in predicted):
+                continue
+            uv = predicted[tid][0]
+            out.append(replace(self._last[tid], joints_2d_px=uv.astype(np.float32),
+                               confidence=np.full(len(uv), COMPLETED_CONFIDENCE, np.float32)))
+            out_ids.append(tid)
+            self.coasted += 1
+        for d, tid in zip(found, ids):
+            if tid is not None:
+                self._last[tid] = d
+        for tid in [k for k in self._last if k not in now]:
+            del self._last[tid]
+        return out, out_ids
 
     def _find(self, frame: Frame) -> list:
         """MediaPipe's people in the frame: each tracked person in a crop around them, then
@@ -450,6 +544,7 @@ class PeopleEstimator:
         image, t = frame.image, frame.timestamp_s
         h, w = image.shape[:2]
         found: list = []
+        self._behind.clear()
         # tracks seen in the last CROP_MAX_LOST_S, at most `people`: those seen last frame first
         # (a person seen last frame is looked for before the crop of one hidden behind them
         # takes them), then the longest-known
@@ -478,6 +573,7 @@ class PeopleEstimator:
                 continue
             if _hidden(skeletons[tid], box, found, (w, h)) > MAX_HIDDEN:
                 unfound.append(tid)  # mostly behind people found: a crop would give one of them
+                self._behind.add(tid)
                 continue
             others = [skeleton_of(f) for f in found] + [skeletons[k] for k in pending + unfound]
             others = [o for o in others if _overlaps(o[0], o[1], roi)]
@@ -710,13 +806,13 @@ def open_landmarks():
 
 def open_people(model: str, backend: str = "auto", fov_deg: float | None = None, calib: str | None = None,
                 people: int = 2, threads: int | None = None, lifter=None, own_lifter: bool = True,
-                follow: bool = False, batched: bool = False) -> PeopleEstimator:
+                follow: bool = False, batched: bool = False, complete: bool | None = None) -> PeopleEstimator:
     """The several-people estimator as `--people N` runs it: MediaPipe in IMAGE mode with
     MIN_CONFIDENCE thresholds, the tracker with appearance, up to `people` people. `lifter`:
     an opened lifter of `model` (else opened here); when this fails, it is closed if
     `own_lifter` (else left open for its owner). follow: PeopleEstimator's. batched: people
     apart from the others looked for by the batched landmark model (PeopleEstimator's
-    `landmarks`)."""
+    `landmarks`). complete: PeopleEstimator's (None: COMPLETE)."""
     detector = runner = None
     try:
         detector = new_people_detector(people)
@@ -724,7 +820,7 @@ def open_people(model: str, backend: str = "auto", fov_deg: float | None = None,
             runner = open_landmarks()
         return PeopleEstimator(PoseEstimator(model, backend, fov_deg, calib, threads=threads, detector=detector,
                                              lifter=lifter), people=people, follow=follow, landmarks=runner,
-                               workers=search_workers(people))
+                               workers=search_workers(people), complete=complete)
     except BaseException:
         if runner is not None:
             runner.close()

@@ -269,16 +269,24 @@ def pair_distance_error(truth: Truth, multi: Sequence, matches: list[dict[int, i
 
 
 # --------------------------------------------------------------------------- running the app
-def run_video(path: Path, people: int, model: str | None, fast_people: bool = False) -> list:
+def run_video(path: Path, people: int, model: str | None, fast_people: bool = False,
+              complete: bool | None = None) -> list:
     """PoseFrames of `path` through the app's own objects, as `posestream video --people N`
     computes them (realtime.api.Estimator.stream: every frame, in order; the default model
     for files when `model` is None). people > 1: realtime.people (IMAGE-mode MediaPipe, the
     tracker, each person's own sequence lifting, batched; fast_people: `--fast-people`); 1:
-    the single-person default."""
+    the single-person default. complete: realtime.people's completion of people behind others
+    on or off for this run (None: realtime.people.COMPLETE, the app's default)."""
+    import realtime.people
     from realtime.api import Estimator
 
-    with Estimator(model=model, threads=1, people=people, fast_people=fast_people and people > 1) as est:
-        return list(est.stream(str(path)))
+    default = realtime.people.COMPLETE
+    realtime.people.COMPLETE = default if complete is None else complete
+    try:
+        with Estimator(model=model, threads=1, people=people, fast_people=fast_people and people > 1) as est:
+            return list(est.stream(str(path)))
+    finally:
+        realtime.people.COMPLETE = default
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--fast-people", action="store_true",
                    help="run the several-people scenes as `--people N --fast-people` does")
+    p.add_argument("--complete", choices=("on", "off"), default=None,
+                   help="people behind others completed from their tracks (realtime.people's `complete`; "
+                        "default: the app's)")
     p.add_argument("--tracks", metavar="NPZ", default=None,
                    help="instead: the tracks of a `posestream video --people N` .npz (no ground truth)")
     args = p.parse_args(argv)
@@ -299,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.dir:
         p.error("give a folder of scenarios, or --tracks NPZ")
-    return evaluate_dir(Path(args.dir), args.model, args.json, args.fast_people)
+    complete = {"on": True, "off": False}.get(args.complete)
+    return evaluate_dir(Path(args.dir), args.model, args.json, args.fast_people, complete)
 
 
 def track_summary(path: Path) -> list[str]:
@@ -332,9 +344,9 @@ def track_summary(path: Path) -> list[str]:
 
 
 def evaluate_dir(folder: Path, model: str | None = None, json_out: str | None = None,
-                 fast_people: bool = False) -> int:
+                 fast_people: bool = False, complete: bool | None = None) -> int:
     """Run the app on every scenario under `folder` (train.synth.multi render) and print
-    the tables; returns 0."""
+    the tables (complete: run_video's, for the several-people runs); returns 0."""
     rows, accs, pair_errs = [], [], []
     total = None
     for truth_path in sorted(folder.glob("*/truth.npz")):
@@ -342,7 +354,7 @@ def evaluate_dir(folder: Path, model: str | None = None, json_out: str | None = 
         truth = Truth.load(truth_path)
         P = truth.occlusion.shape[1]
         t0 = time.perf_counter()
-        multi = run_video(scen / "scene.avi", P, model, fast_people)
+        multi = run_video(scen / "scene.avi", P, model, fast_people, complete)
         t1 = time.perf_counter()
         single = {k: run_video(scen / f"person{k}.avi", 1, model) for k in range(P)}
         print(f"{scen.name}: {P} people, {len(multi)} frames: --people {P} in {t1 - t0:.0f} s, "

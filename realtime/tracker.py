@@ -32,6 +32,13 @@ How a detection is matched to a track:
 Track appearance is updated only from detections that do not overlap another person's box
 (the histogram of a half-hidden person would describe the one in front).
 
+Completion (`complete_pose`, used by realtime.people for people partly behind others): the
+joints of a matched person's new pose that are hidden are replaced by the track's prediction
+re-anchored (translation and scale) on the joints that are visible. Completed joints carry
+confidence COMPLETED_CONFIDENCE exactly (`completed_joints` finds them): counted by boxes and
+the root solve, below any visible joint. `TrackState.whole_s` says how long ago a track was
+last seen whole (a completion is only as good as a recent whole view).
+
 Units: keypoints in image pixels, (17, 2) in engines.skeleton order; confidence (17,) in
 [0, 1]; timestamps in seconds (any origin, increasing).
 """
@@ -50,6 +57,10 @@ _COCO_SIGMAS = np.array([0.107, 0.107, 0.087, 0.089, 0.107, 0.087, 0.089, 0.107,
                          0.079, 0.072, 0.062, 0.079, 0.072, 0.062])
 OKS_KAPPA = 2.0 * _COCO_SIGMAS
 MIN_JOINT_CONFIDENCE = 0.3  # joints below this do not count for boxes, OKS or velocity
+# The confidence of a joint `complete_pose` filled in from the track's prediction: counted (>=
+# MIN_JOINT_CONFIDENCE) and told apart by its exact value (`completed_joints`).
+COMPLETED_CONFIDENCE = np.float32(0.35)
+_ANCHOR_JOINTS = (1, 4, 11, 14)  # hips and shoulders: a completion is anchored on one at least
 BOX_PAD = 0.1               # keypoint boxes grow by this fraction of their size on each side
 
 # Appearance descriptor: hue x saturation (8 x 4) and value (8) histograms of two regions
@@ -89,6 +100,7 @@ class TrackerConfig:
     appearance_smoothing: float = 0.2
     duplicate_oks: float = 0.8
     overlap_iou: float = 0.15
+    whole_joints: int = 15
 
     def __post_init__(self) -> None:
         for name in ("iou_weight", "appearance_weight", "appearance_floor", "min_similarity",
@@ -99,6 +111,8 @@ class TrackerConfig:
         for name in ("max_lost_s", "max_predict_s", "lost_scale_growth_per_s", "reach_per_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrackerConfig.{name} must be >= 0")
+        if not 0 <= self.whole_joints <= NUM_JOINTS:
+            raise ValueError(f"TrackerConfig.whole_joints must be in [0, {NUM_JOINTS}], got {self.whole_joints}")
         if not self.motion_trust_s > 0:
             raise ValueError(f"TrackerConfig.motion_trust_s must be > 0, got {self.motion_trust_s}")
 
@@ -107,12 +121,14 @@ class TrackerConfig:
 class TrackState:
     """A snapshot of one track. box (4,) x0, y0, x1, y1 px of its last keypoints; lost_s:
     seconds since it was last matched (0 if matched in the latest frame); hits: frames
-    matched so far."""
+    matched so far; whole_s: seconds since it was last matched with a whole body (at least
+    TrackerConfig.whole_joints confident joints, none completed; inf if never)."""
 
     track_id: int
     box: np.ndarray
     lost_s: float
     hits: int
+    whole_s: float = float("inf")
 
 
 @dataclass
@@ -125,6 +141,7 @@ class _Track:
     appearance: np.ndarray | None = None
     hits: int = 1
     matched_last: bool = True        # matched in the latest update
+    t_whole: float = -np.inf         # last matched with a whole body
 
     def predicted(self, t: float, max_predict_s: float) -> np.ndarray:
         dt = float(np.clip(t - self.t_last, 0.0, max_predict_s))
@@ -278,8 +295,8 @@ class PersonTracker:
     @property
     def tracks(self) -> tuple[TrackState, ...]:
         """The live tracks (matched or lost within max_lost_s) after the latest update."""
-        return tuple(TrackState(tr.track_id, keypoint_box(tr.keypoints, tr.confidence), self._now - tr.t_last, tr.hits)
-                     for tr in self._tracks)
+        return tuple(TrackState(tr.track_id, keypoint_box(tr.keypoints, tr.confidence), self._now - tr.t_last, tr.hits,
+                                self._now - tr.t_whole) for tr in self._tracks)
 
     def predicted_boxes(self, timestamp_s: float) -> dict[int, np.ndarray]:
         """track id -> (4,) predicted box px at `timestamp_s`, for every live track (where
@@ -380,10 +397,17 @@ class PersonTracker:
             tr = _Track(self._next_id, np.asarray(obs[j].keypoints, np.float64).copy(),
                         np.asarray(obs[j].confidence, np.float64).copy(), t,
                         appearance=None if obs[j].appearance is None else np.asarray(obs[j].appearance, np.float64))
+            if self._whole(obs[j]):
+                tr.t_whole = t
             self._next_id += 1
             self._tracks.append(tr)
             ids[kept[j]] = tr.track_id
         return ids
+
+    def _whole(self, o: Observation) -> bool:
+        """Does the observation show a whole body (whole_joints confident, none completed)?"""
+        ok = confident_joints(o.keypoints, o.confidence) & ~completed_joints(o.confidence)
+        return int(ok.sum()) >= self.config.whole_joints
 
     def _overlapping(self, boxes: list[np.ndarray]) -> list[bool]:
         out = [False] * len(boxes)
@@ -409,9 +433,80 @@ class PersonTracker:
         tr.t_last = t
         tr.hits += 1
         tr.matched_last = True
+        if self._whole(o):
+            tr.t_whole = t
         if update_appearance and o.appearance is not None:
             tr.appearance = _blend_appearance(tr.appearance, np.asarray(o.appearance, np.float64),
                                               cfg.appearance_smoothing)
+
+
+def completed_joints(confidence: np.ndarray) -> np.ndarray:
+    """(..., 17) bool: the joints of confidence (..., 17) that `complete_pose` filled in (their
+    confidence is COMPLETED_CONFIDENCE exactly)."""
+    return np.asarray(confidence) == COMPLETED_CONFIDENCE
+
+
+def complete_pose(keypoints: np.ndarray, confidence: np.ndarray, predicted: np.ndarray,
+                  hidden: np.ndarray | None = None, min_anchors: int = 4, outlier: float = 0.2,
+                  max_scale_change: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A partly hidden person's pose made whole from their track's prediction.
+
+    keypoints (17, 2) px and confidence (17,): the person's new pose; predicted (17, 2) px:
+    their track's predicted keypoints for this frame; hidden (17,) bool: joints known to lie
+    behind someone (on a nearer person's body). The anchors are the joints confident, not
+    hidden and near the prediction once it is fitted to them: the prediction is scaled
+    (by at most 1 +- max_scale_change) and translated onto the confident joints by least
+    squares, joints further from the fit than `outlier` times the predicted box's height are
+    dropped, and the fit is made again on the rest. The joints that are not anchors (hidden,
+    unconfident, or far off a prediction the other joints agree with: a joint put on the
+    person in front) take the fitted prediction, with confidence COMPLETED_CONFIDENCE.
+
+    Returns (keypoints (17, 2) px, confidence (17,), completed (17,) bool), or None when
+    nothing needs completing or the pose cannot be anchored: fewer than `min_anchors`
+    anchors, or none of them a hip or shoulder.
+    """
+    kp = np.asarray(keypoints, np.float64)
+    conf = np.asarray(confidence, np.float32)
+    pred = np.asarray(predicted, np.float64)
+    usable = np.isfinite(pred).all(axis=1)
+    box = keypoint_box(pred)
+    if box is None or usable.sum() < min_anchors:
+        return None
+    height = max(box[3] - box[1], box[2] - box[0], 1.0) / (1.0 + 2.0 * BOX_PAD)
+    anchors = confident_joints(kp, conf) & usable
+    if hidden is not None:
+        anchors &= ~np.asarray(hidden, bool)
+
+    def anchored(a: np.ndarray) -> bool:
+        return a.sum() >= min_anchors and a[list(_ANCHOR_JOINTS)].any()
+
+    def fit(a: np.ndarray) -> np.ndarray:
+        p, d = pred[a], kp[a]
+        pc, dc = p.mean(axis=0), d.mean(axis=0)
+        spread = float(((p - pc) ** 2).sum())
+        scale = float(((p - pc) * (d - dc)).sum()) / spread if spread > 0 else 1.0
+        scale = float(np.clip(scale, 1.0 / (1.0 + max_scale_change), 1.0 + max_scale_change))
+        return scale * (pred - pc) + dc
+
+    for _ in range(3):  # drop the joints off the fit, fit again, until none is
+        if not anchored(anchors):
+            return None
+        fitted = fit(anchors)
+        near = anchors & (np.linalg.norm(fitted - kp, axis=1) <= outlier * height)
+        if near.sum() == anchors.sum():
+            break
+        anchors = near
+    else:
+        if not anchored(anchors):
+            return None
+        fitted = fit(anchors)
+    completed = usable & ~anchors
+    if not completed.any():
+        return None
+    out_conf = conf.copy()
+    out_conf[completed] = COMPLETED_CONFIDENCE
+    out_kp = np.where(completed[:, None], fitted, kp)
+    return out_kp.astype(np.float32), out_conf, completed
 
 
 def _blend_appearance(old: np.ndarray | None, new: np.ndarray, a: float) -> np.ndarray:

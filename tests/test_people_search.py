@@ -3,6 +3,8 @@ which poses it refuses, and identities through crossings with a detector that, a
 MediaPipe, gives the most prominent person of what it is shown."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from realtime.estimator import PoseEstimator
 from realtime.frames import Frame
 from realtime.people import (CROP_SCALE, MASK_GREY, PeopleEstimator, _hidden, discovery_tiles, on_paint, paint_mask,
                              painted_over, square_crop)
-from realtime.tracker import keypoint_box
+from realtime.tracker import box_iou, keypoint_box
 
 from pose_fixtures import standing_pose
 
@@ -145,11 +147,13 @@ class NoLifter:
         pass
 
 
-def run_ids(script: list[list[np.ndarray]]) -> tuple[list[dict[str, int]], ProminentDetector]:
-    """Per frame {"near"/"far": track id} of the people PeopleEstimator reports, told apart by
-    their height (the near person is the taller)."""
+def run_ids(script: list[list[np.ndarray]], complete: bool | None = None
+            ) -> tuple[list[dict[str, int]], ProminentDetector]:
+    """Per frame {"near"/"far": track id} of the people PeopleEstimator(complete) reports,
+    told apart by their height (the near person is the taller)."""
     det = ProminentDetector(script)
-    est = PeopleEstimator(PoseEstimator(detector=det, lifter=NoLifter()), appearance=False, people=2)
+    est = PeopleEstimator(PoseEstimator(detector=det, lifter=NoLifter()), appearance=False, people=2,
+                          complete=complete)
     black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
     return [near_far(est.detect(Frame(i, i / 30.0, black))) for i in range(len(script))], det
 
@@ -273,3 +277,136 @@ def test_searching_at_once_finds_exactly_what_the_search_in_order_finds():
     assert sum(len(f) for f in alone) > len(script)  # several people found on most frames
     with pytest.raises(ValueError):
         PeopleEstimator(PoseEstimator(detector=det1, lifter=NoLifter()), workers=0)
+
+
+# -- completion of people behind others (PeopleEstimator(complete=True)) -----------------------
+HIDDEN_LOWER = [2, 3, 5, 6]  # knees and ankles
+
+
+class ConfidenceDetector(ProminentDetector):
+    """As ProminentDetector, the script's people being (keypoints, confidence) pairs: a
+    person partly behind someone comes with their hidden joints unconfident and misplaced,
+    as MediaPipe gives them."""
+
+    def detect_people(self, image, timestamp_s=None, roi=None):
+        f = int(round(timestamp_s * 30))
+        confs = {id(uv): c for uv, c in self.full[f]}
+        got = super().detect_people(image, timestamp_s, roi)
+        return [dataclasses.replace(g, confidence=confs[id(self.script[f][k])])
+                for g in got for k in range(len(self.script[f])) if np.array_equal(g.joints_2d_px, self.script[f][k])]
+
+    def __init__(self, script: list[list[tuple[np.ndarray, np.ndarray]]]) -> None:
+        super().__init__([[uv for uv, _ in people] for people in script])
+        self.full = [[(self.script[f][k], c) for k, (_, c) in enumerate(people)] for f, people in enumerate(script)]
+
+
+def behind_script(n: int, partial_from: int) -> tuple[list, np.ndarray]:
+    """n frames: a near person standing, a far one standing beside and behind them (part of
+    them behind the near one), whose knees and ankles come unconfident and 60 px off from
+    frame partial_from on. Returns the script and the far person's true keypoints."""
+    near, far = person(480, 520, 400), person(585, 430, 300)
+    whole = np.ones(NUM_JOINTS, np.float32)
+    partial = whole.copy()
+    partial[HIDDEN_LOWER] = 0.1
+    guessed = far.copy()
+    guessed[HIDDEN_LOWER] += [60.0, -40.0]
+    return [[(near, whole), (far, whole) if i < partial_from else (guessed, partial)] for i in range(n)], far
+
+
+def far_people(script, complete: bool) -> list:
+    """Per frame the far person's Detected (None when not output), PeopleEstimator(complete)."""
+    det = ConfidenceDetector(script)
+    est = PeopleEstimator(PoseEstimator(detector=det, lifter=NoLifter()), appearance=False, people=2, complete=complete)
+    black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    out = []
+    for i in range(len(script)):
+        pd = est.detect(Frame(i, i / 30.0, black))
+        out.append(next((d for d in pd.people if np.nanmax(d.detection.joints_2d_px[:, 1]) < 470), None))
+    return out
+
+
+def test_a_person_partly_behind_someone_is_completed_from_their_track():
+    """The far person's knees and ankles, hidden behind the near one from frame 8, come from
+    their track's prediction re-anchored on the visible joints (marked completed) when
+    `complete` is on: on frame 8 where the person was last seen whole, then where the track
+    predicts them. (Joints on the near person's painted body count as hidden too: those come
+    from the prediction as well, here where they are.) Without `complete` nothing changes."""
+    from realtime.tracker import completed_joints
+
+    script, far = behind_script(16, 8)
+    on, off = far_people(script, True), far_people(script, False)
+    assert all(d is not None for d in on[1:]) and all(d is not None for d in off[1:])
+    whole = keypoint_box(far, np.ones(NUM_JOINTS))
+    for d in on[1:9]:  # whole, then completed from the whole pose
+        assert np.abs(d.detection.joints_2d_px - far).max() < 2.0
+        assert box_iou(keypoint_box(d.detection.joints_2d_px, d.detection.confidence), whole) > 0.95
+    for d in on[8:]:
+        done = completed_joints(d.detection.confidence)
+        assert done[HIDDEN_LOWER].all() and not done[[0, 1, 4]].any()  # the hips anchor it
+        assert np.abs(d.detection.joints_2d_px[[0, 1, 4]] - far[[0, 1, 4]]).max() < 1e-3
+    for d in off[1:]:
+        assert not completed_joints(d.detection.confidence).any()
+    assert box_iou(keypoint_box(off[8].detection.joints_2d_px, off[8].detection.confidence), whole) < 0.8
+
+
+def test_no_completion_for_a_track_never_seen_whole():
+    """A person partly hidden from their first frame on: nothing to complete them from."""
+    from realtime.tracker import completed_joints
+
+    script, _ = behind_script(12, 0)
+    on = far_people(script, True)
+    assert sum(d is not None for d in on) >= 10
+    assert not any(completed_joints(d.detection.confidence).any() for d in on if d is not None)
+
+
+def test_a_person_hidden_behind_someone_is_output_at_their_prediction():
+    """In the crossing, the far person (not looked for while behind the near one) is output
+    at their track's prediction, all joints completed and under their own id, only for a
+    short while after they were last seen whole, and only with `complete`."""
+    from realtime.tracker import completed_joints
+
+    n = 60
+    script = crossing_script(n)
+    det = ProminentDetector(script)
+    est = PeopleEstimator(PoseEstimator(detector=det, lifter=NoLifter()), appearance=False, people=2, complete=True)
+    black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    frames = [est.detect(Frame(i, i / 30.0, black)) for i in range(n)]
+    ids = [near_far(pd) for pd in frames]
+    far = {f["far"] for f in ids if "far" in f}
+    assert len(far) == 1 and len({f["near"] for f in ids if "near" in f}) == 1
+    hidden = [i for i in range(n) if len(script[i]) == 1]
+    coasted = [i for i in hidden if "far" in ids[i]]
+    assert len(coasted) >= len(hidden) - 3 and est.coasted >= len(coasted)
+    for i in coasted:
+        (d,) = [d for d in frames[i].people if d.track_id in far]
+        assert completed_joints(d.detection.confidence).all()
+        truth = person(810 - 11 * i, 430, 300)
+        assert box_iou(keypoint_box(d.detection.joints_2d_px, d.detection.confidence),
+                       keypoint_box(truth, np.ones(NUM_JOINTS))) > 0.7
+    plain, _ = run_ids(script, complete=False)
+    assert not any("far" in plain[i] for i in hidden[2:-2])
+
+
+def test_completed_joints_reach_the_npz_file(tmp_path):
+    """The marking of completed joints (their confidence) survives lifting and the .npz
+    writer: a reader finds the completed joints of each person with completed_joints."""
+    from realtime.tracker import completed_joints
+    from realtime.writers import Recording
+
+    script, _ = behind_script(12, 8)
+    est = PeopleEstimator(PoseEstimator(detector=ConfidenceDetector(script), lifter=NoLifter()), appearance=False,
+                          people=2, complete=True)
+    lifter = est.sequence()
+    black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    frames = [pf for i in range(len(script)) for pf in lifter.push(est.detect(Frame(i, i / 30.0, black)))]
+    frames += lifter.flush()
+    rec = Recording([tmp_path / "c.npz"], 30.0, {"kind": "test", "people": 2}, say=lambda _m: None)
+    for pf in frames:
+        rec.write(pf)
+    rec.close()
+    d = np.load(tmp_path / "c.npz")
+    marked = completed_joints(d["confidence"]) & d["valid"][..., None]
+    far = [p for p, tid in enumerate(d["track_ids"]) if np.nanmax(d["joints_2d_px"][:, p, :, 1]) < 470]
+    assert len(far) == 1
+    assert marked[8:, far[0]][:, HIDDEN_LOWER].all() and not marked[:8, far[0]][:, HIDDEN_LOWER].any()
+    assert not marked[:, [p for p in range(marked.shape[1]) if p != far[0]]].any()  # the near person: never

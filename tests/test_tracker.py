@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from realtime.tracker import (APPEARANCE_DIM, Observation, PersonTracker, TrackerConfig, _assign,
-                              appearance_descriptor, appearance_similarity, box_iou, keypoint_box, oks)
+from realtime.tracker import (APPEARANCE_DIM, COMPLETED_CONFIDENCE, Observation, PersonTracker, TrackerConfig, _assign,
+                              appearance_descriptor, appearance_similarity, box_iou, complete_pose, completed_joints,
+                              keypoint_box, oks)
 
 from pose_fixtures import standing_pose
 
@@ -189,3 +190,77 @@ def test_config_is_checked():
         TrackerConfig(iou_weight=1.5)
     with pytest.raises(ValueError):
         TrackerConfig(max_lost_s=-1)
+
+
+# -- completion of a partly hidden person's pose ------------------------------------------------
+LOWER = [1, 2, 3, 4, 5, 6]  # hips, knees, ankles (engines.skeleton order)
+
+
+def test_completion_fills_hidden_joints_from_the_prediction_anchored_on_the_visible_ones():
+    """The lower body hidden (unconfident) and the pose seen 12 px right and 5 % larger than
+    predicted: the hidden joints are the prediction moved and scaled onto the visible joints,
+    marked completed; the visible ones are kept as they are."""
+    pred = person_2d(300.0)
+    truth = (pred - pred[0]) * 1.05 + pred[0] + [12.0, 0.0]
+    conf = np.ones(17, np.float32)
+    conf[[2, 3, 5, 6]] = 0.1  # knees and ankles hidden
+    new = truth.copy()
+    new[[2, 3, 5, 6]] += 80.0  # where MediaPipe guessed them
+    kp, c, done = complete_pose(new, conf, pred)
+    assert done.tolist() == [j in (2, 3, 5, 6) for j in range(17)]
+    assert np.abs(kp[done] - truth[done]).max() < 1.0
+    assert np.array_equal(kp[~done], new[~done].astype(np.float32)) and np.array_equal(c[~done], conf[~done])
+    assert (c[done] == COMPLETED_CONFIDENCE).all() and completed_joints(c).tolist() == done.tolist()
+    assert not completed_joints(np.ones(17)).any()
+
+
+def test_joints_on_someone_in_front_or_off_the_prediction_are_completed():
+    """Confident joints known to lie on a nearer person (hidden) and a confident joint far
+    off the prediction that the other joints agree with (put on the person in front) are
+    replaced; the scale change is bounded."""
+    pred = person_2d(300.0)
+    new = pred + [5.0, 0.0]
+    new[16] += [90.0, 30.0]  # a wrist on someone else
+    hidden = np.zeros(17, bool)
+    hidden[[3, 6]] = True
+    kp, c, done = complete_pose(new, np.ones(17), pred, hidden)
+    assert done.tolist() == [j in (3, 6, 16) for j in range(17)]
+    assert np.allclose(kp[done], pred[done] + [5.0, 0.0], atol=1.0)
+    # a pose twice the prediction's size: the fitted prediction grows by 10 % at most
+    big = (pred - pred[0]) * 2.0 + pred[0]
+    conf = np.ones(17)
+    conf[[3, 6]] = 0.0
+    kp, _, done = complete_pose(big, conf, pred, outlier=10.0)
+    assert done[[3, 6]].all()
+    assert np.linalg.norm(kp[3] - kp[6]) == pytest.approx(1.1 * np.linalg.norm(pred[3] - pred[6]), rel=1e-4)
+
+
+def test_no_completion_without_enough_anchors_or_without_anything_hidden():
+    pred = person_2d(300.0)
+    conf = np.zeros(17)
+    conf[[7, 8, 9]] = 1.0  # three upper joints: too few to anchor
+    assert complete_pose(pred, conf, pred) is None
+    conf[[11, 12]] = 1.0    # five, but no hip or shoulder among them? 11 is a shoulder: anchored
+    assert complete_pose(pred, conf, pred) is not None
+    conf = np.zeros(17)
+    conf[[7, 8, 9, 10, 12, 13, 15, 16]] = 1.0  # arms and head, no hip or shoulder
+    assert complete_pose(pred, conf, pred) is None
+    assert complete_pose(pred, np.ones(17), pred) is None  # whole and where predicted: nothing to do
+
+
+def test_tracks_report_when_they_were_last_seen_whole():
+    tr = PersonTracker()
+    half = np.ones(17)
+    half[LOWER] = 0.0
+    tr.update([obs(100.0)], 0.0)
+    tr.update([Observation(person_2d(104.0), half)], 1 / FPS)
+    (state,) = tr.tracks
+    assert state.whole_s == pytest.approx(1 / FPS)  # seen whole on the first frame only
+    completed = np.where(half > 0, 1.0, COMPLETED_CONFIDENCE)
+    tr.update([Observation(person_2d(108.0), completed)], 2 / FPS)
+    assert tr.tracks[0].whole_s == pytest.approx(2 / FPS)  # completed joints do not make it whole
+    tr.update([obs(112.0)], 3 / FPS)
+    assert tr.tracks[0].whole_s == 0.0
+    fresh = PersonTracker()
+    fresh.update([Observation(person_2d(100.0), half)], 0.0)
+    assert fresh.tracks[0].whole_s == float("inf")  # never seen whole
