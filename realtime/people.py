@@ -119,6 +119,9 @@ BATCHED_MIN_IOU = 0.3    # a pose of the batched landmark model this far off its
 MAX_SEARCH_WORKERS = 4  # MediaPipe landmarkers searching at once (each holds its graph, ~tens of MB)
 COMPLETE = True           # PeopleEstimator's `complete` when not given
 COMPLETE_MAX_AGE_S = 1.0  # completion: only for a track seen whole this recently
+COAST_MIN_SIDE = 0.7      # a person behind others is output at their prediction only when its box's larger
+                          # side is this much of the largest their box had in SIZE_MEMORY_S (a pose of part
+                          # of the person would give a box of that part)
 TORSO = (11, 14, 1, 4)   # l_shoulder, r_shoulder, r_hip, l_hip: the torso quad, in order
 HEAD = 10
 
@@ -464,7 +467,7 @@ class PeopleEstimator:
         ids = self.tracker.update(obs, frame.timestamp_s)
         self._remember_sizes(found, ids, frame.timestamp_s)
         if self.complete:
-            found, ids = self._complete(found, ids, before, predicted, (w, h))
+            found, ids = self._complete(found, ids, before, predicted, (w, h), frame.timestamp_s)
         hits = {s.track_id: s.hits for s in self.tracker.tracks}
         start = self._frames <= self.min_hits  # as SORT: the first frames' people are output at once
         self._confirmed.update(tid for tid in ids if tid is not None and (start or hits.get(tid, 0) >= self.min_hits))
@@ -477,7 +480,7 @@ class PeopleEstimator:
         return PeopleDetected(frame.index, frame.timestamp_s, (int(w), int(h)), tuple(people), timings)
 
     def _complete(self, found: list, ids: list, before: dict, predicted: dict[int, Skeleton],
-                  image_size: tuple[int, int]) -> tuple[list, list]:
+                  image_size: tuple[int, int], t: float) -> tuple[list, list]:
         """The frame's people made whole where others hide them (module docstring), for the
         outputs only (the tracker and the search keep MediaPipe's poses): `found` and their
         track `ids`, with
@@ -488,7 +491,8 @@ class PeopleEstimator:
           of the people in front of them, are unconfident, or are far off the prediction the
           other joints agree with;
         * each track not looked for because it is mostly behind people found (`_find`), and
-          not matched, added at its prediction, every joint completed.
+          not matched, added at its prediction (at time t), every joint completed, unless the
+          prediction's box has shrunk below COAST_MIN_SIDE of the track's size (a partial pose).
 
         Only for tracks that existed before this frame (`before`: their TrackState) and were
         seen whole within COMPLETE_MAX_AGE_S."""
@@ -518,6 +522,9 @@ class PeopleEstimator:
                     or tid not in self._last or tid not in predicted):
                 continue
             uv = predicted[tid][0]
+            box = keypoint_box(uv)
+            if box is None or max(box[2] - box[0], box[3] - box[1]) < COAST_MIN_SIDE * self._size(tid, t):
+                continue
             out.append(replace(self._last[tid], joints_2d_px=uv.astype(np.float32),
                                confidence=np.full(len(uv), COMPLETED_CONFIDENCE, np.float32)))
             out_ids.append(tid)

@@ -410,3 +410,24 @@ def test_completed_joints_reach_the_npz_file(tmp_path):
     assert len(far) == 1
     assert marked[8:, far[0]][:, HIDDEN_LOWER].all() and not marked[:8, far[0]][:, HIDDEN_LOWER].any()
     assert not marked[:, [p for p in range(marked.shape[1]) if p != far[0]]].any()  # the near person: never
+
+
+def test_a_person_whose_pose_shrank_to_part_of_them_is_not_output_behind_someone():
+    """Just before the far person is hidden, MediaPipe gives a pose of part of them (all
+    joints confident, squeezed into the middle of their body): their prediction behind the
+    near person would be a box of that part, so they are not output there."""
+    n = 60
+    script = crossing_script(n)
+    for i in range(n):
+        if len(script[i]) == 2 and abs((150 + 11 * i) - (810 - 11 * i)) < 110:
+            far = script[i][1]
+            script[i] = [script[i][0], (far[0] + 0.45 * (far - far[0])).astype(np.float32)]
+    det = ProminentDetector(script)
+    est = PeopleEstimator(PoseEstimator(detector=det, lifter=NoLifter()), appearance=False, people=2, complete=True)
+    black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    frames = [est.detect(Frame(i, i / 30.0, black)) for i in range(n)]
+    hidden = [i for i in range(n) if len(script[i]) == 1]
+    near_ids = {d.track_id for pd in frames for d in pd.people if np.ptp(d.detection.joints_2d_px[:, 1]) > 350}
+    assert len(near_ids) == 1
+    assert all(d.track_id in near_ids for i in hidden for d in frames[i].people)
+    assert est.coasted == 0
