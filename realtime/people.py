@@ -614,11 +614,13 @@ class PeopleEstimator:
             shown = painted_over(image, [], mask=mask) if found else image
             first = dict(zip(rois, self._at_once([(shown, roi) for roi in rois], t)))
         for roi in rois:
+            early = first.pop(roi, None)
             while len(found) < self.people:
                 mask = paint_mask((w, h), [skeleton_of(f) for f in found]) if found else None
-                poses = first.pop(roi) if roi in first and len(found) == start else \
-                    detect(painted_over(image, [], mask=mask) if found else image, t, roi)
-                first.pop(roi, None)
+                if early is not None and len(found) == start:
+                    poses, early = early, None
+                else:
+                    poses = detect(painted_over(image, [], mask=mask) if found else image, t, roi)
                 new = [g for g in poses
                        if not any(same_person(g, f) for f in found) and _within(g, roi, (w, h))
                        and not on_paint(g, mask)]

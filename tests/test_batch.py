@@ -269,14 +269,22 @@ def test_a_temporal_model_lifts_the_stitched_chunks_once(clip30: Path, tmp_path:
     assert_same_poses(tmp_path / "walk30.npz", single)
 
 
+def stitched_against_single(clip30: Path, tmp_path: Path, flag: str, pose: Options) -> tuple[object, Path]:
+    """`posestream video clip30 --model MODEL FLAG` run whole, and the batch's three chunks of
+    clip30 with `pose` stitched (detector restarting every RESTART frames: monkeypatch it
+    first): (the batch row, the single run's .npz); the stitched .npz is tmp_path/walk30.npz."""
+    single = tmp_path / "single.npz"
+    assert main(["video", str(clip30), "--out", str(single), "--model", MODEL, flag, "--no-progress"]) == 0
+    opts = _options(pose=pose)
+    job = B.VideoJob(str(clip30), "walk30", 30, B.plan_chunks(30, RESTART))
+    row = B.finish_video(job, str(tmp_path), opts, [B.detect_chunk(job.path, s, e, opts) for s, e in job.chunks])
+    return row, single
+
+
 @needs_mediapipe_model
 def test_smoothing_runs_once_over_the_stitched_chunks(clip30: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setattr("realtime.detector.RESTART_FRAMES", RESTART)
-    single = tmp_path / "single.npz"
-    assert main(["video", str(clip30), "--out", str(single), "--model", MODEL, "--smooth", "--no-progress"]) == 0
-    opts = _options(pose=Options(model=MODEL, smooth=True))
-    job = B.VideoJob(str(clip30), "walk30", 30, B.plan_chunks(30, RESTART))
-    row = B.finish_video(job, str(tmp_path), opts, [B.detect_chunk(job.path, s, e, opts) for s, e in job.chunks])
+    row, single = stitched_against_single(clip30, tmp_path, "--smooth", Options(model=MODEL, smooth=True))
     assert row.status == "done" and row.chunks == 3
     assert_same_poses(tmp_path / "walk30.npz", single)
 
@@ -286,11 +294,7 @@ def test_mirrored_2d_chunks_stitched_equal_a_single_run(clip30: Path, single_run
     """--mirror-2d: the mirrored pass restarts with the tracker at the chunk boundaries, so
     chunks give a single run's poses; and its 2D is not the plain run's."""
     monkeypatch.setattr("realtime.detector.RESTART_FRAMES", RESTART)
-    single = tmp_path / "single.npz"
-    assert main(["video", str(clip30), "--out", str(single), "--model", MODEL, "--mirror-2d", "--no-progress"]) == 0
-    opts = _options(pose=Options(model=MODEL, mirror_2d=True))
-    job = B.VideoJob(str(clip30), "walk30", 30, B.plan_chunks(30, RESTART))
-    row = B.finish_video(job, str(tmp_path), opts, [B.detect_chunk(job.path, s, e, opts) for s, e in job.chunks])
+    row, single = stitched_against_single(clip30, tmp_path, "--mirror-2d", Options(model=MODEL, mirror_2d=True))
     assert row.status == "done" and row.chunks == 3 and row.note == "", row
     assert_same_poses(tmp_path / "walk30.npz", single)
     mirrored, plain = npz_arrays(single)["joints_2d_px"], npz_arrays(single_run)["joints_2d_px"]
