@@ -183,18 +183,22 @@ def _draw_body(mask: np.ndarray, uv: np.ndarray, conf: np.ndarray) -> None:
         cv2.circle(mask, tuple(int(v) for v in pts[HEAD]), width, 1, -1)
 
 
+def _bodies(shape: tuple[int, int], people: list[Skeleton], origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """(H, W) uint8 = shape: 1 on the bodies (`_draw_body`) of `people`, drawn in the window of
+    the image whose top-left pixel is origin (x, y)."""
+    mask = np.zeros(shape, np.uint8)
+    for uv, conf in people:
+        _draw_body(mask, np.asarray(uv, np.float64) - np.asarray(origin, np.float64), conf)
+    return mask
+
+
 def paint_mask(image_size: tuple[int, int], people: list[Skeleton], keep: list[Skeleton] = ()) -> np.ndarray:
     """(H, W) bool: where `painted_over` paints (the bodies of `people`, `_draw_body`, less
     those of `keep`)."""
     w, h = image_size
-    paint = np.zeros((h, w), np.uint8)
-    for uv, conf in people:
-        _draw_body(paint, uv, conf)
+    paint = _bodies((h, w), people)
     if keep:
-        kept = np.zeros((h, w), np.uint8)
-        for uv, conf in keep:
-            _draw_body(kept, uv, conf)
-        paint &= kept ^ 1
+        paint &= _bodies((h, w), keep) ^ 1
     return paint.astype(bool)
 
 
@@ -253,11 +257,8 @@ def _hidden(person: Skeleton, box: np.ndarray, found: list, image_size: tuple[in
     x1, y1 = min(int(np.ceil(box[2])), image_size[0]), min(int(np.ceil(box[3])), image_size[1])
     if x1 - x0 < 2 or y1 - y0 < 2:
         return 0.0
-    own = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    _draw_body(own, person[0] - [x0, y0], person[1])
-    cover = np.zeros_like(own)
-    for uv, conf in front:
-        _draw_body(cover, uv - [x0, y0], conf)
+    own = _bodies((y1 - y0, x1 - x0), [person], (x0, y0))
+    cover = _bodies(own.shape, front, (x0, y0))
     area = int(own.sum())
     return float((own & cover).sum()) / area if area else 0.0
 
@@ -272,9 +273,7 @@ def _on_bodies(uv: np.ndarray, people: list[Skeleton], image_size: tuple[int, in
         return out
     lo = np.floor(uv[inside].min(axis=0)).astype(int)
     hi = np.ceil(uv[inside].max(axis=0)).astype(int) + 1
-    mask = np.zeros((hi[1] - lo[1], hi[0] - lo[0]), np.uint8)
-    for puv, pconf in people:
-        _draw_body(mask, np.asarray(puv, np.float64) - lo, pconf)
+    mask = _bodies((hi[1] - lo[1], hi[0] - lo[0]), people, tuple(lo))
     px = np.clip(np.round(uv[inside]).astype(int) - lo, 0, [mask.shape[1] - 1, mask.shape[0] - 1])
     out[inside] = mask[px[:, 1], px[:, 0]] > 0
     return out
