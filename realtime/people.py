@@ -43,7 +43,11 @@ New people are found every DISCOVER_EVERY frames (and while fewer than N are tra
 whole image, then on square tiles of it (`discovery_tiles`: people small in the whole image
 are larger for MediaPipe's person detector in a tile; a person cut by a tile's edge is
 refused), with the people already found painted over, again and again until no one new
-turns up or N are found. At most N people are kept per frame, the longest-tracked first; a
+turns up or N are found. While fewer than N are tracked and nobody is lost (a lost track may
+come back: it is looked for every frame), for longer than BACKOFF_AFTER_S, fewer people are
+in view than asked for: the search waits 2, 4, 8, then DISCOVER_EVERY frames after each one
+that finds nobody new (a clip of one person under `--people 2` costs about one call a
+frame, not five). At most N people are kept per frame, the longest-tracked first; a
 track is output once it has been found on MIN_HITS frames (as SORT confirms tracks; those of
 the first MIN_HITS frames of a stream at once), so a
 detection MediaPipe makes once (a ghost in the painted image, a half-hidden person's
@@ -109,6 +113,7 @@ CROP_SCALE = 1.6         # crop side / the larger side of the track's predicted 
 SIZE_MEMORY_S = 1.0      # a track's crop is at least as large as its box was over this long
 CROP_MAX_LOST_S = 0.5    # tracks lost for longer are left to the discovery search
 DISCOVER_EVERY = 10      # frames between whole-image searches for new people
+BACKOFF_AFTER_S = 0.5    # fewer in view than asked for this long, nobody lost: search for new people less often
 MIN_HITS = 3             # a track is output once found on this many frames (a one-off false detection is not)
 MASK_GREY = 127          # the colour people already found are painted over with
 BODY_WIDTH = 0.12        # painted bone thickness / the person's height
@@ -352,6 +357,9 @@ class PeopleEstimator:
         self.batched_found = 0  # people the batched landmark model found (landmarks.calls: its calls)
         self._confirmed: set[int] = set()  # track ids seen on min_hits frames: the ones output
         self._frames = 0
+        self._searched = -1       # the frame of the last search for new people
+        self._short_since = None  # since when fewer than `people` were in view and nobody lost (s)
+        self._gap = 1             # frames from that search to the next one meanwhile
         self.detector_calls = 0  # MediaPipe calls made so far (crops and searches for new people)
         self._followers: dict[int, object] = {}  # track id -> its VIDEO-mode landmarker (follow)
         self._sides: dict[int, deque[tuple[float, float]]] = {}  # track id -> (time s, box side px) found
@@ -537,8 +545,9 @@ class PeopleEstimator:
 
     def _find(self, frame: Frame) -> list:
         """MediaPipe's people in the frame: each tracked person in a crop around them, then
-        (every DISCOVER_EVERY frames, or while fewer than `people` are tracked) anyone new on
-        the whole image with the others painted over (module docstring)."""
+        (every DISCOVER_EVERY frames, and while fewer than `people` are tracked, less often
+        once that has lasted BACKOFF_AFTER_S with nobody lost) anyone new on the whole image
+        with the others painted over (module docstring)."""
         def detect(image: np.ndarray, t: float, roi: tuple[int, int, int, int] | None, tid: int | None = None) -> list:
             """MediaPipe on image's roi: track tid's own VIDEO-mode landmarker when following
             it, else the IMAGE-mode one."""
@@ -597,10 +606,25 @@ class PeopleEstimator:
                 found.append(max(got, key=lambda g: _box_iou_or_zero(g, box)))
             else:
                 unfound.append(tid)
-        discover = self._frames % DISCOVER_EVERY == 0 or len(recent) < self.people
+        discover = self._frames % DISCOVER_EVERY == 0
+        if len(recent) < self.people:
+            # someone lost may come back: look every frame; else, once fewer people than asked
+            # for have been in view for BACKOFF_AFTER_S, look less and less often while nobody
+            # new turns up
+            lost = any(s.lost_s > 0 for s in self.tracker.tracks)
+            if lost:
+                self._short_since = None
+            elif self._short_since is None:
+                self._short_since = t
+            if lost or t - self._short_since < BACKOFF_AFTER_S:
+                self._gap = 1
+            discover = discover or self._frames - self._searched >= self._gap
+        else:
+            self._short_since = None
         self._frames += 1
         if not discover:
             return found
+        self._searched = self._frames - 1
         # the whole image, then square tiles of it (people small in the whole image are
         # larger for MediaPipe's person detector in a tile)
         rois = [None, *discovery_tiles((w, h))]
@@ -626,6 +650,7 @@ class PeopleEstimator:
                 if not new:
                     break
                 found += new[:self.people - len(found)]
+        self._gap = 1 if len(found) > start else min(2 * self._gap, DISCOVER_EVERY)
         return found
 
     def _crops_at_once(self, image: np.ndarray, t: float, pending: list[int], found: list,

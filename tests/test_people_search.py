@@ -13,8 +13,8 @@ from engines.skeleton import NUM_JOINTS
 from realtime.detector import Detection
 from realtime.estimator import PoseEstimator
 from realtime.frames import Frame
-from realtime.people import (CROP_SCALE, MASK_GREY, PeopleEstimator, _hidden, discovery_tiles, on_paint, paint_mask,
-                             painted_over, square_crop)
+from realtime.people import (BACKOFF_AFTER_S, CROP_MAX_LOST_S, CROP_SCALE, DISCOVER_EVERY, MASK_GREY, MIN_HITS,
+                             PeopleEstimator, _hidden, discovery_tiles, on_paint, paint_mask, painted_over, square_crop)
 from realtime.tracker import box_iou, keypoint_box
 
 from pose_fixtures import standing_pose
@@ -198,6 +198,31 @@ def test_detector_calls_counts_every_mediapipe_call():
     for i in range(len(script)):
         est.detect(Frame(i, i / 30.0, black))
     assert est.detector_calls == len(det.rois) > len(script)
+
+
+def test_fewer_people_in_view_than_asked_for_are_searched_for_less_often():
+    """`people=2`, one person in view for 4 s, then a second walks in: after BACKOFF_AFTER_S
+    with nobody lost the whole image is searched every 2, 4, 8, then DISCOVER_EVERY frames,
+    not every frame, and the newcomer is still found within DISCOVER_EVERY frames. A person
+    who vanishes is lost, not gone: while their track is kept, every frame is searched."""
+    n, arrive = 180, 120
+    script = [[person(300, 500, 380)] + ([person(750, 420, 280)] if i >= arrive else []) for i in range(n)]
+    ids, det = run_ids(script)
+    whole = sorted({f for f, roi in det.rois if roi is None})
+    settled = int(BACKOFF_AFTER_S * 30)
+    assert set(range(settled)) <= set(whole)  # before: every frame
+    waiting = [f for f in whole if settled <= f < arrive]
+    gaps = [b - a for a, b in zip(waiting, waiting[1:])]
+    assert len(waiting) <= (arrive - settled) // DISCOVER_EVERY + 3
+    assert min(gaps) > 1 and max(gaps) == DISCOVER_EVERY
+    assert min(i for i, f in enumerate(ids) if "far" in f) <= arrive + DISCOVER_EVERY + MIN_HITS
+    # the second person vanishes at frame 60 (nobody in front of them): their crop is searched
+    # for CROP_MAX_LOST_S, then the whole image on every frame while their track is kept
+    # (max_lost_s, 2 s)
+    script = [[person(300, 500, 380)] + ([person(750, 420, 280)] if i < 60 else []) for i in range(n)]
+    _, det = run_ids(script)
+    whole = {f for f, roi in det.rois if roi is None}
+    assert set(range(60 + int(CROP_MAX_LOST_S * 30) + 1, 115)) <= whole
 
 
 class Follower(ProminentDetector):
