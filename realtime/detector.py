@@ -45,7 +45,10 @@ right swapped; world x negated) and averaged with the normal pass (`merge_mirror
 landmarks, visibility and world landmarks. Where only one pass found the person, that one is
 kept; where the two disagree grossly (the median distance of their limb landmarks over
 MIRROR_DISAGREE box sides: a left/right or limb mix-up in one of them) the normal pass is kept.
-It costs a second MediaPipe run per frame. Re-detection searches the normal frame only (the
+It costs a second MediaPipe run per frame, made at once with the normal pass on a thread of its
+own (MediaPipe releases the GIL while it runs; the first frame's runs one after the other, as
+the mirrored landmarker is made then): on two or more free cores a frame takes little longer
+than one pass. Re-detection searches the normal frame only (the
 mirrored tracker picks the person up again on the next frame by itself). Unrelated stills
 (`views=True`) keep their own search and take no mirrored pass.
 
@@ -58,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -249,6 +253,7 @@ class PoseDetector:
         self._landmarker = None
         self._still = None  # the IMAGE-mode landmarker of re-detection, made on first use
         self._mirror = None  # the mirrored pass's landmarker (same mode), made on first use
+        self._mirror_thread: ThreadPoolExecutor | None = None  # where it runs, beside the normal pass
         self.redetected = 0  # frames the tracker lost and re-detection found a person on
         self.num_poses = int(num_poses)
         self.restart()
@@ -273,6 +278,9 @@ class PoseDetector:
         self.close()
 
     def close(self) -> None:
+        if self._mirror_thread is not None:
+            self._mirror_thread.shutdown(wait=True)
+            self._mirror_thread = None
         self._close("_landmarker", "_still", "_mirror")
 
     def _close(self, *names: str) -> None:
@@ -320,9 +328,7 @@ class PoseDetector:
         self._calls += 1
         with quiet:
             if self.mode == "video":
-                if timestamp_s is None:
-                    raise ValueError("VIDEO mode needs a timestamp")
-                ts = max(int(round(timestamp_s * 1000.0)), self._last_ts_ms + 1)
+                ts = self._next_ts_ms(timestamp_s)
                 self._last_ts_ms = ts
                 result = self._landmarker.detect_for_video(mp_image, ts)
             else:
@@ -330,12 +336,25 @@ class PoseDetector:
         h, w = image.shape[:2]
         return self._people(result, w, h, (x0, y0)), mp_image
 
+    def _next_ts_ms(self, timestamp_s: float | None) -> int:
+        """The VIDEO-mode timestamp (ms) the next call gets: timestamp_s in whole ms, strictly
+        after the last call's (MediaPipe rejects repeats)."""
+        if timestamp_s is None:
+            raise ValueError("VIDEO mode needs a timestamp")
+        return max(int(round(timestamp_s * 1000.0)), self._last_ts_ms + 1)
+
     def detect(self, image: np.ndarray, timestamp_s: float | None = None) -> Detection | None:
         """image: (H, W, 3) uint8 RGB. timestamp_s is needed in VIDEO mode; it is made
         strictly increasing in whole milliseconds (MediaPipe rejects repeats). Returns the
         kept person, or None when nobody is found."""
-        people, mp_image = self._landmarks(image, timestamp_s)
-        mirrored = self._mirrored(image) if self.mirror else []
+        job = self._start_mirrored(image, timestamp_s) if self.mirror and self._mirror is not None else None
+        try:
+            people, mp_image = self._landmarks(image, timestamp_s)
+        except BaseException:
+            if job is not None:
+                wait([job])
+            raise
+        mirrored = job.result() if job is not None else self._mirrored(image, self._last_ts_ms) if self.mirror else []
         h, w = image.shape[:2]
         track = self._previous if self.num_poses > 1 else None
         i = select_person([p.box for p in people], (w, h), track) if people else None
@@ -405,9 +424,20 @@ class PoseDetector:
                 found.append(people[select_person([p.box for p in people], (w, h), around.box, np.inf)])
         return found
 
-    def _mirrored(self, image: np.ndarray) -> list[Detection]:
+    def _start_mirrored(self, image: np.ndarray, timestamp_s: float | None) -> Future:
+        """The mirrored pass on `image`, started on its own thread at the timestamp the normal
+        pass is about to get (`_mirrored`)."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        ts = self._next_ts_ms(timestamp_s) if self.mode == "video" else self._last_ts_ms
+        if self._mirror_thread is None:
+            self._mirror_thread = ThreadPoolExecutor(1, thread_name_prefix="mirror-pass")
+        return self._mirror_thread.submit(self._mirrored, image, ts)
+
+    def _mirrored(self, image: np.ndarray, ts_ms: int) -> list[Detection]:
         """The people the mirrored pass finds on the horizontal mirror of `image` (the frame
-        the normal pass just saw, at its timestamp), in `image`'s pixels and sides."""
+        the normal pass sees, at its VIDEO-mode timestamp ts_ms), in `image`'s pixels and
+        sides."""
         h, w = image.shape[:2]
         mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image[:, ::-1]))
         first = self._mirror is None
@@ -415,7 +445,7 @@ class PoseDetector:
             if first:
                 self._mirror = self._create(self._options(self.mode))
             if self.mode == "video":
-                result = self._mirror.detect_for_video(mp_image, self._last_ts_ms)
+                result = self._mirror.detect_for_video(mp_image, ts_ms)
             else:
                 result = self._mirror.detect(mp_image)
         return self._people(result, w, h, mirror=True)

@@ -53,8 +53,8 @@ class _ProductDetector:
             seen["mp"] = people[0] if people else None
             return people, mp_image
 
-        def spy_mirrored(image):
-            people = mirrored(image)
+        def spy_mirrored(image, ts_ms):
+            people = mirrored(image, ts_ms)
             seen["mir"] = people[0] if people else None
             return people
 

@@ -132,7 +132,7 @@ def _fake_detector(normal: list, mirror: list, w: int, h: int, num_poses: int = 
     people, image px, of each frame)."""
     det = D.PoseDetector.__new__(D.PoseDetector)
     det.mode, det.num_poses, det._calls, det._lost, det._previous, det._last_ts_ms = "image", num_poses, 1, 0, None, -1
-    det.redetect, det.views, det._still, det.mirror = False, False, None, True
+    det.redetect, det.views, det._still, det.mirror, det._mirror_thread = False, False, None, True, None
     det._mp = NS(Image=lambda **k: None, ImageFormat=NS(SRGB=0))
     a, b = iter(normal), iter(mirror)
     det._landmarker = NS(detect=lambda img: _fake_result(next(a), w, h))
