@@ -84,14 +84,11 @@ class Options:
                 for files (the median of the track's first two seconds, then fixed), off for
                 live sources (their default smoothing steadies bones causally); True = on
                 for live sources too (a causal running median); False = off.
-    mirror_2d:  MediaPipe also runs on the horizontally mirrored frames and the two 2D poses
-                are averaged (realtime.detector, `mirror`): more accurate and steadier 2D, so
-                3D, for a second MediaPipe run per frame (made at once with the first: little
-                slower with two free cores, twice the time on one). None = on for one
-                person's files processed as fast as they go, off for live sources, files
-                paced in real time (it would lower their frame rate) and several people;
-                True = on (refused for those); False = off. Unrelated stills keep their own
-                search (turned views) without it.
+    mirror_2d:  files: MediaPipe also runs on the horizontally mirrored frames and the two 2D
+                poses are averaged (realtime.detector, `mirror`): more accurate 2D, so 3D, at
+                about twice MediaPipe's cost. One person only; refused for live sources and
+                for files paced in real time (it would halve their frame rate); unrelated
+                stills keep their own search (turned views) without it.
     """
 
     model: str | None = None
@@ -108,7 +105,7 @@ class Options:
     sequence: bool = False
     root_filter: bool = True
     fixed_bones: bool | None = None
-    mirror_2d: bool | None = None
+    mirror_2d: bool = False
 
     def __post_init__(self) -> None:
         """Bad settings fail here, before any camera, file or model is opened."""
@@ -275,14 +272,6 @@ def body_filter(options: "Options", live: bool, stills: bool) -> BodyConfig | No
     return LIVE_BODY if live else FILE_BODY
 
 
-def mirror_2d(options: Options, live: bool) -> bool:
-    """Does a stream take the mirrored 2D pass (Options.mirror_2d; None: a file processed as
-    fast as it goes, one person)?"""
-    if options.mirror_2d is None:
-        return not live and options.people == 1
-    return options.mirror_2d
-
-
 def open_pose_estimator(options: Options, live: bool, stills: bool = False, realtime: bool = False,
                         lifter: Any = None, restart_frames: int | None = None) -> Any:
     """The realtime.estimator.PoseEstimator of a stream: a live source (the causal default model, no
@@ -319,7 +308,7 @@ def open_pose_estimator(options: Options, live: bool, stills: bool = False, real
     return PoseEstimator(model, o.backend, o.fov, o.calib, lifter=lifter,
                          detector_mode="image" if o.image_mode or stills else "video", num_poses=o.num_poses,
                          threads=o.threads, redetect=not live, restart_frames=restart, views=stills,
-                         mirror=mirror_2d(o, live or realtime) and not stills)
+                         mirror=o.mirror_2d and not stills)
 
 
 class PoseStream:

@@ -1,7 +1,7 @@
 """The command-line options the commands share, and what they become:
 
     add_model_arguments(parser, live)   --model, --backend, --threads, --fov, --calib,
-                                        --[no-]fixed-bones, --[no-]mirror-2d (files), with the
+                                        --[no-]fixed-bones, --mirror-2d (files), with the
                                         realtime.api.Options defaults (the API's and the CLI's)
     add_smoothing_arguments(parser)     --min-cutoff, --beta, --d-cutoff, --bones-window, --no-smooth
                                         (default_on=False: off unless --smooth or a setting is given)
@@ -89,12 +89,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, live: bool) -> None:
                              "rebuilt with them along its own bone directions (default: on for files, off live, "
                              "where smoothing steadies bones; --fixed-bones live: a causal running estimate)")
     if not live:
-        parser.add_argument("--mirror-2d", action=argparse.BooleanOptionalAction, default=Options.mirror_2d,
+        parser.add_argument("--mirror-2d", action="store_true", default=Options.mirror_2d,
                             help="also run MediaPipe on the mirrored frames and average the two 2D poses: more "
-                                 "accurate and steadier 3D for a second MediaPipe run per frame, made at once "
-                                 "with the first (little slower on two free cores, twice the time on one). "
-                                 "Default: on for one person's video or frame folder, off with --realtime "
-                                 "and --people N; --no-mirror-2d for speed")
+                                 "accurate and steadier 3D, at about twice MediaPipe's cost (one person; not "
+                                 "with --realtime)")
 
 
 def options_from_args(args: argparse.Namespace) -> Any:

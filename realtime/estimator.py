@@ -167,11 +167,10 @@ class PoseEstimator:
     def describe(self) -> str:
         """One line for the user: which kind of lifting runs."""
         t = self.temporal
-        two_d = ", mirrored 2D" if getattr(self.detector, "mirror", False) else ""
         if t is None:
-            return f"single-frame lifter{two_d}"
+            return "single-frame lifter"
         kind = "causal" if t.causal else f"centred, output {t.lookahead_s:.1f} s behind detection"
-        return f"temporal lifter ({t.window} frames {t.spacing_s * 1000:g} ms apart, {kind}){two_d}"
+        return f"temporal lifter ({t.window} frames {t.spacing_s * 1000:g} ms apart, {kind})"
 
     def detect(self, frame: Frame) -> Detected:
         h, w = frame.image.shape[:2]

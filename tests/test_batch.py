@@ -290,16 +290,14 @@ def test_smoothing_runs_once_over_the_stitched_chunks(clip30: Path, tmp_path: Pa
 
 
 @needs_mediapipe_model
-def test_chunks_without_the_mirrored_pass_stitched_equal_a_single_run(clip30: Path, single_run: Path, tmp_path: Path,
-                                                                     monkeypatch):
-    """--no-mirror-2d: chunks give a single run's poses as the default does (the default's
-    mirrored pass restarts with the tracker at the chunk boundaries: the tests above); and
-    the default's 2D (mirrored pass averaged in) is not the one-pass 2D."""
+def test_mirrored_2d_chunks_stitched_equal_a_single_run(clip30: Path, single_run: Path, tmp_path: Path, monkeypatch):
+    """--mirror-2d: the mirrored pass restarts with the tracker at the chunk boundaries, so
+    chunks give a single run's poses; and its 2D is not the plain run's."""
     monkeypatch.setattr("realtime.detector.RESTART_FRAMES", RESTART)
-    row, single = stitched_against_single(clip30, tmp_path, "--no-mirror-2d", Options(model=MODEL, mirror_2d=False))
+    row, single = stitched_against_single(clip30, tmp_path, "--mirror-2d", Options(model=MODEL, mirror_2d=True))
     assert row.status == "done" and row.chunks == 3 and row.note == "", row
     assert_same_poses(tmp_path / "walk30.npz", single)
-    plain, mirrored = npz_arrays(single)["joints_2d_px"], npz_arrays(single_run)["joints_2d_px"]
+    mirrored, plain = npz_arrays(single)["joints_2d_px"], npz_arrays(single_run)["joints_2d_px"]
     assert np.isfinite(mirrored).all() and np.abs(mirrored - plain).max() > 0.01
 
 

@@ -171,9 +171,8 @@ def test_the_option_reaches_the_detector_from_the_cli_and_the_api(monkeypatch):
     p = argparse.ArgumentParser()
     add_model_arguments(p, live=False)
     add_smoothing_arguments(p, default_on=False)
-    assert options_from_args(p.parse_args([])).mirror_2d is None  # the default: on for one person's files
+    assert options_from_args(p.parse_args([])).mirror_2d is False
     assert options_from_args(p.parse_args(["--mirror-2d"])).mirror_2d is True
-    assert options_from_args(p.parse_args(["--no-mirror-2d"])).mirror_2d is False
     live = argparse.ArgumentParser()
     add_model_arguments(live, live=True)
     with pytest.raises(SystemExit):  # posestream webcam has no such option
@@ -189,14 +188,7 @@ def test_the_option_reaches_the_detector_from_the_cli_and_the_api(monkeypatch):
     monkeypatch.setattr(estimator, "open_lifter", lambda *a, **k: NS(metadata={}, close=lambda: None))
     est = api.open_pose_estimator(api.Options(model="x", mirror_2d=True), live=False)
     assert made[-1]["mirror"] is True and made[-1]["mode"] == "video"
-    api.open_pose_estimator(api.Options(model="x"), live=False)  # a file, by default: on
-    assert made[-1]["mirror"] is True
-    api.open_pose_estimator(api.Options(model="x", mirror_2d=False), live=False)
-    assert made[-1]["mirror"] is False
-    for kw in ({"live": True}, {"live": False, "realtime": True}):  # by default off live and in real time
-        api.open_pose_estimator(api.Options(model="x"), **kw)
-        assert made[-1]["mirror"] is False
-    api.open_pose_estimator(api.Options(model="x"), live=False, stills=True)
+    api.open_pose_estimator(api.Options(model="x"), live=False)
     assert made[-1]["mirror"] is False
     api.open_pose_estimator(api.Options(model="x", mirror_2d=True, image_mode=True), live=False)
     assert made[-1]["mirror"] is True and made[-1]["mode"] == "image"
