@@ -85,10 +85,12 @@ class Options:
                 live sources (their default smoothing steadies bones causally); True = on
                 for live sources too (a causal running median); False = off.
     mirror_2d:  files: MediaPipe also runs on the horizontally mirrored frames and the two 2D
-                poses are averaged (realtime.detector, `mirror`): more accurate 2D, so 3D, at
-                about twice MediaPipe's cost. One person only; refused for live sources and
-                for files paced in real time (it would halve their frame rate); unrelated
-                stills keep their own search (turned views) without it.
+                poses are averaged (realtime.detector, `mirror`): more accurate 2D, so 3D, for
+                a second MediaPipe run per frame, made beside the first (a second core keeps
+                most of the frame rate; one core takes twice the time) and a second landmarker
+                in memory. One person only; refused for live sources and for files paced in
+                real time (it would lower their frame rate); unrelated stills keep their own
+                search (turned views) without it.
     """
 
     model: str | None = None
@@ -289,7 +291,7 @@ def open_pose_estimator(options: Options, live: bool, stills: bool = False, real
 
     o = options
     if o.mirror_2d and (live or realtime):
-        raise UserError("mirror_2d (--mirror-2d) is for files processed as fast as they go: it would halve "
+        raise UserError("mirror_2d (--mirror-2d) is for files processed as fast as they go: it would lower "
                         "the frame rate of a live or real-time stream")
     model = o.model or default_model(live or realtime, stills)
     own = lifter is None

@@ -91,7 +91,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, live: bool) -> None:
     if not live:
         parser.add_argument("--mirror-2d", action="store_true", default=Options.mirror_2d,
                             help="also run MediaPipe on the mirrored frames and average the two 2D poses: more "
-                                 "accurate and steadier 3D, at about twice MediaPipe's cost (one person; not "
+                                 "accurate and steadier 3D for a second MediaPipe run per frame, made beside the "
+                                 "first (about 1.2x the time with two free cores, 2x on one; one person; not "
                                  "with --realtime)")
 
 

@@ -254,6 +254,7 @@ class PoseDetector:
         self._still = None  # the IMAGE-mode landmarker of re-detection, made on first use
         self._mirror = None  # the mirrored pass's landmarker (same mode), made on first use
         self._mirror_thread: ThreadPoolExecutor | None = None  # where it runs, beside the normal pass
+        self._mirror_job: Future | None = None  # its last call (an interrupted detect may leave it running)
         self.redetected = 0  # frames the tracker lost and re-detection found a person on
         self.num_poses = int(num_poses)
         self.restart()
@@ -263,6 +264,7 @@ class PoseDetector:
         what it finds from here on depends only on the frames from here on (the mirrored
         pass's landmarker too). (The re-detection landmarker runs in IMAGE mode, which keeps
         nothing between frames: it stays.)"""
+        self._wait_mirrored()
         self._close("_landmarker", "_mirror")
         with _quiet_native_stderr():
             self._landmarker = self._create(self._options(self.mode))
@@ -278,6 +280,7 @@ class PoseDetector:
         self.close()
 
     def close(self) -> None:
+        self._wait_mirrored()
         if self._mirror_thread is not None:
             self._mirror_thread.shutdown(wait=True)
             self._mirror_thread = None
@@ -432,7 +435,15 @@ class PoseDetector:
         ts = self._next_ts_ms(timestamp_s) if self.mode == "video" else self._last_ts_ms
         if self._mirror_thread is None:
             self._mirror_thread = ThreadPoolExecutor(1, thread_name_prefix="mirror-pass")
-        return self._mirror_thread.submit(self._mirrored, image, ts)
+        self._mirror_job = self._mirror_thread.submit(self._mirrored, image, ts)
+        return self._mirror_job
+
+    def _wait_mirrored(self) -> None:
+        """Let a mirrored pass still running (its detect was interrupted) end before its
+        landmarker is closed."""
+        job, self._mirror_job = getattr(self, "_mirror_job", None), None
+        if job is not None:
+            wait([job])
 
     def _mirrored(self, image: np.ndarray, ts_ms: int) -> list[Detection]:
         """The people the mirrored pass finds on the horizontal mirror of `image` (the frame

@@ -167,10 +167,11 @@ class PoseEstimator:
     def describe(self) -> str:
         """One line for the user: which kind of lifting runs."""
         t = self.temporal
+        two_d = ", mirrored 2D" if getattr(self.detector, "mirror", False) else ""
         if t is None:
-            return "single-frame lifter"
+            return f"single-frame lifter{two_d}"
         kind = "causal" if t.causal else f"centred, output {t.lookahead_s:.1f} s behind detection"
-        return f"temporal lifter ({t.window} frames {t.spacing_s * 1000:g} ms apart, {kind})"
+        return f"temporal lifter ({t.window} frames {t.spacing_s * 1000:g} ms apart, {kind}){two_d}"
 
     def detect(self, frame: Frame) -> Detected:
         h, w = frame.image.shape[:2]

@@ -46,8 +46,8 @@ refused), with the people already found painted over, again and again until no o
 turns up or N are found. While fewer than N are tracked and nobody is lost (a lost track may
 come back: it is looked for every frame), for longer than BACKOFF_AFTER_S, fewer people are
 in view than asked for: the search waits 2, 4, 8, then DISCOVER_EVERY frames after each one
-that finds nobody new (a clip of one person under `--people 2` costs about one call a
-frame, not five). At most N people are kept per frame, the longest-tracked first; a
+that finds nobody new, and on every frame where a crop missed its person (a clip of one
+person under `--people 2` then costs about 1.4 MediaPipe calls a frame, not five). At most N people are kept per frame, the longest-tracked first; a
 track is output once it has been found on MIN_HITS frames (as SORT confirms tracks; those of
 the first MIN_HITS frames of a stream at once), so a
 detection MediaPipe makes once (a ghost in the painted image, a half-hidden person's
@@ -618,7 +618,7 @@ class PeopleEstimator:
                 self._short_since = t
             if lost or t - self._short_since < BACKOFF_AFTER_S:
                 self._gap = 1
-            discover = discover or self._frames - self._searched >= self._gap
+            discover = discover or bool(unfound) or self._frames - self._searched >= self._gap
         else:
             self._short_since = None
         self._frames += 1

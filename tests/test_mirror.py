@@ -240,3 +240,45 @@ def test_mediapipe_with_the_mirrored_pass_on_a_clip():
             assert np.isfinite(b.world_mm).all() and np.isfinite(b.landmarks_world_mm).all()
         assert two._mirror is not None
     assert two._mirror is None and two._landmarker is None  # closed
+
+
+@needs_mediapipe_model
+def test_the_mirrored_pass_beside_the_normal_one_gives_what_the_two_in_turn_give(monkeypatch):
+    """The mirrored pass runs on a thread of its own at once with the normal pass; the result
+    is the same to the bit as running the two one after the other (same landmarkers, same
+    timestamps), through a restart; close() ends the thread."""
+    from concurrent.futures import Future
+
+    from realtime.detector import PoseDetector
+    from realtime.sources import VideoFileSource
+
+    with VideoFileSource(DEMO, max_frames=10) as src:
+        frames = list(src)
+
+    def run(in_turn: bool) -> list:
+        with monkeypatch.context() as m:
+            if in_turn:  # the mirrored pass made at once in the caller's thread, before the normal pass
+                def start(self, image, timestamp_s):
+                    ts = self._next_ts_ms(timestamp_s) if self.mode == "video" else self._last_ts_ms
+                    done: Future = Future()
+                    done.set_result(self._mirrored(image, ts))
+                    return done
+
+                m.setattr(PoseDetector, "_start_mirrored", start)
+            det = PoseDetector(mode="video", mirror=True)
+            out = []
+            for k, f in enumerate(frames):
+                if k == 5:
+                    det.restart()
+                out.append(det.detect(f.image, f.timestamp_s))
+            threaded = det._mirror_thread is not None
+            det.close()
+            assert det._mirror_thread is None and det._mirror is None
+            return out, threaded
+
+    (together, threaded), (in_turn, not_threaded) = run(False), run(True)
+    assert threaded and not not_threaded
+    assert all(d is not None for d in together)
+    for a, b in zip(together, in_turn):
+        for name in ("joints_2d_px", "confidence", "world_mm", "landmarks_px", "visibility", "landmarks_world_mm"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
