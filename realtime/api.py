@@ -20,6 +20,7 @@ Never needs torch (the shipped models run on ONNX Runtime).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from functools import partial
@@ -32,6 +33,8 @@ from realtime.filters import FILE_BODY, LIVE_BODY, BodyConfig, PoseSmoother, Smo
 from realtime.frames import Frame, PoseFrame
 from realtime.pipeline import Pipeline, Stage, StageGroup, StreamStage, run_inline
 from realtime.trajectory import FILE_ROOT_LAG_S, RootFilterConfig
+
+log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 4  # file mode, threads overlapping: queues between them (back-pressure, nothing dropped)
 DEFAULT_FPS = 30.0  # frame rate assumed for image folders and iterators of images
@@ -293,6 +296,9 @@ def open_pose_estimator(options: Options, live: bool, stills: bool = False, real
     if o.mirror_2d and (live or realtime):
         raise UserError("mirror_2d (--mirror-2d) is for files processed as fast as they go: it would lower "
                         "the frame rate of a live or real-time stream")
+    if o.mirror_2d and stills:
+        log.warning("--mirror-2d does not apply to unrelated still images (each is searched on turned views "
+                    "instead); a folder of video frames takes it with --sequence")
     model = o.model or default_model(live or realtime, stills)
     own = lifter is None
     lifter = open_lifter(model, o.backend, o.threads) if own else lifter

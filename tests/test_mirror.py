@@ -162,7 +162,7 @@ def test_with_several_candidates_the_mirrored_person_nearest_the_kept_one_is_mer
     np.testing.assert_allclose(d.landmarks_px, a + 1.0, atol=1e-3)
 
 
-def test_the_option_reaches_the_detector_from_the_cli_and_the_api(monkeypatch):
+def test_the_option_reaches_the_detector_from_the_cli_and_the_api(monkeypatch, caplog):
     import argparse
 
     from realtime import api, estimator
@@ -192,8 +192,10 @@ def test_the_option_reaches_the_detector_from_the_cli_and_the_api(monkeypatch):
     assert made[-1]["mirror"] is False
     api.open_pose_estimator(api.Options(model="x", mirror_2d=True, image_mode=True), live=False)
     assert made[-1]["mirror"] is True and made[-1]["mode"] == "image"
-    api.open_pose_estimator(api.Options(model="x", mirror_2d=True), live=False, stills=True)
+    with caplog.at_level("WARNING", logger="realtime.api"):
+        api.open_pose_estimator(api.Options(model="x", mirror_2d=True), live=False, stills=True)
     assert made[-1]["mirror"] is False and made[-1]["views"] is True  # stills keep their own search
+    assert "does not apply to unrelated still images" in caplog.text  # and the user is told
     assert est.detector is not None
 
 
