@@ -213,6 +213,12 @@ def select_person(boxes: list[CropBox], image_size: tuple[int, int], previous: C
     return int(np.argmax(scores))
 
 
+def check_rgb(image: np.ndarray) -> None:
+    """Refuse anything but an (H, W, 3) uint8 RGB image, before MediaPipe sees it."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+
+
 class PoseDetector:
     """MediaPipe Pose Landmarker on RGB uint8 frames. Use as a context manager or call close()."""
 
@@ -315,8 +321,7 @@ class PoseDetector:
                    roi: tuple[int, int, int, int] | None = None) -> tuple[list[Detection], object]:
         """MediaPipe on one image (or its roi): its people and the MediaPipe image (for a
         second search)."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        check_rgb(image)
         full_h, full_w = image.shape[:2]
         x0 = y0 = 0
         if roi is not None:
@@ -430,18 +435,22 @@ class PoseDetector:
     def _start_mirrored(self, image: np.ndarray, timestamp_s: float | None) -> Future:
         """The mirrored pass on `image`, started on its own thread at the timestamp the normal
         pass is about to get (`_mirrored`)."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-        ts = self._next_ts_ms(timestamp_s) if self.mode == "video" else self._last_ts_ms
+        check_rgb(image)
+        ts = self._mirror_ts_ms(timestamp_s)
         if self._mirror_thread is None:
             self._mirror_thread = ThreadPoolExecutor(1, thread_name_prefix="mirror-pass")
         self._mirror_job = self._mirror_thread.submit(self._mirrored, image, ts)
         return self._mirror_job
 
+    def _mirror_ts_ms(self, timestamp_s: float | None) -> int:
+        """The timestamp `_mirrored` gets for a frame whose normal pass has not run yet: the
+        one that pass is about to get (VIDEO mode)."""
+        return self._next_ts_ms(timestamp_s) if self.mode == "video" else self._last_ts_ms
+
     def _wait_mirrored(self) -> None:
         """Let a mirrored pass still running (its detect was interrupted) end before its
         landmarker is closed."""
-        job, self._mirror_job = getattr(self, "_mirror_job", None), None
+        job, self._mirror_job = self._mirror_job, None
         if job is not None:
             wait([job])
 

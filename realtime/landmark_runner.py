@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import UserError
-from realtime.detector import DEFAULT_MODEL, Detection, _quiet_native_stderr, detection_from_landmarks
+from realtime.detector import DEFAULT_MODEL, Detection, _quiet_native_stderr, check_rgb, detection_from_landmarks
 from realtime.tracker import confident_joints
 
 MODEL_MEMBER = "pose_landmarks_detector.tflite"
@@ -114,8 +114,7 @@ def crop(image: np.ndarray, roi: Roi) -> np.ndarray:
     [0, 1], black outside the image."""
     import cv2
 
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    check_rgb(image)
     out = cv2.warpAffine(image, roi.affine, (INPUT, INPUT), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out.astype(np.float32) * np.float32(1.0 / 255.0)

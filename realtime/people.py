@@ -47,10 +47,10 @@ turns up or N are found. While fewer than N are tracked and nobody is lost (a lo
 come back: it is looked for every frame), for longer than BACKOFF_AFTER_S, fewer people are
 in view than asked for: the search waits 2, 4, 8, then DISCOVER_EVERY frames after each one
 that finds nobody new, and on every frame where a crop missed its person (a clip of one
-person under `--people 2` then costs about 1.4 MediaPipe calls a frame, not five). At most N people are kept per frame, the longest-tracked first; a
-track is output once it has been found on MIN_HITS frames (as SORT confirms tracks; those of
-the first MIN_HITS frames of a stream at once), so a
-detection MediaPipe makes once (a ghost in the painted image, a half-hidden person's
+person under `--people 2` then costs about 1.4 MediaPipe calls a frame, not five). At most N
+people are kept per frame, the longest-tracked first; a track is output once it has been
+found on MIN_HITS frames (as SORT confirms tracks; those of the first MIN_HITS frames of a
+stream at once), so a detection MediaPipe makes once (a ghost in the painted image, a half-hidden person's
 stray pose) gives no identity of its own. Detection cost therefore grows with the
 number of people: one MediaPipe call per tracked person per frame (and the discovery
 calls), where MediaPipe alone with num_poses = N makes one call and misses most of them.

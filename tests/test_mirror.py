@@ -132,7 +132,8 @@ def _fake_detector(normal: list, mirror: list, w: int, h: int, num_poses: int = 
     people, image px, of each frame)."""
     det = D.PoseDetector.__new__(D.PoseDetector)
     det.mode, det.num_poses, det._calls, det._lost, det._previous, det._last_ts_ms = "image", num_poses, 1, 0, None, -1
-    det.redetect, det.views, det._still, det.mirror, det._mirror_thread = False, False, None, True, None
+    det.redetect, det.views, det._still, det.mirror, det._mirror_thread, det._mirror_job = \
+        False, False, None, True, None, None
     det._mp = NS(Image=lambda **k: None, ImageFormat=NS(SRGB=0))
     a, b = iter(normal), iter(mirror)
     det._landmarker = NS(detect=lambda img: _fake_result(next(a), w, h))
@@ -261,9 +262,8 @@ def test_the_mirrored_pass_beside_the_normal_one_gives_what_the_two_in_turn_give
         with monkeypatch.context() as m:
             if in_turn:  # the mirrored pass made at once in the caller's thread, before the normal pass
                 def start(self, image, timestamp_s):
-                    ts = self._next_ts_ms(timestamp_s) if self.mode == "video" else self._last_ts_ms
                     done: Future = Future()
-                    done.set_result(self._mirrored(image, ts))
+                    done.set_result(self._mirrored(image, self._mirror_ts_ms(timestamp_s)))
                     return done
 
                 m.setattr(PoseDetector, "_start_mirrored", start)
