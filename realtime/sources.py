@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Self
 
@@ -121,6 +122,20 @@ class VideoFileSource(_ClosingSource):
             self.skipped += pending
 
 
+@contextmanager
+def _opencv_silent():
+    """OpenCV's own log lines off (e.g. "Camera index out of range" when a camera cannot be
+    opened): the caller reports the failure once, in one line."""
+    import cv2
+
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 class WebcamSource(_ClosingSource):
     """Live frames from an OpenCV camera index (0, 1, ...) or a device path (/dev/video0)."""
 
@@ -129,7 +144,8 @@ class WebcamSource(_ClosingSource):
         import cv2
 
         self.device = device
-        self._cap = cv2.VideoCapture(device)
+        with _opencv_silent():
+            self._cap = cv2.VideoCapture(device)
         if width:
             self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
         if height:

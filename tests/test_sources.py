@@ -99,11 +99,18 @@ def test_image_folder(tmp_path: Path, caplog):
         ImageFolderSource(tmp_path / "missing")
 
 
-def test_missing_webcam_is_a_user_error():
+def test_missing_webcam_is_a_user_error(capfd):
+    import cv2
+
+    level = cv2.utils.logging.getLogLevel()
     with pytest.raises(UserError, match="webcam"):
         WebcamSource(97)
     with pytest.raises(UserError, match="webcam"):
         open_source("/dev/video97")
+    # OpenCV's own log line about the missing camera is silenced (the error says it once),
+    # and its log level is restored afterwards
+    assert "out of range" not in capfd.readouterr().err
+    assert cv2.utils.logging.getLogLevel() == level
 
 
 def test_open_source_dispatch(tmp_path: Path):
