@@ -37,6 +37,9 @@ from realtime.trajectory import FILE_ROOT_LAG_S, RootFilterConfig
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 4  # file mode, threads overlapping: queues between them (back-pressure, nothing dropped)
+# Frames a file's detection may run ahead of the caller besides those the lifter holds back:
+# the queue after detection, the lift thread's frame and the output queue.
+FILE_SLACK_FRAMES = 3 * QUEUE_SIZE + 4
 DEFAULT_FPS = 30.0  # frame rate assumed for image folders and iterators of images
 
 
@@ -325,7 +328,10 @@ class PoseStream:
     the models early. Attributes: `fps` (the source's frame rate), `frame_count` (None when
     unknown), `skipped` (frame indices the decoder could not read: they come out as empty
     poses), `live`, `backend_name` (the lifter's runtime), `stats` (a
-    realtime.pipeline.PipelineStats: frames processed and dropped, latency) when threads run."""
+    realtime.pipeline.PipelineStats: frames processed and dropped, latency) when threads run,
+    `hold_frames` (how many frames after its image was read a pose may come out: a centred
+    model, the body and the root filter wait for later frames; the tap, if any, keeps that
+    many images)."""
 
     def __init__(self, source: Any, estimator: Any, smoother: Callable[[PoseFrame], PoseFrame] | None, *, live: bool,
                  realtime: bool = False, overlap: bool = False, tap: Any = None,
@@ -339,6 +345,12 @@ class PoseStream:
         self.backend_name = str(getattr(estimator, "backend_name", "?"))
         describe = getattr(estimator, "describe", None)
         self.lifting = describe() if callable(describe) else "lifter"  # which lifting runs, for the user
+        from realtime.sequence import hold_s
+
+        held = hold_s(getattr(estimator, "temporal", None), root, body)
+        self.hold_frames = int(np.ceil(held * self.fps)) + (0 if live else FILE_SLACK_FRAMES)
+        if tap is not None:
+            tap.hold(self.hold_frames)
         steps = pipeline_steps(estimator, smoother, tap, root, body)
         frames: Iterable[Frame] = paced(source, self.fps) if realtime and not live else source
         self.pipeline = (Pipeline(frames, steps, live=live, queue_size=QUEUE_SIZE, stall_timeout_s=stall_timeout_s)

@@ -1,7 +1,9 @@
 """`--preview VIDEO`: the input video with the 2D skeleton drawn on it, a 3D inset of the lifted
 pose seen from a fixed side view, and a progress bar, at the input's frame rate: one output
 frame per input frame (frames without a person are shown and marked "no person"; frames the
-decoder could not read are black, marked "not decodable").
+decoder could not read are black, marked "not decodable"). Each frame's image waits in memory
+until its pose comes out (a centred model answers seconds later): within
+realtime.thumbnails.TAP_BUDGET_BYTES, so a large input's preview may come out downscaled.
 
     pw = PreviewWriter(path, fps, total_frames)
     pw.write(pose, image_rgb)       # per frame, in order; image None for an undecodable frame
@@ -133,7 +135,9 @@ def draw_progress(image: np.ndarray, done: int, total: int | None, timestamp_s: 
 def render_frame(pose: PoseFrame, image: np.ndarray | None, done: int, total: int | None,
                  size: tuple[int, int]) -> np.ndarray:
     """One preview frame (size = (width, height), RGB uint8): `image` with the skeleton, the
-    inset and the progress bar; a black frame marked "not decodable" without an image."""
+    inset and the progress bar; a black frame marked "not decodable" without an image. The
+    image may be smaller than the source frame (pose.image_size: a large input's frames are
+    kept downscaled while they wait for their poses, realtime.thumbnails.ImageTap)."""
     import cv2
 
     w, h = size
@@ -144,10 +148,13 @@ def render_frame(pose: PoseFrame, image: np.ndarray | None, done: int, total: in
         ih, iw = image.shape[:2]
         if ih - h in (0, 1) and iw - w in (0, 1):  # the size of the first frame (an odd side cut to even)
             canvas = np.array(image[:h, :w], np.uint8, copy=True)
-            sx = sy = 1.0
+            dw, dh = iw, ih
         else:  # a frame of another size (image folders): fitted in
             canvas = cv2.resize(np.asarray(image), (w, h), interpolation=cv2.INTER_AREA)
-            sx, sy = w / iw, h / ih
+            dw, dh = w, h
+        # the pose's pixels are the source frame's; its image may have been kept downscaled
+        src_w, src_h = pose.image_size if pose.image_size and min(pose.image_size) > 0 else (iw, ih)
+        sx, sy = dw / src_w, dh / src_h
         if pose.valid:
             draw_skeleton(canvas, np.asarray(pose.joints_2d_px, np.float64) * [sx, sy], max(2, min(h, w) // 240))
         else:

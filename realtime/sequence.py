@@ -197,6 +197,20 @@ class SequenceLifter:
         return [job]
 
 
+def hold_s(spec: Any, root: RootFilterConfig | None = None, body: BodyConfig | None = None) -> float:
+    """How long a SequenceLifter may hold a frame back, in seconds of later frames: a centred
+    model's lookahead, then the body's lookahead, then the root filter's lag (they run in
+    turn, each waiting on the frames the one before has answered); 0 when it answers at
+    once. A caller keeping something per frame until its pose comes out (the images a
+    preview draws on) keeps this much of the stream."""
+    held = spec.lookahead_s if spec is not None and not spec.causal else 0.0
+    if body is not None:
+        held += body.lookahead_s
+    if root is not None:
+        held += root.lag_s
+    return float(held)
+
+
 def lift_sequence(detections: Iterable[Detected], estimator: PoseEstimator,
                   root: RootFilterConfig | None = None, body: BodyConfig | None = None) -> Iterator[PoseFrame]:
     """Every detection (timestamp order) lifted with its temporal context: one PoseFrame per

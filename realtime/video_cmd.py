@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import UserError
-from realtime.api import DEFAULT_FPS, QUEUE_SIZE, Options, PoseStream
+from realtime.api import DEFAULT_FPS, Options, PoseStream
 from realtime.cli_options import (add_model_arguments, add_output_arguments, add_people_argument,
                                   add_smoothing_arguments)
 from realtime.interrupts import DeferredInterrupt
@@ -54,9 +54,6 @@ from realtime.sinks import LiveSinks
 from realtime.preview import add_preview_arguments
 from realtime.writers import add_file_arguments
 
-# Frames whose images the thumbnail tap keeps: detection can run ahead of the caller by the
-# queue after it, the lift thread and the output queue.
-TAP_KEEP = 3 * QUEUE_SIZE + 4
 HOLD_POLL_S = 0.05
 STOP_MESSAGE = "stopping after the current frame ({again} again to abort)"
 
@@ -109,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr, flush=True)
     if args.hold and not (args.serve or args.open3d):
         raise UserError("--hold keeps the viewer open after the end of the file: it needs --serve or --open3d")
-    tap = ImageTap(keep=TAP_KEEP) if (args.serve or args.preview) else None
+    # the images the preview and the thumbnails draw on; the stream sizes it to the frames its
+    # lifter holds back (a centred model answers a frame seconds after it was read)
+    tap = ImageTap() if (args.serve or args.preview) else None
     # Live outputs: detection and lifting overlap in threads (file mode: every frame, in
     # order), the sinks fed from this thread as `posestream webcam` does.
     live_outputs = bool(args.serve or args.open3d or args.osc)

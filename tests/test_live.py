@@ -2,6 +2,7 @@
 pacing and looping."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import time
@@ -15,6 +16,7 @@ from realtime.sinks import LiveSinks
 from realtime.thumbnails import ImageTap, draw_overlay, encode_jpeg
 from realtime.osc_sink import parse_packet
 from realtime.playback import RealtimePlayback
+from realtime.preview import render_frame
 from realtime.protocol import decode_thumb
 from realtime.writers import read_pose_npz
 
@@ -178,3 +180,25 @@ def test_deferred_interrupt_stops_between_frames():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)  # the second one interrupts
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_image_tap_holds_what_the_stream_needs_within_its_budget():
+    """A stream's tap keeps as many images as its lifter holds frames back (`hold`), and
+    downscales images that would not fit its memory budget; the drawing scales the
+    source-pixel joints to the kept image."""
+    tap = ImageTap(keep=4, budget_bytes=10 * 640 * 480 * 3)
+    tap.hold(10)
+    tap.hold(2)  # never fewer than asked before
+    assert tap.keep == 10
+    for i in range(12):
+        tap.put(Frame(i, i / 30, np.full((480, 640, 3), 7, np.uint8)))
+    assert tap.get(1) is None and tap.get(2).shape == (480, 640, 3)  # the last 10, at full size
+    tap.hold(40)  # 4x the frames in the same budget: half the width and height
+    tap.put(Frame(12, 12 / 30, np.zeros((480, 640, 3), np.uint8)))
+    small = tap.get(12)
+    assert small.shape == (240, 320, 3)
+    pf = _pf(12)  # joints in the 640x480 source's pixels
+    # drawn as the same pose found on a 320x240 source would be
+    half = dataclasses.replace(pf, joints_2d_px=pf.joints_2d_px / 2, image_size=(320, 240))
+    assert np.array_equal(render_frame(pf, small, 1, 1, (320, 240)), render_frame(half, small, 1, 1, (320, 240)))
+    assert np.array_equal(draw_overlay(small, pf, width=160), draw_overlay(small, half, width=160))

@@ -247,3 +247,29 @@ def test_preview_has_a_frame_per_input_frame_and_marks_frames_without_a_person(t
     bar = [int((f[-3, :, 1].astype(int) > 150).sum()) for f in frames]  # the progress bar's green part
     assert bar == sorted(bar) and bar[-1] > 600 and bar[0] < 100
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gaps.avi", "p.npz", "preview.mp4"]
+
+
+@needs_mediapipe_model
+@pytest.mark.skipif(not __import__("engines.checkpoint").checkpoint.shipped("temporal_mp"),
+                    reason="the centred temporal model (models/temporal_mp) is not shipped")
+def test_preview_with_the_centred_model_draws_every_frame(tmp_path: Path, capsys):
+    """The centred model, the body and the root filter answer a frame seconds after its image
+    was read: the preview must still draw every decoded frame (none black, "not decodable")."""
+    preview = tmp_path / "p.mp4"
+    rc = main(["video", str(DEMO), "--out", str(tmp_path / "p.npz"), "--preview", str(preview),
+               "--max-frames", "30", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert "centred" in capsys.readouterr().out
+    frames = _decode_all(preview)
+    inputs = []
+    cap = cv2.VideoCapture(str(DEMO))
+    for _ in range(30):
+        inputs.append(cap.read()[1][:, :, ::-1])
+    cap.release()
+    assert len(frames) == 30
+    # the middle band (clear of the inset and the progress bar): the input frame, not black
+    black = [i for i, f in enumerate(frames) if f[150:300, :300].mean() < 10]
+    assert black == []
+    diff = [float(np.abs(f[150:300, :200].astype(int) - x[150:300, :200].astype(int)).mean())
+            for f, x in zip(frames, inputs)]
+    assert max(diff) < 25, diff
