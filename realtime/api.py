@@ -234,6 +234,33 @@ def every_frame(poses: Iterable[PoseFrame], source: Any) -> Iterator[PoseFrame]:
             n += 1
 
 
+class StoppableInput:
+    """`frames` until `stop()`: the frames read before it still go through every stage (the
+    lifter flushes what it holds, as at the end of a file). `stop()` only sets a flag, so a
+    signal handler may call it."""
+
+    def __init__(self, frames: Iterable[Frame]) -> None:
+        self.frames = frames
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def __iter__(self) -> Iterator[Frame]:
+        it = iter(self.frames)
+        while not self.stopped:
+            try:
+                frame = next(it)
+            except StopIteration:
+                return
+            yield frame
+
+    def close(self) -> None:
+        close = getattr(self.frames, "close", None)
+        if callable(close):
+            close()
+
+
 def paced(frames: Iterable[Frame], fps: float) -> Iterator[Frame]:
     """`frames` released at their own timestamps on the wall clock. A slower consumer only
     delays them: nothing is dropped, and the schedule restarts after a stall."""
@@ -353,6 +380,8 @@ class PoseStream:
             tap.hold(self.hold_frames)
         steps = pipeline_steps(estimator, smoother, tap, root, body)
         frames: Iterable[Frame] = paced(source, self.fps) if realtime and not live else source
+        self._input = None if live else StoppableInput(frames)  # stop_input()
+        frames = self._input or frames
         self.pipeline = (Pipeline(frames, steps, live=live, queue_size=QUEUE_SIZE, stall_timeout_s=stall_timeout_s)
                          if live or overlap else None)
         poses = self.pipeline if self.pipeline is not None else run_inline(frames, steps)
@@ -372,6 +401,13 @@ class PoseStream:
             yield from self._poses
         finally:
             self.close()
+
+    def stop_input(self) -> None:
+        """Files: read no further frame; the iteration still gives the poses of the frames
+        already read (the lifter flushes what it holds back, as at the end of the file), then
+        ends. Only sets a flag: safe from a signal handler (the commands' Ctrl-C)."""
+        if self._input is not None:
+            self._input.stop()
 
     def __enter__(self) -> "PoseStream":
         return self

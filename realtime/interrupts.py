@@ -6,7 +6,7 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 class DeferredInterrupt:
@@ -17,7 +17,9 @@ class DeferredInterrupt:
     native code that calls back into Python, as model loading does, would abort the
     process), and its loop stops after the frame in hand (no write is cut in half); with
     immediate=True it raises `Interrupted` at once (a live loop may be blocked waiting for a
-    camera). A second signal raises `Interrupted` at once. What follows a raise (the
+    camera). `on_request`, if set, is called on the first signal, from the handler (it must
+    only set a flag: e.g. PoseStream.stop_input, so a file reads no further frame while the
+    frames already read are finished). A second signal raises `Interrupted` at once. What follows a raise (the
     clean-up), and `finishing(what)`, the writing of the outputs at the end, one more signal
     does not cut short: it takes two (the journal keeps every frame either way). `exit_code` is 128 + the first signal
     (130 for Ctrl-C, 143 for SIGTERM), None without one. Works in the main thread only;
@@ -31,6 +33,7 @@ class DeferredInterrupt:
         self.immediate = immediate
         self.signum: int | None = None
         self.count = 0
+        self.on_request: Callable[[], None] | None = None
         self._abort_at = 2
         self._finishing: str | None = None
         self._previous: dict[int, Any] = {}
@@ -56,6 +59,8 @@ class DeferredInterrupt:
         self.count += 1
         if self.signum is None:
             self.signum = signum
+            if self.on_request is not None:
+                self.on_request()
         if self.count >= self._abort_at or (self.count == 1 and self.immediate):
             self._abort_at = self.count + 2  # the clean-up that follows: one more signal does not cut it short
             raise Interrupted(self.signum)

@@ -18,7 +18,9 @@ Files are safe to interrupt: every output is checked before anything is loaded; 
 goes to a journal (OUT.part, after the first --out) as it is computed, and the outputs are
 written from it at the end under temporary names, then renamed, so an existing file is
 only ever replaced by a complete one (with a note; --no-overwrite refuses). Ctrl-C or
-SIGTERM stops after the frame in hand and completes the files (exit 130 / 143); a run that
+SIGTERM stops the reading of the input, then lifts and writes the frames already read (a
+centred model holds seconds of them back, flushed as at the end of the file) and completes the
+files (exit 130 / 143; a second signal stops at once, the files still completed); a run that
 was killed outright leaves the journal: `posestream recover OUT.part`, or the next run with
 the same --out recovers it as OUT.recovered.EXT.
 
@@ -55,7 +57,7 @@ from realtime.preview import add_preview_arguments
 from realtime.writers import add_file_arguments
 
 HOLD_POLL_S = 0.05
-STOP_MESSAGE = "stopping after the current frame ({again} again to abort)"
+STOP_MESSAGE = "reading no further frame, finishing those already read ({again} again to abort)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,11 +116,14 @@ def run(args: argparse.Namespace) -> int:
     live_outputs = bool(args.serve or args.open3d or args.osc)
     estimator = Estimator.from_options(options_from_args(args))
     # Ctrl-C / SIGTERM: during start-up, acted upon between steps (nothing written); then the
-    # loop stops after the frame in hand and the files are completed.
+    # input stops, the frames already read are finished and the files are completed.
     with DeferredInterrupt(message="") as ctrl_c:
         poses = estimator.stream(args.input, live=False, realtime=args.realtime, max_frames=args.max_frames,
                                  fps=args.fps, overlap=live_outputs, tap=tap)
         with poses:
+            # from here a signal stops the reading; the frames already read are still lifted
+            # (the centred model holds seconds of them back) and written
+            ctrl_c.on_request = poses.stop_input
             ctrl_c.check()
             preview = (PreviewWriter(Path(args.preview), poses.fps, poses.frame_count,
                                      overwrite=not args.no_overwrite) if args.preview else None)
@@ -169,8 +174,10 @@ def _process(args: argparse.Namespace, poses: PoseStream, sinks: LiveSinks,
             n_written += 1
             n_valid += int(pose.valid)
             bar.update(1)
-            if ctrl_c.requested or not alive:
-                stopped_by = ctrl_c.name if ctrl_c.requested else "window closed"
+            if ctrl_c.requested:  # the input stopped (stop_input): the frames read still come out
+                stopped_by = ctrl_c.name
+            elif not alive:
+                stopped_by = "window closed"
                 break
     except StageError as exc:
         logging.getLogger(__name__).debug("pipeline failure", exc_info=exc)

@@ -96,3 +96,71 @@ def test_a_signal_during_start_up_prints_one_line(tmp_path: Path, sig: int, code
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert proc.returncode == code and lines == [word], err[-3000:]
     assert out.read_text() == "an earlier take" and sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["inline", "threaded"])
+def test_a_signal_mid_file_still_writes_every_frame_detected(tmp_path: Path, monkeypatch, capsys, threads: bool):
+    """The lifter (centred model, body, root filter) holds seconds of frames back: a signal
+    stops the reading, and every frame already detected is still lifted and written, as at
+    the end of a file (in-process: the signal reaches this thread's handler, as the CLI's)."""
+    import os
+
+    import realtime.estimator
+    from realtime.cli import main
+
+    detect = realtime.estimator.PoseEstimator.detect
+    detected = []
+
+    def detect_then_signal(self, frame):
+        detected.append(frame.index)
+        if len(detected) == 20:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return detect(self, frame)
+
+    monkeypatch.setattr(realtime.estimator.PoseEstimator, "detect", detect_then_signal)
+    out = tmp_path / "s.npz"
+    live = ["--osc", "127.0.0.1:9"] if threads else []  # a live output: detection and lifting in threads
+    rc = main(["video", str(DEMO), "--out", str(out), "--no-progress", *MODEL, *live])
+    stdout = capsys.readouterr().out
+    assert rc == 143 and "stopped (SIGTERM): wrote" in stdout
+    poses = read_pose_npz(out)
+    assert 20 <= len(detected) < 103
+    assert [p.index for p in poses] == detected and _summary_frames(stdout) == len(detected)
+    assert sum(p.valid for p in poses) == len(detected)  # lifted, not just counted
+
+
+def test_a_second_signal_while_the_held_frames_are_finished_stops_at_once(tmp_path: Path, monkeypatch, capsys):
+    """The frames held back are finished after the first signal; a second one while they are
+    lifted stops at once (the outputs still completed with what was written)."""
+    import os
+
+    import realtime.estimator
+    import realtime.sequence
+    from realtime.cli import main
+
+    flush = realtime.sequence.SequenceLifter.flush
+    flushes = []
+
+    def signal_then_flush(self):
+        flushes.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # the second signal, while the held frames are lifted
+        return flush(self)
+
+    detect = realtime.estimator.PoseEstimator.detect
+    calls = []
+
+    def detect_then_signal(self, frame):
+        calls.append(1)
+        if len(calls) == 20:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return detect(self, frame)
+
+    monkeypatch.setattr(realtime.sequence.SequenceLifter, "flush", signal_then_flush)
+    monkeypatch.setattr(realtime.estimator.PoseEstimator, "detect", detect_then_signal)
+    out = tmp_path / "s.npz"
+    rc = main(["video", str(DEMO), "--out", str(out), "--no-progress", *MODEL])
+    assert rc == 143 and flushes == [1]
+    stdout = capsys.readouterr().out
+    assert "stopped (SIGTERM)" in stdout and _summary_frames(stdout) == 0  # the flush was cut short
+    assert len(calls) == 20  # no frame read after the first signal
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written without a frame
