@@ -21,6 +21,8 @@ Never needs torch (the shipped models run on ONNX Runtime).
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from functools import partial
@@ -119,6 +121,15 @@ class Options:
         """Bad settings fail here, before any camera, file or model is opened."""
         from realtime.trajectory import intrinsics_for
 
+        for name in ("threads", "num_poses", "people"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise UserError(f"{name} must be a whole number, got {value!r}")
+        if self.fov is not None:
+            try:
+                float(self.fov)
+            except (TypeError, ValueError):
+                raise UserError(f"fov (--fov) must be a number of degrees, got {self.fov!r}") from None
         if self.threads < 0 or self.num_poses < 1 or self.people < 1:
             raise UserError(f"threads must be >= 0, num_poses and people >= 1, got {self.threads}, "
                             f"{self.num_poses} and {self.people}")
@@ -153,6 +164,20 @@ def as_rgb_image(image: Any) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def check_timestamp(t: Any, previous: float | None = None, what: str = "timestamp_s") -> float:
+    """`t` as seconds: TypeError unless a real number, ValueError if not finite or earlier
+    than `previous` (frames form a stream: MediaPipe tracks, the lifter reads the frames
+    around each one, in time order; an equal time is accepted)."""
+    if not isinstance(t, numbers.Real) or isinstance(t, bool):
+        raise TypeError(f"{what} must be a number of seconds, got {type(t).__name__}")
+    t = float(t)
+    if not math.isfinite(t):
+        raise ValueError(f"{what} must be a finite number of seconds, got {t}")
+    if previous is not None and t < previous:
+        raise ValueError(f"{what} must not go back in time: {t} s after {previous} s")
+    return t
+
+
 class PairSource:
     """Frames from an iterable of (image, timestamp_s) pairs (or of `Frame`s): the API's
     "bring your own images" source. Images are (H, W, 3) uint8 RGB; timestamps in seconds."""
@@ -164,6 +189,7 @@ class PairSource:
         self.frame_count = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Frame]:
+        last = None
         for i, item in enumerate(self.items):
             if isinstance(item, Frame):
                 yield item
@@ -172,7 +198,8 @@ class PairSource:
                 image, t = item
             except (TypeError, ValueError):
                 raise ValueError(f"item {i}: expected an (image, timestamp_s) pair, got {type(item).__name__}") from None
-            yield Frame(i, float(t), as_rgb_image(image))
+            last = check_timestamp(t, last, f"item {i}: timestamp_s")
+            yield Frame(i, last, as_rgb_image(image))
 
     def __enter__(self) -> "PairSource":
         return self
@@ -455,6 +482,7 @@ class Estimator:
         self._frame_lifter: Any = None
         self._frame_smoother: Callable[[PoseFrame], PoseFrame] | None = None
         self._next_index = 0
+        self._last_timestamp_s: float | None = None
 
     @classmethod
     def from_options(cls, options: Options) -> "Estimator":
@@ -469,8 +497,11 @@ class Estimator:
         form a stream (MediaPipe tracks the person from the previous call; a causal temporal
         model reads the 2D of the previous calls), so timestamps must increase; the result is
         final at once (live semantics: the causal default model, causal root filter,
-        smoothing as `live`). A centred temporal model is refused here: it needs later frames."""
+        smoothing as `live`). A centred temporal model is refused here: it needs later frames.
+        TypeError / ValueError for a timestamp that is not a finite number of seconds or that
+        goes back before the previous call's."""
         image = as_rgb_image(image_rgb)
+        t = check_timestamp(timestamp_s, self._last_timestamp_s)
         if self._frame_estimator is None:
             est = self._open(live=True)
             if est.temporal is not None and not est.temporal.causal:
@@ -482,8 +513,9 @@ class Estimator:
                                               body_filter(self.options, live=True, stills=False))
             self._frame_smoother = self.options.smoother(live=True)
         est = self._frame_estimator
-        (pose,) = self._frame_lifter.push(est.detect(Frame(self._next_index, float(timestamp_s), image)))
+        (pose,) = self._frame_lifter.push(est.detect(Frame(self._next_index, t, image)))
         self._next_index += 1
+        self._last_timestamp_s = t
         return self._frame_smoother(pose) if self._frame_smoother is not None else pose
 
     def stream(self, source: Any, live: bool | None = None, *, realtime: bool = False, max_frames: int | None = None,
@@ -501,13 +533,20 @@ class Estimator:
         fps:        frame rate of an image folder or an iterable of images.
         overlap:    (files) detect and lift in separate threads (the CLI does while it also
                     serves a viewer); the poses are the same.
-        tap:        a realtime.thumbnails.ImageTap that keeps recent frames' images (thumbnails).
+        tap:        None, or a realtime.thumbnails.ImageTap: it keeps the images of the frames
+                    whose poses have not come out yet (`tap.get(pose.index)`), to draw on them
+                    (the commands' preview video and viewer thumbnails); the stream sizes it to
+                    the frames its lifter holds back. TypeError for anything else.
         stall_timeout_s: (live) give up when no pose came out for this long.
         The source and the models are opened now (bad input raises here); the stream
         closes them when it ends."""
         if max_frames is not None and max_frames < 1:
             raise UserError("max_frames must be at least 1")
         from realtime.sources import ImageFolderSource
+        from realtime.thumbnails import ImageTap
+
+        if tap is not None and not isinstance(tap, ImageTap):
+            raise TypeError(f"tap must be a realtime.thumbnails.ImageTap or None, got {type(tap).__name__}")
 
         live = _is_camera(source) if live is None else bool(live)
         smoother = self.options.smoother(live)

@@ -89,6 +89,28 @@ def test_process_frame_by_frame(demo_frames):
             est.process(np.zeros((10, 10, 3), np.float32), 1.0)
 
 
+def test_bad_timestamps_and_taps_are_one_clear_error(demo_frames):
+    """A timestamp must be a finite number of seconds that does not go back; a tap an
+    ImageTap: each refused with its own message, before any model work on that frame."""
+    (rgb, _), (rgb2, _) = demo_frames[:2]
+    with posestream.Estimator(model="base_gt") as est:
+        for bad, error, message in [(float("nan"), ValueError, "finite"), (float("inf"), ValueError, "finite"),
+                                    (None, TypeError, "number of seconds, got NoneType"),
+                                    ("0.1", TypeError, "number of seconds, got str")]:
+            with pytest.raises(error, match=message):
+                est.process(rgb, bad)
+        assert est.process(rgb, 1.0).valid and est.process(rgb2, 1.0).index == 1  # an equal time is accepted
+        with pytest.raises(ValueError, match="must not go back in time: 0.5 s after 1.0 s"):
+            est.process(rgb, 0.5)
+        assert est.process(rgb2, np.float32(1.5)).timestamp_s == 1.5  # numpy numbers are numbers
+        with pytest.raises(ValueError, match="item 1: timestamp_s must be a finite"):
+            list(est.stream([(rgb, 0.0), (rgb2, float("nan"))]))
+        with pytest.raises(ValueError, match="item 1: timestamp_s must not go back"):
+            list(est.stream([(rgb, 0.1), (rgb2, 0.0)]))
+        with pytest.raises(TypeError, match="tap must be a realtime.thumbnails.ImageTap or None, got function"):
+            est.stream([(rgb, 0.0)], tap=lambda frame: None)
+
+
 def test_write_and_read_back_every_format(demo_frames, tmp_path):
     poses = list(posestream.Estimator(model="base_gt").stream(iter(demo_frames[:3])))
     for ext in (".npz", ".json", ".csv", ".bvh"):
@@ -106,6 +128,10 @@ def test_bad_input_is_one_clear_error(tmp_path):
         posestream.Estimator(model="no_such_model").stream(DEMO)
     with pytest.raises(UserError):
         posestream.Estimator(fov=-5)
+    with pytest.raises(UserError, match="fov .--fov. must be a number of degrees, got 'abc'"):
+        posestream.Estimator(fov="abc")
+    with pytest.raises(UserError, match="threads must be a whole number"):
+        posestream.Estimator(threads="2")
     with pytest.raises(UserError):
         posestream.Estimator(calib=tmp_path / "missing.json")
     with pytest.raises(TypeError, match="cannot stream"):
