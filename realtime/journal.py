@@ -387,9 +387,22 @@ def read_journal(path: str | Path) -> Journal:
         if end < 0:
             raise ValueError("the header is incomplete")
         header = json.loads(data[len(MAGIC):end])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
         dtype = _record_dtype(header)
-        fps = float(header["fps"])
-        outputs = [(_resolve(path, o["path"]), dict(o.get("options") or {})) for o in header["outputs"]]
+        if dtype.itemsize == 0 or not {"mark", "index", "crc"} <= set(dtype.names or ()):
+            raise ValueError("its records lack the marker, index or CRC")
+        fps = header["fps"]
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or fps < 0 or fps == float("inf"):
+            raise ValueError(f"fps {fps!r} is not a frame rate")
+        fps = float(fps)
+        if not isinstance(header["outputs"], list) or not header["outputs"]:
+            raise ValueError("it lists no outputs")
+        outputs = []
+        for o in header["outputs"]:
+            if not isinstance(o, dict) or not isinstance(o.get("path"), str) or not isinstance(o.get("options") or {}, dict):
+                raise ValueError(f"output {o!r} is not a path with options")
+            outputs.append((_resolve(path, o["path"]), dict(o.get("options") or {})))
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a readable posestream journal: {exc}") from None
     body = data[end + 1:]
@@ -428,9 +441,28 @@ def relative_to_journal(journal: Path, out: Path) -> str:
         return str(Path(out).resolve())
 
 
+def _legacy_plausible(ok: np.ndarray, path: Path) -> int:
+    """How many leading legacy records pass the checks in `ok` (T,) bool: the rest is a torn or
+    damaged tail, dropped. None passing (with records there) means the file is not a journal,
+    so random bytes are never read as frames."""
+    good = int(np.argmin(ok)) if not ok.all() else len(ok)
+    if len(ok) and good == 0:
+        raise UserError(f"{path} is not a posestream journal: its first record holds no plausible frame "
+                        f"(a damaged file, or not one a posestream run left)")
+    return good
+
+
+def _finite_or_nan(a: np.ndarray) -> np.ndarray:
+    """(T,) bool: every value of a row is NaN or a finite coordinate under 10^7 (10 km in mm)."""
+    a = a.reshape(len(a), int(np.prod(a.shape[1:])))
+    with np.errstate(invalid="ignore"):
+        return (np.isnan(a) | (np.abs(a) < 1e7)).all(axis=1)
+
+
 def _read_legacy(path: Path, data: bytes) -> Journal:
-    name = path.name[:-len(".part")] if path.name.endswith(".part") else path.name
-    out = path.with_name(name)
+    if not path.name.endswith(".part"):  # only a journal's name: an output is never read as one
+        raise UserError(f"{path} is not a posestream journal (journals are named OUT.part)")
+    out = path.with_name(path.name[:-len(".part")])
     suffix = out.suffix.lower()
     raw = np.frombuffer(data[: len(data) // 8 * 8], np.float64)
     if suffix == ".npz":
@@ -440,6 +472,11 @@ def _read_legacy(path: Path, data: bytes) -> Journal:
         except (OSError, ValueError):
             fps = float("nan")
         rows = raw[: raw.size // _LEGACY_NPZ * _LEGACY_NPZ].reshape(-1, _LEGACY_NPZ)
+        with np.errstate(invalid="ignore"):
+            whole = lambda a: np.isfinite(a) & (a >= 0) & (a < 2.0 ** 31) & (a == np.round(a))  # noqa: E731
+            ok = (whole(rows[:, 0]) & np.isfinite(rows[:, 1]) & np.isin(rows[:, 2], (0.0, 1.0))
+                  & whole(rows[:, 3]) & whole(rows[:, 4]) & _finite_or_nan(rows[:, 5:]))
+        rows = rows[:_legacy_plausible(ok, path)]
         recs = np.zeros(len(rows), np.dtype([(n, RECORD_DTYPE[n]) for n in RECORD_DTYPE.names
                                              if not n.startswith("landmarks")]))
         recs["index"], recs["timestamp_s"], recs["valid"] = rows[:, 0], rows[:, 1], rows[:, 2] > 0.5
@@ -453,6 +490,7 @@ def _read_legacy(path: Path, data: bytes) -> Journal:
     elif suffix == ".bvh":
         fps = _LEGACY_DEFAULT_FPS  # that version kept no frame rate beside the .bvh.part
         rows = raw[: raw.size // _LEGACY_BVH * _LEGACY_BVH].reshape(-1, _LEGACY_BVH)
+        rows = rows[:_legacy_plausible(np.isin(rows[:, 0], (0.0, 1.0)) & _finite_or_nan(rows[:, 1:]), path)]
         recs = np.zeros(len(rows), np.dtype([(n, RECORD_DTYPE[n]) for n in
                                              ("index", "timestamp_s", "valid", "joints_mm", "translation_mm")]))
         pos = rows[:, 1:].reshape(-1, NUM_JOINTS, 3)

@@ -332,7 +332,7 @@ def recover(part: str | Path, outputs: Sequence[OutputSpec] | None = None, overw
     instead) from the frames it holds. The journal is removed once the outputs it was meant
     for are written; with other `outputs` it is kept. Returns the paths written."""
     part = Path(part)
-    if not part.name.endswith(".part") and part_path(part).is_file():
+    if not part.name.endswith(".part"):  # an output's name: its journal (never the output itself)
         part = part_path(part)
     if not part.is_file():
         raise UserError(f"no journal {part} to recover")

@@ -284,6 +284,47 @@ def test_recover_reads_earlier_versions_part_files(tmp_path: Path):
     assert (tmp_path / "old.bvh.part").exists()  # other outputs than the journal's own: it is kept
 
 
+def test_recover_never_takes_a_finished_output_for_its_journal(tmp_path: Path):
+    """`recover OUT` with no OUT.part: an error, and OUT (a finished output) stays as it was."""
+    for name in ("done.npz", "done.bvh"):
+        out = _write(tmp_path / "w.npz", _poses(4)) if name.endswith(".npz") else None
+        target = tmp_path / name
+        if out is not None:
+            out.rename(target)
+        else:
+            rec = Recording([target], 25.0)
+            for p in _poses(4):
+                rec.write(p)
+            rec.close()
+        before = target.read_bytes()
+        with pytest.raises(UserError, match=f"no journal .*{name}.part to recover"):
+            recover(target)
+        assert target.read_bytes() == before
+
+
+def test_recover_refuses_damaged_journals_and_writes_nothing(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    for name in ("r.npz.part", "r.bvh.part"):  # an earlier version's name, random bytes
+        (tmp_path / name).write_bytes(rng.integers(0, 256, 50_000, np.uint8).tobytes())
+        with pytest.raises(UserError, match="not a posestream journal"):
+            recover(tmp_path / name)
+        assert (tmp_path / name).is_file() and not (tmp_path / name[:-5]).exists()
+    rec = Recording([tmp_path / "j.npz"], 25.0)
+    for p in _poses(3):
+        rec.write(p)
+    rec._journal.close()
+    good = (tmp_path / "j.npz.part").read_bytes()
+    end = good.index(b"\n", len(b"posestream-journal-v1\n"))
+    header = json.loads(good[len(b"posestream-journal-v1\n"):end])
+    for change in ({"fps": True}, {"fps": -1}, {"outputs": [5]}, {"outputs": []}, {"record_dtype": []}):
+        bad = tmp_path / "bad.npz.part"
+        bad.write_bytes(good[:len(b"posestream-journal-v1\n")] + json.dumps({**header, **change}).encode()
+                        + good[end:])
+        with pytest.raises(UserError, match="not a readable posestream journal"):
+            recover(bad)
+        assert bad.is_file() and not (tmp_path / "bad.npz").exists()
+
+
 def test_landmarks_are_written_when_asked(tmp_path: Path):
     rng = np.random.default_rng(5)
     poses = [_lm_pose(0, rng, track_id=2), PoseFrame.empty(1, 0.04, (640, 480))]
