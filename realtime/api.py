@@ -581,7 +581,9 @@ def write(frames: Iterable[PoseFrame], path: str | Path, fps: float = DEFAULT_FP
     realtime.writers). `fps` is the frame rate recorded in the file (a .bvh takes its frame
     time from the poses' timestamps, and `fps` only when they cannot tell). The
     file is finalised even if `frames` raises part-way (every pose written so far is kept).
-    Returns the path."""
+    Returns the path. No poses at all is a ValueError and nothing is written (an existing file
+    stays as it was), as a run's outputs are not written without a frame; a frame where
+    nobody was found is a pose too (PoseFrame.empty), as `posestream video` writes them."""
     from realtime.writers import open_writer
 
     path = Path(path)
@@ -591,6 +593,9 @@ def write(frames: Iterable[PoseFrame], path: str | Path, fps: float = DEFAULT_FP
             writer.write(pose)
     finally:
         writer.close()
+    if writer.written == 0:
+        raise ValueError(f"no poses to write to {path}: nothing was written "
+                         f"(a frame without a person is PoseFrame.empty(index, time_s, image_size))")
     return path
 
 

@@ -121,6 +121,21 @@ def test_write_and_read_back_every_format(demo_frames, tmp_path):
     assert "Frame Time: 0.03333333" in (tmp_path / "out.bvh").read_text()  # the BVH follows the timestamps (30 fps)
 
 
+def test_write_of_no_poses_is_a_clear_error_and_writes_nothing(tmp_path):
+    from realtime.frames import PoseFrame
+
+    with pytest.raises(ValueError, match="no poses to write"):
+        posestream.write([], tmp_path / "x.npz")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a journal
+    (tmp_path / "kept.npz").write_bytes(b"old")
+    with pytest.raises(ValueError, match="no poses to write"):
+        posestream.write(iter(()), tmp_path / "kept.npz")
+    assert (tmp_path / "kept.npz").read_bytes() == b"old"
+    nobody = [PoseFrame.empty(i, i / 25, (640, 360)) for i in range(3)]  # what a clip without a person gives
+    back = posestream.read(posestream.write(nobody, tmp_path / "nobody.npz", fps=25))
+    assert [b.valid for b in back] == [False] * 3
+
+
 def test_bad_input_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="not found"):
         posestream.Estimator(model="base_gt").stream(tmp_path / "missing.mp4")
