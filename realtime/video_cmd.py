@@ -94,14 +94,16 @@ def run(args: argparse.Namespace) -> int:
     from realtime.cli_options import options_from_args
     from realtime.thumbnails import ImageTap
     from realtime.preview import PreviewWriter, check_preview
-    from realtime.writers import check_outputs, output_specs
+    from realtime.writers import check_not_input, check_outputs, output_specs
 
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
     if not args.out and not args.preview:
         raise UserError("nothing to write: give --out FILE (repeatable) and/or --preview VIDEO")
     # Every output is checked before anything is loaded or processed.
-    check_outputs(output_specs(args.out, args), overwrite=not args.no_overwrite)
+    specs = output_specs(args.out, args)
+    check_not_input(args.input, [s.path for s in specs] + ([Path(args.preview)] if args.preview else []), args.people)
+    check_outputs(specs, overwrite=not args.no_overwrite, people=args.people)
     if args.preview:
         note = check_preview(Path(args.preview), overwrite=not args.no_overwrite)
         if note and not getattr(args, "quiet", False):

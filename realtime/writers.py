@@ -120,6 +120,7 @@ class OutputFormat:
     folder: bool = False
     add_arguments: Callable[[Any], None] | None = None
     options: Callable[[argparse.Namespace], dict[str, Any]] | None = None
+    per_person: bool = False  # several people: a file per person beside it (person_path)
 
 
 @dataclass(frozen=True)
@@ -167,10 +168,12 @@ def _is_our_folder(path: Path) -> bool:
     return all(p.is_file() and p.name.endswith("_keypoints.json") for p in path.iterdir())
 
 
-def check_outputs(specs: Sequence[OutputSpec], overwrite: bool = True) -> list[str]:
+def check_outputs(specs: Sequence[OutputSpec], overwrite: bool = True, people: int = 1) -> list[str]:
     """Refuse, before any work, outputs that cannot be written (UserError, one line): the same
-    output twice, or any problem `check_output_path` finds. Returns notes to show: existing
-    outputs that will be replaced."""
+    output twice, any problem `check_output_path` finds, and with overwrite=False and several
+    people an existing person's file of a per-person format (clip.person0.bvh), which the run
+    would otherwise find in its way only at the end. Returns notes to show: existing outputs
+    that will be replaced."""
     notes = []
     seen: set[Path] = set()
     for spec in specs:
@@ -181,7 +184,45 @@ def check_outputs(specs: Sequence[OutputSpec], overwrite: bool = True) -> list[s
         note = check_output_path(spec.path, overwrite, spec.format.folder)
         if note:
             notes.append(note)
+        if people > 1 and spec.format.per_person and not overwrite:
+            found = person_files(spec.path)
+            if found:
+                raise UserError(f"{found[0]} exists and --no-overwrite is set (a person's file of {spec.path.name}): "
+                                f"choose another name or remove it")
     return notes
+
+
+def _person_pattern(path: Path) -> re.Pattern[str]:
+    return re.compile(re.escape(path.stem) + r"\.person\d+" + re.escape(path.suffix))
+
+
+def person_files(path: Path) -> list[Path]:
+    """The existing per-person files of output `path` (person_path: clip.person3.bvh), sorted."""
+    pattern = _person_pattern(path)
+    try:
+        return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
+    except OSError:
+        return []
+
+
+def check_not_input(source: str | Path, outputs: Iterable[str | Path], people: int = 1) -> None:
+    """UserError (one line) if an output is the input file or folder itself: the same name,
+    another spelling of it or another link to it (the same inode), or with several people a
+    person's file of a per-person output (clip.person0.bvh). Writing it would replace what is
+    being read."""
+    src = Path(source)
+    if not src.exists():  # not a path on disk (a camera): nothing to compare
+        return
+    for out in map(Path, outputs):
+        fmt = FORMATS.get(out.suffix.lower())
+        candidates = [out]
+        if people > 1 and fmt is not None and fmt.per_person:
+            candidates += person_files(out)
+            if _person_pattern(out).fullmatch(src.name):
+                candidates.append(out.with_name(src.name))
+        for c in candidates:
+            if c.resolve() == src.resolve() or (c.exists() and os.path.samefile(c, src)):
+                raise UserError(f"{c} would replace the input {source}: choose another output name")
 
 
 def check_output_path(p: Path, overwrite: bool, folder: bool = False) -> str | None:
@@ -365,7 +406,7 @@ class Recording:
         if not self.specs:
             raise ValueError("a Recording needs at least one output")
         self.overwrite, self._say = overwrite, say
-        notes = check_outputs(self.specs, overwrite)
+        notes = check_outputs(self.specs, overwrite, int((source or {}).get("people", 1) or 1))
         for spec in self.specs:
             try:
                 spec.path.parent.mkdir(parents=True, exist_ok=True)
@@ -676,7 +717,7 @@ FORMATS: dict[str, OutputFormat] = {f.suffix: f for f in (
                  add_arguments=_npz_json_arguments, options=_npz_json_options),
     OutputFormat(".csv", "a row per frame", render_csv),
     OutputFormat(".bvh", "motion capture for animation tools (several people: a file per person)",
-                 per_person(render_bvh), add_arguments=add_bvh_arguments, options=bvh_options),
+                 per_person(render_bvh), add_arguments=add_bvh_arguments, options=bvh_options, per_person=True),
     OutputFormat(".openpose", "a folder of OpenPose-style per-frame JSON (BODY_25)", _render_openpose, folder=True),
 )}
 WRITERS = FORMATS  # the name earlier versions exported

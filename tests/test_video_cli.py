@@ -129,6 +129,33 @@ def test_an_output_that_is_a_folder_fails_before_anything_is_loaded(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bvh", "a.npz", "p.mp4"]  # nothing written
 
 
+def test_an_output_that_is_the_input_or_an_existing_persons_file_is_refused_before_work(
+        tmp_path: Path, capsys, monkeypatch):
+    import realtime.estimator
+    import realtime.sources
+
+    def not_reached(*a, **k):
+        raise AssertionError("the video was opened although an output cannot be written")
+
+    monkeypatch.setattr(realtime.sources, "open_source", not_reached)
+    monkeypatch.setattr(realtime.estimator, "PoseEstimator", not_reached)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(DEMO.read_bytes())
+    (tmp_path / "link.mp4").hardlink_to(clip)
+    (tmp_path / "two.person0.bvh").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    for argv in (["--out", "a.npz", "--preview", "clip.mp4"], ["--out", "a.npz", "--preview", "../" + tmp_path.name + "/clip.mp4"],
+                 ["--out", "a.npz", "--preview", str(tmp_path / "link.mp4")]):
+        assert main(["video", "clip.mp4", *argv]) == 2
+        err = capsys.readouterr().err
+        assert "would replace the input clip.mp4" in err and len(err.strip().splitlines()) == 1
+    assert main(["video", str(DEMO), "--people", "2", "--out", "two.bvh", "--no-overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "two.person0.bvh exists and --no-overwrite is set" in err and len(err.strip().splitlines()) == 1
+    assert clip.read_bytes() == DEMO.read_bytes() and (tmp_path / "two.person0.bvh").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "link.mp4", "two.person0.bvh"]  # no .part
+
+
 @needs_mediapipe_model
 def test_several_outputs_in_one_pass(tmp_path: Path, lifter: Path, capsys):
     outs = [tmp_path / n for n in ("a.bvh", "b.npz", "c.json", "d.csv", "e.openpose")]

@@ -325,6 +325,20 @@ def test_recover_refuses_damaged_journals_and_writes_nothing(tmp_path: Path):
         assert bad.is_file() and not (tmp_path / "bad.npz").exists()
 
 
+def test_check_not_input_finds_the_input_under_any_name(tmp_path: Path):
+    from realtime.writers import check_not_input
+
+    src = tmp_path / "in.person1.bvh"  # an odd input name: a person's file of in.bvh
+    src.write_text("x")
+    (tmp_path / "alias.bvh").symlink_to(src)
+    for outputs, people in (([src], 1), ([tmp_path / "sub" / ".." / src.name], 1), ([tmp_path / "alias.bvh"], 1),
+                            ([tmp_path / "in.bvh"], 2)):
+        with pytest.raises(UserError, match="would replace the input"):
+            check_not_input(src, outputs, people)
+    check_not_input(src, [tmp_path / "in.bvh", tmp_path / "other.npz"], 1)  # one person: in.bvh only
+    check_not_input("0", [tmp_path / "a.npz"])  # not a file (a camera): nothing to compare
+
+
 def test_landmarks_are_written_when_asked(tmp_path: Path):
     rng = np.random.default_rng(5)
     poses = [_lm_pose(0, rng, track_id=2), PoseFrame.empty(1, 0.04, (640, 480))]
