@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any, Callable
 
 from realtime.api import Options, default_model
@@ -21,6 +22,32 @@ from realtime.filters import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF,
 from realtime.frames import PoseFrame
 
 DEFAULT_BONES_WINDOW = SmootherConfig.bones_window
+
+
+def _number(kind: type, low: float, low_ok: bool, high: float = math.inf) -> Callable[[str], Any]:
+    """An argparse `type` for a finite number in [low, high] (or (low, high] with low_ok False):
+    anything else (nan, inf, out of range) is a usage error naming the option, before any work."""
+    what = f"{'an integer' if kind is int else 'a finite number'} {'>=' if low_ok else '>'} {low:g}"
+    what += "" if high == math.inf else f" and <= {high:g}"
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not (math.isfinite(value) and (value >= low if low_ok else value > low) and value <= high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its "invalid ... value" message
+    return convert
+
+
+positive_float = _number(float, 0, False)
+non_negative_float = _number(float, 0, True)
+positive_int = _number(int, 1, True)
+non_negative_int = _number(int, 0, True)
+port_number = _number(int, 0, True, 65535)
 
 
 def add_smoothing_arguments(parser: argparse.ArgumentParser, default_on: bool = True) -> None:
@@ -35,12 +62,12 @@ def add_smoothing_arguments(parser: argparse.ArgumentParser, default_on: bool = 
     def default(value: float | int) -> float | int | None:
         return value if default_on else None  # None: "not given", so a setting can imply --smooth
 
-    g.add_argument("--min-cutoff", type=float, default=default(DEFAULT_MIN_CUTOFF),
+    g.add_argument("--min-cutoff", type=positive_float, default=default(DEFAULT_MIN_CUTOFF),
                    help=f"One Euro cutoff when still, Hz; lower = steadier, more lag (default {DEFAULT_MIN_CUTOFF})")
-    g.add_argument("--beta", type=float, default=default(DEFAULT_BETA),
+    g.add_argument("--beta", type=non_negative_float, default=default(DEFAULT_BETA),
                    help=f"One Euro speed coefficient per mm/s; higher = less lag on fast moves (default {DEFAULT_BETA})")
-    g.add_argument("--d-cutoff", type=float, default=default(DEFAULT_D_CUTOFF), help=argparse.SUPPRESS)
-    g.add_argument("--bones-window", type=int, default=default(DEFAULT_BONES_WINDOW),
+    g.add_argument("--d-cutoff", type=positive_float, default=default(DEFAULT_D_CUTOFF), help=argparse.SUPPRESS)
+    g.add_argument("--bones-window", type=non_negative_int, default=default(DEFAULT_BONES_WINDOW),
                    help=f"frames in the running median of bone lengths; 0 = off (default {DEFAULT_BONES_WINDOW})")
     if not default_on:
         g.add_argument("--smooth", action="store_true", help="filter the poses as `posestream webcam` does")
@@ -78,7 +105,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, live: bool) -> None:
                              f"else ONNX Runtime)")
     # One thread: a batch-1 lifter takes well under a millisecond, and extra intra-op
     # threads (ONNX Runtime spins them between calls) steal CPU from MediaPipe.
-    parser.add_argument("--threads", type=int, default=Options.threads,
+    parser.add_argument("--threads", type=non_negative_int, default=Options.threads,
                         help=f"CPU threads for the lifter runtime (default {Options.threads})")
     parser.add_argument("--fov", type=float, default=Options.fov,
                         help="horizontal field of view in degrees (default 60)")
@@ -112,7 +139,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
 
 def add_people_argument(parser: argparse.ArgumentParser) -> None:
     """--people N: track and lift up to N people (realtime.people)."""
-    parser.add_argument("--people", type=int, default=Options.people, metavar="N",
+    parser.add_argument("--people", type=positive_int, default=Options.people, metavar="N",
                         help=f"track up to N people, each with a stable id, all lifted into one camera space "
                              f"(default {Options.people}: one person, the fastest)")
     parser.add_argument("--fast-people", action="store_true", default=Options.fast_people,
@@ -132,7 +159,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = Tr
     g = parser.add_argument_group("outputs")
     g.add_argument("--serve", action="store_true", help="stream to the browser viewer (websocket + HTTP)")
     g.add_argument("--host", default="127.0.0.1", help="--serve address (default 127.0.0.1, this machine only)")
-    g.add_argument("--port", type=int, default=8765, help="--serve port (default 8765; 0 = any free port)")
+    g.add_argument("--port", type=port_number, default=8765, help="--serve port (default 8765; 0 = any free port)")
     from realtime.server import add_token_arguments
     add_token_arguments(g, "--serve: viewers must present this token")
     g.add_argument("--open3d", action="store_true", help="show the skeleton in an Open3D window")

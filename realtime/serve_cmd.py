@@ -23,15 +23,17 @@ MAX_GAP_S = 1.0  # a longer pause between recorded frames is replayed as this lo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from realtime.cli_options import port_number, positive_float
+
     parser.add_argument("file", type=Path, help="pose file (.npz) or viewer recording (.jsonl)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="port for the page and the stream (default 8765)")
+    parser.add_argument("--port", type=port_number, default=8765, help="port for the page and the stream (default 8765)")
     from realtime.server import add_token_arguments
     add_token_arguments(parser, "access token viewers must present")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="another web page origin allowed to open the stream, e.g. http://host:9000 "
                              "(repeatable; the viewer's own page is always allowed)")
-    parser.add_argument("--fps", type=float, default=None,
+    parser.add_argument("--fps", type=positive_float, default=None,
                         help="replay rate (default: the file's timestamps / recorded fps)")
     parser.add_argument("--loop", action="store_true", help="replay forever")
     parser.add_argument("--wait", action="store_true",

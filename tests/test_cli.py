@@ -53,6 +53,33 @@ def test_usage_errors_exit_2(capsys):
     assert "invalid choice" in err and "required" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["video", "IMAGES", "--sequence", "--fps", "0"], "argument --fps: must be a finite number > 0, got '0'"),
+    (["video", "IMAGES", "--sequence", "--fps", "-5"], "argument --fps: must be a finite number > 0"),
+    (["video", "IMAGES", "--sequence", "--fps", "nan"], "argument --fps: must be a finite number > 0"),
+    (["video", "IMAGES", "--sequence", "--fps", "inf"], "argument --fps: must be a finite number > 0"),
+    (["video", "IMAGES", "--bones-window", "-3"], "argument --bones-window: must be an integer >= 0"),
+    (["video", "IMAGES", "--beta", "nan"], "argument --beta: must be a finite number >= 0"),
+    (["video", "IMAGES", "--min-cutoff", "0"], "argument --min-cutoff: must be a finite number > 0"),
+    (["video", "IMAGES", "--people", "0"], "argument --people: must be an integer >= 1"),
+    (["video", "IMAGES", "--threads", "-1"], "argument --threads: must be an integer >= 0"),
+    (["webcam", "--port", "70000"], "argument --port: must be an integer >= 0 and <= 65535"),
+    (["serve", "x.npz", "--fps", "0"], "argument --fps: must be a finite number > 0"),
+])
+def test_numeric_options_out_of_range_are_usage_errors_before_any_work(argv, message, capsys, monkeypatch, tmp_path):
+    import realtime.api
+
+    def not_reached(*a, **k):
+        raise AssertionError("work started although an option is out of range")
+
+    monkeypatch.setattr(realtime.api.Estimator, "from_options", not_reached)
+    argv = [str(tmp_path) if a == "IMAGES" else a for a in argv]
+    assert main([*argv, "--out", str(tmp_path / "o.npz")] if argv[0] == "video" else argv) == 2
+    err = capsys.readouterr().err
+    assert f"posestream {argv[0]}: error: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "o.npz").exists()
+
+
 @pytest.mark.parametrize("exc, status, text", [
     (OSError(28, "No space left on device"), 1, "No space left on device"),
     (RuntimeError("CUDA launch failed"), 1, "CUDA launch failed"),
