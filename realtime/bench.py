@@ -35,12 +35,14 @@ DEFAULT_VIDEO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from realtime.cli_options import positive_int
+
     p.add_argument("video", nargs="?", default=str(DEFAULT_VIDEO), help="video to run on (default assets/demo.mp4)")
     p.add_argument("--model", default=default_app_model(),
                    help=f"shipped model name or .pt/.onnx/.engine path: the Final model (generator + refiner) "
                         f"or a Base lifter (default {default_app_model()})")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default auto)")
-    p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="use only the first N frames")
     p.add_argument("--people", type=int, default=1, metavar="N",
                    help="benchmark `--people N` (MediaPipe with num_poses = N on both sides; default 1)")
     p.add_argument("--follow", action="store_true",

@@ -92,6 +92,9 @@ def open_lifter(model: str, backend: str = "auto", threads: int | None = None):
         from engines.backends import shipped_models
 
         if not Path(model).suffix and str(model) not in shipped_models():
+            if Path(model).exists():
+                raise UserError(f"{model} is not a model checkpoint or ONNX model (a model file ends in .onnx, .pt "
+                                f"or .engine); this command runs {', '.join(runnable_models()) or 'none shipped'}")
             raise UserError(f"unknown model {model!r}: not a file, and not a shipped model; this command runs "
                             f"{', '.join(runnable_models()) or 'none shipped'} (or a .onnx/.pt/.engine of those)")
         be = open_backend(model, backend, threads=threads)

@@ -43,6 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "frame, without --loop, viewers keep seeing it)")
 
 
+def _is_pose_json(path: Path) -> bool:
+    """Whether `path` is a .json pose file written by posestream (realtime.writers.render_json:
+    its first line opens {"meta": {"format": "posestream-...-json-v1", ...), not a recording."""
+    from realtime.writers import JSON_FORMAT, JSON_PEOPLE_FORMAT
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        return False
+    return any(head.startswith(b'{"meta": {"format": "' + f.encode() + b'"') for f in (JSON_FORMAT, JSON_PEOPLE_FORMAT))
+
+
 def load_frames(path: Path) -> tuple[list[PoseFrame], float | None]:
     """Frames of FILE and its nominal fps (None when the file does not say)."""
     if not path.is_file():
@@ -60,6 +73,9 @@ def load_frames(path: Path) -> tuple[list[PoseFrame], float | None]:
         fps = fps if fps is not None and math.isfinite(fps) and fps > 0 else None
     elif suffix in (".jsonl", ".ndjson", ".json"):
         from realtime.protocol import ProtocolError, parse_recording
+        if _is_pose_json(path):
+            raise UserError(f"{path} is a posestream pose file (.json output), not a viewer recording: serve replays "
+                            f"a pose file as .npz (posestream video IN --out clip.npz) or a viewer recording (.jsonl)")
         try:
             with open(path, encoding="utf-8") as fh:
                 hello, frames = parse_recording(fh)

@@ -66,6 +66,8 @@ class VideoFileSource(_ClosingSource):
 
         self.path = Path(path)
         if not self.path.is_file():
+            if self.path.exists():
+                raise UserError(f"{self.path} is not a regular file (a device or a pipe): give a video file")
             raise UserError(f"video file not found: {self.path}")
         self._cap = cv2.VideoCapture(str(self.path))
         ok, first = (self._cap.read() if self._cap.isOpened() else (False, None))

@@ -80,6 +80,23 @@ def test_numeric_options_out_of_range_are_usage_errors_before_any_work(argv, mes
     assert not (tmp_path / "o.npz").exists()
 
 
+def test_misleading_messages_say_what_is_wrong(tmp_path, capsys):
+    import os
+
+    not_model = tmp_path / "passwd"
+    not_model.write_text("root:x:0:0\n")
+    assert main(["video", str(DEMO), "--out", str(tmp_path / "o.npz"), "--model", str(not_model)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a model checkpoint or ONNX model" in err and "not a file" not in err
+    assert main(["video", os.devnull, "--out", str(tmp_path / "o.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a regular file" in err and "not found" not in err
+    assert main(["bench", str(DEMO), "--max-frames", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --max-frames: must be an integer >= 1" in err and "decodable" not in err
+    assert not (tmp_path / "o.npz").exists()
+
+
 @pytest.mark.parametrize("exc, status, text", [
     (OSError(28, "No space left on device"), 1, "No space left on device"),
     (RuntimeError("CUDA launch failed"), 1, "CUDA launch failed"),

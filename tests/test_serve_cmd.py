@@ -200,3 +200,14 @@ def test_serve_bad_jsonl_is_one_line_exit_2(tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert err.startswith("posestream serve: error: ") and err.count("\n") == 1, err
     assert "line 2" in err, err
+
+
+def test_serve_of_a_pose_json_says_what_it_is_and_what_serve_takes(tmp_path, capsys):
+    import posestream
+    from realtime.frames import PoseFrame
+
+    path = posestream.write([PoseFrame.empty(i, i / 25, (64, 48)) for i in range(2)], tmp_path / "clip.json", fps=25)
+    assert main(["serve", str(path), "--port", "0", "--duration", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "is a posestream pose file (.json output), not a viewer recording" in err and ".npz" in err
+    assert err.count("\n") == 1 and "invalid JSON" not in err
