@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -77,21 +78,42 @@ def load_calibration(path: str | Path, frame_size: tuple[int, int] | None = None
         raise UserError(f"cannot read calibration {path}: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"calibration {path} must be a JSON object with fx, fy, cx, cy")
-    try:
-        fx, fy, cx, cy = (float(data[k]) for k in ("fx", "fy", "cx", "cy"))
-    except KeyError as exc:
-        raise UserError(f"calibration {path} lacks {exc.args[0]!r} (needs fx, fy, cx, cy in pixels)") from None
-    except (TypeError, ValueError):
-        raise UserError(f"calibration {path}: fx, fy, cx, cy must be numbers") from None
+    for key in ("fx", "fy", "cx", "cy"):
+        if key not in data:
+            raise UserError(f"calibration {path} lacks {key!r} (needs fx, fy, cx, cy in pixels)")
+    for key in ("fx", "fy", "cx", "cy", "width", "height"):  # JSON true is no pixel count, nor is "500"
+        value = data.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"calibration {path}: {key!r} must be a number, got {json.dumps(value)}")
+    fx, fy, cx, cy = (float(data[k]) for k in ("fx", "fy", "cx", "cy"))
     if not (fx > 0 and fy > 0 and math.isfinite(fx + fy + cx + cy)):
         raise UserError(f"calibration {path}: fx and fy must be positive and all values finite")
     if "width" in data and "height" in data:
+        if not all(float(data[k]) >= 1 and float(data[k]) == int(data[k]) for k in ("width", "height")):
+            raise UserError(f"calibration {path}: width and height must be whole numbers of pixels >= 1")
         size = (int(data["width"]), int(data["height"]))
     elif frame_size is not None:
         size = (int(frame_size[0]), int(frame_size[1]))
     else:
         size = (int(round(2 * cx)), int(round(2 * cy)))
     return Intrinsics(np.array([fx, fy]), np.array([cx, cy]), size)
+
+
+_WARNED_OUTSIDE: set[tuple[str, tuple[int, int]]] = set()
+
+
+def warn_principal_point_outside(intr: Intrinsics, calib: str | Path) -> None:
+    """A one-line warning, once per calibration file and image size, when its principal point
+    lies outside the image: legitimate for a crop of a larger frame, but more often a
+    calibration made for another resolution, which misplaces every person in depth."""
+    (cx, cy), (w, h) = intr.c, intr.size
+    key = (str(calib), intr.size)
+    if 0 <= cx <= w and 0 <= cy <= h or key in _WARNED_OUTSIDE:
+        return
+    _WARNED_OUTSIDE.add(key)
+    logging.getLogger(__name__).warning(
+        "calibration %s: principal point (%g, %g) lies outside the %dx%d image (fine for a crop; otherwise "
+        "give the calibration's \"width\" and \"height\" so it is rescaled)", calib, cx, cy, w, h)
 
 
 def intrinsics_for(frame_size: tuple[int, int], fov_deg: float | None = None,
@@ -142,6 +164,8 @@ class TrajectoryStage:
         size = (int(frame_size[0]), int(frame_size[1]))
         if self._intr is None or self._intr.size != size:
             self._intr = intrinsics_for(size, self.fov_deg, self.calib)
+            if self.calib is not None:
+                warn_principal_point_outside(self._intr, self.calib)
         return self._intr
 
     def __call__(self, pf: PoseFrame) -> PoseFrame:

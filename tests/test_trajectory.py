@@ -90,7 +90,12 @@ def test_intrinsics_options(tmp_path):
 @pytest.mark.parametrize("content,match", [
     (None, "not found"), ("{not json", "cannot read"), ("[1, 2]", "JSON object"),
     ('{"fx": 1, "fy": 1, "cx": 1}', "lacks 'cy'"), ('{"fx": -1, "fy": 1, "cx": 1, "cy": 1}', "positive"),
-    ('{"fx": "a", "fy": 1, "cx": 1, "cy": 1}', "numbers"),
+    ('{"fx": "a", "fy": 1, "cx": 1, "cy": 1}', "'fx' must be a number"),
+    ('{"fx": true, "fy": 500, "cx": 320, "cy": 180}', "'fx' must be a number, got true"),
+    ('{"fx": 500, "fy": 500, "cx": "320", "cy": 180}', "'cx' must be a number"),
+    ('{"fx": 500, "fy": 500, "cx": 320, "cy": null}', "'cy' must be a number"),
+    ('{"fx": 500, "fy": 500, "cx": 320, "cy": 180, "width": false, "height": 360}', "'width' must be a number"),
+    ('{"fx": 500, "fy": 500, "cx": 320, "cy": 180, "width": 0, "height": 360}', "whole numbers of pixels"),
 ])
 def test_bad_calibration_is_a_user_error(tmp_path, content, match):
     path = tmp_path / "c.json"
@@ -98,6 +103,19 @@ def test_bad_calibration_is_a_user_error(tmp_path, content, match):
         path.write_text(content)
     with pytest.raises(UserError, match=match):
         TrajectoryStage(calib=path)
+
+
+def test_a_principal_point_outside_the_image_is_one_warning(tmp_path, caplog):
+    calib = tmp_path / "big.json"  # made for 1920x1080 without saying so, used on 640x360
+    calib.write_text(json.dumps({"fx": 500, "fy": 500, "cx": 960, "cy": 540}))
+    stage, again = TrajectoryStage(calib=calib), TrajectoryStage(calib=calib)
+    with caplog.at_level("WARNING", logger="realtime.trajectory"):
+        for st in (stage, again):
+            for _ in range(3):
+                st.intrinsics((640, 360))
+        TrajectoryStage(calib=calib).intrinsics((1920, 1080))  # inside: no warning
+    warned = [r.getMessage() for r in caplog.records if "outside" in r.getMessage()]
+    assert len(warned) == 1 and "(960, 540) lies outside the 640x360 image" in warned[0]
 
 
 def test_bad_fov_is_a_user_error():
