@@ -400,7 +400,8 @@ def read_journal(path: str | Path) -> Journal:
             raise ValueError("it lists no outputs")
         outputs = []
         for o in header["outputs"]:
-            if not isinstance(o, dict) or not isinstance(o.get("path"), str) or not isinstance(o.get("options") or {}, dict):
+            if not (isinstance(o, dict) and isinstance(o.get("path"), str)
+                    and isinstance(o.get("options") or {}, dict)):
                 raise ValueError(f"output {o!r} is not a path with options")
             outputs.append((_resolve(path, o["path"]), dict(o.get("options") or {})))
     except (ValueError, KeyError, TypeError) as exc:

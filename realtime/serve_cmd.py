@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("file", type=Path, help="pose file (.npz) or viewer recording (.jsonl)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=port_number, default=8765, help="port for the page and the stream (default 8765)")
+    parser.add_argument("--port", type=port_number, default=8765,
+                        help="port for the page and the stream (default 8765)")
     from realtime.server import add_token_arguments
     add_token_arguments(parser, "access token viewers must present")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",

@@ -144,8 +144,8 @@ def test_an_output_that_is_the_input_or_an_existing_persons_file_is_refused_befo
     (tmp_path / "link.mp4").hardlink_to(clip)
     (tmp_path / "two.person0.bvh").write_text("mine")
     monkeypatch.chdir(tmp_path)
-    for argv in (["--out", "a.npz", "--preview", "clip.mp4"], ["--out", "a.npz", "--preview", "../" + tmp_path.name + "/clip.mp4"],
-                 ["--out", "a.npz", "--preview", str(tmp_path / "link.mp4")]):
+    for preview in ("clip.mp4", "../" + tmp_path.name + "/clip.mp4", str(tmp_path / "link.mp4")):
+        argv = ["--out", "a.npz", "--preview", preview]
         assert main(["video", "clip.mp4", *argv]) == 2
         err = capsys.readouterr().err
         assert "would replace the input clip.mp4" in err and len(err.strip().splitlines()) == 1
