@@ -65,7 +65,7 @@ GROUPS = ("commands", "benchmarks and tools", "training and evaluation (needs th
 # Modules the training extra brings; a training command run without them gets a one-line hint.
 TRAIN_EXTRA_MODULES = ("torch", "onnx", "onnxscript", "numba")
 EPILOG = ("`posestream COMMAND -h` shows a command's options.\n"
-          "Exit status: 0 done, 1 failed, 2 usage error, 130 interrupted (Ctrl-C).")
+          "Exit status: 0 done, 1 failed, 2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from engines.checkpoint import BASE_MODEL
 from engines.errors import UserError
 from engines.normalize import features_2d
 from engines.skeleton import NUM_JOINTS
+from engines.temporal import AVERAGED_REACH, AVERAGED_STAGE
 from realtime.detector import Detection, PoseDetector
 from realtime.filters import BodyConfig
 from realtime.frames import Frame, PoseFrame
@@ -174,7 +175,14 @@ class PoseEstimator:
         if t is None:
             return f"single-frame lifter{two_d}"
         kind = "causal" if t.causal else f"centred, output {t.lookahead_s:.1f} s behind detection"
-        return f"temporal lifter ({t.window} frames {t.spacing_s * 1000:g} ms apart, {kind}){two_d}"
+        ms = t.spacing_s * 1000
+        frames = f"{t.window} frames {ms:g} ms apart"
+        if (getattr(self.lifter, "metadata", None) or {}).get("stage") == AVERAGED_STAGE:
+            # a time-averaged model reads more frames than its window: its output is the mean of
+            # the windows centred on t and on the frames AVERAGED_REACH either side
+            frames = (f"{t.window - 2 * AVERAGED_REACH}-frame window {ms:g} ms apart, averaged over "
+                      f"+-{AVERAGED_REACH * ms:g} ms ({t.window} frames)")
+        return f"temporal lifter ({frames}, {kind}){two_d}"
 
     def detect(self, frame: Frame) -> Detected:
         h, w = frame.image.shape[:2]

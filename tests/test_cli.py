@@ -37,6 +37,33 @@ def test_help_imports_no_command_module():
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_help_lines_are_whole_sentences_and_name_every_exit_status(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    listing = [ln for ln in out.splitlines() if ln.startswith("  ") and not ln.lstrip().startswith("-")]
+    for name, cmd in cli.commands().items():  # a training command's line: its docstring's first line
+        line = next(ln for ln in listing if ln.split()[0] == name)
+        assert cmd.group < 2 or line.rstrip().endswith("."), f"cut off mid-sentence: {line}"
+    assert "mp-error" in out and "turns exact 2D into\n" not in out
+    assert "130 interrupted (Ctrl-C), 143 terminated (SIGTERM)" in out
+
+
+def test_video_report_names_the_window_and_the_frames_it_reads():
+    from types import SimpleNamespace
+
+    from engines.temporal import AVERAGED_STAGE
+    from realtime.estimator import PoseEstimator
+    from realtime.history import TemporalSpec
+
+    est = object.__new__(PoseEstimator)
+    est.detector = SimpleNamespace(mirror=False)
+    est.temporal, est.lifter = TemporalSpec(83, 0.04, False), SimpleNamespace(metadata={"stage": AVERAGED_STAGE})
+    assert est.describe().startswith("temporal lifter (81-frame window 40 ms apart, averaged over +-40 ms "
+                                     "(83 frames), centred, output 1.6 s behind detection")
+    est.temporal, est.lifter = TemporalSpec(81, 0.04, True), SimpleNamespace(metadata={"stage": "temporal_conv81"})
+    assert est.describe() == "temporal lifter (81 frames 40 ms apart, causal)"
+
+
 def test_version(capsys):
     from posestream import __version__
 

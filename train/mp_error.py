@@ -1,5 +1,7 @@
-"""A model of MediaPipe's 2D error, fitted on rendered sequences, that turns exact 2D into
-MediaPipe-like 2D (what the product's lifters see) for every Human3.6M training sequence.
+"""Fit a model of MediaPipe's 2D error that turns exact 2D into MediaPipe-like 2D for training.
+
+The model is fitted on rendered sequences and gives every Human3.6M training sequence the
+MediaPipe-like 2D that the product's lifters see.
 
     posestream mp-error fit --renders data_out/seq_h36m_train --hold-out 8 --out data_out/mp_error.npz
     (prints the fit statistics on the held-out subject's renders: real vs simulated)
