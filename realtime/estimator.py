@@ -174,7 +174,7 @@ class PoseEstimator:
         two_d = ", mirrored 2D" if getattr(self.detector, "mirror", False) else ""
         if t is None:
             return f"single-frame lifter{two_d}"
-        kind = "causal" if t.causal else f"centred, output {t.lookahead_s:.1f} s behind detection"
+        kind = "causal" if t.causal else f"centred, reading {t.lookahead_s:.1f} s past each frame"
         ms = t.spacing_s * 1000
         frames = f"{t.window} frames {ms:g} ms apart"
         if (getattr(self.lifter, "metadata", None) or {}).get("stage") == AVERAGED_STAGE:

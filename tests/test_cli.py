@@ -59,7 +59,7 @@ def test_video_report_names_the_window_and_the_frames_it_reads():
     est.detector = SimpleNamespace(mirror=False)
     est.temporal, est.lifter = TemporalSpec(83, 0.04, False), SimpleNamespace(metadata={"stage": AVERAGED_STAGE})
     assert est.describe().startswith("temporal lifter (81-frame window 40 ms apart, averaged over +-40 ms "
-                                     "(83 frames), centred, output 1.6 s behind detection")
+                                     "(83 frames), centred, reading 1.6 s past each frame")
     est.temporal, est.lifter = TemporalSpec(81, 0.04, True), SimpleNamespace(metadata={"stage": "temporal_conv81"})
     assert est.describe() == "temporal lifter (81 frames 40 ms apart, causal)"
 
