@@ -14,6 +14,7 @@ itself, as OUT.recovered.EXT.)
 from __future__ import annotations
 
 import argparse
+import sys
 
 from realtime.writers import add_file_arguments
 
@@ -30,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         recover(args.journal, output_specs(args.out, args) or None, overwrite=not args.no_overwrite)
     except OutputError as exc:
-        print(f"posestream recover: error: {exc}")
+        print(f"posestream recover: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -300,3 +300,15 @@ def test_preview_with_the_centred_model_draws_every_frame(tmp_path: Path, capsys
     diff = [float(np.abs(f[150:300, :200].astype(int) - x[150:300, :200].astype(int)).mean())
             for f, x in zip(frames, inputs)]
     assert max(diff) < 25, diff
+
+
+def test_recover_reports_an_output_it_could_not_write_on_stderr(tmp_path: Path, capsys, monkeypatch):
+    import realtime.writers as writers
+
+    def fail(*args, **kwargs):
+        raise writers.OutputError("could not write k.bvh (disk full)")
+
+    monkeypatch.setattr(writers, "recover", fail)
+    assert main(["recover", str(tmp_path / "k.bvh.part")]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.strip() == "posestream recover: error: could not write k.bvh (disk full)"
