@@ -221,6 +221,16 @@ def _rate(text: str) -> float:
     return v
 
 
+def _track_id(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"wants a track id (an integer >= 0), got {text!r}")
+    return v
+
+
 def add_vmc_arguments(group: argparse._ActionsContainer) -> None:
     """The VMC stream's options (beside --osc): --vmc-mirror, --osc-rate."""
     group.add_argument("--vmc-mirror", action="store_true",
@@ -228,7 +238,7 @@ def add_vmc_arguments(group: argparse._ActionsContainer) -> None:
                             "the avatar's left); default: it moves as the person in the image")
     group.add_argument("--osc-rate", type=_rate, default=None, metavar="HZ",
                        help="--osc: at most HZ bundles per second, by frame time (default: every frame)")
-    group.add_argument("--osc-person", type=int, default=None, metavar="ID",
+    group.add_argument("--osc-person", type=_track_id, default=None, metavar="ID",
                        help="--osc with --people N: the track id of the person who drives the avatar "
                             "(default: the lowest id in view)")
 

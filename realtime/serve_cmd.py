@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop", action="store_true", help="replay forever")
     parser.add_argument("--wait", action="store_true",
                         help="start playing when the first viewer is connected (and authorised)")
-    parser.add_argument("--duration", type=float, default=None,
+    parser.add_argument("--duration", type=positive_float, default=None,
                         help="stop after this many seconds (default: run until Ctrl-C; after the last "
                              "frame, without --loop, viewers keep seeing it)")
 

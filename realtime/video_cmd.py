@@ -50,7 +50,7 @@ from typing import Any
 from engines.errors import UserError
 from realtime.api import DEFAULT_FPS, Options, PoseStream
 from realtime.cli_options import (add_model_arguments, add_output_arguments, add_people_argument,
-                                  add_smoothing_arguments, positive_float)
+                                  add_smoothing_arguments, positive_float, positive_int)
 from realtime.interrupts import DeferredInterrupt
 from realtime.sinks import LiveSinks
 from realtime.preview import add_preview_arguments
@@ -74,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=positive_float, default=DEFAULT_FPS, help=f"frame rate of an image folder (default {DEFAULT_FPS:g})")
     p.add_argument("--raw-root", action="store_true",
                    help="each frame's own root solve, without the trajectory filter (to compare)")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_smoothing_arguments(p, default_on=False)
     add_file_arguments(p)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from engines.errors import UserError
 from realtime.cli_options import (add_model_arguments, add_output_arguments, add_people_argument,
-                                  add_smoothing_arguments)
+                                  add_smoothing_arguments, positive_float, positive_int)
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="webcam index (0, 1, ...), a device path (/dev/video0), or a video file "
                              "played in real time as a stand-in camera (default 0)")
     parser.add_argument("--loop", action="store_true", help="replay a stand-in video file endlessly")
-    parser.add_argument("--width", type=int, help="ask the webcam for this frame width")
-    parser.add_argument("--height", type=int, help="ask the webcam for this frame height")
+    parser.add_argument("--width", type=positive_int, help="ask the webcam for this frame width")
+    parser.add_argument("--height", type=positive_int, help="ask the webcam for this frame height")
     add_model_arguments(parser, live=True)
     add_people_argument(parser)
-    parser.add_argument("--max-frames", type=int, help="stop after this many camera frames")
-    parser.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
+    parser.add_argument("--max-frames", type=positive_int, help="stop after this many camera frames")
+    parser.add_argument("--stall-timeout", type=positive_float, default=10.0, metavar="S",
                         help="give up when no pose came out for S seconds (camera unplugged; default 10)")
     add_smoothing_arguments(parser)
     add_output_arguments(parser)

@@ -92,6 +92,12 @@ def test_usage_errors_exit_2(capsys):
     (["video", "IMAGES", "--threads", "-1"], "argument --threads: must be an integer >= 0"),
     (["webcam", "--port", "70000"], "argument --port: must be an integer >= 0 and <= 65535"),
     (["serve", "x.npz", "--fps", "0"], "argument --fps: must be a finite number > 0"),
+    (["serve", "x.npz", "--duration", "-1"], "argument --duration: must be a finite number > 0"),
+    (["video", "IMAGES", "--max-frames", "0"], "argument --max-frames: must be an integer >= 1"),
+    (["webcam", "--max-frames", "-2"], "argument --max-frames: must be an integer >= 1"),
+    (["webcam", "--width", "0"], "argument --width: must be an integer >= 1"),
+    (["webcam", "--stall-timeout", "nan"], "argument --stall-timeout: must be a finite number > 0"),
+    (["webcam", "--osc", "--osc-person", "-1"], "argument --osc-person: wants a track id (an integer >= 0)"),
 ])
 def test_numeric_options_out_of_range_are_usage_errors_before_any_work(argv, message, capsys, monkeypatch, tmp_path):
     import realtime.api
