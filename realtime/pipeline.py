@@ -96,7 +96,9 @@ class StageError(RuntimeError):
     """A stage or the source raised; the original exception is `__cause__`."""
 
     def __init__(self, stage: str, frame_index: int | None, cause: BaseException) -> None:
-        where = f" on frame {frame_index}" if frame_index is not None else ""
+        """frame_index: the frame the stage failed on; for the source, the last frame it gave
+        (it failed reading the one after)."""
+        where = "" if frame_index is None else f" {'after' if stage == 'source' else 'on'} frame {frame_index}"
         super().__init__(f"stage {stage!r} failed{where}: {type(cause).__name__}: {cause}")
         self.stage = stage
         self.frame_index = frame_index

@@ -180,7 +180,7 @@ def test_failing_stage_stops_everything_and_reraises():
 
 def test_source_error_mid_stream_is_reported_after_earlier_frames():
     got = []
-    with pytest.raises(StageError, match="source") as ei:
+    with pytest.raises(StageError, match="stage .source. failed after frame 11: OSError") as ei:
         for f in Pipeline(frames(50, fail_at=12), [Stage("detect", fake_detect()), Stage("lift", fake_lift)],
                           live=False):
             got.append(f.index)
