@@ -80,6 +80,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def check_writable_file(path: Path, what: str) -> None:
+    """UserError, before any work, if a file cannot be written at `path`: a folder there, a
+    file where a folder is needed, or a folder (the nearest one that exists) where a file
+    cannot be created. It tries to create one: root passes os.access on read-only places
+    such as /proc, and the user should learn that now, not after a long run. `what` names
+    the option in the message (e.g. "--json")."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder: give a file name")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{what} {path}: {parent} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+    except OSError:
+        raise UserError(f"{what} {path}: the folder {parent} is not writable") from None
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """atomic_write_bytes for text (UTF-8): reports (--json, --md) are never left half-written."""
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
 # ModelProto field numbers (onnx.proto3): metadata_props is a repeated StringStringEntryProto
 # (key = 1, value = 2). Protobuf wire types: 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32.
 _ONNX_METADATA_FIELD = 14

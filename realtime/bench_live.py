@@ -35,16 +35,22 @@ BENCH_SIZE = (640, 480)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    # Range-checked at parsing (usage error, exit 2): a zero or negative camera rate would
+    # divide by zero or run time backwards, a negative stand-in time fails only after the
+    # whole benchmark.
+    from realtime.cli_options import non_negative_float, non_negative_int, positive_float, positive_int
+
     p.add_argument("video", nargs="?", default=str(DEFAULT_VIDEO), help="video to run on (default assets/demo.mp4)")
     p.add_argument("--model", default=default_live_model(),
                    help=f"shipped model name or .pt/.onnx/.engine path: a causal temporal lifter, the Final model "
                         f"(generator + refiner) or a Base lifter (default {default_live_model()}, as the webcam)")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default auto)")
-    p.add_argument("--frames", type=int, default=150, help="frames per run (the clip is looped; default 150)")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating (default 3)")
-    p.add_argument("--camera-fps", type=float, default=30.0, help="frame rate of the simulated camera (default 30)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for the lifter runtime (default 1)")
-    p.add_argument("--standin-ms", type=float, default=25.0,
+    p.add_argument("--frames", type=positive_int, default=150, help="frames per run (the clip is looped; default 150)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="runs of each variant, alternating (default 3)")
+    p.add_argument("--camera-fps", type=positive_float, default=30.0, help="frame rate of the simulated camera (default 30)")
+    p.add_argument("--threads", type=non_negative_int, default=1,
+                   help="CPU threads for the lifter runtime (default 1; 0 = the runtime default)")
+    p.add_argument("--standin-ms", type=non_negative_float, default=25.0,
                    help="detection time of the stand-in detector run (default 25 ms)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
@@ -96,8 +102,11 @@ def _percentiles(lat: list[float]) -> tuple[float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from realtime.cli_options import check_report_paths, write_report
+
     if args.repeats < 1 or args.frames < 10:
         raise UserError("--repeats must be >= 1 and --frames >= 10")
+    check_report_paths(args, "json")
     from realtime.detector import PoseDetector
     from realtime.estimator import PoseEstimator, open_lifter
     from realtime.filters import PoseSmoother
@@ -221,5 +230,5 @@ def run(args: argparse.Namespace) -> int:
     for name, rate, detail, target in rows:
         print(f"{name:<{w0}}  {rate:>10}  {detail:<34}  {target}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_report(args.json, json.dumps(result, indent=2))
     return 0

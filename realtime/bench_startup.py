@@ -58,9 +58,11 @@ print(f"{n} frames, {found} with a person")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from realtime.cli_options import non_negative_int, positive_int
+
     p.add_argument("--clip", default=str(DEFAULT_CLIP), help="video to take the frames from (default the demo clip)")
-    p.add_argument("--frames", type=int, default=5, help="first N frames of --clip (0 = the whole clip; default 5)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported (default 3)")
+    p.add_argument("--frames", type=non_negative_int, default=5, help="first N frames of --clip (0 = the whole clip; default 5)")
+    p.add_argument("--rounds", type=positive_int, default=3, help="alternating rounds; medians are reported (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
 
 
@@ -112,8 +114,11 @@ def cut_clip(src: Path, frames: int, out: Path) -> int:
 def run(args: argparse.Namespace) -> int:
     from realtime.detector import DEFAULT_MODEL
 
+    from realtime.cli_options import check_report_paths, write_report
+
     if args.rounds < 1 or args.frames < 0:
         raise UserError("--rounds must be >= 1 and --frames >= 0")
+    check_report_paths(args, "json")
     clip_src = Path(args.clip)
     if not clip_src.is_file():
         raise UserError(f"video file not found: {clip_src}")
@@ -155,5 +160,5 @@ def run(args: argparse.Namespace) -> int:
     for key, target in TARGETS.items():
         print(f"{key}: {out[key]:.2f} (target <= {target}: {'met' if out[key] <= target else 'MISSED'})")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        write_report(args.json, json.dumps(out, indent=1) + "\n")
     return 0

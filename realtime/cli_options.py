@@ -10,11 +10,15 @@
     add_people_argument(parser)         --people N (several people, realtime.people), --fast-people
     options_from_args(args)             -> realtime.api.Options
     smoother_from_args(args)            -> the PoseSmoother the options ask for, or None
+    check_report_paths(args, *options)  a report file's option (--json, --md) that cannot be
+                                        written: UserError before the work, not after it
+    write_report(path, text)            the report, written atomically (temp file + rename)
 """
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 from realtime.api import Options, default_model
@@ -48,6 +52,38 @@ non_negative_float = _number(float, 0, True)
 positive_int = _number(int, 1, True)
 non_negative_int = _number(int, 0, True)
 port_number = _number(int, 0, True, 65535)
+
+
+def check_report_paths(args: argparse.Namespace, *options: str) -> None:
+    """UserError (exit 2) if the file an option such as --json or --md names cannot be
+    written: checked before the work (a benchmark, an evaluation), so a bad path costs
+    nothing. The checks are the video outputs' (realtime.writers.check_output_path: a folder
+    where the file goes, a parent that is a file) and a file really created and removed
+    where it goes (root passes os.access on /proc). `options` are the attribute names
+    ("json", "md"); one not given (None) is skipped."""
+    from engines.artifact import check_writable_file
+    from engines.errors import UserError
+    from realtime.writers import check_output_path
+
+    for name in options:
+        value = getattr(args, name, None)
+        if not value:
+            continue
+        flag = "--" + name.replace("_", "-")
+        try:
+            check_output_path(Path(value), overwrite=True)
+        except UserError as exc:
+            raise UserError(f"{flag}: {exc}") from None
+        check_writable_file(Path(value), flag)
+
+
+def write_report(path: str | Path, text: str) -> None:
+    """Write a report (JSON, Markdown) atomically: a temporary file in the same folder,
+    renamed over `path`, so an interrupted run never leaves half a file; missing folders
+    are created, as for the pose outputs."""
+    from engines.artifact import atomic_write_text
+
+    atomic_write_text(Path(path), text)
 
 
 def add_smoothing_arguments(parser: argparse.ArgumentParser, default_on: bool = True) -> None:

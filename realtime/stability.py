@@ -212,8 +212,11 @@ def _fmt(x: float, spec: str = ".1f") -> str:
 def run(args: argparse.Namespace) -> int:
     from realtime.writers import read_pose_npz
 
+    from realtime.cli_options import check_report_paths, write_report
+
     if not str(args.file).lower().endswith(".npz"):
         raise UserError(f"{args.file}: stability reads .npz pose files (write one with --out OUT.npz)")
+    check_report_paths(args, "json")
     frames = read_pose_npz(args.file)
     if not frames:
         raise UserError(f"{args.file} holds no frames")
@@ -250,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lag of {Path(args.file).name} behind {ref_name}: {_fmt(lag, '+.2f')} frames "
               f"(cross-correlation of joint velocities)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": {k: asdict(v) for k, v in rows.items()},
-                                               "lag_frames": lags}, indent=2))
+        write_report(args.json, json.dumps({"rows": {k: asdict(v) for k, v in rows.items()},
+                                           "lag_frames": lags}, indent=2))
     sys.stdout.flush()
     return 0

@@ -1,6 +1,7 @@
 """`posestream stability`: the figures on synthetic outputs with known answers, and the command."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,17 @@ def test_stability_against_mediapipe(tmp_path: Path, capsys):
     assert main(["stability", str(tmp_path / "o.npz"), "--against-mediapipe", str(DEMO)]) == 0
     out = capsys.readouterr().out
     assert "MediaPipe world landmarks" in out and "o.npz" in out
+
+
+def test_unwritable_json_is_refused_before_the_figures(tmp_path: Path, capsys):
+    n = 30
+    _write_npz(tmp_path / "o.npz", moving(n, 3.0), np.full((n, 3), 3000.0))
+    (tmp_path / "afile").write_text("x")
+    assert main(["stability", str(tmp_path / "o.npz"), "--json", str(tmp_path / "afile" / "s.json")]) == 2
+    captured = capsys.readouterr()
+    assert "--json" in captured.err and "not a folder" in captured.err and "Traceback" not in captured.err
+    assert "bone CV" not in captured.out  # refused before the work, not after the table
+    # A missing folder is created, and the report is whole (written under a temporary name, then renamed).
+    assert main(["stability", str(tmp_path / "o.npz"), "--json", str(tmp_path / "new" / "s.json")]) == 0
+    assert json.loads((tmp_path / "new" / "s.json").read_text())["rows"]
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["s.json"]
