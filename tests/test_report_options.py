@@ -42,3 +42,38 @@ def test_benchmark_json_that_cannot_be_written_is_refused_before_the_benchmark(c
     assert f"posestream {command}: error: --json" in err and "is not a folder" in err
     assert main([command, "--json", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_eval_bad_every_data_and_report_paths_are_one_line_usage_errors(tmp_path, capsys):
+    assert main(["eval", "--data", "x.npz", "--every", "0"]) == 2
+    assert "argument --every: must be an integer >= 1, got '0'" in capsys.readouterr().err
+    junk = tmp_path / "junk.npz"
+    junk.write_text("not an archive\n")
+    for extra in ([], ["--input", "gt"]):
+        assert main(["eval", "--data", str(junk), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "is not an .npz archive" in err and "allow_pickle" not in err and "Traceback" not in err
+    (tmp_path / "afile").write_text("x")
+    assert main(["eval", "--data", str(junk), "--md", str(tmp_path / "afile" / "t.md")]) == 2
+    assert "--md: cannot write" in capsys.readouterr().err
+
+
+def test_eval_real_frames_folder_refuses_an_input_it_does_not_have(tmp_path, capsys, monkeypatch):
+    from train import eval_renders
+
+    seen = []
+    monkeypatch.setattr(eval_renders, "evaluate_real_frames",
+                        lambda root, model, compare, input_kind: seen.append(input_kind) or {})
+    monkeypatch.setattr(eval_renders, "real_markdown", lambda out: "table")
+    assert main(["eval", "--data", str(tmp_path), "--input", "sh"]) == 2
+    assert "--input sh" in (err := capsys.readouterr().err) and "no SH detections" in err and seen == []
+    assert main(["eval", "--data", str(tmp_path)]) == 0  # the folder's default: MediaPipe
+    assert main(["eval", "--data", str(tmp_path), "--input", "gt"]) == 0  # the annotated 2D, honoured
+    assert seen == ["mp", "gt"]
+
+
+def test_eval_final_model_on_an_npz_says_it_needs_image_cues(h36m_val, capsys):
+    assert main(["eval", "--data", str(h36m_val), "--input", "gt", "--model", "final", "--every", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "needs image cues (coarse_mm, fbi_prob)" in err and "has no images" in err
+    assert "expected inputs" not in err

@@ -80,8 +80,12 @@ def open_model(model: str, backend: str = "torch", stage: str | None = None):
 
 
 def save_report(data: Any, md: str, json_path: str | Path | None, md_path: str | Path | None) -> None:
-    """Write a command's result as JSON and its Markdown report, each where asked (None: not)."""
+    """Write a command's result as JSON and its Markdown report, each where asked (None: not),
+    atomically (realtime.cli_options.write_report: never half a file); the commands check the
+    paths before their work (check_report_paths)."""
+    from realtime.cli_options import write_report
+
     if json_path:
-        Path(json_path).write_text(json.dumps(data, indent=1))
+        write_report(json_path, json.dumps(data, indent=1))
     if md_path:
-        Path(md_path).write_text(md + "\n")
+        write_report(md_path, md + "\n")

@@ -77,9 +77,17 @@ def evaluate(data: str, input_kind: str, model: str | None = None, backend: str 
     from train.metrics import mpjpe, p_mpjpe
 
     model = model or DEFAULT_MODEL[input_kind]
+    h36m.check_archive(data)
     be, path = open_model(model, backend)
     try:
-        sequence = stage_for(be.metadata.get("stage")).sequence
+        stage = stage_for(be.metadata.get("stage"))
+        cues = [t.name for t in stage.inputs if t.name != "features"]
+        if cues:  # the Final model's refiner takes the generator's cues, computed from image crops
+            raise UserError(f"--model {model} needs image cues ({', '.join(cues)}) as well as the 2D, and a "
+                            f"Human3.6M .npz has no images: evaluate it on a render folder (posestream render) or "
+                            f"the real-frames folder, or give --model one that lifts 2D alone (default for --input "
+                            f"{input_kind}: {DEFAULT_MODEL[input_kind]})")
+        sequence = stage.sequence
         if sequence and _whole_stride(data, be.metadata):  # a temporal lifter: in sequence form
             be.close()
             be, path = open_model(model, backend, stage=sequence)
@@ -115,18 +123,23 @@ def report_markdown(out: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from realtime.cli_options import positive_int
+
     p.add_argument("--data", required=True,
                    help="npz in the Human3.6M staged schema, a render folder (posestream render), "
                         "or the annotated real-frames folder (../shared/data/media/frames)")
-    p.add_argument("--input", choices=("gt", "sh", "mp"), default="sh",
-                   help="2D input: projected ground truth, SH detections, or (render folders) MediaPipe; "
-                        "the real-frames folder: MediaPipe, or gt = the annotated 2D")
+    # No default here: which inputs exist depends on --data (run() picks and checks), so a
+    # given --input that the data lacks is refused rather than silently replaced.
+    p.add_argument("--input", choices=("gt", "sh", "mp"), default=None,
+                   help="2D input: projected ground truth, SH detections, or (render folders) MediaPipe "
+                        "(default sh); the real-frames folder: mp (MediaPipe, its default) or gt = the annotated "
+                        "2D, it has no SH detections; sequence render sets: their MediaPipe 2D only")
     p.add_argument("--compare", nargs="*", default=[], metavar="MODEL",
                    help="render/real-frame folders: more models in the same table (e.g. the Base lifters)")
     p.add_argument("--model", default=None, help="shipped model name or checkpoint path (default: best for --input)")
     p.add_argument("--backend", default="auto",
                    help="runtime backend: auto (TensorRT, else ONNX Runtime, else torch), torch, onnxruntime, tensorrt")
-    p.add_argument("--every", type=int, default=1, help="evaluate every n-th row")
+    p.add_argument("--every", type=positive_int, default=1, help="evaluate every n-th row (default 1)")
     p.add_argument("--fixed-bones", action="store_true",
                    help="sequence render sets: each clip's poses with fixed bone lengths, as `posestream video` "
                         "writes them (realtime.filters.FILE_BODY)")
@@ -135,8 +148,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from realtime.cli_options import check_report_paths
+
     t0 = time.time()
     data = Path(args.data)
+    check_report_paths(args, "json", "md")
     if data.is_dir():
         from train import eval_renders
 
@@ -147,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
         if is_sequence_set(data):
             from train import eval_sequences
 
+            if args.input not in (None, "mp"):
+                raise UserError(f"--input {args.input}: a sequence render set is evaluated on the MediaPipe 2D of "
+                                f"its clips (VIDEO mode); it has no other 2D input (leave --input out)")
+
             models = [args.model, *args.compare] if args.model else list(eval_sequences.DEFAULT_MODELS)
             from realtime.filters import FILE_BODY
 
@@ -154,18 +174,22 @@ def run(args: argparse.Namespace) -> int:
                                                        FILE_BODY if getattr(args, "fixed_bones", False) else None)
             md = eval_sequences.sequence_markdown(out)
         elif (data / "manifest.json").is_file():
-            out = eval_renders.evaluate_render_set(args.data, args.input, args.model or "final", args.compare)
+            out = eval_renders.evaluate_render_set(args.data, args.input or "sh", args.model or "final",
+                                                   args.compare)
             md = eval_renders.render_markdown(out)
         else:
+            if args.input == "sh":
+                raise UserError(f"--input sh: {data} has no SH detections; a folder of real frames is evaluated "
+                                f"on MediaPipe's 2D (--input mp, its default) or its annotated 2D (--input gt)")
             out = eval_renders.evaluate_real_frames(args.data, args.model or "final", args.compare,
-                                                    input_kind="gt" if args.input == "gt" else "mp")
+                                                    input_kind=args.input or "mp")
             md = eval_renders.real_markdown(out)
     else:
         if getattr(args, "fixed_bones", False):
             raise UserError("--fixed-bones applies to sequence render sets (posestream render --sequence)")
         if args.input == "mp":
             raise UserError("--input mp needs a render folder or the real-frames folder (MediaPipe runs on images)")
-        out = evaluate(args.data, args.input, args.model, args.backend, args.every)
+        out = evaluate(args.data, args.input or "sh", args.model, args.backend, args.every)
         md = report_markdown(out)
     print(md)
     print(f"\n({time.time() - t0:.1f}s)")

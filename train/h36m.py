@@ -11,6 +11,7 @@ ground truth on the training subjects: NECK_NOSE_FROM_SH = (w_thorax, w_head), f
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,11 +75,22 @@ class H36MSet:
                        self.action_names, self.seq_names, self.input_kind)
 
 
-def open_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Load and validate an npz in the staged schema; raises UserError naming the problem."""
+def check_archive(path: str | Path) -> Path:
+    """The path, if it is a file that is an .npz (zip) archive; else a UserError that says so.
+    numpy's own error for a text or other non-zip file is a hint about allow_pickle, which
+    misleads (the file is not a pickle either): the serve command's check, realtime.writers."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not an .npz archive (empty, truncated or another format): --data takes an npz "
+                        f"in the Human3.6M staged schema, a render folder or the real-frames folder")
+    return path
+
+
+def open_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Load and validate an npz in the staged schema; raises UserError naming the problem."""
+    path = check_archive(path)
     try:
         z = np.load(path, allow_pickle=False)
         keys = set(z.files)
@@ -135,9 +147,7 @@ def row_sequence(d: dict[str, np.ndarray]) -> np.ndarray:
 def row_spacing_ms(path: str | Path) -> float:
     """Time between consecutive rows of a sequence, ms: 20 ms (50 Hz) times the file's
     frame_step, or the median step of its 50 Hz `frame` indices within sequences."""
-    if not Path(path).is_file():
-        raise UserError(f"data file not found: {path}")
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(check_archive(path), allow_pickle=False) as z:
         if "frame_step" in z.files:
             return 20.0 * float(z["frame_step"])
         if "frame" in z.files and "seq_start" in z.files:

@@ -555,9 +555,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from realtime.cli_options import check_report_paths
     from train.eval_common import save_report
     from train.sequence_sets import concat_sets, load_sequence_set
 
+    check_report_paths(args, "json", "md")
     ss = concat_sets([load_sequence_set(r) for r in args.renders])
     held = ss.subject == args.hold_out
     if not held.any() or held.all():
