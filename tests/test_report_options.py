@@ -77,3 +77,19 @@ def test_eval_final_model_on_an_npz_says_it_needs_image_cues(h36m_val, capsys):
     err = capsys.readouterr().err
     assert "needs image cues (coarse_mm, fbi_prob)" in err and "has no images" in err
     assert "expected inputs" not in err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--limit", "-1", "argument --limit: must be an integer >= 1, got '-1'"),
+    ("--limit", "0", "argument --limit: must be an integer >= 1, got '0'"),
+    ("--shard-size", "0", "argument --shard-size: must be an integer >= 1"),
+    ("--every", "0", "argument --every: must be an integer >= 1"),
+    ("--workers", "0", "argument --workers: must be an integer >= 1"),
+    ("--seed", "-1", "argument --seed: must be an integer >= 0"),
+    ("--seconds", "0", "argument --seconds: must be a finite number > 0"),
+])
+def test_render_counts_out_of_range_are_usage_errors_and_write_nothing(option, value, message, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["render", "--data", str(tmp_path / "x.npz"), "--out", str(out), option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"posestream render: error: {message}" in err and not out.exists()

@@ -23,25 +23,29 @@ from engines.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    # Counts and sizes are range-checked at parsing (usage error, exit 2): a --limit of 0 or
+    # less used to "finish" with an empty set and exit 0.
+    from realtime.cli_options import non_negative_int, positive_float, positive_int
+
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="npz in the Human3.6M staged schema (e.g. h36m_val.npz = S9)")
     src.add_argument("--bvh", help="folder of BVH clips (Bandai-Namco naming)")
     p.add_argument("--out", required=True, help="output folder (shards + manifest.json)")
-    p.add_argument("--every", type=int, default=1, help="H36M: keep every N-th row")
+    p.add_argument("--every", type=positive_int, default=1, help="H36M: keep every N-th row")
     p.add_argument("--cameras", default="0,1,2,3", help="H36M: camera indices, e.g. 0,1,2,3")
-    p.add_argument("--count", type=int, default=10000, help="BVH: number of samples")
-    p.add_argument("--limit", type=int, default=None, help="render only the first N samples (quick runs)")
+    p.add_argument("--count", type=positive_int, default=10000, help="BVH: number of samples")
+    p.add_argument("--limit", type=positive_int, default=None, help="render only the first N samples (quick runs)")
     p.add_argument("--no-mediapipe", action="store_true", help="skip the MediaPipe pass (crop from ground truth)")
     p.add_argument("--model", default=None, help="MediaPipe .task bundle (default models/pose_landmarker_full.task)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="processes (one per core)")
-    p.add_argument("--shard-size", type=int, default=None, help="samples per shard (256), clips with --sequence (4)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--workers", type=positive_int, default=1, help="processes (one per core)")
+    p.add_argument("--shard-size", type=positive_int, default=None, help="samples per shard (256), clips with --sequence (4)")
     seq = p.add_argument_group("sequences (--sequence)")
     seq.add_argument("--sequence", action="store_true", help="render clips: a person moving in front of one camera")
-    seq.add_argument("--fps", type=float, default=None, help="H36M: resample the rows to this frame rate")
-    seq.add_argument("--seconds", type=float, default=None,
+    seq.add_argument("--fps", type=positive_float, default=None, help="H36M: resample the rows to this frame rate")
+    seq.add_argument("--seconds", type=positive_float, default=None,
                      help="clip length (H36M default: whole runs; BVH default 5)")
-    seq.add_argument("--clips", type=int, default=1, help="H36M with --clip-start random: clips per run")
+    seq.add_argument("--clips", type=positive_int, default=1, help="H36M with --clip-start random: clips per run")
     seq.add_argument("--clip-start", choices=("first", "random"), default="first",
                      help="H36M: each run's first --seconds, or --clips stretches at random starts")
     seq.add_argument("--cues", nargs="?", const="generator", default=None, metavar="GENERATOR",
