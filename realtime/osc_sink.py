@@ -243,18 +243,43 @@ def add_vmc_arguments(group: argparse._ActionsContainer) -> None:
                             "(default: the lowest id in view)")
 
 
+def check_vmc_arguments(args: argparse.Namespace) -> None:
+    """UserError (exit 2) for a VMC option given without what it applies to: --vmc-mirror,
+    --osc-rate or --osc-person without --osc, and --osc-person without --people N > 1. They
+    used to be ignored without a word; refused as `posestream video --hold` without a live
+    output is, so the user learns the stream will not do what they asked."""
+    if not getattr(args, "osc", None):
+        given = [flag for flag, attr, unset in (("--vmc-mirror", "vmc_mirror", False), ("--osc-rate", "osc_rate", None),
+                                                ("--osc-person", "osc_person", None))
+                 if getattr(args, attr, unset) not in (unset, False)]
+        if given:
+            raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to the VMC stream: "
+                            f"{'it needs' if len(given) == 1 else 'they need'} --osc [HOST:]PORT")
+    if getattr(args, "osc_person", None) is not None and getattr(args, "people", 1) <= 1:
+        raise UserError("--osc-person picks which of several people drives the avatar: it needs --people N (N > 1)")
+
+
 def vmc_options(args: argparse.Namespace) -> dict[str, Any]:
-    """OscSink's keyword options from the parsed --vmc-mirror / --osc-rate."""
+    """OscSink's keyword options from the parsed --vmc-mirror / --osc-rate (checked first:
+    check_vmc_arguments)."""
+    check_vmc_arguments(args)
     return {"mirror": bool(getattr(args, "vmc_mirror", False)), "rate_hz": getattr(args, "osc_rate", None)}
 
 
 def parse_target(spec: str) -> tuple[str, int]:
-    """'PORT' or 'HOST:PORT' -> (host, port); UserError if malformed."""
+    """'PORT', 'HOST:PORT' or '[IPV6]:PORT' (the bracketed form of URLs, e.g. [::1]:39539)
+    -> (host, port); UserError if malformed."""
     host, _, port = spec.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host:
+            raise UserError(f"--osc wants PORT, HOST:PORT or [IPV6]:PORT, got {spec!r}")
+    elif ":" in host or "[" in host or "]" in host:
+        raise UserError(f"--osc: an IPv6 address goes in brackets, [ADDRESS]:PORT (e.g. [::1]:39539), got {spec!r}")
     try:
         p = int(port)
     except ValueError:
-        raise UserError(f"--osc wants PORT or HOST:PORT, got {spec!r}") from None
+        raise UserError(f"--osc wants PORT, HOST:PORT or [IPV6]:PORT, got {spec!r}") from None
     if not 0 < p < 65536:
         raise UserError(f"--osc port must be 1-65535, got {p}")
     return host or DEFAULT_HOST, p

@@ -66,6 +66,10 @@ def open_camera(spec: str, loop: bool = False, max_frames: int | None = None, wi
             raise UserError(f"{exc}; is a webcam connected? (--camera VIDEO_FILE plays a file as a camera)") from None
     if not Path(spec).is_file():
         raise UserError(f"--camera {spec!r} is neither a webcam index, a /dev/video path, nor a video file")
+    if width or height:  # a file plays at its own size: say so rather than ignore the request
+        given = " and ".join(f for f, v in (("--width", width), ("--height", height)) if v)
+        log.warning("%s %s for a webcam: the video file %s plays at its own frame size", given,
+                    "is" if " and " not in given else "are", spec)
     return RealtimePlayback.from_video(spec, loop=loop, max_frames=max_frames)
 
 
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from realtime.api import Estimator
     from realtime.cli_options import options_from_args
     from realtime.interrupts import DeferredInterrupt
+    from realtime.osc_sink import check_vmc_arguments, parse_target
     from realtime.sinks import LiveSinks
     from realtime.thumbnails import ImageTap
     from realtime.pipeline import StageError
@@ -103,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError("--max-frames must be >= 1")
+    check_vmc_arguments(args)  # --vmc-mirror/--osc-rate/--osc-person that would be ignored: before any work
+    if args.osc:
+        parse_target(args.osc)  # a malformed --osc too
     estimator = Estimator.from_options(options_from_args(args))  # bad --fov/--calib: fail before opening anything
     estimator.options.smoother(live=True)  # bad smoothing settings too
     check_outputs(output_specs(args.out, args), overwrite=not args.no_overwrite)  # and a bad --out

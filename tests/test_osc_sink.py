@@ -327,3 +327,42 @@ def test_command_line_options_reach_the_stream():
     for bad in ("0", "-5", "x", "nan"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--osc", "--osc-rate", bad])
+
+
+def test_parse_target_takes_bracketed_ipv6():
+    assert parse_target("[::1]:39539") == ("::1", 39539)
+    for bad in ("[]:9000", "::1:9000", "[::1]"):
+        with pytest.raises(UserError, match="--osc"):
+            parse_target(bad)
+    sink = OscSink(*parse_target("[::1]:9"))  # resolves: the message said "cannot resolve [::1]"
+    sink.close()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--vmc-mirror"], "--vmc-mirror applies to the VMC stream: it needs --osc"),
+    (["--osc-rate", "5"], "--osc-rate applies to the VMC stream: it needs --osc"),
+    (["--osc-person", "5"], "--osc-person applies to the VMC stream: it needs --osc"),
+    (["--osc", "--osc-person", "5"], "--osc-person picks which of several people drives the avatar: it needs --people"),
+])
+def test_vmc_options_that_would_be_ignored_are_usage_errors_before_any_work(argv, message, capsys, monkeypatch):
+    import realtime.api
+    from realtime.cli import main
+
+    def not_reached(*a, **k):
+        raise AssertionError("work started although an option would be ignored")
+
+    monkeypatch.setattr(realtime.api.Estimator, "from_options", not_reached)
+    assert main(["webcam", "--camera", "nosuch.mp4", *argv]) == 2
+    assert f"posestream webcam: error: {message}" in capsys.readouterr().err
+
+
+def test_webcam_size_for_a_video_file_is_a_warning(caplog):
+    from pathlib import Path
+
+    from realtime.webcam_cmd import open_camera
+
+    demo = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
+    with caplog.at_level("WARNING"):
+        source = open_camera(str(demo), max_frames=1, width=320, height=240)
+    source.close()
+    assert "--width and --height are for a webcam" in caplog.text and "its own frame size" in caplog.text
