@@ -47,6 +47,15 @@ def _number(kind: type, low: float, low_ok: bool, high: float = math.inf) -> Cal
     return convert
 
 
+def host_name(text: str) -> str:
+    """An argparse `type` for --host: a host name or address, not empty (an empty --host
+    bound every interface but printed the unusable URL http://:PORT/)."""
+    host = text.strip()
+    if not host:
+        raise argparse.ArgumentTypeError("must be a host name or address (0.0.0.0 for every interface), got ''")
+    return host
+
+
 positive_float = _number(float, 0, False)
 non_negative_float = _number(float, 0, True)
 positive_int = _number(int, 1, True)
@@ -194,7 +203,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, include_out: bool = Tr
         add_file_arguments(parser)
     g = parser.add_argument_group("outputs")
     g.add_argument("--serve", action="store_true", help="stream to the browser viewer (websocket + HTTP)")
-    g.add_argument("--host", default="127.0.0.1", help="--serve address (default 127.0.0.1, this machine only)")
+    g.add_argument("--host", type=host_name, default="127.0.0.1", help="--serve address (default 127.0.0.1, this machine only)")
     g.add_argument("--port", type=port_number, default=8765, help="--serve port (default 8765; 0 = any free port)")
     from realtime.server import add_token_arguments
     add_token_arguments(g, "--serve: viewers must present this token")

@@ -23,10 +23,10 @@ MAX_GAP_S = 1.0  # a longer pause between recorded frames is replayed as this lo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from realtime.cli_options import port_number, positive_float
+    from realtime.cli_options import host_name, port_number, positive_float
 
     parser.add_argument("file", type=Path, help="pose file (.npz) or viewer recording (.jsonl)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--host", type=host_name, default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=8765,
                         help="port for the page and the stream (default 8765)")
     from realtime.server import add_token_arguments

@@ -265,7 +265,8 @@ class PoseServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host  # IPv6
+        return f"http://{host}:{self.port}/"
 
     def start(self, timeout_s: float = 10.0) -> "PoseServer":
         """Bind and serve in a background thread; returns once listening. Raises UserError if
@@ -274,12 +275,6 @@ class PoseServer:
             raise RuntimeError("server already started")
         if not (self.static_dir / "index.html").is_file():
             raise UserError(f"viewer files not found in {self.static_dir}")
-        if self.token is None and not is_loopback(self.host):
-            log.warning("serving on %s without a token: anyone who can reach port %s can watch; set %s or "
-                        "use --token-file", self.host, self.requested_port, TOKEN_ENV)
-        if not (self.static_dir / "vendor" / "three" / "three.module.js").is_file():
-            log.warning("three.js is not vendored in %s/vendor: the page cannot render; "
-                        "run `npm ci --prefix web_viewer`", self.static_dir)
         self._thread = threading.Thread(target=self._thread_main, name="posestream-server", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout_s):
@@ -293,6 +288,14 @@ class PoseServer:
                                 f"(another posestream running?); choose another --port, or --port 0 for any "
                                 f"free one") from exc
             raise UserError(f"cannot serve on {self.host}:{self.requested_port}: {exc}") from exc
+        # Warned once listening: a host that cannot be bound gets its error alone, not a
+        # warning about a server that never ran.
+        if self.token is None and not is_loopback(self.host):
+            log.warning("serving on %s without a token: anyone who can reach port %s can watch; set %s or "
+                        "use --token-file", self.host, self.port, TOKEN_ENV)
+        if not (self.static_dir / "vendor" / "three" / "three.module.js").is_file():
+            log.warning("three.js is not vendored in %s/vendor: the page cannot render; "
+                        "run `npm ci --prefix web_viewer`", self.static_dir)
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:

@@ -616,8 +616,9 @@ def test_token_options_and_environment(tmp_path, caplog, monkeypatch):
 
 def test_live_serve_on_a_network_without_token_warns(caplog, monkeypatch):
     """Regression (#22): `video`/`webcam --serve --host 0.0.0.0` gave no warning (only `serve`
-    did); the warning is now the server's, so every command gets it. 192.0.2.1 (TEST-NET) is
-    not this machine's: the warning comes before the bind, which then fails."""
+    did); the warning is now the server's, so every command gets it. It comes once the server
+    listens: a host that cannot be bound (192.0.2.1, TEST-NET, is not this machine's) gets its
+    error alone, not first a warning about a server that never ran."""
     import argparse
 
     from realtime.cli_options import add_output_arguments
@@ -629,12 +630,27 @@ def test_live_serve_on_a_network_without_token_warns(caplog, monkeypatch):
     monkeypatch.delenv("POSESTREAM_TOKEN", raising=False)
     with pytest.raises(UserError, match="cannot serve"):
         LiveSinks.from_args(parser.parse_args(["--serve", "--host", "192.0.2.1", "--port", "0"]), 30.0)
-    assert "serving on 192.0.2.1 without a token" in caplog.text
+    assert "without a token" not in caplog.text
+    sinks = LiveSinks.from_args(parser.parse_args(["--serve", "--host", "0.0.0.0", "--port", "0"]), 30.0)
+    sinks.close()
+    assert "serving on 0.0.0.0 without a token" in caplog.text
     caplog.clear()
     monkeypatch.setenv("POSESTREAM_TOKEN", "s3cret")
-    with pytest.raises(UserError, match="cannot serve"):
-        LiveSinks.from_args(parser.parse_args(["--serve", "--host", "192.0.2.1", "--port", "0"]), 30.0)
+    sinks = LiveSinks.from_args(parser.parse_args(["--serve", "--host", "0.0.0.0", "--port", "0"]), 30.0)
+    sinks.close()
     assert "without a token" not in caplog.text
+
+
+def test_empty_host_is_a_usage_error_and_an_ipv6_url_is_bracketed(capsys):
+    from realtime.cli import main
+
+    assert main(["serve", "x.npz", "--host", ""]) == 2
+    assert main(["webcam", "--serve", "--host", " "]) == 2
+    err = capsys.readouterr().err
+    assert "argument --host: must be a host name or address" in err and "http://:" not in err
+    server = PoseServer(host="::1", port=8765)
+    server.port = 8765
+    assert server.url == "http://[::1]:8765/"
 
 
 def test_wrong_tokens_back_off_per_address():
