@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from engines.artifact import check_writable_file
 from engines.errors import UserError
 from engines.onnx_export import export_onnx, onnx_for_checkpoint, quantize_onnx_int8
 
@@ -92,11 +93,21 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
     if args.int8 and fmt.name == "tensorrt" and not args.calib:
         raise UserError("--format tensorrt --int8 needs --calib FILE.npz (representative inputs, one array per stage input)")
+    if args.calib and not (args.int8 and fmt.name == "tensorrt"):  # it used to be ignored without a word
+        raise UserError("--calib is the calibration input of --format tensorrt --int8"
+                        + (" (ONNX's --int8 quantises the weights alone: it takes no calibration data)"
+                           if fmt.name == "onnx" and args.int8 else ""))
+    if args.calib and not args.calib.is_file():
+        raise UserError(f"--calib: file not found: {args.calib}")
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     out = args.out or (MODELS_DIR / f"{model.stem}{'' if precision == 'fp32' else '.' + precision}{fmt.suffix}")
     if out.suffix != fmt.suffix:
         raise UserError(f"--out for {fmt.name} must end in {fmt.suffix}, got {out}")
-    if shutil.disk_usage(out.parent if out.parent.exists() else Path.cwd()).free < 100 << 20:
+    check_writable_file(out, "--out")  # a folder that cannot be written says so (it said "less than 100 MB free")
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if shutil.disk_usage(existing).free < 100 << 20:
         raise UserError(f"less than 100 MB free next to {out}")
     path = fmt.export(model, out, ExportOptions(precision, args.batch, args.calib))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -175,6 +175,7 @@ def build_parser(cmds: dict[str, Command] | None = None, populate: str | None = 
         mod.add_arguments(p)
         _verbosity(p, on_subcommand=True)
         p.set_defaults(_run=mod.run)
+        parser.command_parser = p  # type: ignore[attr-defined]  # _main reports unknown options with its usage
     return parser
 
 
@@ -251,7 +252,12 @@ def _main(argv: list[str] | None, start_up: _StartUpSignals, previous: dict) -> 
     name = _command_in(argv, cmds)
     try:
         parser = build_parser(cmds, name)
-        args = parser.parse_args(argv)
+        # parse_known_args, so that an option the command does not have is reported with the
+        # command's usage line ("posestream webcam: error: unrecognized arguments: ..."), not
+        # the top-level one, which says nothing about the command's options.
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            getattr(parser, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2, already printed)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except ModuleNotFoundError as exc:  # a training command without the [train] extra

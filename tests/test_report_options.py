@@ -93,3 +93,37 @@ def test_render_counts_out_of_range_are_usage_errors_and_write_nothing(option, v
     assert main(["render", "--data", str(tmp_path / "x.npz"), "--out", str(out), option, value]) == 2
     err = capsys.readouterr().err
     assert f"posestream render: error: {message}" in err and not out.exists()
+
+
+def test_an_option_the_command_lacks_is_reported_with_the_command_usage(capsys):
+    assert main(["webcam", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: posestream webcam" in err and "posestream webcam: error: unrecognized arguments: --no-progress" in err
+    assert main(["--bogus"]) == 2  # no command: the top-level usage, as before
+    assert "posestream: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_export_refuses_calib_without_tensorrt_int8_and_an_unwritable_out(tmp_path, capsys, monkeypatch):
+    assert main(["export", "--model", "base_gt", "--format", "onnx", "--calib", "nosuch.npz"]) == 2
+    assert "--calib is the calibration input of --format tensorrt --int8" in capsys.readouterr().err
+    assert main(["export", "--model", "base_gt", "--format", "onnx", "--int8", "--calib", "nosuch.npz"]) == 2
+    assert "takes no calibration data" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["export", "--model", "base_gt", "--format", "onnx", "--out", str(tmp_path / "afile" / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "MB free" not in err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def refuse(*a, dir=None, **k):  # a folder that cannot be written, as /proc is even for root
+        if Path(dir) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert main(["export", "--model", "base_gt", "--format", "onnx", "--out", str(locked / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "the folder" in err and "is not writable" in err and "MB free" not in err
