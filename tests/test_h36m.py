@@ -44,7 +44,7 @@ def test_bad_files_give_user_errors(tmp_path, h36m_val):
     with pytest.raises(UserError, match="not found"):
         h36m.load(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="is not an .npz archive"):
         h36m.load(tmp_path / "junk.npz")
     np.savez(tmp_path / "partial.npz", positions_3d=np.zeros((3, 17, 3)))
     with pytest.raises(UserError, match="missing keys"):

@@ -83,8 +83,8 @@ def check_archive(path: str | Path) -> Path:
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{path} is not an .npz archive (empty, truncated or another format): --data takes an npz "
-                        f"in the Human3.6M staged schema, a render folder or the real-frames folder")
+        raise UserError(f"{path} is not an .npz archive (empty, truncated or another format); a Human3.6M "
+                        f"file in the staged schema is expected")
     return path
 
 
