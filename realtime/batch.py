@@ -155,6 +155,14 @@ class VideoJob:
     def outputs(self, out_dir: Path, formats: Sequence[str]) -> list[Path]:
         return [out_dir / f"{self.name}.{fmt}" for fmt in formats]
 
+    def files(self, out_dir: Path, formats: Sequence[str], people: int = 1) -> list[Path] | None:
+        """The files its outputs are on disk (several people: one .bvh per person,
+        realtime.writers.written_files), or None if any output is missing (not done)."""
+        from realtime.writers import written_files
+
+        found = [written_files(p, people) for p in self.outputs(out_dir, formats)]
+        return None if not all(found) else [f for files in found for f in files]
+
 
 def find_videos(inputs: Sequence[str]) -> list[tuple[Path, str]]:
     """(video path, output name) for each INPUT: a file (any extension: the user named it),
@@ -566,7 +574,8 @@ def finish_video(job: VideoJob, out_dir: str, opts: BatchOptions, chunks: Sequen
                                {"kind": "batch", "file": Path(job.path).name,
                                 **({"people": opts.pose.people} if opts.pose.people > 1 else {})})
     wall = time.time() - t_start
-    return VideoRow(job.path, ";".join(str(f) for f in finals), STATUS_DONE, frames=n, frames_with_person=n_valid,
+    written = job.files(Path(out_dir), opts.formats, opts.pose.people) or finals
+    return VideoRow(job.path, ";".join(str(f) for f in written), STATUS_DONE, frames=n, frames_with_person=n_valid,
                     undecodable=sum(len(c.skipped) for c in chunks), video_fps=round(chunks[0].fps, 3),
                     fps=round(n / wall, 2) if wall > 0 else None, wall_s=round(wall, 3), chunks=n_chunks,
                     model=str(opts.model), backend=str(getattr(_lifter(opts.pose), "name", opts.pose.backend)),
@@ -679,7 +688,7 @@ def plan(inputs: Sequence[str], out_dir: Path, opts: BatchOptions) -> tuple[list
         # several people: one tracker over the whole video keeps their identities, so one chunk
         chunks = plan_chunks(n, int(opts.chunk_frames or 1)) if opts.pose.people == 1 else ((0, None),)
         job = VideoJob(str(path), name, n, chunks)
-        (done if all(p.exists() for p in job.outputs(out_dir, opts.formats)) else todo).append(job)
+        (todo if job.files(out_dir, opts.formats, opts.pose.people) is None else done).append(job)
     return todo, done
 
 
@@ -705,8 +714,9 @@ def run_batch(inputs: Sequence[str], out_dir: str | Path, options: BatchOptions 
     for job in done:
         prev = previous.get(job.path)
         base = prev if prev is not None and prev.status in (STATUS_DONE, STATUS_SKIPPED) else None
-        rows[job.path] = dataclasses.replace(base, status=STATUS_SKIPPED, error="") if base else VideoRow(
-            job.path, ";".join(str(p) for p in job.outputs(out, opts.formats)), STATUS_SKIPPED, model=str(opts.model))
+        on_disk = ";".join(str(p) for p in job.files(out, opts.formats, opts.pose.people) or [])
+        rows[job.path] = dataclasses.replace(base, status=STATUS_SKIPPED, error="", outputs=on_disk) if base else \
+            VideoRow(job.path, on_disk, STATUS_SKIPPED, model=str(opts.model))
     order = [j.path for j in sorted(todo + done, key=lambda j: j.name)]
 
     def report() -> BatchReport:

@@ -209,6 +209,11 @@ def _process(args: argparse.Namespace, poses: PoseStream, sinks: LiveSinks,
               + (f"; every frame is kept in {journal}: `posestream recover {journal}`" if journal else ""),
               file=sys.stderr, flush=True)
         raise
+    if n_written and not failures:  # the files on disk: several people write one .bvh per person
+        from realtime.writers import written_files
+
+        on_disk = [str(f) for p in sinks.out_paths for f in written_files(p, args.people)]
+        names = ", ".join(filter(None, [", ".join(on_disk) or sinks.out_names, str(args.preview or "")]))
     what = f"wrote {names}" if n_written and not failures else "processed"
     print(f"{'stopped (' + stopped_by + '): ' if stopped_by else ''}"
           f"{what}: {n_written} frames ({n_valid} with a person, {len(poses.skipped)} undecodable) "

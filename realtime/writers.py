@@ -205,6 +205,18 @@ def person_files(path: Path) -> list[Path]:
         return []
 
 
+def written_files(path: Path, people: int = 1) -> list[Path]:
+    """The files output `path` has on disk once written: `path` itself, or with several
+    people and a per-person format (.bvh) each person's file (person_path), or `path` when
+    nobody was found. Empty if none exists. What messages and resume checks name."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if people > 1 and fmt is not None and fmt.per_person:
+        found = person_files(path)
+        if found:
+            return found
+    return [path] if path.exists() else []
+
+
 def check_not_input(source: str | Path, outputs: Iterable[str | Path], people: int = 1) -> None:
     """UserError (one line) if an output is the input file or folder itself: the same name,
     another spelling of it or another link to it (the same inode), or with several people a

@@ -465,3 +465,35 @@ def test_two_ray_nodes_share_the_videos(tmp_path: Path):
     rows = json.loads((out / "report.json").read_text())["videos"]
     assert [r["status"] for r in rows] == ["done"] * 4
     assert len({r["nodes"] for r in rows}) == 2, rows  # both nodes ran videos
+
+
+def test_several_people_bvh_done_and_reported_by_its_per_person_files(tmp_path: Path):
+    """With several people a .bvh output is one file per person (clip.person0.bvh): that is
+    what resume looks for and what the report lists."""
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    write_clip(videos / "clip.mp4", 3)
+    out.mkdir()
+    opts = B.BatchOptions(Options(model=MODEL, people=2), ("bvh", "npz")).resolved()
+    (out / "clip.npz").write_bytes(b"x")
+    (out / "clip.person0.bvh").write_bytes(b"x")
+    todo, done = B.plan([str(videos)], out, opts)
+    assert not todo and [j.name for j in done] == ["clip"]
+    assert done[0].files(out, opts.formats, 2) == [out / "clip.person0.bvh", out / "clip.npz"]
+    report = B.run_batch([str(videos)], out, opts, progress=False)  # nothing to do: no Ray
+    assert report.rows[0].status == "skipped"
+    assert report.rows[0].outputs == f"{out / 'clip.person0.bvh'};{out / 'clip.npz'}"
+    (out / "clip.person0.bvh").unlink()
+    assert [j.name for j in B.plan([str(videos)], out, opts)[0]] == ["clip"]
+
+
+@needs_mediapipe_model
+@pytest.mark.skipif(not (SHARED_VIDEOS / "mmpose_demo.mp4").is_file(), reason="shared two-person clip missing")
+def test_video_names_the_per_person_files_it_wrote(tmp_path: Path, capsys):
+    out = tmp_path / "one_v.bvh"
+    assert main(["video", str(SHARED_VIDEOS / "mmpose_demo.mp4"), "--people", "2", "--out", str(out),
+                 "--model", MODEL, "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written and all(n.startswith("one_v.person") for n in written)
+    assert f"wrote {tmp_path / written[0]}" in said and f"{out}:" not in said
