@@ -79,6 +79,7 @@ POLL_S = 0.5  # how often the driver refreshes the progress bar
 REPORT_STEM = "report"
 STATUS_DONE, STATUS_SKIPPED, STATUS_ERROR = "done", "skipped", "error"
 RAY_START_ATTEMPTS = 3
+CONNECT_TIMEOUT_S = 5.0  # how long the address given to --address may take to accept a connection
 RAY_MISSING = "posestream batch needs Ray: pip install 'posestream[batch]' (or ray==2.60.0)"
 
 
@@ -630,6 +631,49 @@ class _Progress:
 
 
 # --------------------------------------------------------------------------- the driver
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """UserError unless the Ray at `address` (HOST:PORT, ray://HOST:PORT, or "auto":
+    RAY_ADDRESS) accepts a TCP connection within `timeout_s`: Ray itself retries an
+    unreachable address for minutes, printing a line per attempt. "auto" without
+    RAY_ADDRESS is left to Ray (it looks for a cluster `ray start` made on this machine)."""
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    target = target.split("://", 1)[-1].rstrip("/")
+    if not target:
+        return
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UserError(f"cannot reach Ray at {address} (give HOST:PORT, e.g. 10.0.0.5:6379, or 'auto')")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        why = "no answer in %g s" % timeout_s if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise UserError(f"cannot reach Ray at {address} ({why})") from None
+
+
+def check_resources(cpus_per_task: float) -> None:
+    """UserError if no node of the Ray this process is connected to has `cpus_per_task`
+    CPUs: Ray would keep such tasks waiting for ever."""
+    import ray
+
+    most = max((float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if cpus_per_task > most:
+        total = float(ray.cluster_resources().get("CPU", 0))
+        raise UserError(f"--cpus-per-task {cpus_per_task:g} is more than a Ray node has (the largest has "
+                        f"{most:g} CPUs, {total:g} in all): no task could ever start")
+
+
+def check_pose_options(opts: BatchOptions) -> None:
+    """UserError for a model or backend `posestream video` would refuse, found here before
+    any Ray starts (else every video would become the same error row): the lifter is opened
+    as the tasks open it, and closed."""
+    from realtime.estimator import open_lifter
+
+    lifter = open_lifter(str(opts.model), opts.pose.backend, threads=opts.pose.threads)
+    close = getattr(lifter, "close", None)
+    if close is not None:
+        close()
+
+
 def _init_ray(address: str | None, workers: int | None) -> bool:
     """Connect to Ray (or start a local one): True if this call started it. Workers get this
     checkout's code first on their path (a local Ray's workers would otherwise import an
@@ -646,6 +690,7 @@ def _init_ray(address: str | None, workers: int | None) -> bool:
     pythonpath = os.pathsep.join(p for p in (code_root, os.environ.get("PYTHONPATH", "")) if p)
     kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address:
+        check_reachable(address)
         try:
             ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -725,8 +770,10 @@ def run_batch(inputs: Sequence[str], out_dir: str | Path, options: BatchOptions 
         return BatchReport(listed, csv_path, json_path, time.perf_counter() - t0)
 
     if todo:
+        check_pose_options(opts)
         started = _init_ray(address, workers)
         try:
+            check_resources(opts.cpus_per_task)
             _schedule(todo, out, opts, workers, progress, rows, report)
         finally:
             if started:

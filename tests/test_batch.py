@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -465,6 +466,36 @@ def test_two_ray_nodes_share_the_videos(tmp_path: Path):
     rows = json.loads((out / "report.json").read_text())["videos"]
     assert [r["status"] for r in rows] == ["done"] * 4
     assert len({r["nodes"] for r in rows}) == 2, rows  # both nodes ran videos
+
+
+def test_cli_refuses_an_unreachable_address_at_once(tmp_path: Path, capsys):
+    """Ray itself retries an unreachable address for minutes; the batch checks it first."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", "nosuchhost.invalid:6379", "no-port"):
+        assert main(["batch", str(DEMO), "--out-dir", str(tmp_path / "o"), "--address", address,
+                     "--model", MODEL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("posestream batch: error: cannot reach Ray at ") for line in err)
+    assert f"127.0.0.1:{port} (" in err[0] and "nosuchhost.invalid:6379 (" in err[1]
+
+
+def test_cli_refuses_an_unknown_model_before_starting_ray(tmp_path: Path, capsys, monkeypatch):
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(B, "_init_ray", no_ray)
+    assert main(["batch", str(DEMO), "--out-dir", str(tmp_path / "o"), "--model", "nosuch"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("posestream batch: error: unknown model 'nosuch'")
+    assert not (tmp_path / "o" / "report.csv").exists()
+
+
+def test_more_cpus_per_task_than_a_node_has_is_refused(local_ray, tmp_path: Path):
+    opts = B.BatchOptions(Options(model=MODEL), cpus_per_task=1000)
+    with pytest.raises(UserError, match=r"--cpus-per-task 1000 is more than a Ray node has"):
+        B.run_batch([str(DEMO)], tmp_path / "o", opts, progress=False)
 
 
 def test_several_people_bvh_done_and_reported_by_its_per_person_files(tmp_path: Path):
