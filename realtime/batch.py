@@ -44,10 +44,19 @@ any other exception, or a worker process that dies, is retried `retries` times b
 
 Report. DIR/report.csv and DIR/report.json, one row per video (VideoRow), rewritten as
 videos finish (atomically), so a killed run leaves the rows done so far.
+
+Stopping. Ctrl-C or SIGTERM asks the tasks to stop (through the progress actor, between
+frames of detection, before anything is written); a video whose files are being written
+finishes them and keeps its row; tasks still running after STOP_WAIT_S are killed and
+their journal and temporary files removed; run_batch then raises BatchInterrupted with the
+report. A local Ray's processes run in their own process group, so a SIGTERM to the
+batch's group reaches the driver only (in the group, the raylet died at once and its
+workers went on writing unsupervised).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import glob
@@ -56,6 +65,7 @@ import io
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -64,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from engines.errors import UserError
+from engines.errors import Interrupted, UserError
 from realtime.api import Options, default_model
 from realtime.frames import PoseFrame
 
@@ -78,7 +88,10 @@ PROGRESS_EVERY_S = 0.5  # how often a task reports its frame count
 POLL_S = 0.5  # how often the driver refreshes the progress bar
 REPORT_STEM = "report"
 STATUS_DONE, STATUS_SKIPPED, STATUS_ERROR = "done", "skipped", "error"
+STOPPED = "stopped"  # what a chunk task returns when the batch was stopped before it finished
 RAY_START_ATTEMPTS = 3
+STOP_WAIT_S = 8.0  # after Ctrl-C / SIGTERM: how long the videos being written may take to finish
+KILL_WAIT_S = 5.0  # then: how long the stopped workers' tasks may take to end
 CONNECT_TIMEOUT_S = 5.0  # how long the address given to --address may take to accept a connection
 RAY_MISSING = "posestream batch needs Ray: pip install 'posestream[batch]' (or ray==2.60.0)"
 
@@ -269,6 +282,8 @@ class BatchReport:
     csv_path: Path
     json_path: Path
     wall_s: float = 0.0
+    stopped_by: str = ""  # "Ctrl-C" or "SIGTERM" if the run was stopped
+    not_done: int = 0  # videos a stopped run left to do (no row: neither started nor finished)
 
     @property
     def failed(self) -> list[VideoRow]:
@@ -277,8 +292,21 @@ class BatchReport:
     def summary(self) -> str:
         n = {s: sum(r.status == s for r in self.rows) for s in (STATUS_DONE, STATUS_SKIPPED, STATUS_ERROR)}
         frames = sum(r.frames or 0 for r in self.rows if r.status == STATUS_DONE)
+        if self.stopped_by:
+            return (f"stopped ({self.stopped_by}): {n[STATUS_DONE]} done, {n[STATUS_ERROR]} failed, {self.not_done} "
+                    f"not done ({n[STATUS_SKIPPED]} skipped, already done); rerun the same command to resume; "
+                    f"report {self.csv_path}")
         return (f"{len(self.rows)} videos: {n[STATUS_DONE]} done, {n[STATUS_SKIPPED]} skipped (already done), "
                 f"{n[STATUS_ERROR]} failed; {frames} frames in {self.wall_s:.1f} s; report {self.csv_path}")
+
+
+class BatchInterrupted(Interrupted):
+    """Ctrl-C or SIGTERM stopped the batch after it finalised what was on disk: `report` is
+    what it did (rows of the videos done or failed; report.csv / report.json written)."""
+
+    def __init__(self, signum: int, report: BatchReport) -> None:
+        super().__init__(signum)
+        self.report = report
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -370,26 +398,38 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()[:8]
 
 
+class _Stopped(Exception):
+    """The batch was stopped (Ctrl-C, SIGTERM): a task ends before writing anything."""
+
+
 class _Ticker:
-    """Reports a task's running frame count to the progress actor every PROGRESS_EVERY_S."""
+    """Reports a task's running frame count to the progress actor every PROGRESS_EVERY_S,
+    and raises _Stopped there (and at the start) once the driver has asked the tasks to
+    stop: detection stops between frames, before any output is written."""
 
     def __init__(self, progress: Any, key: str) -> None:
         self.progress, self.key = progress, key
         self.n, self._last = 0, time.monotonic()
-        self._send()
+        self._send(check=True)
 
-    def _send(self) -> None:
-        if self.progress is not None:
-            self.progress.set.remote(self.key, self.n)
+    def _send(self, check: bool) -> None:
+        if self.progress is None:
+            return
+        reply = self.progress.set.remote(self.key, self.n)
+        if check:
+            import ray
+
+            if ray.get(reply):
+                raise _Stopped()
 
     def add(self, n: int = 1) -> None:
         self.n += n
         if time.monotonic() - self._last >= PROGRESS_EVERY_S:
             self._last = time.monotonic()
-            self._send()
+            self._send(check=True)
 
     def close(self) -> None:
-        self._send()
+        self._send(check=False)
 
 
 def _frame_hash(image: Any) -> str:
@@ -597,6 +637,8 @@ def _video_task(job: VideoJob, out_dir: str, opts: BatchOptions, progress: Any) 
         return finish_video(job, out_dir, opts, [chunk], progress)
     except UserError as exc:
         return _error_row(job, out_dir, opts, str(exc))
+    except _Stopped:
+        return None
 
 
 def _chunk_task(job: VideoJob, index: int, opts: BatchOptions, progress: Any) -> tuple[str | None, ChunkResult | None]:
@@ -607,6 +649,8 @@ def _chunk_task(job: VideoJob, index: int, opts: BatchOptions, progress: Any) ->
         return None, detect_chunk(job.path, start, stop, opts, progress, key=f"{job.name}#{index}")
     except UserError as exc:
         return str(exc), None
+    except _Stopped:
+        return STOPPED, None
 
 
 def _finish_task(job: VideoJob, out_dir: str, opts: BatchOptions, progress: Any, *chunks: ChunkResult) -> VideoRow:
@@ -615,6 +659,8 @@ def _finish_task(job: VideoJob, out_dir: str, opts: BatchOptions, progress: Any,
         return finish_video(job, out_dir, opts, chunks, progress)
     except UserError as exc:
         return _error_row(job, out_dir, opts, str(exc))
+    except _Stopped:
+        return None
 
 
 class _Progress:
@@ -622,9 +668,15 @@ class _Progress:
 
     def __init__(self) -> None:
         self.frames: dict[str, int] = {}
+        self.stopping = False
 
-    def set(self, key: str, n: int) -> None:
+    def set(self, key: str, n: int) -> bool:
+        """Record a task's frame count; True once the tasks are to stop."""
         self.frames[key] = n
+        return self.stopping
+
+    def stop(self) -> None:
+        self.stopping = True
 
     def total(self) -> int:
         return sum(self.frames.values())
@@ -674,6 +726,38 @@ def check_pose_options(opts: BatchOptions) -> None:
         close()
 
 
+@contextlib.contextmanager
+def _own_process_group() -> Iterator[None]:
+    """Start a local Ray's processes (GCS, raylet and the agents it starts) in a process
+    group of their own. A SIGTERM sent to the batch's process group (`timeout`, a shell's
+    job control) then reaches the driver only, which stops the tasks and then Ray; in the
+    driver's group the raylet died at once and its workers went on writing unsupervised.
+    Ctrl-C already spares them (Ray blocks SIGINT in them); the workers have their own
+    groups anyway. Ray kills these processes if the driver dies (Linux fate sharing), so
+    nothing outlives it; where Ray has no fate sharing they stay in the driver's group."""
+    try:
+        from ray._private import services, utils
+
+        original = services.ConsolePopen
+        supported = sys.platform != "win32" and utils.detect_fate_sharing_support()
+    except (ImportError, AttributeError):  # another Ray version: its own behaviour
+        supported = False
+    if not supported:
+        yield
+        return
+
+    class OwnGroupPopen(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("process_group", 0)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnGroupPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = original
+
+
 def _init_ray(address: str | None, workers: int | None) -> bool:
     """Connect to Ray (or start a local one): True if this call started it. Workers get this
     checkout's code first on their path (a local Ray's workers would otherwise import an
@@ -690,7 +774,6 @@ def _init_ray(address: str | None, workers: int | None) -> bool:
     pythonpath = os.pathsep.join(p for p in (code_root, os.environ.get("PYTHONPATH", "")) if p)
     kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address:
-        check_reachable(address)
         try:
             ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -708,8 +791,9 @@ def _init_ray(address: str | None, workers: int | None) -> bool:
         for attempt in range(1, RAY_START_ATTEMPTS + 1):
             try:
                 # "local": a new Ray for this run, never one a `ray start` left behind on this machine.
-                ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
-                         **kwargs)
+                with _own_process_group():
+                    ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
+                             **kwargs)
                 return True
             except Exception as exc:  # noqa: BLE001 - Ray reports a start-up timeout as a bare Exception
                 ray.shutdown()
@@ -764,28 +848,72 @@ def run_batch(inputs: Sequence[str], out_dir: str | Path, options: BatchOptions 
             VideoRow(job.path, on_disk, STATUS_SKIPPED, model=str(opts.model))
     order = [j.path for j in sorted(todo + done, key=lambda j: j.name)]
 
-    def report() -> BatchReport:
+    def report(stopped_by: str = "") -> BatchReport:
         listed = [rows[p] for p in order if p in rows]
         csv_path, json_path = write_report(listed, out)
-        return BatchReport(listed, csv_path, json_path, time.perf_counter() - t0)
+        return BatchReport(listed, csv_path, json_path, time.perf_counter() - t0, stopped_by,
+                           len(order) - len(listed) if stopped_by else 0)
 
     if todo:
+        from realtime.interrupts import DeferredInterrupt
+
         check_pose_options(opts)
+        if address:
+            check_reachable(address)
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        on_term = signal.getsignal(signal.SIGTERM) if main else None
         started = _init_ray(address, workers)
         try:
+            if on_term is not None:  # ray.init sets one that exits at once (sys.exit), outputs unfinished
+                signal.signal(signal.SIGTERM, on_term)
             check_resources(opts.cpus_per_task)
-            _schedule(todo, out, opts, workers, progress, rows, report)
+            # after ray.init, which sets a SIGTERM handler of its own: a signal asks the tasks
+            # to stop (those writing their files finish them), then the report is written
+            with DeferredInterrupt(message=STOP_MESSAGE) as ctrl_c:
+                try:
+                    _schedule(todo, out, opts, workers, progress, rows, report, ctrl_c)
+                except KeyboardInterrupt:  # a second signal: the tasks were killed, their leftovers removed
+                    ctrl_c.signum = ctrl_c.signum or signal.SIGINT
         finally:
             if started:
-                import ray
-
-                ray.shutdown()
+                _shutdown_ray()
+            if on_term is not None:
+                signal.signal(signal.SIGTERM, on_term)
+        if ctrl_c.requested:
+            raise BatchInterrupted(int(ctrl_c.signum), report(ctrl_c.name))
     return report()
 
 
+STOP_MESSAGE = ("stopping: videos being written are finished, the others stopped "
+                "({again} again to abort)")
+
+
+def _shutdown_ray() -> None:
+    """ray.shutdown(), which a further Ctrl-C / SIGTERM must not cut short (Ray's own helper
+    processes would be left running)."""
+    import threading
+
+    import ray
+
+    main = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        ray.shutdown()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def _schedule(jobs: list[VideoJob], out: Path, opts: BatchOptions, workers: int | None, show: bool,
-              rows: dict[str, VideoRow], report: Any) -> None:
-    """Submit the tasks (at most `workers` in flight), collect the rows, feed the bar."""
+              rows: dict[str, VideoRow], report: Any, ctrl_c: Any = None) -> None:
+    """Submit the tasks (at most `workers` in flight), collect the rows, feed the bar. After
+    Ctrl-C / SIGTERM (ctrl_c.requested) nothing more is submitted and the tasks are asked
+    to stop: a task still detecting ends without writing, one writing its files finishes
+    them and its row is kept. Tasks still running after STOP_WAIT_S are cancelled (their
+    workers killed) and what they left of their outputs (journal, temporary files) is
+    removed, so every output is complete or absent and the report matches the disk."""
     import ray
     from tqdm import tqdm
 
@@ -802,9 +930,11 @@ def _schedule(jobs: list[VideoJob], out: Path, opts: BatchOptions, workers: int 
     chunks_left = {p: len(refs) for p, refs in chunk_refs.items()}
     in_flight: dict[Any, tuple[str, VideoJob]] = {}  # ref -> (what, job); what: video, chunk or finish
     failed: set[str] = set()
+    started: dict[str, VideoJob] = {}  # videos with a task submitted
     total = sum(j.frame_count or 0 for j in jobs)
     bar = tqdm(total=total or None, unit="frame", disable=not show, dynamic_ncols=True, smoothing=0.1)
     finished = 0
+    stop_by: float | None = None  # monotonic deadline once asked to stop
 
     def fail(job: VideoJob, message: str) -> None:
         if job.path in failed:
@@ -819,6 +949,7 @@ def _schedule(jobs: list[VideoJob], out: Path, opts: BatchOptions, workers: int 
     def submit(job: VideoJob, index: int | None) -> None:
         if job.path in failed:
             return
+        started[job.path] = job
         if index is None:
             in_flight[video_task.remote(job, out_dir, opts, tracker)] = ("video", job)
         else:
@@ -828,6 +959,15 @@ def _schedule(jobs: list[VideoJob], out: Path, opts: BatchOptions, workers: int 
 
     try:
         while queue or in_flight:
+            if ctrl_c is not None and ctrl_c.requested and stop_by is None:
+                stop_by = time.monotonic() + STOP_WAIT_S
+                queue.clear()
+                try:
+                    ray.get(tracker.stop.remote(), timeout=KILL_WAIT_S)
+                except Exception as exc:  # noqa: BLE001 - the tasks are killed after STOP_WAIT_S anyway
+                    log.debug("stop: %s", exc)
+            if stop_by is not None and time.monotonic() > stop_by:
+                break
             while queue and (workers is None or len(in_flight) < workers):
                 submit(*queue.popleft())
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
@@ -842,6 +982,8 @@ def _schedule(jobs: list[VideoJob], out: Path, opts: BatchOptions, workers: int 
                     finished += 1
                     report()
                     continue
+                if value is None if what != "chunk" else value == STOPPED:  # stopped before writing anything
+                    continue
                 if what == "chunk":
                     if value is not None:  # the video cannot be read
                         fail(job, value)
@@ -849,7 +991,7 @@ def _schedule(jobs: list[VideoJob], out: Path, opts: BatchOptions, workers: int 
                         report()
                         continue
                     chunks_left[job.path] -= 1
-                    if chunks_left[job.path] == 0 and job.path not in failed:
+                    if chunks_left[job.path] == 0 and job.path not in failed and stop_by is None:
                         in_flight[finish_task.remote(job, out_dir, opts, tracker, *chunk_refs.pop(job.path))] = \
                             ("finish", job)
                     continue
@@ -863,6 +1005,45 @@ def _schedule(jobs: list[VideoJob], out: Path, opts: BatchOptions, workers: int 
             bar.update(max(0, (min(frames, total) if total else frames) - bar.n))
     finally:
         bar.close()
+        if stop_by is not None or in_flight:
+            _stop_tasks(list(in_flight), [j for p, j in started.items() if p not in rows], out, opts, rows)
+            report()
+
+
+def _stop_tasks(refs: list[Any], unfinished: list[VideoJob], out: Path, opts: BatchOptions,
+                rows: dict[str, VideoRow]) -> None:
+    """Kill the tasks still running (`refs`) and wait for them (within KILL_WAIT_S); then
+    for each video that got no row: outputs all on disk (finished as the run stopped) get a
+    row; otherwise what its tasks left (journal, temporary files) is removed."""
+    import ray
+
+    from realtime.journal import is_locked
+    from realtime.writers import clear_temp, part_path, temp_path
+
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception as exc:  # noqa: BLE001 - already finished, or Ray is going away
+            log.debug("cancel: %s", exc)
+    if refs:
+        try:
+            ray.wait(refs, num_returns=len(refs), timeout=KILL_WAIT_S)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("wait: %s", exc)
+    for job in unfinished:
+        files = job.files(out, opts.formats, opts.pose.people)
+        if files is not None:
+            rows[job.path] = VideoRow(job.path, ";".join(map(str, files)), STATUS_DONE, chunks=len(job.chunks),
+                                      model=str(opts.model), note="finished as the run stopped")
+            continue
+        for final in job.outputs(out, opts.formats):
+            journal = part_path(final)
+            try:
+                if journal.is_file() and not is_locked(journal):
+                    journal.unlink()
+                clear_temp(temp_path(final).parent, final.name)
+            except OSError as exc:
+                log.warning("%s: cannot remove what the stopped task left: %s", final, exc)
 
 
 def format_options(args: argparse.Namespace | Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,8 @@ person, fps, wall time, model, error). One Ray task per video; videos longer tha
 --chunk-frames are split into chunks processed in parallel and stitched. Videos whose
 outputs all exist are skipped, so running the same command again resumes a killed run. A
 video that cannot be read becomes an error row; the others still complete (exit status 1 if
-any failed). See docs/batch.md.
+any failed). Ctrl-C or SIGTERM stops it: videos being written are finished, the others are
+left for a rerun; exit 130 / 143. See docs/batch.md.
 
     posestream batch clips/ --out-dir out/clips --format bvh,npz
     posestream batch 'takes/**/*.mp4' --out-dir /shared/out --address 10.0.0.5:6379
@@ -15,6 +16,7 @@ any failed). See docs/batch.md.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from realtime.api import Options
 from realtime.cli_options import add_model_arguments, add_people_argument, add_smoothing_arguments
@@ -48,14 +50,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from realtime.batch import BatchOptions, format_options, run_batch
+    from realtime.batch import BatchInterrupted, BatchOptions, format_options, run_batch
     from realtime.cli_options import options_from_args
 
     opts = BatchOptions(pose=options_from_args(args), formats=tuple(args.format.split(",")),
                         output_options=format_options(args), chunk_frames=args.chunk_frames,
                         cpus_per_task=args.cpus_per_task, retries=args.retries)
-    report = run_batch(args.inputs, args.out_dir, opts, address=args.address, workers=args.workers,
-                       progress=not args.no_progress)
+    try:
+        report = run_batch(args.inputs, args.out_dir, opts, address=args.address, workers=args.workers,
+                           progress=not args.no_progress)
+    except BatchInterrupted as stopped:  # Ctrl-C / SIGTERM: what was done is on disk and in the report
+        for row in stopped.report.failed:
+            print(f"failed: {row.input}: {row.error}", file=sys.stderr)
+        print(stopped.report.summary(), file=sys.stderr, flush=True)
+        return stopped.exit_code
     for row in report.failed:
         print(f"failed: {row.input}: {row.error}")
     print(report.summary(), flush=True)

@@ -528,3 +528,74 @@ def test_video_names_the_per_person_files_it_wrote(tmp_path: Path, capsys):
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written and all(n.startswith("one_v.person") for n in written)
     assert f"wrote {tmp_path / written[0]}" in said and f"{out}:" not in said
+
+
+def _stop_a_running_batch(tmp_path: Path, sig: int, twice: bool = False) -> tuple[subprocess.CompletedProcess, Path]:
+    """`posestream batch` on 6 copies of the demo clip in a process group of its own, sent
+    `sig` (as `timeout` or a terminal sends it: to the whole group) once the first video is
+    in the report; returns the finished process and the output folder."""
+    import signal as signals
+    import time
+
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    for i in range(6):
+        (videos / f"d{i}.mp4").write_bytes(DEMO.read_bytes())
+    code = "import sys; from realtime.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "batch", str(videos), "--out-dir", str(out), "--model", MODEL,
+                             "--workers", "2", "--no-progress"], cwd=REPO, start_new_session=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "report.csv").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, sig)
+        if twice:
+            time.sleep(0.3)
+            os.killpg(proc.pid, sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out
+
+
+def _assert_outputs_match_the_report(out: Path) -> None:
+    import time
+
+    rows = json.loads((out / "report.json").read_text())["videos"]
+    files = sorted(p.name for p in out.iterdir() if p.name not in ("report.csv", "report.json"))
+    assert files == sorted(Path(r["outputs"]).name for r in rows)  # no journal, no temporary file, no row lost
+    assert all(r["status"] == "done" and r["frames"] == 103 for r in rows)
+    for name in files:
+        assert len(npz_arrays(out / name)["valid"]) == 103
+    time.sleep(3)  # nothing goes on writing once the command has exited
+    assert sorted(p.name for p in out.iterdir() if p.name not in ("report.csv", "report.json")) == files
+
+
+@needs_mediapipe_model
+def test_sigterm_to_the_process_group_stops_the_batch_cleanly(tmp_path: Path):
+    """SIGTERM to the batch's process group (`timeout`, systemd, `docker stop`): the tasks
+    stop, the videos being written finish, exit 143 with a one-line summary, no crash dump
+    of Ray's, every output complete or absent and in the report."""
+    import signal as signals
+
+    done, out = _stop_a_running_batch(tmp_path, signals.SIGTERM)
+    assert done.returncode == 143, done.stderr
+    assert "SIGTERM received" not in done.stderr and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped (SIGTERM): ") and "not done" in last and "rerun the same command" in last
+    _assert_outputs_match_the_report(out)
+
+
+@pytest.mark.slow
+@needs_mediapipe_model
+def test_two_ctrl_c_abort_the_batch_and_leave_no_part_output(tmp_path: Path):
+    import signal as signals
+
+    done, out = _stop_a_running_batch(tmp_path, signals.SIGINT, twice=True)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("stopped (Ctrl-C): ")
+    _assert_outputs_match_the_report(out)
