@@ -293,8 +293,9 @@ class BatchReport:
         n = {s: sum(r.status == s for r in self.rows) for s in (STATUS_DONE, STATUS_SKIPPED, STATUS_ERROR)}
         frames = sum(r.frames or 0 for r in self.rows if r.status == STATUS_DONE)
         if self.stopped_by:
+            skipped = f", {n[STATUS_SKIPPED]} skipped (already done)" if n[STATUS_SKIPPED] else ""
             return (f"stopped ({self.stopped_by}): {n[STATUS_DONE]} done, {n[STATUS_ERROR]} failed, {self.not_done} "
-                    f"not done ({n[STATUS_SKIPPED]} skipped, already done); rerun the same command to resume; "
+                    f"not done (stopped or not started){skipped}; rerun the same command to resume; "
                     f"report {self.csv_path}")
         return (f"{len(self.rows)} videos: {n[STATUS_DONE]} done, {n[STATUS_SKIPPED]} skipped (already done), "
                 f"{n[STATUS_ERROR]} failed; {frames} frames in {self.wall_s:.1f} s; report {self.csv_path}")
@@ -448,10 +449,10 @@ def detect_chunk(path: str, start: int, stop: int | None, opts: BatchOptions, pr
 
     out = ChunkResult(start, stop, t_start=time.time(), node=_node_id())
     with VideoFileSource(path, max_frames=None if stop is None else stop + CHECK_FRAMES, start=start) as source:
+        ticker = _Ticker(progress, key)  # first: a stopped batch starts nothing (raises _Stopped)
         est = open_pose_estimator(opts.pose, live=False, lifter=_lifter(opts.pose), restart_frames=opts.restart_frames)
         several = opts.pose.people > 1
         core = est.est if several else est  # the PoseEstimator (several people: under the tracker)
-        ticker = _Ticker(progress, key)
         try:
             out.fps, out.size = source.fps, source.size
             for frame in source:

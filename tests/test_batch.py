@@ -599,3 +599,20 @@ def test_two_ctrl_c_abort_the_batch_and_leave_no_part_output(tmp_path: Path):
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("stopped (Ctrl-C): ")
     _assert_outputs_match_the_report(out)
+
+
+def test_a_stopped_video_leaves_no_part_of_its_outputs(tmp_path: Path):
+    """What a task killed as the batch stopped left (its journal, a temporary output) is
+    removed; a video whose outputs all got written as it stopped gets its row."""
+    opts = B.BatchOptions(Options(model=MODEL), ("npz", "bvh")).resolved()
+    killed, finished = B.VideoJob("/v/a.mp4", "a", 3, ((0, None),)), B.VideoJob("/v/b.mp4", "b", 3, ((0, None),))
+    (tmp_path / "a.npz.part").write_bytes(b"journal")
+    (tmp_path / "a.bvh.tmp").mkdir()
+    (tmp_path / "a.bvh.tmp" / "a.bvh").write_text("half")
+    (tmp_path / "b.npz").write_bytes(b"x")
+    (tmp_path / "b.bvh").write_text("x")
+    rows: dict = {}
+    B._stop_tasks([], [killed, finished], tmp_path, opts, rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bvh", "b.npz"]
+    assert list(rows) == ["/v/b.mp4"] and rows["/v/b.mp4"].status == "done"
+    assert rows["/v/b.mp4"].outputs == f"{tmp_path / 'b.npz'};{tmp_path / 'b.bvh'}"
