@@ -697,10 +697,29 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     if not sep or not port.isdigit() or not host:
         raise UserError(f"cannot reach Ray at {address} (give HOST:PORT, e.g. 10.0.0.5:6379, or 'auto')")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
+            tls = os.environ.get("RAY_USE_TLS", "").lower() in ("1", "true")
+            if not tls and not _answers_http2(conn):
+                raise UserError(f"cannot reach Ray at {address} (something listens there, but not a Ray "
+                                f"cluster: it does not answer as gRPC)")
     except OSError as exc:
         why = "no answer in %g s" % timeout_s if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
         raise UserError(f"cannot reach Ray at {address} ({why})") from None
+
+
+def _answers_http2(conn: socket.socket) -> bool:
+    """Whether the server on `conn` answers an HTTP/2 client preface with a SETTINGS frame,
+    as every gRPC server (Ray's GCS, the Ray Client server) does at once; a port that is
+    open but something else would otherwise leave ray.init retrying for minutes. Raises
+    socket.timeout if nothing comes within the socket's timeout."""
+    conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    head = b""
+    while len(head) < 9:
+        chunk = conn.recv(9 - len(head))
+        if not chunk:
+            return False
+        head += chunk
+    return head[3] == 0x04  # frame type SETTINGS
 
 
 def check_resources(cpus_per_task: float) -> None:

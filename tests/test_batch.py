@@ -616,3 +616,25 @@ def test_a_stopped_video_leaves_no_part_of_its_outputs(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bvh", "b.npz"]
     assert list(rows) == ["/v/b.mp4"] and rows["/v/b.mp4"].status == "done"
     assert rows["/v/b.mp4"].outputs == f"{tmp_path / 'b.npz'};{tmp_path / 'b.bvh'}"
+
+
+def test_an_address_that_is_not_ray_is_refused_and_ray_is_accepted(local_ray):
+    """A port that is open but not a gRPC server (here one that greets as SSH does) is
+    refused at once; ray.init would retry it for minutes. A Ray GCS passes."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def greet() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+            conn.recv(64)
+
+    threading.Thread(target=greet, daemon=True).start()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    with server, pytest.raises(UserError, match=rf"cannot reach Ray at {address} \(.*not a Ray cluster"):
+        B.check_reachable(address, timeout_s=5)
+    B.check_reachable(local_ray._private.worker.global_worker.node.gcs_address, timeout_s=5)
