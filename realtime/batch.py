@@ -740,6 +740,7 @@ def check_pose_options(opts: BatchOptions) -> None:
     as the tasks open it, and closed."""
     from realtime.estimator import open_lifter
 
+    opts.pose.smoother(live=False)  # bad smoothing settings
     lifter = open_lifter(str(opts.model), opts.pose.backend, threads=opts.pose.threads)
     close = getattr(lifter, "close", None)
     if close is not None:

@@ -638,3 +638,12 @@ def test_an_address_that_is_not_ray_is_refused_and_ray_is_accepted(local_ray):
     with server, pytest.raises(UserError, match=rf"cannot reach Ray at {address} \(.*not a Ray cluster"):
         B.check_reachable(address, timeout_s=5)
     B.check_reachable(local_ray._private.worker.global_worker.node.gcs_address, timeout_s=5)
+
+
+def test_api_refuses_bad_smoothing_before_starting_ray(tmp_path: Path, monkeypatch):
+    from realtime.filters import SmootherConfig
+
+    monkeypatch.setattr(B, "_init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(UserError):
+        posestream.batch(str(DEMO), tmp_path / "o", model=MODEL, smooth=True,
+                         smoothing=SmootherConfig(min_cutoff=-1.0), progress=False)
