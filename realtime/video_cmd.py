@@ -110,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr, flush=True)
     if args.hold and not (args.serve or args.open3d):
         raise UserError("--hold keeps the viewer open after the end of the file: it needs --serve or --open3d")
+    from realtime.osc_sink import check_vmc_arguments, parse_target
+
+    check_vmc_arguments(args)  # VMC options that would be ignored, and a malformed --osc: before any work
+    if args.osc:
+        parse_target(args.osc)
     # the images the preview and the thumbnails draw on; the stream sizes it to the frames its
     # lifter holds back (a centred model answers a frame seconds after it was read)
     tap = ImageTap() if (args.serve or args.preview) else None

@@ -5,6 +5,7 @@ directions (plain and mirrored)."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 import struct
 
 import numpy as np
@@ -344,7 +345,8 @@ def test_parse_target_takes_bracketed_ipv6():
     (["--osc-person", "5"], "--osc-person applies to the VMC stream: it needs --osc"),
     (["--osc", "--osc-person", "5"], "--osc-person picks which of several people drives the avatar: it needs --people"),
 ])
-def test_vmc_options_that_would_be_ignored_are_usage_errors_before_any_work(argv, message, capsys, monkeypatch):
+def test_vmc_options_that_would_be_ignored_are_usage_errors_before_any_work(argv, message, capsys, monkeypatch,
+                                                                            tmp_path):
     import realtime.api
     from realtime.cli import main
 
@@ -354,6 +356,10 @@ def test_vmc_options_that_would_be_ignored_are_usage_errors_before_any_work(argv
     monkeypatch.setattr(realtime.api.Estimator, "from_options", not_reached)
     assert main(["webcam", "--camera", "nosuch.mp4", *argv]) == 2
     assert f"posestream webcam: error: {message}" in capsys.readouterr().err
+    demo = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
+    out = tmp_path / "o.npz"
+    assert main(["video", str(demo), "--out", str(out), *argv]) == 2  # video: before its models load too
+    assert f"posestream video: error: {message}" in capsys.readouterr().err and not out.exists()
 
 
 def test_webcam_size_for_a_video_file_is_a_warning(caplog):
