@@ -66,7 +66,9 @@ def check_contract(meta: dict[str, Any], where: str) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory + os.replace: readers never see a partial file."""
+    """Write via a temp file in the same directory + os.replace: readers never see a partial file.
+    The file gets the mode a plain write would give it (an existing file's, else the umask's
+    default), not the temp file's owner-only one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -74,10 +76,35 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _plain_mode(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _plain_mode(path: Path) -> int:
+    """The permission bits open(path, "w") would leave: the existing file's, else 0o666 less
+    the process's umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def write_report_text(path: Path, text: str) -> None:
+    """A report (--json, --md) written as the user means it: a symlink through to its target
+    (replaced atomically), a device or pipe (/dev/stdout, /dev/null) in place, anything else
+    atomically (atomic_write_text)."""
+    path = Path(path)
+    target = path.resolve() if path.is_symlink() else path
+    if target.exists() and not target.is_file():
+        with open(target, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return
+    atomic_write_text(target, text)
 
 
 def check_writable_file(path: Path, what: str) -> None:
@@ -89,6 +116,12 @@ def check_writable_file(path: Path, what: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder: give a file name")
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file():  # a device or pipe (/dev/stdout): written in place
+        if os.access(path, os.W_OK):
+            return
+        raise UserError(f"{what} {path} cannot be written")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent

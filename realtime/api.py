@@ -168,9 +168,12 @@ def check_timestamp(t: Any, previous: float | None = None, what: str = "timestam
     """`t` as seconds: TypeError unless a real number, ValueError if not finite or earlier
     than `previous` (frames form a stream: MediaPipe tracks, the lifter reads the frames
     around each one, in time order; an equal time is accepted)."""
-    if not isinstance(t, numbers.Real) or isinstance(t, bool):
+    if isinstance(t, (bool, str, bytes)):
         raise TypeError(f"{what} must be a number of seconds, got {type(t).__name__}")
-    t = float(t)
+    try:
+        t = float(t)  # any real number: numpy scalars and 0-d arrays too
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number of seconds, got {type(t).__name__}") from None
     if not math.isfinite(t):
         raise ValueError(f"{what} must be a finite number of seconds, got {t}")
     if previous is not None and t < previous:
@@ -542,6 +545,8 @@ class Estimator:
         closes them when it ends."""
         if max_frames is not None and max_frames < 1:
             raise UserError("max_frames must be at least 1")
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
+            raise UserError(f"fps must be a finite number of frames per second > 0, got {fps!r}")
         from realtime.sources import ImageFolderSource
         from realtime.thumbnails import ImageTap
 

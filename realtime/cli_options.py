@@ -89,10 +89,11 @@ def check_report_paths(args: argparse.Namespace, *options: str) -> None:
 def write_report(path: str | Path, text: str) -> None:
     """Write a report (JSON, Markdown) atomically: a temporary file in the same folder,
     renamed over `path`, so an interrupted run never leaves half a file; missing folders
-    are created, as for the pose outputs."""
-    from engines.artifact import atomic_write_text
+    are created, as for the pose outputs. A symlink is written through, a device or pipe
+    (/dev/stdout) in place (engines.artifact.write_report_text)."""
+    from engines.artifact import write_report_text
 
-    atomic_write_text(Path(path), text)
+    write_report_text(Path(path), text)
 
 
 def add_smoothing_arguments(parser: argparse.ArgumentParser, default_on: bool = True) -> None:

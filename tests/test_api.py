@@ -103,6 +103,10 @@ def test_bad_timestamps_and_taps_are_one_clear_error(demo_frames):
         with pytest.raises(ValueError, match="must not go back in time: 0.5 s after 1.0 s"):
             est.process(rgb, 0.5)
         assert est.process(rgb2, np.float32(1.5)).timestamp_s == 1.5  # numpy numbers are numbers
+        assert est.process(rgb2, np.array(2.0)).timestamp_s == 2.0  # a 0-d array too
+        for fps in (float("inf"), float("nan"), 0, "30"):  # refused before the source or a model opens
+            with pytest.raises(UserError, match="fps must be a finite number"):
+                est.stream([(rgb, 0.0)], fps=fps)
         with pytest.raises(ValueError, match="item 1: timestamp_s must be a finite"):
             list(est.stream([(rgb, 0.0), (rgb2, float("nan"))]))
         with pytest.raises(ValueError, match="item 1: timestamp_s must not go back"):

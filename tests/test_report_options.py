@@ -127,3 +127,36 @@ def test_export_refuses_calib_without_tensorrt_int8_and_an_unwritable_out(tmp_pa
     assert main(["export", "--model", "base_gt", "--format", "onnx", "--out", str(locked / "m.onnx")]) == 2
     err = capsys.readouterr().err
     assert "the folder" in err and "is not writable" in err and "MB free" not in err
+
+
+def test_a_report_goes_through_symlinks_into_devices_and_with_a_plain_files_mode(tmp_path):
+    import os
+    import stat
+
+    from realtime.cli_options import check_report_paths, write_report
+
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    os.chmod(target, 0o644)
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_report(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"          # the link kept, its target written
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644                # the existing file's mode kept
+    fresh = tmp_path / "fresh.json"
+    write_report(fresh, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~mask         # not the temp file's 0600
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    import threading
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()))
+    reader.start()
+    write_report(fifo, "through a pipe")                               # written in place, not replaced
+    reader.join(5)
+    assert got == ["through a pipe"] and stat.S_ISFIFO(fifo.stat().st_mode)
+    from types import SimpleNamespace
+
+    check_report_paths(SimpleNamespace(json=os.devnull), "json")       # /dev/null is writable as is
