@@ -405,23 +405,57 @@ class _Stopped(Exception):
 
 class _Ticker:
     """Reports a task's running frame count to the progress actor every PROGRESS_EVERY_S,
-    and raises _Stopped there (and at the start) once the driver has asked the tasks to
-    stop: detection stops between frames, before any output is written."""
+    and raises _Stopped once the driver has asked the tasks to stop: detection stops
+    between frames, before any output is written.
+
+    A task never waits on the actor. A task blocked in ray.get gives its CPU back to Ray,
+    which then starts more queued tasks than there are CPUs (each holding MediaPipe and a
+    lifter), and a dead actor would fail every task. So each tick sends the count without
+    waiting and reads the previous tick's reply (the stop flag) only if it has arrived
+    (ray.wait, timeout 0); while a reply is outstanding no new one is sent. The stop flag is
+    thus seen one tick late (a task that starts after the stop ends within
+    PROGRESS_EVERY_S, still before writing). If the actor fails, the task carries on
+    without progress reports (the driver still stops the tasks by cancelling them)."""
 
     def __init__(self, progress: Any, key: str) -> None:
         self.progress, self.key = progress, key
         self.n, self._last = 0, time.monotonic()
+        self._reply: Any = None  # the last set() call's reply, not read yet
         self._send(check=True)
 
     def _send(self, check: bool) -> None:
         if self.progress is None:
             return
-        reply = self.progress.set.remote(self.key, self.n)
-        if check:
-            import ray
+        if self._reply is not None and not self._stopped():  # reply not in yet (the actor is behind)
+            return
+        if self.progress is None:  # the actor failed
+            return
+        try:
+            reply = self.progress.set.remote(self.key, self.n)
+        except Exception as exc:  # noqa: BLE001 - the actor is gone: no progress, the task goes on
+            log.debug("progress: %s", exc)
+            self.progress = None
+            return
+        self._reply = reply if check else None
 
-            if ray.get(reply):
-                raise _Stopped()
+    def _stopped(self) -> bool:
+        """Reads the outstanding reply if it has arrived (raising _Stopped if it says stop);
+        False while it has not."""
+        import ray
+
+        try:
+            ready, _ = ray.wait([self._reply], timeout=0)
+            if not ready:
+                return False
+            stop = ray.get(self._reply)
+        except Exception as exc:  # noqa: BLE001 - the actor died: "not stopped", no more reports
+            log.debug("progress: %s", exc)
+            self.progress = None
+            stop = False
+        self._reply = None
+        if stop:
+            raise _Stopped()
+        return True
 
     def add(self, n: int = 1) -> None:
         self.n += n
@@ -430,6 +464,7 @@ class _Ticker:
             self._send(check=True)
 
     def close(self) -> None:
+        self._reply = None  # the final count is sent whatever the previous reply
         self._send(check=False)
 
 

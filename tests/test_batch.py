@@ -647,3 +647,57 @@ def test_api_refuses_bad_smoothing_before_starting_ray(tmp_path: Path, monkeypat
     with pytest.raises(UserError):
         posestream.batch(str(DEMO), tmp_path / "o", model=MODEL, smooth=True,
                          smoothing=SmootherConfig(min_cutoff=-1.0), progress=False)
+
+
+class _FakeProgress:
+    """A progress actor handle whose set.remote() returns the refs it is given."""
+
+    def __init__(self, replies):
+        self.replies, self.sent = list(replies), []
+        self.set = self
+
+    def remote(self, key, n):
+        self.sent.append(n)
+        return self.replies.pop(0)
+
+
+def test_ticker_never_blocks_on_the_progress_actor(monkeypatch):
+    """A task must not wait on the progress actor (Ray would give its CPU away and start
+    more tasks than CPUs): the stop flag is read only once its reply is in (ray.wait,
+    timeout 0), one tick late; a dead actor means 'not stopped' and no more reports."""
+    import ray
+
+    arrived: set = set()
+    values = {"r1": False, "r2": False, "r3": True, "dead": RuntimeError("actor died")}
+
+    def wait(refs, timeout=None, **k):
+        assert timeout == 0, "a task waited on the progress actor"
+        return [r for r in refs if r in arrived], [r for r in refs if r not in arrived]
+
+    def get(ref, **k):
+        assert ref in arrived, "ray.get on a reply not in yet would block"
+        if isinstance(values[ref], Exception):
+            raise values[ref]
+        return values[ref]
+
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(ray, "get", get)
+    monkeypatch.setattr(B, "PROGRESS_EVERY_S", 0.0)
+    progress = _FakeProgress(["r1", "r2", "r3", "r4"])
+    ticker = B._Ticker(progress, "k")  # sends r1, does not wait for it
+    ticker.add()  # r1 not in: nothing sent, nothing raised
+    assert progress.sent == [0]
+    arrived.add("r1")
+    ticker.add()  # r1 in (not stopped): r2 sent
+    assert progress.sent == [0, 2]
+    arrived.update({"r2", "r3"})
+    ticker.add()  # r2 read, r3 sent
+    with pytest.raises(B._Stopped):
+        ticker.add()  # r3 says stop
+    dead = _FakeProgress(["dead", "never"])
+    ticker = B._Ticker(dead, "k")
+    arrived.add("dead")
+    ticker.add()  # the actor's error: carry on, without progress
+    ticker.add()
+    ticker.close()
+    assert dead.sent == [0] and ticker.progress is None
