@@ -722,12 +722,19 @@ class _Progress:
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """UserError unless the Ray at `address` (HOST:PORT, ray://HOST:PORT, or "auto":
     RAY_ADDRESS) accepts a TCP connection within `timeout_s`: Ray itself retries an
-    unreachable address for minutes, printing a line per attempt. "auto" without
-    RAY_ADDRESS is left to Ray (it looks for a cluster `ray start` made on this machine)."""
-    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
-    target = target.split("://", 1)[-1].rstrip("/")
-    if not target:
+    unreachable address for minutes, printing a line per attempt. Only those two forms
+    name a socket to probe; the rest are left to ray.init: "auto" without RAY_ADDRESS (Ray
+    looks for a cluster `ray start` made on this machine), "local" (Ray starts one here)
+    and any other SCHEME:// (a client builder, e.g. anyscale://NAME, resolves it)."""
+    target = os.environ.get("RAY_ADDRESS", "").strip() if address == "auto" else address.strip()
+    if target in ("", "auto", "local"):
         return
+    scheme, sep, rest = target.partition("://")
+    if sep:
+        if scheme.lower() != "ray":
+            return
+        target = rest
+    target = target.rstrip("/")
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise UserError(f"cannot reach Ray at {address} (give HOST:PORT, e.g. 10.0.0.5:6379, or 'auto')")

@@ -35,8 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("Ray")
     g.add_argument("--address", default=None,
-                   help="Ray cluster address (HOST:PORT, or 'auto': RAY_ADDRESS or the cluster `ray start` "
-                        "made on this machine); default: a Ray started on this machine for this run")
+                   help="Ray cluster address (HOST:PORT, ray://HOST:PORT, 'auto': RAY_ADDRESS or the cluster "
+                        "`ray start` made on this machine, or any address ray.init takes, e.g. 'local'); "
+                        "default: a Ray started on this machine for this run")
     g.add_argument("--workers", type=int, default=None,
                    help="at most this many tasks at once (default: as many as Ray has CPUs for)")
     g.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs Ray reserves for each task (default 1)")

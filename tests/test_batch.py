@@ -701,3 +701,29 @@ def test_ticker_never_blocks_on_the_progress_actor(monkeypatch):
     ticker.add()
     ticker.close()
     assert dead.sent == [0] and ticker.progress is None
+
+
+def test_only_host_port_addresses_are_probed(monkeypatch):
+    """`--address local` (Ray starts one here), `auto` without RAY_ADDRESS and a client
+    builder's SCHEME://NAME are Ray's to resolve, not a socket to probe; HOST:PORT and
+    ray://HOST:PORT are probed (here: refused, nothing listens)."""
+    probed = []
+
+    def connect(addr, timeout=None):
+        probed.append(addr)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(B.socket, "create_connection", connect)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for address in ("local", "auto", "anyscale://my-cluster", "ANYSCALE://x/y"):
+        B.check_reachable(address)
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    B.check_reachable("auto")
+    assert probed == []
+    for address in ("10.0.0.5:6379", "ray://10.0.0.5:10001", "RAY://10.0.0.5:10001/"):
+        with pytest.raises(UserError, match=r"cannot reach Ray at .*Connection refused"):
+            B.check_reachable(address)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://10.0.0.6:10001")
+    with pytest.raises(UserError, match=r"cannot reach Ray at auto"):
+        B.check_reachable("auto")
+    assert probed == [("10.0.0.5", 6379), ("10.0.0.5", 10001), ("10.0.0.5", 10001), ("10.0.0.6", 10001)]
