@@ -776,17 +776,49 @@ def check_resources(cpus_per_task: float) -> None:
                         f"{most:g} CPUs, {total:g} in all): no task could ever start")
 
 
-def check_pose_options(opts: BatchOptions) -> None:
+def check_pose_options(opts: BatchOptions, local: bool = True) -> None:
     """UserError for a model or backend `posestream video` would refuse, found here before
-    any Ray starts (else every video would become the same error row): the lifter is opened
-    as the tasks open it, and closed."""
+    any Ray starts (else every video would become the same error row). For a local Ray
+    (`local`) the lifter is opened as the tasks open it, and closed. For a cluster only what
+    does not depend on the machine is checked (the smoothing settings; the model is a
+    shipped one or a model file): the driver may lack the workers' hardware (a CPU-only
+    driver of GPU workers cannot open --backend tensorrt, which the workers can)."""
+    opts.pose.smoother(live=False)  # bad smoothing settings
+    if not local:
+        _check_model_name(str(opts.model))
+        return
     from realtime.estimator import open_lifter
 
-    opts.pose.smoother(live=False)  # bad smoothing settings
     lifter = open_lifter(str(opts.model), opts.pose.backend, threads=opts.pose.threads)
     close = getattr(lifter, "close", None)
     if close is not None:
         close()
+
+
+def _check_model_name(model: str) -> None:
+    """UserError unless `model` is a shipped model's name or a model file that exists (as
+    realtime.estimator.open_lifter refuses it), without opening it."""
+    from realtime.estimator import runnable_models
+
+    try:
+        from engines.backends import shipped_models
+    except ImportError:  # a torch-only install: open_lifter resolves the checkpoint
+        from engines.checkpoint import resolve_model_path
+
+        resolve_model_path(model)
+        return
+    runs = ", ".join(runnable_models()) or "none shipped"
+    path = Path(model).expanduser()
+    if path.suffix:
+        if not path.is_file():
+            raise UserError(f"unknown model {model!r}: no such file; this command runs {runs} "
+                            f"(or a .onnx/.pt/.engine of those)")
+    elif model not in shipped_models():
+        if path.exists():
+            raise UserError(f"{model} is not a model checkpoint or ONNX model (a model file ends in .onnx, .pt "
+                            f"or .engine); this command runs {runs}")
+        raise UserError(f"unknown model {model!r}: not a file, and not a shipped model; this command runs "
+                        f"{runs} (or a .onnx/.pt/.engine of those)")
 
 
 @contextlib.contextmanager
@@ -872,6 +904,18 @@ def _init_ray(address: str | None, workers: int | None) -> bool:
     return True
 
 
+def _local_ray(address: str | None) -> bool:
+    """Whether this run starts a Ray on this machine (no address, or "local", and no Ray
+    initialised already): its tasks then run on this machine's hardware."""
+    if address not in (None, "", "local"):
+        return False
+    try:
+        import ray
+    except ImportError:
+        return True  # _init_ray says Ray is missing
+    return not ray.is_initialized()
+
+
 def plan(inputs: Sequence[str], out_dir: Path, opts: BatchOptions) -> tuple[list[VideoJob], list[VideoJob]]:
     """(videos to process, videos whose outputs all exist), in input order."""
     todo, done = [], []
@@ -920,7 +964,8 @@ def run_batch(inputs: Sequence[str], out_dir: str | Path, options: BatchOptions 
     if todo:
         from realtime.interrupts import DeferredInterrupt
 
-        check_pose_options(opts)
+        local = _local_ray(address)
+        check_pose_options(opts, local=local)
         if address:
             check_reachable(address)
         import threading

@@ -727,3 +727,38 @@ def test_only_host_port_addresses_are_probed(monkeypatch):
     with pytest.raises(UserError, match=r"cannot reach Ray at auto"):
         B.check_reachable("auto")
     assert probed == [("10.0.0.5", 6379), ("10.0.0.5", 10001), ("10.0.0.5", 10001), ("10.0.0.6", 10001)]
+
+
+def test_a_cluster_run_does_not_open_the_lifter_in_the_driver(tmp_path: Path, monkeypatch):
+    """With --address the driver may lack the workers' hardware (a CPU-only driver of GPU
+    workers, --backend tensorrt): only the model's name or file and the smoothing settings
+    are checked there; a local Ray opens the lifter first, as its tasks will."""
+    import realtime.estimator
+
+    opened = []
+
+    def open_lifter(model, backend, threads=None):
+        opened.append(backend)
+        raise UserError("TensorRT is not usable here")
+
+    class Started(Exception):
+        pass
+
+    def init_ray(*a, **k):
+        raise Started()
+
+    monkeypatch.setattr(realtime.estimator, "open_lifter", open_lifter)
+    monkeypatch.setattr(B, "check_reachable", lambda *a, **k: None)
+    monkeypatch.setattr(B, "_init_ray", init_ray)
+    monkeypatch.setattr(B, "_local_ray", lambda address: address is None)
+    opts = B.BatchOptions(Options(model=MODEL, backend="tensorrt"))
+    with pytest.raises(Started):
+        B.run_batch([str(DEMO)], tmp_path / "o", opts, address="10.0.0.5:6379", progress=False)
+    assert opened == []
+    with pytest.raises(UserError, match="TensorRT is not usable here"):
+        B.run_batch([str(DEMO)], tmp_path / "o", opts, progress=False)
+    assert opened == ["tensorrt"]
+    for model, why in (("nosuch", "unknown model 'nosuch'"), (str(tmp_path / "gone.onnx"), "no such file")):
+        with pytest.raises(UserError, match=why):
+            B.check_pose_options(dataclasses.replace(opts, pose=Options(model=model)).resolved(), local=False)
+    assert opened == ["tensorrt"]
