@@ -764,16 +764,21 @@ def _answers_http2(conn: socket.socket) -> bool:
     return head[3] == 0x04  # frame type SETTINGS
 
 
-def check_resources(cpus_per_task: float) -> None:
-    """UserError if no node of the Ray this process is connected to has `cpus_per_task`
-    CPUs: Ray would keep such tasks waiting for ever."""
+def check_resources(cpus_per_task: float, local: bool = True) -> None:
+    """If no node of the Ray this process is connected to has `cpus_per_task` CPUs: for a
+    local Ray started by this run (`local`), UserError (no node will ever join, so such
+    tasks would wait for ever); on a cluster, one warning: an autoscaling cluster (a head
+    with no CPUs, workers started on demand) may add such a node, so the tasks wait."""
     import ray
 
     most = max((float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
     if cpus_per_task > most:
         total = float(ray.cluster_resources().get("CPU", 0))
-        raise UserError(f"--cpus-per-task {cpus_per_task:g} is more than a Ray node has (the largest has "
-                        f"{most:g} CPUs, {total:g} in all): no task could ever start")
+        if local:
+            raise UserError(f"--cpus-per-task {cpus_per_task:g} is more than a Ray node has (the largest has "
+                            f"{most:g} CPUs, {total:g} in all): no task could ever start")
+        log.warning("no Ray node has %g CPUs now (the largest has %g, %g in all): the tasks wait until one "
+                    "joins", cpus_per_task, most, total)
 
 
 def check_pose_options(opts: BatchOptions, local: bool = True) -> None:
@@ -976,7 +981,7 @@ def run_batch(inputs: Sequence[str], out_dir: str | Path, options: BatchOptions 
         try:
             if on_term is not None:  # ray.init sets one that exits at once (sys.exit), outputs unfinished
                 signal.signal(signal.SIGTERM, on_term)
-            check_resources(opts.cpus_per_task)
+            check_resources(opts.cpus_per_task, local=local and started)
             # after ray.init, which sets a SIGTERM handler of its own: a signal asks the tasks
             # to stop (those writing their files finish them), then the report is written
             with DeferredInterrupt(message=STOP_MESSAGE) as ctrl_c:

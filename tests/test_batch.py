@@ -492,7 +492,11 @@ def test_cli_refuses_an_unknown_model_before_starting_ray(tmp_path: Path, capsys
     assert not (tmp_path / "o" / "report.csv").exists()
 
 
-def test_more_cpus_per_task_than_a_node_has_is_refused(local_ray, tmp_path: Path):
+def test_more_cpus_per_task_than_a_node_has_is_refused(local_ray, tmp_path: Path, monkeypatch):
+    """By a local Ray this run started (here: the fixture's, as if this run had started it)."""
+    monkeypatch.setattr(B, "_local_ray", lambda address: True)
+    monkeypatch.setattr(B, "_init_ray", lambda *a: True)
+    monkeypatch.setattr(B, "_shutdown_ray", lambda: None)  # the fixture's Ray stays up
     opts = B.BatchOptions(Options(model=MODEL), cpus_per_task=1000)
     with pytest.raises(UserError, match=r"--cpus-per-task 1000 is more than a Ray node has"):
         B.run_batch([str(DEMO)], tmp_path / "o", opts, progress=False)
@@ -762,3 +766,21 @@ def test_a_cluster_run_does_not_open_the_lifter_in_the_driver(tmp_path: Path, mo
         with pytest.raises(UserError, match=why):
             B.check_pose_options(dataclasses.replace(opts, pose=Options(model=model)).resolved(), local=False)
     assert opened == ["tensorrt"]
+
+
+def test_too_many_cpus_per_task_only_warns_on_a_cluster(monkeypatch, caplog):
+    """An autoscaling cluster (head with no CPUs, workers started on demand) may add a big
+    enough node later: only a local Ray this run started refuses the run."""
+    import logging
+
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 0.0}},
+                                               {"Alive": False, "Resources": {"CPU": 64.0}}])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {})
+    with caplog.at_level(logging.WARNING, logger=B.log.name):
+        B.check_resources(4, local=False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "no Ray node has 4 CPUs now (the largest has 0, 0 in all): the tasks wait until one joins"]
+    with pytest.raises(UserError, match=r"--cpus-per-task 4 is more than a Ray node has"):
+        B.check_resources(4, local=True)
