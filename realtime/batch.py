@@ -976,24 +976,30 @@ def run_batch(inputs: Sequence[str], out_dir: str | Path, options: BatchOptions 
         import threading
 
         main = threading.current_thread() is threading.main_thread()
+        # saved before ray.init, which sets a SIGTERM handler of its own (one that exits at
+        # once, sys.exit, outputs unfinished) before it connects: restored on every way out,
+        # a failed init or shutdown included, so an API caller keeps its own
         on_term = signal.getsignal(signal.SIGTERM) if main else None
-        started = _init_ray(address, workers)
+        started = False
         try:
-            if on_term is not None:  # ray.init sets one that exits at once (sys.exit), outputs unfinished
+            started = _init_ray(address, workers)
+            if on_term is not None:
                 signal.signal(signal.SIGTERM, on_term)
             check_resources(opts.cpus_per_task, local=local and started)
-            # after ray.init, which sets a SIGTERM handler of its own: a signal asks the tasks
-            # to stop (those writing their files finish them), then the report is written
+            # a signal asks the tasks to stop (those writing their files finish them), then
+            # the report is written
             with DeferredInterrupt(message=STOP_MESSAGE) as ctrl_c:
                 try:
                     _schedule(todo, out, opts, workers, progress, rows, report, ctrl_c)
                 except KeyboardInterrupt:  # a second signal: the tasks were killed, their leftovers removed
                     ctrl_c.signum = ctrl_c.signum or signal.SIGINT
         finally:
-            if started:
-                _shutdown_ray()
-            if on_term is not None:
-                signal.signal(signal.SIGTERM, on_term)
+            try:
+                if started:
+                    _shutdown_ray()
+            finally:
+                if on_term is not None:
+                    signal.signal(signal.SIGTERM, on_term)
         if ctrl_c.requested:
             raise BatchInterrupted(int(ctrl_c.signum), report(ctrl_c.name))
     return report()

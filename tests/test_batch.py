@@ -784,3 +784,43 @@ def test_too_many_cpus_per_task_only_warns_on_a_cluster(monkeypatch, caplog):
         "no Ray node has 4 CPUs now (the largest has 0, 0 in all): the tasks wait until one joins"]
     with pytest.raises(UserError, match=r"--cpus-per-task 4 is more than a Ray node has"):
         B.check_resources(4, local=True)
+
+
+def test_the_callers_sigterm_handler_is_restored_on_every_way_out(tmp_path: Path, monkeypatch):
+    """ray.init sets a SIGTERM handler of its own before it connects: a failed init, or a
+    failed shutdown, must still give the caller back its own."""
+    import signal as signals
+
+    def mine(signum, frame):
+        pass
+
+    def rays(signum, frame):
+        pass
+
+    def init_fails(*a):
+        signals.signal(signals.SIGTERM, rays)
+        raise UserError("cannot reach Ray at x")
+
+    def init_ok(*a):
+        signals.signal(signals.SIGTERM, rays)
+        return True
+
+    def shutdown_fails():
+        signals.signal(signals.SIGTERM, rays)
+        raise RuntimeError("shutdown failed")
+
+    monkeypatch.setattr(B, "_local_ray", lambda address: True)
+    monkeypatch.setattr(B, "check_pose_options", lambda *a, **k: None)
+    monkeypatch.setattr(B, "check_resources", lambda *a, **k: None)
+    monkeypatch.setattr(B, "_schedule", lambda *a, **k: None)
+    monkeypatch.setattr(B, "_shutdown_ray", shutdown_fails)
+    previous = signals.signal(signals.SIGTERM, mine)
+    try:
+        for init, error in ((init_fails, UserError), (init_ok, RuntimeError)):
+            monkeypatch.setattr(B, "_init_ray", init)
+            with pytest.raises(error):
+                B.run_batch([str(DEMO)], tmp_path / "o", B.BatchOptions(Options(model=MODEL)), progress=False)
+            assert signals.getsignal(signals.SIGTERM) is mine
+    finally:
+        signals.signal(signals.SIGTERM, previous)
+
