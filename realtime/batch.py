@@ -980,7 +980,7 @@ def run_batch(inputs: Sequence[str], out_dir: str | Path, options: BatchOptions 
         # once, sys.exit, outputs unfinished) before it connects: restored on every way out,
         # a failed init or shutdown included, so an API caller keeps its own
         on_term = signal.getsignal(signal.SIGTERM) if main else None
-        started = False
+        started, late_signal = False, None
         try:
             started = _init_ray(address, workers)
             if on_term is not None:
@@ -996,12 +996,14 @@ def run_batch(inputs: Sequence[str], out_dir: str | Path, options: BatchOptions 
         finally:
             try:
                 if started:
-                    _shutdown_ray()
+                    late_signal = _shutdown_ray()
             finally:
                 if on_term is not None:
                     signal.signal(signal.SIGTERM, on_term)
         if ctrl_c.requested:
             raise BatchInterrupted(int(ctrl_c.signum), report(ctrl_c.name))
+        if late_signal is not None:  # came while Ray shut down, after every video was done
+            raise BatchInterrupted(late_signal, report(_signal_name(late_signal)))
     return report()
 
 
@@ -1009,20 +1011,61 @@ STOP_MESSAGE = ("stopping: videos being written are finished, the others stopped
                 "({again} again to abort)")
 
 
-def _shutdown_ray() -> None:
-    """ray.shutdown(), which a further Ctrl-C / SIGTERM must not cut short (Ray's own helper
-    processes would be left running)."""
+def _signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def _shutdown_ray() -> int | None:
+    """ray.shutdown(), which one Ctrl-C / SIGTERM does not cut short (Ray's own helper
+    processes would be left running), but a second one does: a shutdown can hang (a lost
+    connection to a remote cluster). Returns the first signal that came meanwhile (None
+    if none), so the run still ends as stopped by it. ray.shutdown() runs in a thread
+    while the main thread waits in Python: a signal handler runs only there, and only
+    between bytecodes, so a shutdown hung in native code could not otherwise be stopped.
+    The second signal restores the default action and acts on it: a SIGTERM is sent
+    again (the process ends by it), a Ctrl-C raises KeyboardInterrupt."""
     import threading
 
     import ray
 
-    main = threading.current_thread() is threading.main_thread()
-    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
-    try:
+    if threading.current_thread() is not threading.main_thread():  # no signals here
         ray.shutdown()
+        return None
+    got: list[int] = []
+    saved: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        got.append(signum)
+        if len(got) == 1:
+            print(f"\n{_signal_name(signum)}: stopping Ray first ({_signal_name(signum)} again to abort)",
+                  file=sys.stderr, flush=True)
+            return
+        for sig in saved:
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)
+
+    failed: list[BaseException] = []
+
+    def shutdown() -> None:
+        try:
+            ray.shutdown()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            failed.append(exc)
+
+    saved.update({sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)})
+    try:
+        worker = threading.Thread(target=shutdown, name="ray-shutdown", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+    if failed:
+        raise failed[0]
+    return got[0] if got else None
 
 
 def _schedule(jobs: list[VideoJob], out: Path, opts: BatchOptions, workers: int | None, show: bool,

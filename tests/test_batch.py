@@ -824,3 +824,51 @@ def test_the_callers_sigterm_handler_is_restored_on_every_way_out(tmp_path: Path
     finally:
         signals.signal(signals.SIGTERM, previous)
 
+
+def test_a_signal_during_ray_shutdown_is_kept_and_a_second_one_aborts_it(tmp_path: Path, monkeypatch):
+    """One signal while Ray shuts down does not cut it short but is not lost (the run ends
+    as stopped by it); a second one stops a hung shutdown (Ctrl-C: KeyboardInterrupt;
+    SIGTERM: the process ends by it)."""
+    import signal as signals
+    import threading
+    import time
+
+    import ray
+
+    def shutdown_signalled(*signums):
+        def shutdown():
+            for signum in signums:
+                os.kill(os.getpid(), signum)
+                time.sleep(0.3)
+        return shutdown
+
+    before = signals.getsignal(signals.SIGINT), signals.getsignal(signals.SIGTERM)
+    monkeypatch.setattr(ray, "shutdown", shutdown_signalled(signals.SIGTERM))
+    assert B._shutdown_ray() == signals.SIGTERM
+    hung = threading.Event()
+    monkeypatch.setattr(ray, "shutdown", lambda: (shutdown_signalled(signals.SIGINT, signals.SIGINT)(), hung.wait()))
+    with pytest.raises(KeyboardInterrupt):
+        B._shutdown_ray()
+    hung.set()
+    assert (signals.getsignal(signals.SIGINT), signals.getsignal(signals.SIGTERM)) == before
+
+    # the run ends as stopped by it: BatchInterrupted, with the report of the videos done
+    monkeypatch.setattr(B, "_local_ray", lambda address: True)
+    monkeypatch.setattr(B, "check_pose_options", lambda *a, **k: None)
+    monkeypatch.setattr(B, "check_resources", lambda *a, **k: None)
+    monkeypatch.setattr(B, "_init_ray", lambda *a: True)
+    monkeypatch.setattr(B, "_schedule", lambda *a, **k: None)
+    monkeypatch.setattr(ray, "shutdown", shutdown_signalled(signals.SIGTERM))
+    with pytest.raises(B.BatchInterrupted) as stopped:
+        B.run_batch([str(DEMO)], tmp_path / "o", B.BatchOptions(Options(model=MODEL)), progress=False)
+    assert stopped.value.exit_code == 143 and stopped.value.report.stopped_by == "SIGTERM"
+
+    code = ("import os, signal, threading, time, ray; from realtime import batch as B\n"
+            "def shutdown():\n"
+            "    for _ in range(2):\n"
+            "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.3)\n"
+            "    threading.Event().wait(60)\n"
+            "ray.shutdown = shutdown\nB._shutdown_ray()\nprint('not stopped')\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert run.returncode == -signals.SIGTERM, run.stdout + run.stderr
