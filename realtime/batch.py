@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from engines.artifact import atomic_write_text
 from engines.errors import Interrupted, UserError
 from realtime.api import Options, default_model
 from realtime.frames import PoseFrame
@@ -310,12 +311,6 @@ class BatchInterrupted(Interrupted):
         self.report = report
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(rows: Sequence[VideoRow], out_dir: Path) -> tuple[Path, Path]:
     """DIR/report.csv and DIR/report.json (each replaced atomically)."""
     csv_path, json_path = out_dir / f"{REPORT_STEM}.csv", out_dir / f"{REPORT_STEM}.json"
@@ -324,8 +319,8 @@ def write_report(rows: Sequence[VideoRow], out_dir: Path) -> tuple[Path, Path]:
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if v is None else v) for k, v in dataclasses.asdict(r).items()})
-    _atomic_write_text(csv_path, buf.getvalue())
-    _atomic_write_text(json_path, json.dumps({"videos": [dataclasses.asdict(r) for r in rows]}, indent=1) + "\n")
+    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(json_path, json.dumps({"videos": [dataclasses.asdict(r) for r in rows]}, indent=1) + "\n")
     return csv_path, json_path
 
 

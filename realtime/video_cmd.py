@@ -96,8 +96,6 @@ def run(args: argparse.Namespace) -> int:
     from realtime.preview import PreviewWriter, check_preview
     from realtime.writers import check_not_input, check_outputs, output_specs
 
-    if args.max_frames is not None and args.max_frames < 1:
-        raise UserError("--max-frames must be at least 1")
     if not args.out and not args.preview:
         raise UserError("nothing to write: give --out FILE (repeatable) and/or --preview VIDEO")
     # Every output is checked before anything is loaded or processed.

@@ -106,8 +106,6 @@ def run(args: argparse.Namespace) -> int:
     from realtime.pipeline import StageError
     from realtime.writers import OutputError, check_outputs, output_specs, part_path
 
-    if args.max_frames is not None and args.max_frames < 1:
-        raise UserError("--max-frames must be >= 1")
     check_vmc_arguments(args)  # --vmc-mirror/--osc-rate/--osc-person that would be ignored: before any work
     if args.osc:
         parse_target(args.osc)  # a malformed --osc too
